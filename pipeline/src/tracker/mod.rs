@@ -1,0 +1,33 @@
+//! Point trackers behind one trait: CoTracker3 through ONNX Runtime, and a native
+//! pyramidal Lucas-Kanade tracker that needs no model file.
+
+pub mod cotracker;
+pub mod native;
+
+use image::RgbImage;
+use mosic::clip::TrackerInfo;
+
+/// One clip to track: frames at the stored size and query points placed on `query_frame`.
+pub struct TrackRequest<'a> {
+    pub frames: &'a [RgbImage],
+    /// (x, y) in pixels of the frames; x = column, y = row, pixel centres at integers.
+    pub queries: &'a [[f32; 2]],
+    pub query_frame: usize,
+}
+
+/// Tracks of one clip, [T][N] in the same pixel space as the request.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TrackResult {
+    pub tracks: Vec<[f32; 2]>,
+    pub visibility: Vec<bool>,
+}
+
+pub trait Tracker: Send {
+    /// Name, model checksum and settings, recorded in every shard row.
+    fn info(&self) -> TrackerInfo;
+    /// Clips per call that the tracker handles best.
+    fn batch_size(&self) -> usize {
+        1
+    }
+    fn track(&mut self, clips: &[TrackRequest<'_>]) -> anyhow::Result<Vec<TrackResult>>;
+}

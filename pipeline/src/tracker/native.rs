@@ -1,0 +1,695 @@
+//! Pyramidal Lucas–Kanade point tracker in pure Rust: no model file, and fast enough that
+//! stage 1 stays decode-bound.
+//!
+//! Each point is followed frame to frame away from the query frame (forwards, then
+//! backwards) with translation-only inverse-compositional LK on a Gaussian pyramid. It is
+//! visible where the forward–backward round trip returns to its start and the patch still
+//! looks like the query patch (NCC). Every step searches from the last visible position,
+//! extrapolated with the point's last velocity or, failing that, with the clip's dominant
+//! (camera) motion, so a point hidden by a passing object is found again once the object
+//! has moved on.
+
+use super::{TrackRequest, TrackResult, Tracker};
+use anyhow::{ensure, Result};
+use image::RgbImage;
+use mosic::clip::TrackerInfo;
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default)]
+pub struct NativeParams {
+    /// Pyramid levels, full resolution included.
+    pub levels: usize,
+    /// Half-size of the square LK window, pixels at every level.
+    pub window: usize,
+    /// Half-size of the square window of the appearance check, full-resolution pixels.
+    pub ncc_window: usize,
+    /// LK iterations per level at most.
+    pub iterations: usize,
+    /// Iteration stops once the update is below this (pixels of the level).
+    pub epsilon: f32,
+    /// Minimum eigenvalue of the mean structure tensor (intensities in [0, 1]); a level
+    /// below it has too little texture to move the estimate.
+    pub min_eigen: f32,
+    /// Largest forward–backward distance of a visible point, pixels.
+    pub fb_threshold: f32,
+    /// Smallest NCC between the tracked patch and the query patch of a visible point.
+    pub ncc_threshold: f32,
+}
+
+impl Default for NativeParams {
+    fn default() -> Self {
+        // Tuned on the synthetic set at 224 px: an 11x11 LK window mixes less of a neighbouring
+        // layer into points on moving objects than 15x15 (a 9x9 one drifts on smooth texture),
+        // and a fourth level (28 px) is mostly border.
+        Self {
+            levels: 3,
+            window: 5,
+            ncc_window: 7,
+            iterations: 10,
+            epsilon: 0.01,
+            min_eigen: 1e-4,
+            fb_threshold: 0.75,
+            ncc_threshold: 0.6,
+        }
+    }
+}
+
+pub struct NativeTracker {
+    params: NativeParams,
+}
+
+impl NativeTracker {
+    pub fn new(mut params: NativeParams) -> Self {
+        (params.window, params.ncc_window, params.levels) =
+            (params.window.max(1), params.ncc_window.max(1), params.levels.max(1));
+        Self { params }
+    }
+
+    fn track_clip(&self, req: &TrackRequest<'_>) -> Result<TrackResult> {
+        let (t, n) = (req.frames.len(), req.queries.len());
+        if n == 0 {
+            return Ok(TrackResult { tracks: Vec::new(), visibility: Vec::new() });
+        }
+        ensure!(req.query_frame < t, "query frame {} of a {t}-frame clip", req.query_frame);
+        let (w, h) = req.frames[0].dimensions();
+        ensure!(req.frames.iter().all(|f| f.dimensions() == (w, h)), "frames of one clip differ in size");
+        ensure!(w > 0 && h > 0, "empty frames");
+        let pyr: Vec<Vec<Plane>> = req
+            .frames
+            .par_iter()
+            .map(|f| pyramid(f, self.params.levels, self.params.window.max(self.params.ncc_window) + 2))
+            .collect();
+        let gl = pyr[0].len().min(2) - 1;
+        let steps: Vec<[f32; 2]> = pyr.par_windows(2).map(|p| global_shift(&p[0][gl], &p[1][gl], gl)).collect();
+        let glob = std::iter::once([0.0; 2]).chain(steps.iter().scan([0.0f32; 2], |g, d| {
+            *g = [g[0] + d[0], g[1] + d[1]];
+            Some(*g)
+        }));
+        let c = ClipCtx { glob: glob.collect(), w: w as f32, h: h as f32, pyr };
+        let per_point: Vec<Vec<([f32; 2], bool)>> = req
+            .queries
+            .par_iter()
+            .map_init(
+                || Scratch::new(self.params.window, self.params.ncc_window),
+                |s, &q| self.track_point(&c, req.query_frame, q, s),
+            )
+            .collect();
+        let mut out = TrackResult { tracks: vec![[0.0; 2]; t * n], visibility: vec![false; t * n] };
+        for (i, track) in per_point.into_iter().enumerate() {
+            for (k, (p, v)) in track.into_iter().enumerate() {
+                (out.tracks[k * n + i], out.visibility[k * n + i]) = (p, v);
+            }
+        }
+        Ok(out)
+    }
+
+    fn track_point(&self, c: &ClipCtx, qf: usize, q: [f32; 2], s: &mut Scratch) -> Vec<([f32; 2], bool)> {
+        let mut out = vec![(q, false); c.pyr.len()];
+        out[qf].1 = true;
+        let mut template = vec![0.0; s.app.len()];
+        c.pyr[qf][0].patch(q[0], q[1], self.params.ncc_window, &mut template, &mut s.app_mask);
+        // A flat query patch has no appearance to check, so only the round trip decides.
+        let template = normalise(&mut template).then_some(template);
+        self.follow(c, qf, q, qf + 1..c.pyr.len(), template.as_deref(), &mut out, s);
+        self.follow(c, qf, q, (0..qf).rev(), template.as_deref(), &mut out, s);
+        out
+    }
+
+    /// Tracks from the query frame through `frames`, each step searching from the last visible
+    /// position; when the point's own velocity fails, the clip's global motion is tried.
+    fn follow(
+        &self,
+        c: &ClipCtx,
+        qf: usize,
+        q: [f32; 2],
+        frames: impl Iterator<Item = usize>,
+        template: Option<&[f32]>,
+        out: &mut [([f32; 2], bool)],
+        s: &mut Scratch,
+    ) {
+        let p = &self.params;
+        let (mut good, mut good_t, mut vel) = (q, qf, None::<[f32; 2]>);
+        for t in frames {
+            let k = t.abs_diff(good_t) as f32;
+            let g = [c.glob[t][0] - c.glob[good_t][0], c.glob[t][1] - c.glob[good_t][1]];
+            let global = [good[0] + g[0], good[1] + g[1]];
+            let own = vel.map(|v| [good[0] + v[0] * k, good[1] + v[1] * k]);
+            let mut step = |guess: [f32; 2]| -> Option<([f32; 2], bool)> {
+                let e = self.lk(&c.pyr[good_t], &c.pyr[t], good, guess, usize::MAX, s).filter(|&e| c.inside(e))?;
+                if let Some(tp) = template {
+                    c.pyr[t][0].patch(e[0], e[1], p.ncc_window, &mut s.app, &mut s.app_mask);
+                    // A failed appearance check likely means the estimate latched onto an
+                    // occluder, and the extrapolation is the better position.
+                    if !(normalise(&mut s.app) && dot(tp, &s.app) > p.ncc_threshold) {
+                        return None;
+                    }
+                }
+                // The forward estimate is a close guess, so the fine levels suffice.
+                let back = self.lk(&c.pyr[t], &c.pyr[good_t], e, good, 1, s);
+                Some((e, back.is_some_and(|b| (b[0] - good[0]).hypot(b[1] - good[1]) < p.fb_threshold)))
+            };
+            let first = step(own.unwrap_or(global));
+            let retry = own.is_some_and(|o| (o[0] - global[0]).hypot(o[1] - global[1]) > 1.0);
+            let (at, visible) = match first {
+                Some(r) if r.1 || !retry => r,
+                _ => step(global).filter(|r| r.1).or(first).unwrap_or((own.unwrap_or(global), false)),
+            };
+            if visible {
+                vel = Some([(at[0] - good[0]) / k, (at[1] - good[1]) / k]);
+                (good, good_t) = (at, t);
+            }
+            out[t] = (at, visible);
+        }
+    }
+
+    /// Moves point `p` of pyramid `a` into pyramid `b`, searching from `guess` and starting
+    /// at level `top`; None where no level has enough texture.
+    fn lk(&self, a: &[Plane], b: &[Plane], p: [f32; 2], guess: [f32; 2], top: usize, s: &mut Scratch) -> Option<[f32; 2]> {
+        let r = self.params.window;
+        let mut d = [guess[0] - p[0], guess[1] - p[1]];
+        let mut textured = false;
+        for l in (0..=top.min(a.len() - 1)).rev() {
+            let sc = 0.5f32.powi(l as i32);
+            let (px, py) = (p[0] * sc, p[1] * sc);
+            // Template and its central-difference gradients from one window a pixel wider.
+            a[l].patch(px, py, r + 1, &mut s.tt, &mut s.mtt);
+            let (n, m) = (2 * r + 1, 2 * r + 3);
+            for j in 0..n {
+                for i in 0..n {
+                    let (k, c) = (j * n + i, (j + 1) * m + i + 1);
+                    s.t[k] = s.tt[c];
+                    s.mt[k] = s.mtt[c];
+                    s.gx[k] = (s.tt[c + 1] - s.tt[c - 1]) / 2.0;
+                    s.gy[k] = (s.tt[c + m] - s.tt[c - m]) / 2.0;
+                }
+            }
+            let [n, sgx, sgy, hxx, hxy, hyy] = tensor(&s.mt, &s.gx, &s.gy);
+            // Too little of the window inside the image to trust (coarse levels near a border).
+            if n < s.n as f32 / 3.0 || min_eig(hxx / n, hxy / n, hyy / n) < self.params.min_eigen {
+                continue;
+            }
+            textured = true;
+            let start = [d[0] * sc, d[1] * sc];
+            let mut dl = start;
+            for _ in 0..self.params.iterations {
+                let b_in = b[l].patch(px + dl[0], py + dl[1], r, &mut s.b, &mut s.mb);
+                // Samples outside either image are left out, so replicated borders do not pull.
+                let [n, sgx, sgy, hxx, hxy, hyy] = if b_in {
+                    [n, sgx, sgy, hxx, hxy, hyy]
+                } else {
+                    s.mb.iter_mut().zip(&s.mt).for_each(|(m, t)| *m *= t);
+                    tensor(&s.mb, &s.gx, &s.gy)
+                };
+                let [se, ex, ey] = residual(&s.b, &s.t, &s.gx, &s.gy, if b_in { &s.mt } else { &s.mb });
+                if n < 1.0 {
+                    break;
+                }
+                // Removing the mean difference makes the fit blind to brightness changes.
+                let mean = se / n;
+                let (ex, ey) = (ex - mean * sgx, ey - mean * sgy);
+                let det = hxx * hyy - hxy * hxy;
+                let step = [(hyy * ex - hxy * ey) / det, (hxx * ey - hxy * ex) / det];
+                if !(step[0].is_finite() && step[1].is_finite()) {
+                    break;
+                }
+                dl = [dl[0] - step[0], dl[1] - step[1]];
+                if step[0].hypot(step[1]) < self.params.epsilon {
+                    break;
+                }
+            }
+            // A level that wanders off by more than its window has lost the patch (an
+            // ambiguous texture); the coarser estimate is the better one then.
+            if (dl[0] - start[0]).hypot(dl[1] - start[1]) <= r as f32 {
+                d = [dl[0] / sc, dl[1] / sc];
+            }
+        }
+        let e = [p[0] + d[0], p[1] + d[1]];
+        (textured && e[0].is_finite() && e[1].is_finite()).then_some(e)
+    }
+}
+
+fn min_eig(xx: f32, xy: f32, yy: f32) -> f32 {
+    (xx + yy) / 2.0 - ((xx - yy).powi(2) / 4.0 + xy * xy).sqrt()
+}
+
+// The sums below run in eight lanes so that they vectorise; buffers are padded with zeros
+// to a multiple of eight.
+fn lanes(v: &[f32]) -> &[[f32; 8]] {
+    v.as_chunks::<8>().0
+}
+
+/// Masked structure tensor: [count, sum gx, sum gy, sum gx^2, sum gx gy, sum gy^2].
+fn tensor(m: &[f32], gx: &[f32], gy: &[f32]) -> [f32; 6] {
+    let mut acc = [[0f32; 8]; 6];
+    for ((m, gx), gy) in lanes(m).iter().zip(lanes(gx)).zip(lanes(gy)) {
+        for j in 0..8 {
+            let (x, y) = (m[j] * gx[j], m[j] * gy[j]);
+            let v = [m[j], x, y, x * gx[j], x * gy[j], y * gy[j]];
+            (0..6).for_each(|k| acc[k][j] += v[k]);
+        }
+    }
+    acc.map(|a| a.iter().sum())
+}
+
+/// Masked [sum e, sum gx e, sum gy e] of the difference e = b - t.
+fn residual(b: &[f32], t: &[f32], gx: &[f32], gy: &[f32], m: &[f32]) -> [f32; 3] {
+    let mut acc = [[0f32; 8]; 3];
+    for ((((b, t), gx), gy), m) in lanes(b).iter().zip(lanes(t)).zip(lanes(gx)).zip(lanes(gy)).zip(lanes(m)) {
+        for j in 0..8 {
+            let e = m[j] * (b[j] - t[j]);
+            acc[0][j] += e;
+            acc[1][j] += gx[j] * e;
+            acc[2][j] += gy[j] * e;
+        }
+    }
+    acc.map(|a| a.iter().sum())
+}
+
+impl Tracker for NativeTracker {
+    fn info(&self) -> TrackerInfo {
+        TrackerInfo {
+            name: "native".into(),
+            model_sha256: String::new(),
+            params: serde_json::to_value(&self.params).expect("params serialise"),
+        }
+    }
+
+    fn batch_size(&self) -> usize {
+        8
+    }
+
+    fn track(&mut self, clips: &[TrackRequest<'_>]) -> Result<Vec<TrackResult>> {
+        clips.iter().map(|c| self.track_clip(c)).collect()
+    }
+}
+
+/// What every point of a clip shares.
+struct ClipCtx {
+    pyr: Vec<Vec<Plane>>,
+    /// Offset of the dominant motion at each frame from frame 0.
+    glob: Vec<[f32; 2]>,
+    w: f32,
+    h: f32,
+}
+
+impl ClipCtx {
+    fn inside(&self, p: [f32; 2]) -> bool {
+        p[0] >= -0.5 && p[0] <= self.w - 0.5 && p[1] >= -0.5 && p[1] <= self.h - 0.5
+    }
+}
+
+/// Dominant translation from `a` to `b`, both at pyramid level `level`, in full-resolution
+/// pixels: exhaustive search over +-16 px of the level for the least absolute difference on a
+/// sparse lattice (the background outvotes objects), with a parabola through the minimum.
+/// It seeds points that have no velocity yet and recovers points lost on the background.
+fn global_shift(a: &Plane, b: &Plane, level: usize) -> [f32; 2] {
+    const R: isize = 16;
+    let (w, h) = (a.w as isize, a.h as isize);
+    if w <= 3 * R || h <= 3 * R {
+        return [0.0; 2];
+    }
+    let n = (2 * R + 1) as usize;
+    let lattice: Vec<(isize, isize)> = (R..h - R).step_by(4).flat_map(|y| (R..w - R).step_by(4).map(move |x| (x, y))).collect();
+    let cost: Vec<f32> = (0..n * n)
+        .map(|k| {
+            let (dx, dy) = (k as isize % n as isize - R, k as isize / n as isize - R);
+            lattice.iter().map(|&(x, y)| (b.v[b.idx(x + dx, y + dy)] - a.v[a.idx(x, y)]).abs()).sum()
+        })
+        .collect();
+    let best = (0..n * n).min_by(|&i, &j| cost[i].total_cmp(&cost[j])).unwrap();
+    let (bx, by) = (best % n, best / n);
+    let vertex = |l: f32, m: f32, r: f32| {
+        let d = l - 2.0 * m + r;
+        if d > 0.0 {
+            (0.5 * (l - r) / d).clamp(-0.5, 0.5)
+        } else {
+            0.0
+        }
+    };
+    let fx = if bx > 0 && bx + 1 < n { vertex(cost[best - 1], cost[best], cost[best + 1]) } else { 0.0 };
+    let fy = if by > 0 && by + 1 < n { vertex(cost[best - n], cost[best], cost[best + n]) } else { 0.0 };
+    let sc = (1 << level) as f32;
+    [(bx as f32 - R as f32 + fx) * sc, (by as f32 - R as f32 + fy) * sc]
+}
+
+/// Per-thread window buffers, padded with zeros to a multiple of eight: template, its
+/// gradients and in-image mask, and the moving patch with its mask.
+struct Scratch {
+    n: usize,
+    tt: Vec<f32>,
+    mtt: Vec<f32>,
+    t: Vec<f32>,
+    gx: Vec<f32>,
+    gy: Vec<f32>,
+    mt: Vec<f32>,
+    b: Vec<f32>,
+    mb: Vec<f32>,
+    app: Vec<f32>,
+    app_mask: Vec<f32>,
+}
+
+impl Scratch {
+    fn new(r: usize, ncc: usize) -> Self {
+        let n = (2 * r + 1).pow(2);
+        let (z, zz, za) = (vec![0.0; n.next_multiple_of(8)], vec![0.0; (2 * r + 3).pow(2)], vec![0.0; (2 * ncc + 1).pow(2)]);
+        let (tt, mtt, t, gx, gy, mt, b, mb) = (zz.clone(), zz, z.clone(), z.clone(), z.clone(), z.clone(), z.clone(), z);
+        Self { n, tt, mtt, t, gx, gy, mt, b, mb, app: za.clone(), app_mask: za }
+    }
+}
+
+/// Zero mean and unit norm in place; false for a flat patch.
+fn normalise(v: &mut [f32]) -> bool {
+    let mean = v.iter().sum::<f32>() / v.len() as f32;
+    v.iter_mut().for_each(|x| *x -= mean);
+    let norm = dot(v, v).sqrt();
+    // About one grey level of contrast over the window.
+    if norm < 4e-3 * (v.len() as f32).sqrt() {
+        return false;
+    }
+    v.iter_mut().for_each(|x| *x /= norm);
+    true
+}
+
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    a.iter().zip(b).map(|(a, b)| a * b).sum()
+}
+
+/// A grey image, stored with a replicated border of `pad` pixels so that windows overlapping
+/// the edge read without clamping.
+struct Plane {
+    w: usize,
+    h: usize,
+    pad: usize,
+    v: Vec<f32>,
+}
+
+impl Plane {
+    fn new(w: usize, h: usize) -> Self {
+        Self { w, h, pad: 0, v: vec![0.0; w * h] }
+    }
+
+    fn stride(&self) -> usize {
+        self.w + 2 * self.pad
+    }
+
+    /// Index of pixel (x, y), clamped to the stored area.
+    fn idx(&self, x: isize, y: isize) -> usize {
+        let p = self.pad as isize;
+        let x = (x + p).clamp(0, (self.w + 2 * self.pad) as isize - 1) as usize;
+        let y = (y + p).clamp(0, (self.h + 2 * self.pad) as isize - 1) as usize;
+        y * self.stride() + x
+    }
+
+    fn padded(&self, pad: usize) -> Plane {
+        let mut out = Plane { w: self.w, h: self.h, pad, v: Vec::with_capacity((self.w + 2 * pad) * (self.h + 2 * pad)) };
+        for y in 0..(self.h + 2 * pad) as isize {
+            for x in 0..(self.w + 2 * pad) as isize {
+                out.v.push(self.v[self.idx(x - pad as isize, y - pad as isize)]);
+            }
+        }
+        out
+    }
+
+    /// Bilinear samples of the (2r+1)^2 window centred on (cx, cy), row-major, with 1 in
+    /// `mask` where a sample lies inside the image; true when all do.
+    fn patch(&self, cx: f32, cy: f32, r: usize, out: &mut [f32], mask: &mut [f32]) -> bool {
+        let n = 2 * r + 1;
+        let (x0, y0) = (cx - r as f32, cy - r as f32);
+        let (fx, fy) = (x0.floor(), y0.floor());
+        let (ax, ay) = (x0 - fx, y0 - fy);
+        let wt = [(1.0 - ax) * (1.0 - ay), ax * (1.0 - ay), (1.0 - ax) * ay, ax * ay];
+        let (ix, iy, p, ni) = (fx as isize, fy as isize, self.pad as isize, n as isize);
+        let (w, h, stride) = (self.w as isize, self.h as isize, self.stride());
+        let inside = ix >= 0 && iy >= 0 && ix + ni < w && iy + ni < h;
+        if ix < -p || iy < -p || ix + ni >= w + p || iy + ni >= h + p {
+            // Far outside, where no estimate is trusted anyway.
+            out[..n * n].fill(0.0);
+            mask[..n * n].fill(0.0);
+            return false;
+        }
+        // All samples share one fractional offset, so each output row reads two input rows.
+        for (j, row) in out[..n * n].chunks_exact_mut(n).enumerate() {
+            let o = self.idx(ix, iy + j as isize);
+            let (r0, r1) = (&self.v[o..o + n + 1], &self.v[o + stride..o + stride + n + 1]);
+            for (i, d) in row.iter_mut().enumerate() {
+                *d = wt[0] * r0[i] + wt[1] * r0[i + 1] + wt[2] * r1[i] + wt[3] * r1[i + 1];
+            }
+        }
+        if inside {
+            mask[..n * n].fill(1.0);
+        } else {
+            let (wl, hl) = (self.w as f32 - 1.0, self.h as f32 - 1.0);
+            for (j, row) in mask[..n * n].chunks_exact_mut(n).enumerate() {
+                let row_in = (0.0..=hl).contains(&(y0 + j as f32));
+                for (i, m) in row.iter_mut().enumerate() {
+                    *m = (row_in && (0.0..=wl).contains(&(x0 + i as f32))) as u8 as f32;
+                }
+            }
+        }
+        inside
+    }
+}
+
+/// Up to `levels` levels, each a 5-tap binomial blur of the one above decimated by two, so
+/// level l holds the point (x, y) at (x, y) / 2^l; levels too small for a window are left out.
+fn pyramid(frame: &RgbImage, levels: usize, pad: usize) -> Vec<Plane> {
+    let (w, h) = (frame.width() as usize, frame.height() as usize);
+    let mut img = Plane::new(w, h);
+    for (d, p) in img.v.iter_mut().zip(frame.pixels()) {
+        *d = (0.299 * p[0] as f32 + 0.587 * p[1] as f32 + 0.114 * p[2] as f32) / 255.0;
+    }
+    let mut out = Vec::with_capacity(levels);
+    loop {
+        let next = (out.len() + 1 < levels && img.w.min(img.h) >= 32).then(|| downsample(&img));
+        out.push(img.padded(pad));
+        match next {
+            Some(n) => img = n,
+            None => return out,
+        }
+    }
+}
+
+fn downsample(p: &Plane) -> Plane {
+    const K: [f32; 5] = [1.0 / 16.0, 4.0 / 16.0, 6.0 / 16.0, 4.0 / 16.0, 1.0 / 16.0];
+    let (w2, h2) = (p.w.div_ceil(2), p.h.div_ceil(2));
+    let tap = |c: usize, k: usize, len: usize| (c + k).saturating_sub(2).min(len - 1);
+    let mut tmp = Plane::new(w2, p.h);
+    for (src, dst) in p.v.chunks_exact(p.w).zip(tmp.v.chunks_exact_mut(w2)) {
+        for (x, d) in dst.iter_mut().enumerate() {
+            *d = (0..5).map(|k| K[k] * src[tap(2 * x, k, p.w)]).sum();
+        }
+    }
+    let mut out = Plane::new(w2, h2);
+    for (y, dst) in out.v.chunks_exact_mut(w2).enumerate() {
+        let rows: [&[f32]; 5] = std::array::from_fn(|k| &tmp.v[tap(2 * y, k, p.h) * w2..][..w2]);
+        for (x, d) in dst.iter_mut().enumerate() {
+            *d = (0..5).map(|k| K[k] * rows[k][x]).sum();
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use image::Rgb;
+    use mosic::clip::grid_points;
+
+    /// Band-limited texture: sinusoids of mixed orientation and wavelength (9-30 px), so LK
+    /// has one optimum and bilinear sampling is nearly exact.
+    fn texture(x: f32, y: f32, seed: u32) -> f32 {
+        (0..8u32)
+            .map(|i| {
+                let k = (i * 7 + seed * 13) as f32;
+                let (a, wl) = (k * 0.71, 9.0 + (k * 3.7) % 21.0);
+                let f = std::f32::consts::TAU / wl;
+                (f * (x * a.cos() + y * a.sin()) + k).sin()
+            })
+            .sum::<f32>()
+            / 8.0
+    }
+
+    fn gray(v: f32) -> Rgb<u8> {
+        let g = (128.0 + 110.0 * v).round() as u8;
+        Rgb([g, g, g])
+    }
+
+    /// Frames of a background moving by `step` px per frame (content right = +x).
+    fn shifted(frames: usize, step: [f32; 2]) -> Vec<RgbImage> {
+        (0..frames)
+            .map(|t| {
+                let (dx, dy) = (step[0] * t as f32, step[1] * t as f32);
+                RgbImage::from_fn(224, 224, |x, y| gray(texture(x as f32 - dx, y as f32 - dy, 0)))
+            })
+            .collect()
+    }
+
+    fn run(frames: &[RgbImage], queries: &[[f32; 2]], query_frame: usize) -> TrackResult {
+        let mut tr = NativeTracker::new(NativeParams::default());
+        tr.track(&[TrackRequest { frames, queries, query_frame }]).unwrap().remove(0)
+    }
+
+    #[test]
+    fn follows_subpixel_translation() {
+        let step = [1.3, -0.7];
+        let frames = shifted(12, step);
+        let queries = grid_points(8, 224, 224);
+        let res = run(&frames, &queries, 0);
+        let n = queries.len();
+        for t in 0..12 {
+            for (i, q) in queries.iter().enumerate() {
+                let want = [q[0] + step[0] * t as f32, q[1] + step[1] * t as f32];
+                let got = res.tracks[t * n + i];
+                // The window must stay clear of the border for the shift to be exact.
+                if (20.0..204.0).contains(&want[0]) && (20.0..204.0).contains(&want[1]) {
+                    let err = (got[0] - want[0]).hypot(got[1] - want[1]);
+                    assert!(err < 0.1, "frame {t} point {i}: {got:?} vs {want:?}");
+                    assert!(res.visibility[t * n + i], "frame {t} point {i} invisible");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn query_frame_is_exact_and_earlier_frames_track_backwards() {
+        let step = [-0.8, 1.1];
+        let frames = shifted(10, step);
+        let queries = grid_points(6, 224, 224);
+        let (qf, n) = (5, queries.len());
+        let res = run(&frames, &queries, qf);
+        assert_eq!(&res.tracks[qf * n..(qf + 1) * n], &queries[..]);
+        assert!(res.visibility[qf * n..(qf + 1) * n].iter().all(|&v| v));
+        for t in [0, 3, 9] {
+            for (i, q) in
+                queries.iter().enumerate().filter(|(_, q)| (30.0..194.0).contains(&q[0]) && (30.0..194.0).contains(&q[1]))
+            {
+                let k = t as f32 - qf as f32;
+                let (got, want) = (res.tracks[t * n + i], [q[0] + step[0] * k, q[1] + step[1] * k]);
+                assert!((got[0] - want[0]).hypot(got[1] - want[1]) < 0.1, "frame {t}: {got:?} vs {want:?}");
+                assert!(res.visibility[t * n + i]);
+            }
+        }
+    }
+
+    #[test]
+    fn occluded_points_disappear_and_return() {
+        // A 56 px square of fine checks sweeps left to right across rows 80..136.
+        let (step, side) = ([1.0f32, 0.5f32], 56.0);
+        let left = |t: usize| -120.0 + 40.0 * t as f32;
+        let covers =
+            |t: usize, x: f32, y: f32, m: f32| x >= left(t) - m && x < left(t) + side + m && (80.0 - m..136.0 + m).contains(&y);
+        let frames: Vec<RgbImage> = (0..12)
+            .map(|t| {
+                let (dx, dy) = (step[0] * t as f32, step[1] * t as f32);
+                RgbImage::from_fn(224, 224, |x, y| {
+                    let (x, y) = (x as f32, y as f32);
+                    let checks = ((x - left(t)) / 3.0).floor() + (y / 3.0).floor();
+                    gray(if covers(t, x, y, 0.0) { 0.8 - 1.6 * (checks.rem_euclid(2.0)) } else { texture(x - dx, y - dy, 0) })
+                })
+            })
+            .collect();
+        let queries = grid_points(12, 224, 224);
+        let n = queries.len();
+        let res = run(&frames, &queries, 0);
+        let (mut hidden, mut covered, mut back, mut passed) = (0, 0, 0, 0);
+        for (i, q) in queries.iter().enumerate().filter(|(_, q)| (24.0..190.0).contains(&q[0])) {
+            let at = |t: usize| [q[0] + step[0] * t as f32, q[1] + step[1] * t as f32];
+            let Some(first) = (1..12).find(|&t| covers(t, at(t)[0], at(t)[1], 0.0)) else { continue };
+            for t in first..12 {
+                let [x, y] = at(t);
+                if covers(t, x, y, -7.0) {
+                    covered += 1;
+                    hidden += !res.visibility[t * n + i] as usize;
+                } else if !covers(t, x, y, 8.0) && x < left(t) {
+                    passed += 1;
+                    let g = res.tracks[t * n + i];
+                    back += (res.visibility[t * n + i] && (g[0] - x).hypot(g[1] - y) < 0.5) as usize;
+                }
+            }
+        }
+        assert!(covered > 5 && hidden == covered, "{hidden} of {covered} covered points hidden");
+        assert!(passed > 10 && back as f64 >= 0.8 * passed as f64, "{back} of {passed} points back after the occluder");
+    }
+
+    #[test]
+    fn deterministic_across_thread_counts() {
+        let frames = shifted(6, [2.5, 1.5]);
+        let queries = grid_points(10, 224, 224);
+        let a = run(&frames, &queries, 2);
+        let one = rayon::ThreadPoolBuilder::new().num_threads(1).build().unwrap();
+        assert_eq!(one.install(|| run(&frames, &queries, 2)), a);
+        assert_eq!(run(&frames, &queries, 2), a);
+        let info = NativeTracker::new(NativeParams::default()).info();
+        assert_eq!((info.name.as_str(), info.params["levels"].as_u64()), ("native", Some(3)));
+    }
+
+    /// TAP-Vid metrics on synthetic videos with exact ground truth, against zero motion, and
+    /// single-thread speed. `cargo test --release -p mosic-pipeline --lib native -- --ignored --nocapture`
+    #[test]
+    #[ignore]
+    fn beats_zero_motion_on_synth() {
+        use crate::eval::{evaluate_clips, zero_motion};
+        use mosic::clip::{rescale_coord, Clip, ClipPlan, ShardSpec};
+        use mosic::imageio::{decode_jpeg, encode_jpeg, resize};
+        use mosic_synth::scene::{Scene, SceneConfig};
+
+        let (cfg, plan, size) = (SceneConfig::default(), ClipPlan::default(), 224);
+        let mut tracker = NativeTracker::new(NativeParams::default());
+        let spec = ShardSpec {
+            frames_per_clip: plan.frames,
+            grid_size: 16,
+            width: size,
+            height: size,
+            query_frame: 0,
+            tracker: tracker.info(),
+        };
+        let grid = grid_points(16, size, size);
+        let src: Vec<[f32; 2]> =
+            grid.iter().map(|p| [rescale_coord(p[0], size, cfg.width), rescale_coord(p[1], size, cfg.height)]).collect();
+        let one = rayon::ThreadPoolBuilder::new().num_threads(1).build().unwrap();
+        let (mut gts, mut preds, mut secs) = (Vec::new(), Vec::new(), 0.0);
+        for video in 0..16u64 {
+            let scene = Scene::generate(video, &cfg);
+            for (ci, idx) in plan.clips(cfg.num_frames as u64, cfg.fps as f64).into_iter().enumerate() {
+                let (pos, visibility) = scene.track(&src, idx[0], &idx);
+                let tracks =
+                    pos.iter().map(|p| [rescale_coord(p[0], cfg.width, size), rescale_coord(p[1], cfg.height, size)]).collect();
+                // Through JPEG like the stored frames.
+                let frames: Vec<RgbImage> = idx
+                    .iter()
+                    .map(|&f| decode_jpeg(&encode_jpeg(&resize(&scene.render(f).0, size, size), 90).unwrap()).unwrap())
+                    .collect();
+                let start = std::time::Instant::now();
+                let res = one
+                    .install(|| tracker.track(&[TrackRequest { frames: &frames, queries: &grid, query_frame: 0 }]))
+                    .unwrap()
+                    .remove(0);
+                secs += start.elapsed().as_secs_f64();
+                let gt = Clip {
+                    dataset: "synth".into(),
+                    video_id: format!("{video}"),
+                    clip_index: ci as u32,
+                    frame_indices: idx,
+                    source_fps: cfg.fps,
+                    frames: Vec::new(),
+                    queries: grid.clone(),
+                    tracks,
+                    visibility,
+                };
+                preds.push(Clip { tracks: res.tracks, visibility: res.visibility, ..gt.clone() });
+                gts.push(gt);
+            }
+        }
+        let m = evaluate_clips(&preds, &gts, &spec).unwrap();
+        let zero: Vec<Clip> = gts.iter().map(|c| zero_motion(c, &spec)).collect();
+        let z = evaluate_clips(&zero, &gts, &spec).unwrap();
+        println!("{:.1} ms per clip on one thread over {} clips", 1e3 * secs / gts.len() as f64, gts.len());
+        println!("native: {m:?}\nzero:   {z:?}");
+        assert!(m.average_position_accuracy > z.average_position_accuracy + 0.1);
+        assert!(m.occlusion_accuracy > z.occlusion_accuracy);
+        assert!(m.average_jaccard > z.average_jaccard + 0.1);
+        assert!((0..5).all(|j| m.position_accuracy[j] > z.position_accuracy[j] && m.jaccard[j] > z.jaccard[j]));
+    }
+}

@@ -1,0 +1,201 @@
+//! Shard files, manifests and the `mosic shards` commands, including every kind of bad input.
+
+mod common;
+
+use common::*;
+use mosic::manifest::Manifest;
+use mosic::{Error, ShardReader};
+use std::path::Path;
+
+#[test]
+fn write_then_read_gives_back_every_clip() {
+    let tmp = tempfile::tempdir().unwrap();
+    let spec = spec(12, 4, 32);
+    let m = write_dir(tmp.path(), &spec, 10, 2);
+    assert_eq!(m.total_rows(), 10);
+    let mut read = Vec::new();
+    for e in &m.shards {
+        let r = ShardReader::open(&Manifest::shard_path(tmp.path(), e)).unwrap();
+        assert_eq!(r.spec(), &spec);
+        assert_eq!(r.num_rows(), e.rows);
+        assert_eq!(r.num_row_groups(), 2); // 5 rows in groups of 4
+        read.extend(r.read_all(true).unwrap());
+    }
+    let want: Vec<_> = (0..10).map(|i| clip(i, &spec)).collect();
+    assert_eq!(read, want);
+
+    // Without frames: same tracks, the JPEG column is not read.
+    let r = ShardReader::open(&tmp.path().join("shard-00001.parquet")).unwrap();
+    let light = r.read_all(false).unwrap();
+    assert!(light.iter().all(|c| c.frames.is_empty()));
+    assert_eq!(light[2].tracks, want[7].tracks);
+    assert_eq!(light[2].visibility, want[7].visibility);
+
+    // Atomic writes leave no temporary files behind.
+    let names: Vec<String> = std::fs::read_dir(tmp.path()).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+    assert!(names.iter().all(|n| !n.starts_with('.')), "{names:?}");
+}
+
+#[test]
+fn writer_rejects_clips_that_do_not_fit_the_spec() {
+    let tmp = tempfile::tempdir().unwrap();
+    let spec = spec(4, 2, 16);
+    let path = tmp.path().join("s.parquet");
+    let mut w = mosic::ShardWriter::create(&path, &spec, &Default::default()).unwrap();
+    let mut c = clip(0, &spec);
+    c.tracks.pop();
+    let e = w.write(c).unwrap_err().to_string();
+    assert!(e.contains("s.parquet") && e.contains("tracks has 15 entries, the shard spec needs 16"), "{e}");
+    let mut c = clip(0, &spec);
+    c.tracks[3][1] = f32::NAN;
+    assert!(w.write(c).unwrap_err().to_string().contains("non-finite"));
+    drop(w);
+    // An abandoned writer leaves nothing: no shard and no temporary file.
+    assert_eq!(std::fs::read_dir(tmp.path()).unwrap().count(), 0);
+}
+
+#[test]
+fn verify_and_stats_on_a_good_directory() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().to_str().unwrap();
+    write_dir(tmp.path(), &spec(6, 4, 32), 6, 2);
+    let o = run(&["shards", "verify", dir]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("ok: 2 shards, 6 clips"), "{}", text(&o));
+
+    let o = run(&["shards", "stats", dir, "--json"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let s: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(s["clips"], 6);
+    assert_eq!(s["videos"], 3);
+    // Every point but one moves 1 px a frame (until it reaches the border); one is hidden on odd frames.
+    let vis = s["visible_fraction"].as_f64().unwrap();
+    assert!((vis - (1.0 - 3.0 / (6.0 * 16.0))).abs() < 1e-9, "{vis}");
+    assert!((s["step_displacement_px"]["p50"].as_f64().unwrap() - 1.0).abs() <= 0.05);
+}
+
+fn verify_fails_with(dir: &Path, needles: &[&str]) {
+    let o = run(&["shards", "verify", dir.to_str().unwrap()]);
+    let out = text(&o);
+    assert!(!o.status.success(), "verify passed:\n{out}");
+    assert!(!out.contains("panicked"), "{out}");
+    for n in needles {
+        assert!(out.contains(n), "missing '{n}' in:\n{out}");
+    }
+}
+
+#[test]
+fn truncated_shard_is_reported_by_name() {
+    let tmp = tempfile::tempdir().unwrap();
+    write_dir(tmp.path(), &spec(6, 4, 32), 4, 1);
+    let path = tmp.path().join("shard-00000.parquet");
+    let bytes = std::fs::read(&path).unwrap();
+    std::fs::write(&path, &bytes[..bytes.len() * 2 / 3]).unwrap();
+    let e = ShardReader::open(&path).err().unwrap();
+    assert!(matches!(e, Error::Parquet { .. }), "{e}");
+    assert!(e.to_string().contains("shard-00000.parquet: not a readable shard"), "{e}");
+    verify_fails_with(tmp.path(), &["shard-00000.parquet", "checksum mismatch"]);
+}
+
+#[test]
+fn bit_flip_is_caught_by_the_checksum() {
+    let tmp = tempfile::tempdir().unwrap();
+    write_dir(tmp.path(), &spec(6, 4, 32), 4, 2);
+    let path = tmp.path().join("shard-00001.parquet");
+    let mut bytes = std::fs::read(&path).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x10;
+    std::fs::write(&path, &bytes).unwrap();
+    verify_fails_with(tmp.path(), &["shard-00001.parquet", "checksum mismatch", "1 problem(s)"]);
+}
+
+#[test]
+fn manifest_paths_may_not_leave_the_directory() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut m = write_dir(tmp.path(), &spec(6, 4, 32), 2, 1);
+    m.shards[0].file = "../outside.parquet".into();
+    m.save(tmp.path()).unwrap();
+    let e = Manifest::load(tmp.path()).unwrap_err().to_string();
+    assert!(e.contains("manifest.json") && e.contains("'../outside.parquet' leaves the manifest's directory"), "{e}");
+    verify_fails_with(tmp.path(), &["manifest.json", "leaves the manifest's directory"]);
+}
+
+#[test]
+fn schema_major_version_from_the_future_is_refused() {
+    use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+    use parquet::arrow::ArrowWriter;
+    use parquet::file::metadata::KeyValue;
+    use parquet::file::properties::WriterProperties;
+
+    let tmp = tempfile::tempdir().unwrap();
+    let m = write_dir(tmp.path(), &spec(6, 4, 32), 2, 1);
+    // Rewrite the shard as a v2.3 writer would label it.
+    let path = tmp.path().join("shard-00000.parquet");
+    let b = ParquetRecordBatchReaderBuilder::try_new(std::fs::File::open(&path).unwrap()).unwrap();
+    let kv: Vec<KeyValue> = b
+        .metadata()
+        .file_metadata()
+        .key_value_metadata()
+        .unwrap()
+        .iter()
+        .map(|e| if e.key == "mosic.schema_version" { KeyValue::new(e.key.clone(), "2.3".to_string()) } else { e.clone() })
+        .collect();
+    let schema = b.schema().clone();
+    let batches: Vec<_> = b.build().unwrap().map(|r| r.unwrap()).collect();
+    let future = tmp.path().join("future.parquet");
+    let props = WriterProperties::builder().set_key_value_metadata(Some(kv)).build();
+    let mut w = ArrowWriter::try_new(std::fs::File::create(&future).unwrap(), schema, Some(props)).unwrap();
+    for batch in &batches {
+        w.write(batch).unwrap();
+    }
+    w.close().unwrap();
+    let e = ShardReader::open(&future).err().unwrap().to_string();
+    assert!(e.contains("future.parquet") && e.contains("version 2.3") && e.contains("major version 1"), "{e}");
+
+    // The same refusal at the manifest level.
+    let mut m2 = m.clone();
+    m2.schema_version = "2.0".into();
+    m2.save(tmp.path()).unwrap();
+    verify_fails_with(tmp.path(), &["manifest.json", "version 2.0", "major version 1"]);
+}
+
+#[test]
+fn missing_shard_is_reported() {
+    let tmp = tempfile::tempdir().unwrap();
+    write_dir(tmp.path(), &spec(6, 4, 32), 4, 2);
+    std::fs::remove_file(tmp.path().join("shard-00000.parquet")).unwrap();
+    verify_fails_with(tmp.path(), &["shard-00000.parquet: listed in the manifest but missing"]);
+}
+
+#[test]
+fn a_directory_without_manifest_is_a_clear_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    let o = run(&["shards", "verify", tmp.path().to_str().unwrap()]);
+    assert!(!o.status.success());
+    assert!(text(&o).contains("manifest.json: No such file"), "{}", text(&o));
+}
+
+#[test]
+fn out_of_range_points_are_caught() {
+    let tmp = tempfile::tempdir().unwrap();
+    let spec = spec(6, 4, 32);
+    let path = tmp.path().join("shard-00000.parquet");
+    let mut w = mosic::ShardWriter::create(&path, &spec, &Default::default()).unwrap();
+    let mut c = clip(0, &spec);
+    c.tracks[20] = [40.0, 3.0]; // frame 1, point 4: visible and past the right border
+    w.write(c).unwrap();
+    let mut m = Manifest::new(spec, serde_json::json!({}));
+    m.shards.push(w.finish().unwrap());
+    m.save(tmp.path()).unwrap();
+    verify_fails_with(tmp.path(), &["shard-00000.parquet", "visible point 4 at frame 1 lies outside the 32x32 frame"]);
+}
+
+#[test]
+fn python_reads_shards_without_our_code() {
+    let tmp = tempfile::tempdir().unwrap();
+    write_dir(tmp.path(), &spec(12, 16, 64), 5, 2);
+    if let Some(o) = python_tool("check_shards.py", &[tmp.path().to_str().unwrap()]) {
+        assert!(o.status.success(), "{}", text(&o));
+        assert!(text(&o).contains("ok: 2 shards, 5 clips"), "{}", text(&o));
+    }
+}

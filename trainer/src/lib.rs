@@ -1,0 +1,11 @@
+//! Stage 2: MoSiC post-training of a ViT on track shards, generic over the Burn backend.
+//!
+//! - [`model`]: the ViT (DINOv2 / DINO v1 families), weights loaded by timm or official names.
+//! - [`head`]: projection head and prototypes.
+//! - [`loss`]: features at track points, Sinkhorn-Knopp, propagated targets, the loss.
+//! - [`loader`]: streaming shards into augmented, normalised batches.
+
+pub mod head;
+pub mod loader;
+pub mod loss;
+pub mod model;

@@ -1,0 +1,538 @@
+//! The MoSiC objective: features at track points, Sinkhorn-Knopp cluster assignment of the
+//! teacher's tracked features, and the cross-entropy that propagates each track's targets
+//! back to the student's query frame.
+//!
+//! Everything is batched tensor ops, so it runs on whichever device the backend uses.
+
+use burn::tensor::activation::log_softmax;
+use burn::tensor::backend::Backend;
+use burn::tensor::{Int, Tensor};
+use serde::{Deserialize, Serialize};
+
+/// How a feature is read at a sub-patch point.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Sampling {
+    /// The patch containing the point.
+    #[default]
+    Nearest,
+    /// The 4 surrounding patch centres, weighted by distance, clamped at the border.
+    Bilinear,
+}
+
+/// Features at points.
+///
+/// `features`: `[B, T, h*w, D]` patch tokens per frame, row-major over the `h x w` grid.
+/// `points`: `[B, T, N, 2]` in input-image pixels as `(x, y)`, `x` the column, `y` the
+/// row, pixel centres at integer coordinates. Returns `[B, T, N, D]`.
+///
+/// Patch centres sit at `u = (x + 0.5) / patch - 0.5` integer. `Nearest` takes column
+/// `floor((x + 0.5) / patch)`, i.e. the patch of the rounded pixel in a nearest-upsampled
+/// map. (The released code indexes the upsampled map with x as the row; that is a
+/// transposition, not reproduced here.)
+pub fn sample_points<B: Backend>(
+    features: Tensor<B, 4>,
+    grid: (usize, usize),
+    patch: f32,
+    points: Tensor<B, 4>,
+    mode: Sampling,
+) -> Tensor<B, 4> {
+    let [_, _, hw, d] = features.dims();
+    let (h, w) = grid;
+    assert_eq!(hw, h * w, "features have {hw} tokens, grid is {h}x{w}");
+    assert_eq!(points.dims()[3], 2, "points are (x, y)");
+    let points = points.detach();
+    let x = points.clone().narrow(3, 0, 1); // [B, T, N, 1]
+    let y = points.narrow(3, 1, 1);
+    let (wmax, hmax) = ((w - 1) as f32, (h - 1) as f32);
+    // row and column hold clamped integers; their flat index is exact in f32 up to 2^24
+    let read = |row: Tensor<B, 4>, col: Tensor<B, 4>| {
+        let idx = (row * w as f32 + col).int().repeat_dim(3, d);
+        features.clone().gather(2, idx)
+    };
+    match mode {
+        Sampling::Nearest => {
+            let col = ((x + 0.5) / patch).floor().clamp(0.0, wmax);
+            let row = ((y + 0.5) / patch).floor().clamp(0.0, hmax);
+            read(row, col)
+        }
+        Sampling::Bilinear => {
+            let u = (x + 0.5) / patch - 0.5;
+            let v = (y + 0.5) / patch - 0.5;
+            let (u0, v0) = (u.clone().floor(), v.clone().floor());
+            let (fu, fv) = (u - u0.clone(), v - v0.clone());
+            let (c0, c1) = (u0.clone().clamp(0.0, wmax), (u0 + 1.0).clamp(0.0, wmax));
+            let (r0, r1) = (v0.clone().clamp(0.0, hmax), (v0 + 1.0).clamp(0.0, hmax));
+            let (gu, gv) = (fu.clone().neg() + 1.0, fv.clone().neg() + 1.0);
+            read(r0.clone(), c0.clone()) * (gu.clone() * gv.clone())
+                + read(r0, c1.clone()) * (fu.clone() * gv)
+                + read(r1.clone(), c0) * (gu * fv.clone())
+                + read(r1, c1) * (fu * fv)
+        }
+    }
+}
+
+/// SwAV's `distributed_sinkhorn` on one device: `scores` `[M, K]` -> assignments `[M, K]`
+/// whose rows sum to 1 and whose columns tend to `M / K`. Not differentiated.
+///
+/// Kept in `[M, K]` orientation; SwAV's `K x M` row step is the column step here.
+pub fn sinkhorn<B: Backend>(scores: Tensor<B, 2>, epsilon: f32, iterations: usize) -> Tensor<B, 2> {
+    let [m, k] = scores.dims();
+    let s = scores.detach() / epsilon;
+    // the global shift cancels in the first normalisation but keeps exp finite
+    let max = s.clone().max().reshape([1, 1]);
+    let q = (s - max).exp();
+    let mut q = q.clone() / q.sum().reshape([1, 1]);
+    for _ in 0..iterations {
+        q = q.clone() / q.clone().sum_dim(0) / k as f32;
+        q = q.clone() / q.clone().sum_dim(1) / m as f32;
+    }
+    q * m as f32
+}
+
+/// How the per-entry cross-entropies are averaged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Reduction {
+    /// Sum over visible entries / number of visible entries (the paper).
+    #[default]
+    Visible,
+    /// Sum over visible entries / all `B*T*N` entries (the released code).
+    All,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct LossConfig {
+    /// Student softmax temperature.
+    pub temperature: f32,
+    /// Sinkhorn entropy regularisation (released code: 0.06; the paper gives none).
+    pub epsilon: f32,
+    pub iterations: usize,
+    pub reduction: Reduction,
+}
+
+impl Default for LossConfig {
+    fn default() -> Self {
+        Self {
+            temperature: 0.1,
+            epsilon: 0.06,
+            iterations: 3,
+            reduction: Reduction::Visible,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct LossOutput<B: Backend> {
+    /// `[1]`.
+    pub loss: Tensor<B, 1>,
+    /// Prototype index per teacher entry, `[B, T, N]`.
+    pub targets: Tensor<B, 3, Int>,
+    /// Sinkhorn output over all `B*T*N` teacher rows (ordered b, t, n), `[B*T*N, K]`.
+    pub assignments: Tensor<B, 2>,
+    /// Share of visible entries, `[1]`.
+    pub visible_fraction: Tensor<B, 1>,
+    /// Entropy (nats) of how the targets spread over prototypes, `[1]`; `ln K` is uniform
+    /// use, 0 is collapse onto one prototype.
+    pub usage_entropy: Tensor<B, 1>,
+}
+
+/// The MoSiC loss.
+///
+/// `student_scores`: `[B, N, K]` cosine scores of the student at the query frame's points.
+/// `teacher_scores`: `[B, T, N, K]` cosine scores of the teacher at each frame's tracked
+/// point. `visibility`: `[B, T, N]`, 0 or 1. Sinkhorn runs jointly over all teacher
+/// entries; each entry's argmax is the target of its track's student prediction, frame 0
+/// included, weighted by visibility.
+pub fn mosic_loss<B: Backend>(
+    student_scores: Tensor<B, 3>,
+    teacher_scores: Tensor<B, 4>,
+    visibility: Tensor<B, 3>,
+    cfg: &LossConfig,
+) -> LossOutput<B> {
+    let [b, t, n, k] = teacher_scores.dims();
+    assert_eq!(
+        student_scores.dims(),
+        [b, n, k],
+        "student scores vs teacher [B, T, N, K]"
+    );
+    assert_eq!(
+        visibility.dims(),
+        [b, t, n],
+        "visibility vs teacher [B, T, N, K]"
+    );
+    let m = b * t * n;
+
+    let assignments = sinkhorn(teacher_scores.reshape([m, k]), cfg.epsilon, cfg.iterations);
+    let flat_targets = assignments.clone().argmax(1); // [M, 1]
+    let targets = flat_targets.clone().reshape([b, t, n]);
+
+    let logp = log_softmax(student_scores / cfg.temperature, 2);
+    let logp = logp.unsqueeze_dim::<4>(1).expand([b, t, n, k]);
+    let nll = logp
+        .gather(3, targets.clone().unsqueeze_dim(3))
+        .reshape([b, t, n])
+        .neg();
+    let vis = visibility.detach();
+    let total = (nll * vis.clone()).sum();
+    let loss = match cfg.reduction {
+        // clamped so that a batch with nothing visible gives 0, not NaN
+        Reduction::Visible => total / vis.clone().sum().clamp_min(1.0),
+        Reduction::All => total / m as f32,
+    };
+
+    let usage = flat_targets.reshape([m]).one_hot::<2>(k).float().sum_dim(0) / m as f32;
+    let usage_entropy = (usage.clone() * usage.clamp_min(1e-12).log()).sum().neg();
+    LossOutput {
+        loss,
+        targets,
+        assignments,
+        visible_fraction: vis.mean(),
+        usage_entropy,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::head::{ProjectionHead, Prototypes};
+    use burn::backend::{Autodiff, NdArray};
+    use burn::module::Param;
+    use burn::nn::Linear;
+    use burn::tensor::{Distribution, TensorData};
+    use safetensors::SafeTensors;
+
+    type Inner = NdArray<f32>;
+    type B = Autodiff<Inner>;
+
+    fn vec<BB: Backend, const D: usize>(x: Tensor<BB, D>) -> Vec<f32> {
+        x.into_data().convert::<f32>().to_vec().unwrap()
+    }
+
+    fn max_abs_diff<BB: Backend, const D: usize>(a: Tensor<BB, D>, b: Tensor<BB, D>) -> f32 {
+        assert_eq!(a.dims(), b.dims());
+        vec(a)
+            .iter()
+            .zip(vec(b))
+            .map(|(x, y)| (x - y).abs())
+            .fold(0.0, f32::max)
+    }
+
+    #[test]
+    fn sinkhorn_rows_sum_to_one_and_columns_balance() {
+        let dev = Default::default();
+        let (m, k) = (200, 10);
+        let scores = Tensor::<Inner, 2>::random([m, k], Distribution::Uniform(-1.0, 1.0), &dev);
+        let q = sinkhorn(scores, 0.06, 100);
+        for r in vec(q.clone().sum_dim(1)) {
+            assert!((r - 1.0).abs() < 1e-5, "row sum {r}");
+        }
+        let target = m as f32 / k as f32;
+        for c in vec(q.sum_dim(0)) {
+            assert!(
+                (c - target).abs() < 1e-3 * target,
+                "column sum {c}, want {target}"
+            );
+        }
+    }
+
+    #[test]
+    fn loss_matches_hand_computation() {
+        let dev = Default::default();
+        // one track, two frames, two prototypes: frame 0 clearly on prototype 0, frame 1 on 1
+        let teacher = Tensor::<Inner, 4>::from_floats([[[[1.0, 0.0]], [[0.0, 1.0]]]], &dev);
+        let student = Tensor::<Inner, 3>::from_floats([[[0.2, 0.1]]], &dev);
+        // logits 2 and 1: CE is ln(1 + e^-1) for target 0, 1 + ln(1 + e^-1) for target 1
+        let ce0 = (1.0 + (-1.0f64).exp()).ln();
+        let ce1 = 1.0 + ce0;
+        let cases = [
+            ([1.0, 1.0], Reduction::Visible, (ce0 + ce1) / 2.0),
+            ([1.0, 1.0], Reduction::All, (ce0 + ce1) / 2.0),
+            ([1.0, 0.0], Reduction::Visible, ce0),
+            ([1.0, 0.0], Reduction::All, ce0 / 2.0),
+            ([0.0, 1.0], Reduction::Visible, ce1),
+        ];
+        for (vis, reduction, want) in cases {
+            let vis = Tensor::<Inner, 3>::from_floats([[[vis[0]], [vis[1]]]], &dev);
+            let cfg = LossConfig {
+                reduction,
+                ..Default::default()
+            };
+            let out = mosic_loss(student.clone(), teacher.clone(), vis, &cfg);
+            assert_eq!(
+                out.targets.into_data().iter::<i64>().collect::<Vec<_>>(),
+                [0, 1]
+            );
+            let got = out.loss.into_scalar() as f64;
+            assert!((got - want).abs() < 1e-6, "{reduction:?}: {got} vs {want}");
+            let h = out.usage_entropy.into_scalar() as f64;
+            assert!((h - 2f64.ln()).abs() < 1e-6);
+        }
+        let nothing = Tensor::<Inner, 3>::zeros([1, 2, 1], &dev);
+        let out = mosic_loss(student, teacher, nothing, &LossConfig::default());
+        assert_eq!(out.loss.into_scalar(), 0.0);
+    }
+
+    /// An object patch moves right (increasing column) over frames; points with increasing
+    /// x must follow it, and the same points with x and y swapped must not.
+    #[test]
+    fn sampling_follows_x_as_column() {
+        let dev = Default::default();
+        let (h, w, patch, t) = (4usize, 6usize, 14.0f32, 3usize);
+        let object = |f: usize| (0usize, 2 + f); // (row, column) in frame f
+                                                 // channel 0: object marker; 1: row; 2: column
+        let mut data = vec![0.0f32; t * h * w * 3];
+        for f in 0..t {
+            for r in 0..h {
+                for c in 0..w {
+                    let at = ((f * h + r) * w + c) * 3;
+                    data[at] = ((r, c) == object(f)) as u8 as f32;
+                    data[at + 1] = r as f32;
+                    data[at + 2] = c as f32;
+                }
+            }
+        }
+        let feats = Tensor::<B, 4>::from_data(TensorData::new(data, [1, t, h * w, 3]), &dev);
+        let centre = |i: usize| i as f32 * patch + 6.5;
+        let patch_coord = |p: f32| (p + 0.5) / patch - 0.5;
+        // at the object's patch centre, and off-centre but inside the same patch
+        for off in [0.0f32, 5.9, -6.4] {
+            let xy: Vec<[f32; 2]> = (0..t)
+                .map(|f| [centre(object(f).1) + off, centre(object(f).0) - off])
+                .collect();
+            let pts = Tensor::<B, 4>::from_data(TensorData::new(xy.concat(), [1, t, 1, 2]), &dev);
+            let swapped = pts.clone().flip([3]);
+            for mode in [Sampling::Nearest, Sampling::Bilinear] {
+                let got = vec(sample_points(
+                    feats.clone(),
+                    (h, w),
+                    patch,
+                    pts.clone(),
+                    mode,
+                ));
+                let away = vec(sample_points(
+                    feats.clone(),
+                    (h, w),
+                    patch,
+                    swapped.clone(),
+                    mode,
+                ));
+                for (f, [x, y]) in xy.iter().copied().enumerate() {
+                    let (marker, row, col) = (got[f * 3], got[f * 3 + 1], got[f * 3 + 2]);
+                    let (r, c) = object(f);
+                    assert_eq!(
+                        away[f * 3],
+                        0.0,
+                        "{mode:?} frame {f}: swapped x/y hit the object"
+                    );
+                    if mode == Sampling::Nearest || off == 0.0 {
+                        assert_eq!(
+                            (marker, row, col),
+                            (1.0, r as f32, c as f32),
+                            "{mode:?} frame {f}"
+                        );
+                    } else {
+                        // the row/column channels are linear, so bilinear returns the
+                        // (border-clamped) patch coordinates themselves
+                        let (u, v) = (patch_coord(x), patch_coord(y).max(0.0));
+                        assert!(
+                            (col - u).abs() < 1e-5 && (row - v).abs() < 1e-5,
+                            "frame {f}: {row},{col}"
+                        );
+                        assert!(marker > 0.25, "frame {f}: marker {marker}");
+                        assert!((away[f * 3 + 2] - u).abs() > 1.0);
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn bilinear_at_patch_centres_equals_nearest() {
+        let dev = Default::default();
+        let (h, w, patch) = (3usize, 5usize, 16.0f32);
+        let feats = Tensor::<Inner, 4>::random([2, 2, h * w, 4], Distribution::Default, &dev);
+        let pts: Vec<f32> = (0..2 * 2 * h * w)
+            .flat_map(|i| {
+                let (r, c) = ((i % (h * w)) / w, i % w);
+                [c as f32 * patch + 7.5, r as f32 * patch + 7.5]
+            })
+            .collect();
+        let pts = Tensor::<Inner, 4>::from_data(TensorData::new(pts, [2, 2, h * w, 2]), &dev);
+        let near = sample_points(feats.clone(), (h, w), patch, pts.clone(), Sampling::Nearest);
+        let bil = sample_points(feats.clone(), (h, w), patch, pts, Sampling::Bilinear);
+        assert_eq!(max_abs_diff(near.clone(), feats), 0.0);
+        assert!(max_abs_diff(near, bil) < 1e-6);
+    }
+
+    /// The student's features must get gradients through the sampling; bilinear weights
+    /// sum to 1, so a summed output gives each point a total gradient of 1 per channel.
+    #[test]
+    fn sampling_passes_gradients_to_features() {
+        let dev = Default::default();
+        let feats =
+            Tensor::<B, 4>::random([1, 2, 12, 3], Distribution::Default, &dev).require_grad();
+        let pts = Tensor::<B, 4>::random([1, 2, 5, 2], Distribution::Uniform(-5.0, 60.0), &dev);
+        for mode in [Sampling::Nearest, Sampling::Bilinear] {
+            let out = sample_points(feats.clone(), (3, 4), 14.0, pts.clone(), mode);
+            let grads = out.sum().backward();
+            let total = feats.grad(&grads).unwrap().sum().into_scalar();
+            assert!((total - 2.0 * 5.0 * 3.0).abs() < 1e-4, "{mode:?}: {total}");
+        }
+    }
+
+    // ---- golden: tools/make_loss_golden.py ----
+
+    struct Golden {
+        bytes: Vec<u8>,
+        cfg: serde_json::Value,
+    }
+
+    impl Golden {
+        fn load() -> Self {
+            let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/fixtures/loss");
+            let bytes = std::fs::read(format!("{dir}/golden.safetensors")).expect("golden fixture");
+            let cfg = std::fs::read_to_string(format!("{dir}/golden.json")).unwrap();
+            Self {
+                bytes,
+                cfg: serde_json::from_str(&cfg).unwrap(),
+            }
+        }
+        fn usize(&self, key: &str) -> usize {
+            self.cfg[key].as_u64().unwrap() as usize
+        }
+        fn f32(&self, key: &str) -> f32 {
+            self.cfg[key].as_f64().unwrap() as f32
+        }
+        fn tensor<BB: Backend, const D: usize>(&self, name: &str) -> Tensor<BB, D> {
+            let st = SafeTensors::deserialize(&self.bytes).unwrap();
+            let view = st.tensor(name).unwrap_or_else(|e| panic!("{name}: {e}"));
+            let shape = view.shape().to_vec();
+            let data = match view.dtype() {
+                safetensors::Dtype::F32 => TensorData::new(
+                    view.data()
+                        .chunks_exact(4)
+                        .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+                        .collect(),
+                    shape,
+                ),
+                safetensors::Dtype::I64 => TensorData::new(
+                    view.data()
+                        .chunks_exact(8)
+                        .map(|c| i64::from_le_bytes(c.try_into().unwrap()))
+                        .collect(),
+                    shape,
+                ),
+                other => panic!("{name}: unexpected {other:?}"),
+            };
+            Tensor::from_data(data, &Default::default())
+        }
+        fn head(&self, who: &str) -> (ProjectionHead<B>, Prototypes<B>) {
+            let n = self.cfg["hidden"].as_array().unwrap().len() + 1;
+            let layers = (0..n)
+                .map(|j| Linear {
+                    weight: Param::from_tensor(self.tensor(&format!("{who}.layers.{j}.weight"))),
+                    bias: Some(Param::from_tensor(
+                        self.tensor(&format!("{who}.layers.{j}.bias")),
+                    )),
+                })
+                .collect();
+            let protos = Prototypes {
+                weight: Param::from_tensor(self.tensor(&format!("{who}.prototypes"))),
+            };
+            (ProjectionHead { layers }, protos.normalized())
+        }
+    }
+
+    #[test]
+    fn golden_loss_sinkhorn_and_gradients() {
+        let g = Golden::load();
+        let tol = 1e-5;
+        let mut worst = 0.0f32;
+        let mut check = |what: &str, d: f32| {
+            println!("golden max |diff| {what:<28} {d:.3e}");
+            assert!(d < tol, "{what}: max |diff| {d:e}");
+            worst = worst.max(d);
+        };
+        let (student, s_protos) = g.head("student");
+        let (teacher, t_protos) = g.head("teacher");
+        let student_feats: Tensor<B, 3> = g.tensor("student_feats");
+        let vis: Tensor<B, 3> = g.tensor("visibility");
+        let t_scores = t_protos
+            .scores(teacher.forward(g.tensor::<B, 4>("teacher_feats")))
+            .detach();
+        check(
+            "teacher scores",
+            max_abs_diff(t_scores.clone(), g.tensor("teacher_scores")),
+        );
+
+        for (name, reduction) in [("visible", Reduction::Visible), ("all", Reduction::All)] {
+            let cfg = LossConfig {
+                temperature: g.f32("temperature"),
+                epsilon: g.f32("epsilon"),
+                iterations: g.usize("iterations"),
+                reduction,
+            };
+            let s_scores = s_protos.scores(student.forward(student_feats.clone()));
+            check(
+                "student scores",
+                max_abs_diff(s_scores.clone(), g.tensor("student_scores")),
+            );
+            let out = mosic_loss(s_scores, t_scores.clone(), vis.clone(), &cfg);
+            check(
+                "sinkhorn",
+                max_abs_diff(out.assignments.clone(), g.tensor("sinkhorn")),
+            );
+            let want: Vec<i64> = g
+                .tensor::<Inner, 3>("targets")
+                .into_data()
+                .iter::<i64>()
+                .collect();
+            assert_eq!(
+                out.targets.into_data().iter::<i64>().collect::<Vec<_>>(),
+                want,
+                "targets"
+            );
+            check(
+                &format!("loss ({name})"),
+                max_abs_diff(out.loss.clone(), g.tensor(&format!("loss_{name}"))),
+            );
+
+            let grads = out.loss.backward();
+            for (j, layer) in student.layers.iter().enumerate() {
+                let gw = layer.weight.val().grad(&grads).unwrap();
+                let gb = layer.bias.as_ref().unwrap().val().grad(&grads).unwrap();
+                let key = format!("grad_{name}.layers.{j}");
+                check(
+                    &format!("{key}.weight"),
+                    max_abs_diff(gw, g.tensor(&format!("{key}.weight"))),
+                );
+                check(
+                    &format!("{key}.bias"),
+                    max_abs_diff(gb, g.tensor(&format!("{key}.bias"))),
+                );
+            }
+            let gp = s_protos.weight.val().grad(&grads).unwrap();
+            check(
+                &format!("grad_{name}.prototypes"),
+                max_abs_diff(gp, g.tensor(&format!("grad_{name}.prototypes"))),
+            );
+        }
+
+        let (h, w, patch) = (g.usize("grid_h"), g.usize("grid_w"), g.f32("patch"));
+        let feats: Tensor<Inner, 4> = g.tensor("sample_feats");
+        let pts: Tensor<Inner, 4> = g.tensor("sample_points");
+        for (name, mode) in [
+            ("nearest", Sampling::Nearest),
+            ("bilinear", Sampling::Bilinear),
+        ] {
+            let got = sample_points(feats.clone(), (h, w), patch, pts.clone(), mode);
+            check(
+                &format!("sample_points {name}"),
+                max_abs_diff(got, g.tensor(&format!("sampled_{name}"))),
+            );
+        }
+        println!("golden worst max |diff| {worst:.3e} (tolerance {tol:e})");
+    }
+}
