@@ -7,6 +7,7 @@ use std::process::ExitCode;
 
 mod progress;
 mod tracks;
+mod train;
 
 #[derive(Parser)]
 #[command(name = "mosic", version, about = "Motion-guided Sinkhorn clustering: track shards and dense post-training of ViTs")]
@@ -24,6 +25,10 @@ enum Command {
     Shards(ShardsCommand),
     /// Stage 1: track videos into shards (`mosic tracks --input DIR`), or score tracks (`mosic tracks eval`).
     Tracks(tracks::TracksArgs),
+    /// Stage 2: post-train a ViT on track shards.
+    Train(train::TrainArgs),
+    /// Write a run's teacher backbone as timm-compatible safetensors.
+    Export(train::ExportArgs),
     /// Benchmarks that print throughput figures.
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -33,6 +38,8 @@ enum Command {
 enum BenchCommand {
     /// Clips/s of the whole tracking stage and of decoding alone, on the same clips.
     Tracks(tracks::BenchArgs),
+    /// Clips/s and peak memory of the training step for a config and backend.
+    Train(train::BenchTrainArgs),
 }
 
 #[derive(Args)]
@@ -117,6 +124,9 @@ fn run(command: Command) -> Result<ExitCode> {
         Command::Shards(c) => shards(c),
         Command::Tracks(a) => tracks::tracks(a),
         Command::Bench(BenchCommand::Tracks(a)) => tracks::bench(a),
+        Command::Bench(BenchCommand::Train(a)) => train::bench(a),
+        Command::Train(a) => train::train(a),
+        Command::Export(a) => train::export(a),
     }
 }
 

@@ -4,8 +4,17 @@
 //! - [`head`]: projection head and prototypes.
 //! - [`loss`]: features at track points, Sinkhorn-Knopp, propagated targets, the loss.
 //! - [`loader`]: streaming shards into augmented, normalised batches.
+//! - [`train`]: student and EMA teacher, the step, checkpoints and resume.
+//! - [`config`]: every hyperparameter, from TOML with overrides.
 
+pub mod backend;
+pub mod config;
 pub mod head;
 pub mod loader;
 pub mod loss;
 pub mod model;
+pub mod params;
+pub mod plot;
+pub mod train;
+
+pub use config::TrainConfig;

@@ -852,7 +852,29 @@ mod tests {
     fn throughput() {
         let dir = tempfile::tempdir().unwrap();
         let sp = spec(12, 16, 224);
-        write_dir(dir.path(), &sp, &[48, 48], 32);
+        // Gradients with mild noise, so the JPEGs weigh about what video frames do.
+        let mut m = Manifest::new(sp.clone(), serde_json::json!({}));
+        let mut bytes = 0;
+        for j in 0..2u32 {
+            let path = dir.path().join(format!("shard-{j:05}.parquet"));
+            let mut w = ShardWriter::create(&path, &sp, &WriteOptions::default()).unwrap();
+            for i in 0..48 {
+                let mut c = clip(j * 48 + i, &sp);
+                for (k, f) in c.frames.iter_mut().enumerate() {
+                    let mut rng = SplitMix64::stream(i as u64, k as u64);
+                    let img = image::RgbImage::from_fn(224, 224, |x, y| {
+                        let n = rng.below(32) as u32;
+                        image::Rgb([(x + n) as u8, (y + i + n) as u8, ((x * y) / 200 + k as u32 * 9 + n) as u8])
+                    });
+                    *f = mosic::imageio::encode_jpeg(&img, 90).unwrap();
+                    bytes += f.len();
+                }
+                w.write(c).unwrap();
+            }
+            m.shards.push(w.finish().unwrap());
+        }
+        m.save(dir.path()).unwrap();
+        eprintln!("{} KB per frame", bytes / (96 * 12) / 1024);
         let c = LoaderConfig { batch_size: 8, input_size: 224, shuffle_buffer: 64, workers: 0, prefetch: 4, ..Default::default() };
         let mut l = Loader::open(dir.path(), c, LoaderState::default()).unwrap();
         l.next_batch().unwrap();

@@ -1,0 +1,158 @@
+//! Stage 2 end to end: training on synthetic ground-truth shards, exact resume, a
+//! non-finite loss, shards of another schema version, and export.
+
+mod common;
+
+use common::*;
+use std::path::Path;
+
+fn synth(out: &Path) {
+    let o = run(&["synth", "--out", out.to_str().unwrap(), "--videos", "2", "--frames", "100", "--width", "160", "--height", "96", "--no-mp4"]);
+    assert!(o.status.success(), "{}", text(&o));
+}
+
+/// A tiny, fast configuration: 112 px input (8x8 patches), 2 clips a step.
+fn args<'a>(shards: &'a str, out: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut v = vec![
+        "train",
+        "--out",
+        out,
+        "--set",
+        "model.preset=vit_tiny_test",
+        "--set",
+        "model.img_size=112",
+        "--set",
+        "head.hidden=[64]",
+        "--set",
+        "head.prototypes=16",
+        "--set",
+        "data.batch_size=2",
+        "--set",
+        "data.workers=1",
+        "--set",
+        "data.shuffle_buffer=4",
+        "--set",
+        "optim.lr=1e-3",
+        "--set",
+        "run.steps=4",
+        "--set",
+        "run.checkpoint_every=1",
+    ];
+    v.push("--set");
+    v.push(shards);
+    v.extend_from_slice(extra);
+    v
+}
+
+fn read(path: &Path) -> std::collections::BTreeMap<String, (Vec<usize>, Vec<f32>)> {
+    mosic_trainer::params::load_safetensors(path).unwrap()
+}
+
+#[test]
+fn resume_continues_exactly() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("synth");
+    synth(&data);
+    let shards = format!("data.shards={}", data.join("gt").display());
+    let straight = tmp.path().join("straight");
+    let o = run(&args(&shards, straight.to_str().unwrap(), &[]));
+    assert!(o.status.success(), "{}", text(&o));
+
+    let split = tmp.path().join("split");
+    let o = run(&args(&shards, split.to_str().unwrap(), &["--stop-after", "2"]));
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("train: 2 steps"), "{}", text(&o));
+    let o = run(&args(&shards, split.to_str().unwrap(), &["--resume"]));
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("resumed from") && text(&o).contains("train: 4 steps"), "{}", text(&o));
+
+    for f in ["student.safetensors", "teacher.safetensors", "optimizer.safetensors"] {
+        let a = read(&straight.join("checkpoints/step-00000004").join(f));
+        let b = read(&split.join("checkpoints/step-00000004").join(f));
+        assert_eq!(a.keys().collect::<Vec<_>>(), b.keys().collect::<Vec<_>>(), "{f}");
+        for (k, (sa, va)) in &a {
+            let (sb, vb) = &b[k];
+            assert_eq!(sa, sb, "{f} {k}");
+            let d = va.iter().zip(vb).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
+            assert!(d == 0.0, "{f} {k}: max abs diff {d}");
+        }
+    }
+    let metrics = |dir: &Path| -> Vec<f64> {
+        std::fs::read_to_string(dir.join("metrics.jsonl"))
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["loss"].as_f64().unwrap())
+            .collect()
+    };
+    assert_eq!(metrics(&straight), metrics(&split));
+    assert_eq!(metrics(&straight).len(), 4);
+    assert!(straight.join("loss.png").is_file() && straight.join("config.toml").is_file());
+
+    // Export: the teacher backbone under timm's names and shapes.
+    let out = tmp.path().join("export.safetensors");
+    let o = run(&["export", "--run", straight.to_str().unwrap(), "--out", out.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", text(&o));
+    let exported = read(&out);
+    let cfg = mosic_trainer::model::VitConfig::preset("vit_tiny_test", 112).unwrap();
+    let want: Vec<(String, Vec<usize>)> = cfg.timm_shapes();
+    let got: Vec<(String, Vec<usize>)> = exported.iter().map(|(k, (s, _))| (k.clone(), s.clone())).collect();
+    let mut want_sorted = want.clone();
+    want_sorted.sort();
+    assert_eq!(got, want_sorted);
+    // ...holding the teacher's values.
+    let teacher = read(&straight.join("checkpoints/step-00000004/teacher.safetensors"));
+    assert_eq!(exported["blocks.3.attn.qkv.bias"].1, teacher["backbone.blocks.3.attn.qkv.bias"].1);
+}
+
+#[test]
+fn a_non_finite_loss_stops_and_keeps_the_last_good_checkpoint() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("synth");
+    synth(&data);
+    let shards = format!("data.shards={}", data.join("gt").display());
+    let run_dir = tmp.path().join("run");
+    let o = run(&args(&shards, run_dir.to_str().unwrap(), &["--set", "optim.lr=1e30", "--set", "optim.grad_clip=0", "--set", "run.steps=20"]));
+    let msg = text(&o);
+    assert!(!o.status.success(), "{msg}");
+    assert!(msg.contains("the loss is NaN at step") || msg.contains("the loss is inf at step"), "{msg}");
+    assert!(msg.contains("the last good checkpoint is"), "{msg}");
+    let ckpts = mosic_trainer::train::checkpoints(&run_dir);
+    assert!(!ckpts.is_empty());
+    // Every kept checkpoint holds finite weights.
+    for (k, (_, v)) in read(&ckpts.last().unwrap().join("student.safetensors")) {
+        assert!(v.iter().all(|x| x.is_finite()), "{k}");
+    }
+}
+
+#[test]
+fn shards_of_another_schema_version_or_grid_are_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("synth");
+    synth(&data);
+    let gt = data.join("gt");
+    let shards = format!("data.shards={}", gt.display());
+    let run_dir = tmp.path().join("run");
+    let o = run(&args(&shards, run_dir.to_str().unwrap(), &["--set", "data.grid_size=8"]));
+    assert!(!o.status.success());
+    assert!(text(&o).contains("16") && text(&o).contains("8") && text(&o).contains("gt"), "{}", text(&o));
+
+    let mut m = mosic::Manifest::load(&gt).unwrap();
+    m.schema_version = "3.1".into();
+    m.save(&gt).unwrap();
+    let o = run(&args(&shards, tmp.path().join("run2").to_str().unwrap(), &[]));
+    assert!(!o.status.success());
+    assert!(text(&o).contains("manifest.json") && text(&o).contains("3.1"), "{}", text(&o));
+}
+
+#[test]
+fn bad_weights_are_listed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let w = tmp.path().join("w.safetensors");
+    let mut t = std::collections::BTreeMap::new();
+    t.insert("cls_token".to_string(), (vec![1, 1, 7], vec![0f32; 7]));
+    mosic_trainer::params::save_safetensors(&w, &t).unwrap();
+    let o = run(&["bench", "train", "--set", "model.preset=vit_tiny_test", "--set", &format!("model.weights={}", w.display()), "--steps", "1"]);
+    let msg = text(&o);
+    assert!(!o.status.success());
+    assert!(msg.contains("w.safetensors") && msg.contains("pos_embed") && msg.contains("cls_token"), "{msg}");
+}

@@ -1,0 +1,344 @@
+//! Parameters by name: saving and loading modules, the optimiser, the EMA teacher.
+//!
+//! Everything here is keyed by the parameter's path in the module tree
+//! (`backbone.blocks.11.attn.qkv.weight`), not by Burn's per-process ids, so checkpoints,
+//! optimiser state and the teacher line up across runs and resumes.
+
+use anyhow::{bail, Context, Result};
+use burn::module::{Module, ModuleMapper, ModuleVisitor, Param};
+use burn::optim::GradientsParams;
+use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::{Tensor, TensorData};
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+
+/// A parameter's values on the host: shape and row-major data.
+pub type HostTensor = (Vec<usize>, Vec<f32>);
+
+#[derive(Default)]
+struct PathTracker(Vec<String>);
+
+impl PathTracker {
+    fn enter(&mut self, name: &str) {
+        self.0.push(name.to_string());
+    }
+    fn exit(&mut self) {
+        self.0.pop();
+    }
+    fn key(&self) -> String {
+        self.0.join(".")
+    }
+}
+
+struct Collect<'a, F: FnMut(&str) -> bool> {
+    path: PathTracker,
+    keep: F,
+    out: &'a mut BTreeMap<String, HostTensor>,
+}
+
+impl<B: Backend, F: FnMut(&str) -> bool> ModuleVisitor<B> for Collect<'_, F> {
+    fn enter_module(&mut self, name: &str, _: &str) {
+        self.path.enter(name);
+    }
+    fn exit_module(&mut self, _: &str, _: &str) {
+        self.path.exit();
+    }
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+        let key = self.path.key();
+        if (self.keep)(&key) {
+            let t = param.val();
+            let shape = t.dims().to_vec();
+            let data = t.into_data().convert::<f32>().to_vec::<f32>().expect("f32 data");
+            self.out.insert(key, (shape, data));
+        }
+    }
+}
+
+/// Every float parameter (or those `keep` selects) by path.
+pub fn collect<B: Backend, M: Module<B>>(module: &M, keep: impl FnMut(&str) -> bool) -> BTreeMap<String, HostTensor> {
+    let mut out = BTreeMap::new();
+    module.visit(&mut Collect { path: PathTracker::default(), keep, out: &mut out });
+    out
+}
+
+struct Assign<'a, B: Backend> {
+    path: PathTracker,
+    values: &'a BTreeMap<String, HostTensor>,
+    device: B::Device,
+    missing: Vec<String>,
+}
+
+impl<B: Backend> ModuleMapper<B> for Assign<'_, B> {
+    fn enter_module(&mut self, name: &str, _: &str) {
+        self.path.enter(name);
+    }
+    fn exit_module(&mut self, _: &str, _: &str) {
+        self.path.exit();
+    }
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
+        let key = self.path.key();
+        let (id, tensor, mapper) = param.consume();
+        let dims = tensor.dims().to_vec();
+        match self.values.get(&key) {
+            Some((shape, data)) if *shape == dims => {
+                let rg = tensor.is_require_grad();
+                let t = Tensor::<B, D>::from_data(TensorData::new(data.clone(), shape.clone()), &self.device).set_require_grad(rg);
+                Param::from_mapped_value(id, t, mapper)
+            }
+            Some((shape, _)) => {
+                self.missing.push(format!("{key} (shape {shape:?}, expected {dims:?})"));
+                Param::from_mapped_value(id, tensor, mapper)
+            }
+            None => {
+                self.missing.push(key);
+                Param::from_mapped_value(id, tensor, mapper)
+            }
+        }
+    }
+}
+
+/// Replaces every float parameter by the value of the same path; errors list what is missing.
+pub fn assign<B: Backend, M: Module<B>>(module: M, values: &BTreeMap<String, HostTensor>, device: &B::Device, what: &Path) -> Result<M> {
+    let mut a = Assign::<B> { path: PathTracker::default(), values, device: device.clone(), missing: Vec::new() };
+    let m = module.map(&mut a);
+    if !a.missing.is_empty() {
+        bail!("{}: missing or mis-shaped tensors: {}", what.display(), a.missing.join(", "));
+    }
+    Ok(m)
+}
+
+struct Freeze<F: FnMut(&str) -> bool> {
+    path: PathTracker,
+    trainable: F,
+}
+
+impl<B: Backend, F: FnMut(&str) -> bool> ModuleMapper<B> for Freeze<F> {
+    fn enter_module(&mut self, name: &str, _: &str) {
+        self.path.enter(name);
+    }
+    fn exit_module(&mut self, _: &str, _: &str) {
+        self.path.exit();
+    }
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
+        let rg = (self.trainable)(&self.path.key());
+        param.set_require_grad(rg)
+    }
+}
+
+/// Marks the parameters `trainable` selects as requiring gradients and the rest as frozen.
+pub fn freeze<B: Backend, M: Module<B>>(module: M, trainable: impl FnMut(&str) -> bool) -> M {
+    module.map(&mut Freeze { path: PathTracker::default(), trainable })
+}
+
+pub fn save_safetensors(path: &Path, tensors: &BTreeMap<String, HostTensor>) -> Result<()> {
+    let bytes: Vec<(String, Vec<u8>, Vec<usize>)> = tensors
+        .iter()
+        .map(|(k, (shape, data))| (k.clone(), data.iter().flat_map(|v| v.to_le_bytes()).collect(), shape.clone()))
+        .collect();
+    let views: Vec<(String, safetensors::tensor::TensorView)> = bytes
+        .iter()
+        .map(|(k, b, s)| Ok((k.clone(), safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), b)?)))
+        .collect::<Result<_, safetensors::SafeTensorError>>()?;
+    let out = safetensors::serialize(views, None)?;
+    mosic::fsutil::write_atomic(path, &out)?;
+    Ok(())
+}
+
+pub fn load_safetensors(path: &Path) -> Result<BTreeMap<String, HostTensor>> {
+    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let st = safetensors::SafeTensors::deserialize(&bytes).with_context(|| format!("{} is not a safetensors file", path.display()))?;
+    let mut out = BTreeMap::new();
+    for (name, view) in st.tensors() {
+        if view.dtype() != safetensors::Dtype::F32 {
+            bail!("{}: tensor {name} is {:?}, expected F32", path.display(), view.dtype());
+        }
+        let data = view.data().chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+        out.insert(name, (view.shape().to_vec(), data));
+    }
+    Ok(out)
+}
+
+/// AdamW with decoupled weight decay (as torch.optim.AdamW) and two learning rates: the
+/// backbone's and the head's (head and prototypes). Tensors of rank 1 (biases, norms,
+/// layer scales) get no weight decay.
+pub struct AdamW<B: Backend> {
+    pub beta1: f64,
+    pub beta2: f64,
+    pub eps: f64,
+    pub weight_decay: f64,
+    /// Completed steps (for bias correction).
+    pub steps: u64,
+    moments: HashMap<String, (Tensor<B, 1>, Tensor<B, 1>)>,
+}
+
+struct AdamStep<'a, B: AutodiffBackend> {
+    path: PathTracker,
+    grads: &'a GradientsParams,
+    opt: &'a mut AdamW<B::InnerBackend>,
+    lr_backbone: f64,
+    lr_head: f64,
+    scale: f64,
+}
+
+impl<B: AutodiffBackend> ModuleMapper<B> for AdamStep<'_, B> {
+    fn enter_module(&mut self, name: &str, _: &str) {
+        self.path.enter(name);
+    }
+    fn exit_module(&mut self, _: &str, _: &str) {
+        self.path.exit();
+    }
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
+        let (id, tensor, mapper) = param.consume();
+        let Some(grad) = self.grads.get::<B::InnerBackend, D>(id) else {
+            return Param::from_mapped_value(id, tensor, mapper);
+        };
+        let key = self.path.key();
+        let lr = if key.starts_with("backbone.") { self.lr_backbone } else { self.lr_head };
+        let o = &mut *self.opt;
+        let t = (o.steps + 1) as i32;
+        let x = tensor.inner();
+        let shape = x.shape();
+        let n = shape.num_elements();
+        let g = grad.reshape([n]).mul_scalar(self.scale);
+        let device = g.device();
+        let (m, v) = o.moments.remove(&key).unwrap_or_else(|| (Tensor::zeros([n], &device), Tensor::zeros([n], &device)));
+        let m = m.mul_scalar(o.beta1).add(g.clone().mul_scalar(1.0 - o.beta1));
+        let v = v.mul_scalar(o.beta2).add(g.powi_scalar(2).mul_scalar(1.0 - o.beta2));
+        let mhat = m.clone().div_scalar(1.0 - o.beta1.powi(t));
+        let vhat = v.clone().div_scalar(1.0 - o.beta2.powi(t));
+        let decay = if D >= 2 { o.weight_decay } else { 0.0 };
+        let update = mhat.div(vhat.sqrt().add_scalar(o.eps)).mul_scalar(lr);
+        let x = x.reshape([n]).mul_scalar(1.0 - lr * decay).sub(update).reshape(shape);
+        o.moments.insert(key, (m, v));
+        Param::from_mapped_value(id, Tensor::from_inner(x).require_grad(), mapper)
+    }
+}
+
+impl<B: Backend> AdamW<B> {
+    pub fn new(beta1: f64, beta2: f64, eps: f64, weight_decay: f64) -> Self {
+        Self { beta1, beta2, eps, weight_decay, steps: 0, moments: HashMap::new() }
+    }
+
+    /// One step over every parameter that has a gradient; `scale` multiplies the gradients
+    /// (global-norm clipping).
+    pub fn step<AB: AutodiffBackend<InnerBackend = B>, M: Module<AB>>(
+        &mut self,
+        module: M,
+        grads: &GradientsParams,
+        lr_backbone: f64,
+        lr_head: f64,
+        scale: f64,
+    ) -> M {
+        let mut s = AdamStep::<AB> { path: PathTracker::default(), grads, opt: self, lr_backbone, lr_head, scale };
+        let m = module.map(&mut s);
+        self.steps += 1;
+        m
+    }
+
+    /// Moments as host tensors (`m.<path>`, `v.<path>`) for checkpoints.
+    pub fn state(&self) -> BTreeMap<String, HostTensor> {
+        let mut out = BTreeMap::new();
+        for (k, (m, v)) in &self.moments {
+            for (p, t) in [("m", m), ("v", v)] {
+                let data = t.clone().into_data().convert::<f32>().to_vec::<f32>().expect("f32 data");
+                out.insert(format!("{p}.{k}"), (vec![data.len()], data));
+            }
+        }
+        out
+    }
+
+    pub fn load_state(&mut self, state: &BTreeMap<String, HostTensor>, steps: u64, device: &B::Device) -> Result<()> {
+        self.moments.clear();
+        self.steps = steps;
+        for (k, (_, m)) in state.iter().filter(|(k, _)| k.starts_with("m.")) {
+            let key = &k[2..];
+            let (_, v) = state.get(&format!("v.{key}")).with_context(|| format!("optimiser state lacks v.{key}"))?;
+            let t = |d: &Vec<f32>| Tensor::<B, 1>::from_data(TensorData::new(d.clone(), [d.len()]), device);
+            self.moments.insert(key.to_string(), (t(m), t(v)));
+        }
+        Ok(())
+    }
+}
+
+struct GradNorm<'a, B: AutodiffBackend> {
+    grads: &'a GradientsParams,
+    sum: Option<Tensor<B::InnerBackend, 1>>,
+}
+
+impl<B: AutodiffBackend> ModuleVisitor<B> for GradNorm<'_, B> {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+        if let Some(g) = self.grads.get::<B::InnerBackend, D>(param.id) {
+            let s = g.powi_scalar(2).sum();
+            self.sum = Some(match self.sum.take() {
+                Some(a) => a.add(s),
+                None => s,
+            });
+        }
+    }
+}
+
+/// The global L2 norm of all gradients (one host sync).
+pub fn grad_norm<B: AutodiffBackend, M: Module<B>>(module: &M, grads: &GradientsParams) -> f64 {
+    let mut v = GradNorm::<B> { grads, sum: None };
+    module.visit(&mut v);
+    v.sum.map(|s| (s.into_scalar().elem::<f64>()).sqrt()).unwrap_or(0.0)
+}
+
+use burn::tensor::ElementConversion;
+
+struct Ema<'a, B: Backend> {
+    path: PathTracker,
+    student: &'a HashMap<String, Tensor<B, 1>>,
+    momentum: f64,
+}
+
+impl<B: Backend> ModuleMapper<B> for Ema<'_, B> {
+    fn enter_module(&mut self, name: &str, _: &str) {
+        self.path.enter(name);
+    }
+    fn exit_module(&mut self, _: &str, _: &str) {
+        self.path.exit();
+    }
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
+        match self.student.get(&self.path.key()) {
+            Some(s) => {
+                let s = s.clone();
+                let m = self.momentum;
+                param.map(|t| {
+                    let shape = t.shape();
+                    t.mul_scalar(m).add(s.reshape(shape).mul_scalar(1.0 - m))
+                })
+            }
+            None => param,
+        }
+    }
+}
+
+struct Flat<'a, B: AutodiffBackend> {
+    path: PathTracker,
+    out: &'a mut HashMap<String, Tensor<B::InnerBackend, 1>>,
+}
+
+impl<B: AutodiffBackend> ModuleVisitor<B> for Flat<'_, B> {
+    fn enter_module(&mut self, name: &str, _: &str) {
+        self.path.enter(name);
+    }
+    fn exit_module(&mut self, _: &str, _: &str) {
+        self.path.exit();
+    }
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+        let t = param.val();
+        if t.is_require_grad() {
+            let n = t.shape().num_elements();
+            self.out.insert(self.path.key(), t.inner().reshape([n]));
+        }
+    }
+}
+
+/// teacher <- momentum * teacher + (1 - momentum) * student, for the student's trainable
+/// parameters (frozen ones are equal in both and stay so).
+pub fn ema_update<B: AutodiffBackend, MS: Module<B>, MT: Module<B::InnerBackend>>(teacher: MT, student: &MS, momentum: f64) -> MT {
+    let mut flat = HashMap::new();
+    student.visit(&mut Flat::<B> { path: PathTracker::default(), out: &mut flat });
+    teacher.map(&mut Ema { path: PathTracker::default(), student: &flat, momentum })
+}
