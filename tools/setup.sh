@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Installs what building and testing need on Debian/Ubuntu, once: FFmpeg's development
+# libraries, clang (bindgen), pkg-config, and the Python packages of the interop checks.
+# Quick when everything is already there.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need_apt=0
+pkg-config --exists libavcodec libavformat libavutil libswscale 2>/dev/null || need_apt=1
+command -v clang >/dev/null || need_apt=1
+if [ "$need_apt" = 1 ]; then
+  if [ "$(id -u)" != 0 ] && ! command -v sudo >/dev/null; then
+    echo "setup: install libavcodec-dev libavformat-dev libavutil-dev libswscale-dev clang libclang-dev pkg-config" >&2
+    exit 1
+  fi
+  SUDO=$([ "$(id -u)" = 0 ] && echo "" || echo sudo)
+  export DEBIAN_FRONTEND=noninteractive
+  $SUDO apt-get update -qq
+  $SUDO apt-get install -y -qq --no-install-recommends \
+    libavcodec-dev libavformat-dev libavutil-dev libswscale-dev libswresample-dev \
+    libavfilter-dev libavdevice-dev clang libclang-dev pkg-config >/dev/null
+fi
+if ! python3 -c "import pyarrow, pandas, numpy, onnxruntime" 2>/dev/null; then
+  python3 -m pip install -q --disable-pip-version-check -r tools/requirements-ci.txt
+fi
+if ! cargo nextest --version >/dev/null 2>&1; then
+  cargo install --locked cargo-nextest
+fi
