@@ -600,7 +600,7 @@ mod tests {
     /// Clip i: a white dot on a dark background that tells clips apart; point 0 tracks the
     /// dot, the others are grid points, every third one hidden.
     fn clip(i: u32, spec: &ShardSpec) -> Clip {
-        let (t, n) = (spec.t(), spec.num_points());
+        let t = spec.t();
         let size = spec.width;
         let grid = mosic::grid_points(spec.grid_size, spec.width, spec.height);
         let (mut frames, mut tracks, mut visibility) = (Vec::new(), Vec::new(), Vec::new());
@@ -611,8 +611,8 @@ mod tests {
                 if on { image::Rgb([255, 255, 255]) } else { image::Rgb([(20 + 3 * i) as u8, 30, (x / 4) as u8]) }
             });
             frames.push(mosic::imageio::encode_jpeg(&img, 95).unwrap());
-            for p in 0..n {
-                tracks.push(if p == 0 { d } else { grid[p] });
+            for (p, &g) in grid.iter().enumerate() {
+                tracks.push(if p == 0 { d } else { g });
                 visibility.push(p == 0 || p % 3 != 0);
             }
         }

@@ -342,3 +342,75 @@ pub fn ema_update<B: AutodiffBackend, MS: Module<B>, MT: Module<B::InnerBackend>
     student.visit(&mut Flat::<B> { path: PathTracker::default(), out: &mut flat });
     teacher.map(&mut Ema { path: PathTracker::default(), student: &flat, momentum })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::backend::{Autodiff, NdArray};
+    use burn::module::AutodiffModule;
+    use burn::nn::{Linear, LinearConfig};
+
+    type AB = Autodiff<NdArray<f32>>;
+
+    #[derive(Module, Debug)]
+    struct Net<B: Backend> {
+        backbone: Linear<B>,
+        head: Linear<B>,
+    }
+
+    fn net() -> Net<AB> {
+        let d = Default::default();
+        Net { backbone: LinearConfig::new(2, 2).init(&d), head: LinearConfig::new(2, 1).init(&d) }
+    }
+
+    #[test]
+    fn paths_name_every_parameter() {
+        let keys: Vec<String> = collect::<AB, _>(&net(), |_| true).into_keys().collect();
+        assert_eq!(keys, ["backbone.bias", "backbone.weight", "head.bias", "head.weight"]);
+    }
+
+    #[test]
+    fn adamw_matches_the_formula() {
+        // One step from zero moments: update = lr * g / (|g| + eps) elementwise (bias-corrected),
+        // decay only on the rank-2 weights, backbone at its own lr.
+        let n = net();
+        let before = collect::<AB, _>(&n, |_| true);
+        let x = Tensor::<AB, 2>::from_data([[1.0f32, -2.0]], &Default::default());
+        let loss = n.head.forward(n.backbone.forward(x)).sum();
+        let grads = GradientsParams::from_grads(loss.backward(), &n);
+        let g_head_bias: f32 = 1.0; // d(sum)/d(bias)
+        let mut opt = AdamW::<NdArray<f32>>::new(0.9, 0.999, 1e-8, 0.1);
+        let n = opt.step(n, &grads, 0.01, 0.1, 1.0);
+        let after = collect::<AB, _>(&n, |_| true);
+        let hb = (before["head.bias"].1[0], after["head.bias"].1[0]);
+        assert!((hb.1 - (hb.0 - 0.1 * g_head_bias.signum())).abs() < 1e-5, "{hb:?}");
+        let (w0, w1) = (&before["backbone.weight"].1, &after["backbone.weight"].1);
+        for (a, b) in w0.iter().zip(w1) {
+            // |update| = lr * 1 (sign of the gradient) plus decoupled decay lr * wd * w
+            let moved = (b - a * (1.0 - 0.01 * 0.1)).abs();
+            assert!((moved - 0.01).abs() < 1e-4 || moved < 1e-6, "{a} -> {b}");
+        }
+        assert_eq!(opt.steps, 1);
+        // State round-trips.
+        let mut opt2 = AdamW::<NdArray<f32>>::new(0.9, 0.999, 1e-8, 0.1);
+        opt2.load_state(&opt.state(), opt.steps, &Default::default()).unwrap();
+        assert_eq!(opt2.state(), opt.state());
+    }
+
+    #[test]
+    fn ema_moves_the_teacher_towards_trainable_student_weights() {
+        let student = freeze(net(), |p| p.starts_with("head."));
+        let teacher = assign(student.valid(), &collect::<AB, _>(&student, |_| true), &Default::default(), Path::new("t")).unwrap();
+        let teacher = teacher.map(&mut Assign::<NdArray<f32>> {
+            path: PathTracker::default(),
+            values: &collect::<AB, _>(&student, |_| true).into_iter().map(|(k, (s, v))| (k, (s, v.iter().map(|x| x + 1.0).collect()))).collect(),
+            device: Default::default(),
+            missing: vec![],
+        });
+        let t = ema_update::<AB, _, _>(teacher, &student, 0.75);
+        let (s, t) = (collect::<AB, _>(&student, |_| true), collect::<NdArray<f32>, _>(&t, |_| true));
+        // head: 0.75 (s + 1) + 0.25 s = s + 0.75; backbone (frozen): untouched, s + 1.
+        assert!((t["head.bias"].1[0] - (s["head.bias"].1[0] + 0.75)).abs() < 1e-6);
+        assert!((t["backbone.bias"].1[0] - (s["backbone.bias"].1[0] + 1.0)).abs() < 1e-6);
+    }
+}
