@@ -28,7 +28,7 @@ pub struct SynthConfig {
     pub seed: u64,
     /// First video number, so a held-out set can follow a training set without overlap.
     pub first_video: u32,
-    pub scene: SceneConfigSer,
+    pub scene: SceneConfig,
     pub stored_width: u32,
     pub stored_height: u32,
     pub grid_size: u32,
@@ -37,45 +37,13 @@ pub struct SynthConfig {
     pub mp4: bool,
 }
 
-/// The scene settings as they appear in `synth.json`.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct SceneConfigSer {
-    pub width: u32,
-    pub height: u32,
-    pub num_frames: u32,
-    pub fps: f32,
-    pub min_objects: u32,
-    pub max_objects: u32,
-}
-
-impl From<&SceneConfigSer> for SceneConfig {
-    fn from(s: &SceneConfigSer) -> Self {
-        SceneConfig {
-            width: s.width,
-            height: s.height,
-            num_frames: s.num_frames,
-            fps: s.fps,
-            min_objects: s.min_objects,
-            max_objects: s.max_objects,
-        }
-    }
-}
-
 impl Default for SynthConfig {
     fn default() -> Self {
-        let s = SceneConfig::default();
         Self {
             videos: 16,
             seed: 0,
             first_video: 0,
-            scene: SceneConfigSer {
-                width: s.width,
-                height: s.height,
-                num_frames: s.num_frames,
-                fps: s.fps,
-                min_objects: s.min_objects,
-                max_objects: s.max_objects,
-            },
+            scene: SceneConfig::default(),
             stored_width: 224,
             stored_height: 224,
             grid_size: 16,
@@ -162,7 +130,7 @@ pub fn generate(cfg: &SynthConfig, out: &Path, progress: &(dyn Fn(&str) + Sync))
 
 fn make_video(cfg: &SynthConfig, i: u32, out: &Path) -> Result<Vec<Clip>> {
     let name = cfg.video_name(i);
-    let scene_cfg = SceneConfig::from(&cfg.scene);
+    let scene_cfg = cfg.scene.clone();
     let scene = Scene::generate(cfg.seed.wrapping_add((cfg.first_video + i) as u64), &scene_cfg);
     let frames_dir = out.join("JPEGImages").join(&name);
     let masks_dir = out.join("Annotations").join(&name);
