@@ -111,8 +111,11 @@ pub fn plan_clips(plan: &ClipPlan, num_frames: u64, fps: f64) -> Vec<Vec<u32>> {
     plan.clips(num_frames, fps)
 }
 
-/// The `size` x `size` query grid, row-major, as CoTracker's grid helper lays it out:
-/// evenly spaced with a margin of W/64 from the border.
+/// The `size` x `size` query grid, row-major: CoTracker's grid helper (evenly spaced, a
+/// margin of W/64 from the border) applied to the stored frame, made symmetric about the
+/// image centre. (CoTracker's predictor places its grid at 384x512 and scales it back, which
+/// on 224x224 frames lands up to 1.2 px away from these points; shards store the queries
+/// explicitly, so consumers never need to recompute them.)
 pub fn grid_points(size: u32, width: u32, height: u32) -> Vec<[f32; 2]> {
     let (w, h) = (width as f32, height as f32);
     if size == 1 {
