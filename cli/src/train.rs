@@ -99,9 +99,12 @@ pub struct BenchTrainArgs {
     frames: usize,
     #[arg(long, default_value_t = 256)]
     points: usize,
-    /// Timed steps (after 2 warm-up steps).
+    /// Timed steps.
     #[arg(long, default_value_t = 5)]
     steps: usize,
+    /// Untimed steps first (allocation; kernel compilation on GPUs).
+    #[arg(long, default_value_t = 2)]
+    warmup: usize,
 }
 
 struct Bench {
@@ -109,23 +112,24 @@ struct Bench {
     frames: usize,
     points: usize,
     steps: usize,
+    warmup: usize,
 }
 
 impl WithBackend for Bench {
     type Output = (f64, f64);
     fn run<B: AutodiffBackend>(self, device: B::Device) -> Result<Self::Output> {
-        mosic_trainer::train::bench::<B>(&self.cfg, &device, self.frames, self.points, self.steps)
+        mosic_trainer::train::bench::<B>(&self.cfg, &device, self.frames, self.points, self.warmup, self.steps)
     }
 }
 
 pub fn bench(a: BenchTrainArgs) -> Result<ExitCode> {
     let cfg = TrainConfig::load(a.config.as_deref(), &a.set)?;
-    let (secs, rate) = dispatch(&a.backend, Bench { cfg: cfg.clone(), frames: a.frames, points: a.points, steps: a.steps })
+    let (secs, rate) = dispatch(&a.backend, Bench { cfg: cfg.clone(), frames: a.frames, points: a.points, steps: a.steps, warmup: a.warmup })
         .with_context(|| format!("bench on backend {}", a.backend))?;
     println!("backend          {}", a.backend);
     println!("model            {} at {} px, last {} blocks trainable", cfg.model.preset, cfg.model.img_size, cfg.model.trainable_blocks);
     println!("batch            {} clips x {} frames x {} points, mask ratio {}", cfg.data.batch_size, a.frames, a.points, cfg.objective.mask_ratio);
-    println!("step             {:.1} ms (mean of {} after 2 warm-up steps)", secs * 1e3, a.steps);
+    println!("step             {:.1} ms (mean of {} after {} warm-up steps)", secs * 1e3, a.steps, a.warmup);
     println!("throughput       {rate:.2} clips/s");
     println!("peak memory      {} (resident set, host)", peak_rss());
     Ok(ExitCode::SUCCESS)

@@ -118,17 +118,18 @@ impl<B: AutodiffBackend> Trainer<B> {
         if k == 0 {
             return None;
         }
-        let mut flags = vec![false; clips * hw];
+        // Built as integers: not every backend can take booleans from host data.
+        let mut flags = vec![0i32; clips * hw];
         for b in 0..clips {
             // One stream per (step, clip): the mask does not depend on anything but the seed.
             let mut rng = SplitMix64::stream(self.cfg.run.seed ^ 0x6d61_736b, self.step * 4096 + b as u64);
             let mut idx: Vec<usize> = (0..hw).collect();
             rng.shuffle(&mut idx);
             for &i in &idx[..k] {
-                flags[b * hw + i] = true;
+                flags[b * hw + i] = 1;
             }
         }
-        Some(Tensor::from_data(TensorData::new(flags, [clips, hw]), &self.device))
+        Some(Tensor::<B, 2, burn::tensor::Int>::from_data(TensorData::new(flags, [clips, hw]), &self.device).equal_elem(1))
     }
 
     /// One optimisation step on a batch. Errors on a non-finite loss, before any update.
@@ -431,7 +432,14 @@ pub fn export<B: Backend>(run: &Path, checkpoint: Option<&Path>, out: &Path, dev
 }
 
 /// Clips/s of the training step on random batches of the configured shape.
-pub fn bench<B: AutodiffBackend>(cfg: &TrainConfig, device: &B::Device, frames: usize, points: usize, steps: usize) -> Result<(f64, f64)> {
+pub fn bench<B: AutodiffBackend>(
+    cfg: &TrainConfig,
+    device: &B::Device,
+    frames: usize,
+    points: usize,
+    warmup: usize,
+    steps: usize,
+) -> Result<(f64, f64)> {
     let mut trainer = Trainer::<B>::new(cfg, device)?;
     let (b, s) = (cfg.data.batch_size, cfg.model.img_size);
     let mut rng = SplitMix64::new(cfg.run.seed);
@@ -445,13 +453,13 @@ pub fn bench<B: AutodiffBackend>(cfg: &TrainConfig, device: &B::Device, frames: 
         visibility: (0..b * frames * points).map(|_| (rng.next_f64() < 0.8) as u8 as f32).collect(),
         ids: vec![String::new(); b],
     };
-    for _ in 0..2 {
-        trainer.step(&batch)?; // warm-up: allocation, kernel compilation
+    for _ in 0..warmup {
+        trainer.step(&batch)?; // allocation; kernel compilation and autotuning on GPUs
     }
     let t0 = Instant::now();
-    for _ in 0..steps {
+    for _ in 0..steps.max(1) {
         trainer.step(&batch)?;
     }
-    let secs = t0.elapsed().as_secs_f64() / steps as f64;
+    let secs = t0.elapsed().as_secs_f64() / steps.max(1) as f64;
     Ok((secs, b as f64 / secs))
 }
