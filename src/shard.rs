@@ -9,7 +9,7 @@ use arrow::array::{
     Array, ArrayRef, AsArray, BinaryArray, FixedSizeListArray, Float32Array, RecordBatch, StringArray, UInt16Array,
     UInt32Array, UInt8Array,
 };
-use arrow::datatypes::{Float32Type, SchemaRef, UInt16Type, UInt32Type, UInt8Type};
+use arrow::datatypes::{Float32Type, SchemaRef, UInt32Type, UInt8Type};
 use parquet::arrow::arrow_reader::{ParquetRecordBatchReader, ParquetRecordBatchReaderBuilder};
 use parquet::arrow::{ArrowWriter, ProjectionMask};
 use parquet::basic::{Compression, ZstdLevel};
@@ -314,7 +314,6 @@ fn from_batch(batch: &RecordBatch, spec: &ShardSpec) -> Result<Vec<Clip>, String
     let queries = flat::<Float32Type>(batch, col::QUERIES, n * 2)?;
     let tracks = flat::<Float32Type>(batch, col::TRACKS, t * n * 2)?;
     let vis = flat::<UInt8Type>(batch, col::VISIBILITY, t * n)?;
-    let _ = column(batch, col::WIDTH)?.as_primitive_opt::<UInt16Type>().ok_or("width is not uint16")?;
     let frames = match batch.column_by_name(col::FRAMES) {
         Some(a) => Some(a.as_fixed_size_list_opt().ok_or("frames is not a fixed-size list")?),
         None => None,

@@ -232,7 +232,7 @@ fn process_group(
     let outcomes: Mutex<Vec<(usize, Result<usize>)>> = Mutex::new(Vec::new());
     let mut results: Vec<Clip> = Vec::new();
     let mut owner: Vec<usize> = Vec::new();
-    let track_result = std::thread::scope(|s| {
+    std::thread::scope(|s| {
         s.spawn(|| {
             let tx = tx; // dropped when every video is prepared, which ends the tracking loop
             videos.par_iter().enumerate().for_each(|(i, v)| {
@@ -243,9 +243,8 @@ fn process_group(
             });
         });
         track_all(&rx, tracker, grid, dataset, videos, &mut results, &mut owner)
-    });
-    let track_result = track_result.with_context(|| "tracking failed");
-    track_result?;
+    })
+    .context("tracking failed")?;
 
     let mut outcome = GroupOutcome { videos: videos.len(), ..Default::default() };
     let mut failed = vec![false; videos.len()];
