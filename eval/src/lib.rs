@@ -1,11 +1,21 @@
 //! Evaluation protocols of the paper on plain f32 features and label maps (CPU only):
-//! exact assignment ([`hungarian`]), seeded k-means ([`kmeans`]) and clustering mIoU under
-//! one-to-one Hungarian matching or many-to-one overclustering ([`segmentation`]).
+//! exact assignment ([`hungarian`]), seeded k-means ([`kmeans`]), clustering mIoU under
+//! Hungarian or overclustering matching ([`segmentation`]), labelled datasets on disk
+//! ([`data`]), and the protocols built on them: clustering of images and videos
+//! ([`cluster`]), the linear probe ([`linear`]) and in-context retrieval ([`incontext`]).
 
+pub mod cluster;
+pub mod data;
+pub mod dense;
 pub mod hungarian;
+pub mod incontext;
 pub mod kmeans;
+pub mod linear;
 pub mod segmentation;
 
+pub use cluster::Score;
+pub use data::Mask;
+pub use dense::FeatureMap;
 pub use hungarian::{linear_sum_assignment, maximize};
 pub use kmeans::{kmeans, KMeans};
 pub use segmentation::{

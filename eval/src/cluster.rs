@@ -1,0 +1,317 @@
+//! Unsupervised segmentation by clustering dense features (Leopart's protocol for image sets,
+//! TimeT's for videos): k-means on L2-normalised patch tokens, every label pixel assigned
+//! to the nearest centroid of the bilinearly upsampled features, clusters matched to classes
+//! one-to-one (Hungarian, K <= classes) or many-to-one by precision (overclustering, K > classes),
+//! mIoU ignoring label 255; mean and sample std over k-means seeds.
+
+use crate::data::Mask;
+use crate::dense::FeatureMap;
+use crate::kmeans::kmeans;
+use crate::segmentation::{hungarian_score, miou, overclustering_score, Confusion, SegScore};
+use rayon::prelude::*;
+
+/// One protocol's result over seeds.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Score {
+    /// e.g. "K=21 hungarian", "C over K=10".
+    pub name: String,
+    pub k: usize,
+    pub matching: String,
+    /// mIoU per seed, in [0, 1].
+    pub per_seed: Vec<f64>,
+    pub mean: f64,
+    /// Sample standard deviation over seeds (0 for one seed).
+    pub std: f64,
+}
+
+impl Score {
+    pub fn new(name: String, k: usize, matching: &str, per_seed: Vec<f64>) -> Self {
+        let n = per_seed.len() as f64;
+        let mean = per_seed.iter().sum::<f64>() / n;
+        let std = if per_seed.len() > 1 { (per_seed.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (n - 1.0)).sqrt() } else { 0.0 };
+        Self { name, k, matching: matching.into(), per_seed, mean, std }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct ClusterConfig {
+    /// Cluster counts; 0 stands for the number of classes.
+    pub ks: Vec<usize>,
+    pub seeds: Vec<u64>,
+    /// Lloyd iterations at most.
+    pub iters: usize,
+}
+
+/// Scores `k` clusters against `classes` classes: Hungarian for K <= classes, else overclustering.
+pub fn match_score(conf: &Confusion) -> SegScore {
+    if conf.k <= conf.classes {
+        hungarian_score(conf)
+    } else {
+        overclustering_score(conf)
+    }
+}
+
+pub fn matching_name(k: usize, classes: usize) -> &'static str {
+    if k <= classes {
+        "hungarian"
+    } else {
+        "overclustering"
+    }
+}
+
+/// Unit-length tokens of every map, stacked: the k-means input.
+pub fn stack_tokens(maps: &[&FeatureMap]) -> Vec<f32> {
+    let mut out = Vec::with_capacity(maps.iter().map(|m| m.data.len()).sum());
+    for m in maps {
+        out.extend_from_slice(&m.normalized().data);
+    }
+    out
+}
+
+/// Nearest centroid of every pixel of `mask_h x mask_w`, from the map's features upsampled
+/// (after normalisation) to that size.
+pub fn assign_pixels(map: &FeatureMap, centroids: &[f32], mask_h: usize, mask_w: usize) -> Vec<u32> {
+    let dim = map.dim;
+    let up = map.normalized().upsample(mask_h, mask_w);
+    let norms: Vec<f32> = centroids.chunks(dim).map(|c| c.iter().map(|v| v * v).sum()).collect();
+    up.data
+        .par_chunks(dim)
+        .map(|x| {
+            // argmin |x - c|^2 = argmin |c|^2 - 2 x.c
+            let mut best = (0u32, f32::INFINITY);
+            for (j, c) in centroids.chunks(dim).enumerate() {
+                let d = norms[j] - 2.0 * x.iter().zip(c).map(|(a, b)| a * b).sum::<f32>();
+                if d < best.1 {
+                    best = (j as u32, d);
+                }
+            }
+            best.0
+        })
+        .collect()
+}
+
+/// Number of classes of a label set: largest label (255 excluded) + 1.
+pub fn num_classes<'a>(masks: impl IntoIterator<Item = &'a Mask>) -> usize {
+    masks.into_iter().filter_map(Mask::max_label).max().map_or(1, |m| m as usize + 1)
+}
+
+/// Clustering mIoU of an image set: `features[i]` and `masks[i]` (already at the mask size).
+pub fn cluster_images(features: &[FeatureMap], masks: &[Mask], classes: usize, cfg: &ClusterConfig) -> Vec<Score> {
+    assert_eq!(features.len(), masks.len());
+    let maps: Vec<&FeatureMap> = features.iter().collect();
+    let data = stack_tokens(&maps);
+    let (n, dim) = (data.len() / features[0].dim, features[0].dim);
+    let gts: Vec<Vec<u32>> = masks.iter().map(Mask::as_u32).collect();
+    cfg.ks
+        .iter()
+        .map(|&k| {
+            let k = if k == 0 { classes } else { k }.min(n);
+            let per_seed = cfg
+                .seeds
+                .iter()
+                .map(|&seed| {
+                    let km = kmeans(&data, n, dim, k, seed, cfg.iters);
+                    let mut conf = Confusion::new(k, classes);
+                    for ((f, m), gt) in features.iter().zip(masks).zip(&gts) {
+                        conf.add(&assign_pixels(f, &km.centroids, m.height, m.width), gt);
+                    }
+                    match_score(&conf).miou
+                })
+                .collect();
+            let matching = matching_name(k, classes);
+            Score::new(format!("K={k} {matching}"), k, matching, per_seed)
+        })
+        .collect()
+}
+
+/// A video's annotated frames: features and masks (at the mask size).
+#[derive(Clone, Debug)]
+pub struct VideoSample {
+    pub name: String,
+    pub frames: Vec<FeatureMap>,
+    pub masks: Vec<Mask>,
+}
+
+#[derive(Clone, Debug)]
+pub struct VideoConfig {
+    pub seeds: Vec<u64>,
+    pub iters: usize,
+    /// Overclustering K per frame and per clip (TimeT: 10).
+    pub over_k_local: usize,
+    /// Overclustering K over the dataset (TimeT: 200 on DAVIS, 500 on YouTube-VOS).
+    pub over_k_dataset: usize,
+}
+
+/// Video segmentation by clustering (TimeT protocol). Classes of a video are its instance ids
+/// 0..=max (0 = background), K = that number unless overclustering.
+/// - F: k-means per frame, matched per frame; mean over frames.
+/// - C: k-means over all frames of a clip, matched per clip; mean over clips.
+/// - D: one k-means over the whole dataset (K = the most classes any clip has), matched per
+///   clip (instance ids mean nothing across clips); mean over clips.
+///
+/// Per-unit mIoU averages the classes present in its ground truth or prediction.
+pub fn cluster_videos(videos: &[VideoSample], cfg: &VideoConfig) -> Vec<Score> {
+    let classes: Vec<usize> = videos.iter().map(|v| num_classes(&v.masks)).collect();
+    let gts: Vec<Vec<Vec<u32>>> = videos.iter().map(|v| v.masks.iter().map(Mask::as_u32).collect()).collect();
+    let max_classes = classes.iter().copied().max().unwrap_or(1);
+    let mut out = Vec::new();
+
+    // Scores one clip given a clustering function per frame; returns per-frame or per-clip mIoU.
+    let frame_level = |over: Option<usize>, seed: u64| -> f64 {
+        let scores: Vec<f64> = videos
+            .par_iter()
+            .enumerate()
+            .flat_map_iter(|(v, vid)| {
+                let c = classes[v];
+                vid.frames.iter().zip(&vid.masks).enumerate().map(move |(i, (f, m))| (v, c, i, f, m))
+            })
+            .map(|(v, c, i, f, m)| {
+                let k = over.unwrap_or(c).min(f.len());
+                let km = kmeans(&f.normalized().data, f.len(), f.dim, k, seed, cfg.iters);
+                let mut conf = Confusion::new(k, c);
+                conf.add(&assign_pixels(f, &km.centroids, m.height, m.width), &gts[v][i]);
+                match_score(&conf).miou
+            })
+            .filter(|v| !v.is_nan())
+            .collect();
+        scores.iter().sum::<f64>() / scores.len().max(1) as f64
+    };
+    let clip_level = |over: Option<usize>, seed: u64, shared: Option<&[f32]>, shared_k: usize| -> f64 {
+        let scores: Vec<f64> = videos
+            .par_iter()
+            .enumerate()
+            .map(|(v, vid)| {
+                let c = classes[v];
+                let (centroids, k) = match shared {
+                    Some(cent) => (cent.to_vec(), shared_k),
+                    None => {
+                        let maps: Vec<&FeatureMap> = vid.frames.iter().collect();
+                        let data = stack_tokens(&maps);
+                        let n = data.len() / vid.frames[0].dim;
+                        let k = over.unwrap_or(c).min(n);
+                        (kmeans(&data, n, vid.frames[0].dim, k, seed, cfg.iters).centroids, k)
+                    }
+                };
+                let mut conf = Confusion::new(k, c);
+                for (i, (f, m)) in vid.frames.iter().zip(&vid.masks).enumerate() {
+                    conf.add(&assign_pixels(f, &centroids, m.height, m.width), &gts[v][i]);
+                }
+                match_score(&conf).miou
+            })
+            .filter(|v| !v.is_nan())
+            .collect();
+        scores.iter().sum::<f64>() / scores.len().max(1) as f64
+    };
+    let all: Vec<&FeatureMap> = videos.iter().flat_map(|v| &v.frames).collect();
+    let dataset = stack_tokens(&all);
+    let dim = all[0].dim;
+    let n_all = dataset.len() / dim;
+    let dataset_level = |k: usize, seed: u64| -> f64 {
+        let k = k.min(n_all);
+        let km = kmeans(&dataset, n_all, dim, k, seed, cfg.iters);
+        clip_level(None, seed, Some(&km.centroids), k)
+    };
+
+    let seeds = &cfg.seeds;
+    let run = |f: &dyn Fn(u64) -> f64| -> Vec<f64> { seeds.iter().map(|&s| f(s)).collect() };
+    out.push(Score::new("F hungarian".into(), 0, "hungarian", run(&|s| frame_level(None, s))));
+    out.push(Score::new("C hungarian".into(), 0, "hungarian", run(&|s| clip_level(None, s, None, 0))));
+    out.push(Score::new(format!("D hungarian (K={max_classes})"), max_classes, "hungarian", run(&|s| dataset_level(max_classes, s))));
+    let (kl, kd) = (cfg.over_k_local, cfg.over_k_dataset);
+    if kl > 0 {
+        out.push(Score::new(format!("F over K={kl}"), kl, "overclustering", run(&|s| frame_level(Some(kl), s))));
+        out.push(Score::new(format!("C over K={kl}"), kl, "overclustering", run(&|s| clip_level(Some(kl), s, None, 0))));
+    }
+    if kd > 0 {
+        out.push(Score::new(format!("D over K={kd}"), kd, "overclustering", run(&|s| dataset_level(kd, s))));
+    }
+    out
+}
+
+/// mIoU of a hard prediction against labels (both at the same size), for the supervised probes.
+pub fn prediction_miou(conf: &Confusion) -> f64 {
+    miou(&conf.counts, conf.classes).0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mosic::rng::SplitMix64;
+
+    /// Features whose direction encodes the label of the patch (plus noise): clustering must
+    /// recover the labels exactly; pure noise must not.
+    fn toy(labels: &[u8], g: usize, dim: usize, noise: f64, signal: bool, rng: &mut SplitMix64) -> FeatureMap {
+        let mut data = Vec::new();
+        for &l in labels {
+            for c in 0..dim {
+                let base = if signal && c == l as usize { 1.0 } else { 0.0 };
+                data.push((base + rng.uniform(-noise, noise)) as f32);
+            }
+        }
+        FeatureMap::new(g, g, dim, data)
+    }
+
+    fn image(rng: &mut SplitMix64, classes: u8, g: usize) -> Vec<u8> {
+        // Quadrants: every class once (shuffled), the rest random.
+        let mut q: Vec<u8> = (0..4).map(|i| if i < classes { i } else { rng.below(classes as u64) as u8 }).collect();
+        rng.shuffle(&mut q);
+        (0..g * g).map(|i| q[(i / g >= g / 2) as usize * 2 + (i % g >= g / 2) as usize]).collect()
+    }
+
+    #[test]
+    fn separable_features_score_one_and_noise_scores_low() {
+        let mut rng = SplitMix64::new(3);
+        let (g, dim, classes) = (4, 8, 4u8);
+        let mut feats = Vec::new();
+        let mut noise = Vec::new();
+        let mut masks = Vec::new();
+        for _ in 0..12 {
+            let labels = image(&mut rng, classes, g);
+            feats.push(toy(&labels, g, dim, 0.05, true, &mut rng));
+            noise.push(toy(&labels, g, dim, 1.0, false, &mut rng));
+            // Masks at 2x the patch grid: every patch covers 2x2 pixels of its label.
+            masks.push(Mask { width: g, height: g, labels: labels.clone() }.resize_nearest(2 * g, 2 * g));
+        }
+        let cfg = ClusterConfig { ks: vec![0, 10], seeds: vec![0, 1, 2], iters: 50 };
+        let good = cluster_images(&feats, &masks, classes as usize, &cfg);
+        assert_eq!(good[0].name, "K=4 hungarian");
+        assert_eq!(good[1].matching, "overclustering");
+        for s in &good {
+            assert!(s.mean > 0.95, "{s:?}");
+        }
+        let bad = cluster_images(&noise, &masks, classes as usize, &cfg);
+        assert!(bad[0].mean < 0.5, "{:?}", bad[0]);
+    }
+
+    #[test]
+    fn video_protocols_on_separable_clips() {
+        let mut rng = SplitMix64::new(5);
+        let (g, dim) = (4, 6);
+        let videos: Vec<VideoSample> = (0..3)
+            .map(|v| {
+                let mut frames = Vec::new();
+                let mut masks = Vec::new();
+                for _ in 0..4 {
+                    let labels = image(&mut rng, 3, g);
+                    frames.push(toy(&labels, g, dim, 0.05, true, &mut rng));
+                    masks.push(Mask { width: g, height: g, labels }.resize_nearest(8, 8));
+                }
+                VideoSample { name: format!("v{v}"), frames, masks }
+            })
+            .collect();
+        let cfg = VideoConfig { seeds: vec![0, 1], iters: 50, over_k_local: 5, over_k_dataset: 6 };
+        let scores = cluster_videos(&videos, &cfg);
+        let names: Vec<&str> = scores.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(names, ["F hungarian", "C hungarian", "D hungarian (K=3)", "F over K=5", "C over K=5", "D over K=6"]);
+        for s in &scores {
+            assert!(s.mean > 0.9, "{s:?}");
+        }
+    }
+
+    #[test]
+    fn score_statistics() {
+        let s = Score::new("x".into(), 2, "hungarian", vec![0.5, 0.7, 0.9]);
+        assert!((s.mean - 0.7).abs() < 1e-12 && (s.std - 0.2).abs() < 1e-12);
+        assert_eq!(Score::new("x".into(), 2, "hungarian", vec![0.4]).std, 0.0);
+    }
+}

@@ -1,0 +1,241 @@
+//! Linear segmentation probe on frozen dense features (Leopart's setup): a 1x1 convolution
+//! from patch features to class logits, logits bilinearly upsampled to the label size,
+//! pixel-wise cross-entropy ignoring 255, SGD with momentum and weight decay and a step
+//! learning-rate schedule. Plain f32 on the CPU; gradients are summed in a fixed order, so a
+//! run depends on its seed only.
+
+use crate::data::Mask;
+use crate::dense::{Bilinear, FeatureMap};
+use crate::segmentation::{Confusion, IGNORE};
+use mosic::rng::SplitMix64;
+use rayon::prelude::*;
+
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct LinearConfig {
+    pub epochs: usize,
+    pub lr: f64,
+    pub momentum: f64,
+    pub weight_decay: f64,
+    pub batch_size: usize,
+    /// Epochs at which the learning rate is multiplied by 0.1.
+    pub lr_drops: Vec<usize>,
+    pub seed: u64,
+}
+
+impl Default for LinearConfig {
+    fn default() -> Self {
+        Self { epochs: 20, lr: 0.01, momentum: 0.9, weight_decay: 1e-4, batch_size: 16, lr_drops: vec![15], seed: 0 }
+    }
+}
+
+/// `logits = weight @ feature + bias` per patch; weight is `[classes, dim]` row-major.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LinearProbe {
+    pub dim: usize,
+    pub classes: usize,
+    pub weight: Vec<f32>,
+    pub bias: Vec<f32>,
+}
+
+/// Summed loss and gradients of a batch, before normalisation by the pixel count.
+struct Grad {
+    loss: f64,
+    pixels: usize,
+    weight: Vec<f32>,
+    bias: Vec<f32>,
+}
+
+impl LinearProbe {
+    /// PyTorch's Conv2d default init: uniform(+-1/sqrt(dim)) for weight and bias.
+    pub fn new(dim: usize, classes: usize, seed: u64) -> Self {
+        let mut rng = SplitMix64::new(seed);
+        let b = 1.0 / (dim as f64).sqrt();
+        let weight = (0..classes * dim).map(|_| rng.uniform(-b, b) as f32).collect();
+        let bias = (0..classes).map(|_| rng.uniform(-b, b) as f32).collect();
+        Self { dim, classes, weight, bias }
+    }
+
+    /// Patch logits `[h * w, classes]`.
+    fn patch_logits(&self, f: &FeatureMap) -> Vec<f32> {
+        assert_eq!(f.dim, self.dim, "features have {} channels, the probe takes {}", f.dim, self.dim);
+        let mut out = Vec::with_capacity(f.len() * self.classes);
+        for x in f.data.chunks(self.dim) {
+            for c in 0..self.classes {
+                let w = &self.weight[c * self.dim..(c + 1) * self.dim];
+                out.push(self.bias[c] + w.iter().zip(x).map(|(a, b)| a * b).sum::<f32>());
+            }
+        }
+        out
+    }
+
+    /// Class per pixel at the mask size.
+    pub fn predict(&self, f: &FeatureMap, height: usize, width: usize) -> Vec<u32> {
+        let up = Bilinear::new(f.height, f.width, height, width).apply(&self.patch_logits(f), self.classes);
+        up.chunks(self.classes)
+            .map(|l| l.iter().enumerate().fold((0, f32::NEG_INFINITY), |b, (i, &v)| if v > b.1 { (i, v) } else { b }).0 as u32)
+            .collect()
+    }
+
+    fn grad_one(&self, f: &FeatureMap, mask: &Mask) -> Grad {
+        let c = self.classes;
+        let bil = Bilinear::new(f.height, f.width, mask.height, mask.width);
+        let up = bil.apply(&self.patch_logits(f), c);
+        let mut dup = vec![0.0f32; up.len()];
+        let (mut loss, mut pixels) = (0.0f64, 0usize);
+        for ((l, d), &y) in up.chunks(c).zip(dup.chunks_mut(c)).zip(&mask.labels) {
+            if y as u32 == IGNORE {
+                continue;
+            }
+            let y = y as usize;
+            assert!(y < c, "label {y} >= {c} classes");
+            let m = l.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let z: f64 = l.iter().map(|&v| ((v - m) as f64).exp()).sum();
+            loss += z.ln() + (m - l[y]) as f64;
+            for (k, dk) in d.iter_mut().enumerate() {
+                *dk = (((l[k] - m) as f64).exp() / z) as f32 - (k == y) as u8 as f32;
+            }
+            pixels += 1;
+        }
+        let dpatch = bil.apply_transposed(&dup, c);
+        let mut gw = vec![0.0f32; c * self.dim];
+        let mut gb = vec![0.0f32; c];
+        for (x, d) in f.data.chunks(self.dim).zip(dpatch.chunks(c)) {
+            for k in 0..c {
+                gb[k] += d[k];
+                for (g, v) in gw[k * self.dim..(k + 1) * self.dim].iter_mut().zip(x) {
+                    *g += d[k] * v;
+                }
+            }
+        }
+        Grad { loss, pixels, weight: gw, bias: gb }
+    }
+
+    /// Mean cross-entropy over the batch's evaluated pixels and its gradient (weight, bias):
+    /// `F.cross_entropy(F.interpolate(conv(x), size, mode="bilinear"), y, ignore_index=255)`.
+    pub fn loss_and_grad(&self, batch: &[(&FeatureMap, &Mask)]) -> (f64, Vec<f32>, Vec<f32>) {
+        let parts: Vec<Grad> = batch.par_iter().map(|(f, m)| self.grad_one(f, m)).collect();
+        let mut total = Grad { loss: 0.0, pixels: 0, weight: vec![0.0; self.weight.len()], bias: vec![0.0; self.classes] };
+        for p in parts {
+            total.loss += p.loss;
+            total.pixels += p.pixels;
+            total.weight.iter_mut().zip(&p.weight).for_each(|(a, b)| *a += b);
+            total.bias.iter_mut().zip(&p.bias).for_each(|(a, b)| *a += b);
+        }
+        let n = total.pixels.max(1) as f32;
+        total.weight.iter_mut().for_each(|v| *v /= n);
+        total.bias.iter_mut().for_each(|v| *v /= n);
+        (total.loss / n as f64, total.weight, total.bias)
+    }
+}
+
+/// PyTorch's SGD (dampening 0, not Nesterov): `d = g + wd * p; buf = m * buf + d; p -= lr * buf`.
+#[derive(Clone, Debug, Default)]
+pub struct Sgd {
+    buffers: Option<(Vec<f32>, Vec<f32>)>,
+}
+
+impl Sgd {
+    pub fn step(&mut self, probe: &mut LinearProbe, gw: &[f32], gb: &[f32], lr: f64, momentum: f64, wd: f64) {
+        let update = |p: &mut [f32], g: &[f32], buf: &mut Vec<f32>, fresh: bool| {
+            for ((p, g), b) in p.iter_mut().zip(g).zip(buf.iter_mut()) {
+                let d = g + wd as f32 * *p;
+                *b = if fresh { d } else { momentum as f32 * *b + d };
+                *p -= lr as f32 * *b;
+            }
+        };
+        let fresh = self.buffers.is_none();
+        let (bw, bb) = self.buffers.get_or_insert_with(|| (vec![0.0; gw.len()], vec![0.0; gb.len()]));
+        update(&mut probe.weight, gw, bw, fresh);
+        update(&mut probe.bias, gb, bb, fresh);
+    }
+}
+
+/// Trains a probe on `train` (features, masks at the training label size); `log` gets one
+/// line per epoch with the mean loss.
+pub fn train_probe(train: &[(FeatureMap, Mask)], classes: usize, cfg: &LinearConfig, log: &dyn Fn(&str)) -> LinearProbe {
+    assert!(!train.is_empty(), "no training images");
+    let mut probe = LinearProbe::new(train[0].0.dim, classes, cfg.seed);
+    let mut sgd = Sgd::default();
+    let mut rng = SplitMix64::new(cfg.seed ^ 0x5eed);
+    let mut order: Vec<usize> = (0..train.len()).collect();
+    for epoch in 0..cfg.epochs {
+        let lr = cfg.lr * 0.1f64.powi(cfg.lr_drops.iter().filter(|&&e| e <= epoch).count() as i32);
+        rng.shuffle(&mut order);
+        let (mut sum, mut batches) = (0.0, 0);
+        for chunk in order.chunks(cfg.batch_size.max(1)) {
+            let batch: Vec<(&FeatureMap, &Mask)> = chunk.iter().map(|&i| (&train[i].0, &train[i].1)).collect();
+            let (loss, gw, gb) = probe.loss_and_grad(&batch);
+            sgd.step(&mut probe, &gw, &gb, lr, cfg.momentum, cfg.weight_decay);
+            sum += loss;
+            batches += 1;
+        }
+        log(&format!("linear probe epoch {}/{}  loss {:.4}  lr {lr:.1e}", epoch + 1, cfg.epochs, sum / batches as f64));
+    }
+    probe
+}
+
+/// Dataset-level confusion of the probe's predictions on `val` (masks at the evaluation size).
+pub fn evaluate_probe(probe: &LinearProbe, val: &[(FeatureMap, Mask)]) -> Confusion {
+    let parts: Vec<Confusion> = val
+        .par_iter()
+        .map(|(f, m)| {
+            let mut c = Confusion::new(probe.classes, probe.classes);
+            let gt: Vec<u32> = m.labels.iter().map(|&l| if l as usize >= probe.classes { IGNORE } else { l as u32 }).collect();
+            c.add(&probe.predict(f, m.height, m.width), &gt);
+            c
+        })
+        .collect();
+    let mut total = Confusion::new(probe.classes, probe.classes);
+    for p in parts {
+        total.counts.iter_mut().zip(&p.counts).for_each(|(a, b)| *a += b);
+    }
+    total
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gradient_matches_finite_differences() {
+        let mut rng = SplitMix64::new(9);
+        let f = FeatureMap::new(3, 3, 4, (0..36).map(|_| rng.uniform(-1.0, 1.0) as f32).collect());
+        let labels = (0..25).map(|i| if i % 7 == 3 { 255 } else { (i % 3) as u8 }).collect();
+        let m = Mask { width: 5, height: 5, labels };
+        let probe = LinearProbe::new(4, 3, 1);
+        let (_, gw, gb) = probe.loss_and_grad(&[(&f, &m)]);
+        let eps = 1e-2f32;
+        for i in [0, 5, 11] {
+            let (mut a, mut b) = (probe.clone(), probe.clone());
+            a.weight[i] += eps;
+            b.weight[i] -= eps;
+            let num = (a.loss_and_grad(&[(&f, &m)]).0 - b.loss_and_grad(&[(&f, &m)]).0) / (2.0 * eps as f64);
+            assert!((num - gw[i] as f64).abs() < 1e-3, "w{i}: {num} vs {}", gw[i]);
+        }
+        let (mut a, mut b) = (probe.clone(), probe.clone());
+        a.bias[2] += eps;
+        b.bias[2] -= eps;
+        let num = (a.loss_and_grad(&[(&f, &m)]).0 - b.loss_and_grad(&[(&f, &m)]).0) / (2.0 * eps as f64);
+        assert!((num - gb[2] as f64).abs() < 1e-3);
+    }
+
+    #[test]
+    fn learns_a_separable_problem() {
+        let mut rng = SplitMix64::new(2);
+        let data: Vec<(FeatureMap, Mask)> = (0..20)
+            .map(|_| {
+                let labels: Vec<u8> = (0..16).map(|_| rng.below(3) as u8).collect();
+                let feats = labels
+                    .iter()
+                    .flat_map(|&l| (0..5).map(move |c| if c == l as usize { 2.0 } else { 0.0 }))
+                    .map(|v: f32| v + rng.uniform(-0.1, 0.1) as f32)
+                    .collect();
+                (FeatureMap::new(4, 4, 5, feats), Mask { width: 4, height: 4, labels })
+            })
+            .collect();
+        let cfg = LinearConfig { epochs: 30, lr: 0.5, batch_size: 4, lr_drops: vec![], ..Default::default() };
+        let probe = train_probe(&data, 3, &cfg, &|_| {});
+        let miou = crate::cluster::prediction_miou(&evaluate_probe(&probe, &data));
+        assert!(miou > 0.99, "{miou}");
+    }
+}
