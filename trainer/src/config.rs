@@ -61,6 +61,17 @@ pub struct ObjectiveConfig {
     pub mask_ratio: f32,
     /// EMA momentum of the teacher (backbone, head and prototypes).
     pub ema: f64,
+    /// "tracks", or "identity" for the no-motion ablation: every point stays where it is in
+    /// the first frame (with its first-frame visibility) in all frames.
+    pub motion: Motion,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Motion {
+    #[default]
+    Tracks,
+    Identity,
 }
 
 impl Default for ObjectiveConfig {
@@ -74,6 +85,7 @@ impl Default for ObjectiveConfig {
             student_sampling: Sampling::Nearest,
             mask_ratio: 0.1,
             ema: 0.99,
+            motion: Motion::Tracks,
         }
     }
 }
@@ -160,6 +172,33 @@ impl Default for RunConfig {
     }
 }
 
+/// In-loop validation: clustering mIoU of the EMA teacher's features on a labelled set.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ValidationConfig {
+    /// Steps between validations (and after the last step); 0 disables.
+    pub every: u64,
+    /// A video set with masks (DAVIS, YouTube-VOS, `mosic synth` layout) or an image set
+    /// (Pascal VOC, images/ + masks/).
+    pub data: PathBuf,
+    /// Split name (VOC: ImageSets/Segmentation/<split>.txt); empty = the layout's default.
+    pub split: String,
+    /// Model input size for validation; 0 = model.img_size.
+    pub img_size: usize,
+    /// Label maps are resized (nearest) to mask_size x mask_size.
+    pub mask_size: usize,
+    /// Images, or annotated frames spread evenly over the videos, used at most.
+    pub max_images: usize,
+    /// Also an overclustering K (image sets: over the set; videos: per clip); 0 = none.
+    pub overclustering: usize,
+}
+
+impl Default for ValidationConfig {
+    fn default() -> Self {
+        Self { every: 0, data: PathBuf::new(), split: String::new(), img_size: 0, mask_size: 100, max_images: 64, overclustering: 0 }
+    }
+}
+
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TrainConfig {
@@ -169,6 +208,7 @@ pub struct TrainConfig {
     pub optim: OptimConfig,
     pub data: DataConfig,
     pub run: RunConfig,
+    pub validation: ValidationConfig,
 }
 
 impl TrainConfig {
@@ -199,6 +239,9 @@ impl TrainConfig {
         }
         if !(0.0..=1.0).contains(&self.objective.ema) {
             bail!("objective.ema must be in [0, 1], got {}", self.objective.ema);
+        }
+        if self.validation.every > 0 && self.validation.data.as_os_str().is_empty() {
+            bail!("validation.every is set but validation.data names no labelled set");
         }
         if self.data.batch_size == 0 || self.run.steps == 0 {
             bail!("data.batch_size and run.steps must be positive");

@@ -6,9 +6,12 @@
 //! - [`loader`]: streaming shards into augmented, normalised batches.
 //! - [`train`]: student and EMA teacher, the step, checkpoints and resume.
 //! - [`config`]: every hyperparameter, from TOML with overrides.
+//! - [`features`]: backbones from runs or weight files, dense features of images.
+//! - [`validate`]: labelled evaluation sets and the in-loop clustering validation.
 
 pub mod backend;
 pub mod config;
+pub mod features;
 pub mod head;
 pub mod loader;
 pub mod loss;
@@ -16,5 +19,6 @@ pub mod model;
 pub mod params;
 pub mod plot;
 pub mod train;
+pub mod validate;
 
 pub use config::TrainConfig;

@@ -593,6 +593,22 @@ impl<B: Backend> Vit<B> {
         &self.cfg
     }
 
+    /// The same weights for another input size: pos_embed is resampled (bicubic, antialiased,
+    /// as timm does on load), everything else is kept.
+    pub fn with_img_size(self, img_size: usize) -> Result<Self> {
+        if img_size == self.cfg.img_size {
+            return Ok(self);
+        }
+        let cfg = VitConfig { img_size, ..self.cfg.clone() };
+        let device = self.pos_embed.val().device();
+        let mut raw: HashMap<String, HostTensor> =
+            self.timm_tensors().into_iter().map(|(n, s, v)| (n, HostTensor::new(s, v))).collect();
+        let mask: Vec<f32> = self.mask_token.val().into_data().convert::<f32>().into_vec().expect("f32 data");
+        raw.insert("mask_token".into(), HostTensor::new(vec![1, cfg.embed_dim], mask));
+        let (map, _) = to_timm_names(&cfg, raw).map_err(|e| anyhow!("resizing to {img_size}: {e}"))?;
+        Ok(Self::from_timm(&cfg, map, &device))
+    }
+
     /// Tokens `[B, prefix + grid*grid, D]` (cls, registers, patches) with position embeddings.
     /// Masked patches (`mask[b, i]` true) are replaced by `mask_token` before the position embedding.
     pub fn embed(&self, images: Tensor<B, 4>, mask: Option<Tensor<B, 2, Bool>>) -> Tensor<B, 3> {

@@ -1,7 +1,8 @@
 //! The training loop: student and EMA teacher, one MoSiC step per batch, checkpoints that
 //! resume exactly, metrics, and the step benchmark.
 
-use crate::config::TrainConfig;
+use crate::config::{Motion, TrainConfig};
+use crate::validate::ValSet;
 use crate::head::{ProjectionHead, Prototypes};
 use crate::loader::{Batch, Loader, LoaderState};
 use crate::loss::{mosic_loss, sample_points};
@@ -36,6 +37,9 @@ pub struct StepStats {
     pub grad_norm: f64,
     pub visible: f64,
     pub usage_entropy: f64,
+    /// Validation mIoU by protocol, on the steps where it ran.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub validation: Option<std::collections::BTreeMap<String, f64>>,
 }
 
 /// What a checkpoint holds besides tensors.
@@ -144,8 +148,18 @@ impl<B: AutodiffBackend> Trainer<B> {
         let obj = &self.cfg.objective;
         type I<B> = <B as AutodiffBackend>::InnerBackend;
         let images = Tensor::<I<B>, 4>::from_data(TensorData::new(batch.images.clone(), [bsz * t, 3, s, s]), dev);
-        let tracks = Tensor::<I<B>, 4>::from_data(TensorData::new(batch.tracks.clone(), [bsz, t, n, 2]), dev);
-        let vis = Tensor::<I<B>, 3>::from_data(TensorData::new(batch.visibility.clone(), [bsz, t, n]), dev);
+        let (mut track_data, mut vis_data) = (batch.tracks.clone(), batch.visibility.clone());
+        if obj.motion == Motion::Identity {
+            // No-motion ablation: every frame repeats frame 0's positions and visibility.
+            for b in 0..bsz {
+                for f in 1..t {
+                    track_data.copy_within(b * t * n * 2..(b * t + 1) * n * 2, (b * t + f) * n * 2);
+                    vis_data.copy_within(b * t * n..(b * t + 1) * n, (b * t + f) * n);
+                }
+            }
+        }
+        let tracks = Tensor::<I<B>, 4>::from_data(TensorData::new(track_data, [bsz, t, n, 2]), dev);
+        let vis = Tensor::<I<B>, 3>::from_data(TensorData::new(vis_data, [bsz, t, n]), dev);
 
         // Prototypes are unit vectors at the start of every step, in both copies.
         self.student.prototypes = self.student.prototypes.normalized();
@@ -196,7 +210,7 @@ impl<B: AutodiffBackend> Trainer<B> {
         self.student = self.opt.step(self.student.clone(), &grads, lr_backbone, lr, scale);
         self.teacher = params::ema_update::<B, _, _>(self.teacher.clone(), &self.student, ema);
         self.step += 1;
-        Ok(StepStats { step: self.step, loss, lr, lr_backbone, grad_norm, visible, usage_entropy })
+        Ok(StepStats { step: self.step, loss, lr, lr_backbone, grad_norm, visible, usage_entropy, validation: None })
     }
 
     /// Writes `dir/step-XXXXXXXX` atomically (temporary folder, then rename).
@@ -324,6 +338,14 @@ pub fn train<B: AutodiffBackend>(
         cfg.data.batch_size,
         cfg.run.steps
     ));
+    let val_cfg = &cfg.validation;
+    let val_set = if val_cfg.every > 0 {
+        let set = ValSet::load(val_cfg).with_context(|| format!("validation set {}", val_cfg.data.display()))?;
+        log(&format!("validation every {} steps on {} ({})", val_cfg.every, val_cfg.data.display(), set.describe()));
+        Some(set)
+    } else {
+        None
+    };
     let mut metrics = std::fs::OpenOptions::new().append(true).create(true).open(&metrics_path)?;
     let start = Instant::now();
     let first_step = trainer.step;
@@ -343,6 +365,17 @@ pub fn train<B: AutodiffBackend>(
             }
         };
         let secs = t0.elapsed().as_secs_f64();
+        let mut stats = stats;
+        if let Some(set) = &val_set {
+            if stats.step % val_cfg.every == 0 || stats.step == cfg.run.steps {
+                let size = if val_cfg.img_size == 0 { cfg.model.img_size } else { val_cfg.img_size };
+                let vit = trainer.teacher.backbone.clone().with_img_size(size)?;
+                let v = set.evaluate(&vit, val_cfg.overclustering, cfg.data.batch_size.max(8));
+                let shown: Vec<String> = v.iter().map(|(k, x)| format!("{k} {:.1}", 100.0 * x)).collect();
+                log(&format!("step {:>6} validation mIoU: {}", stats.step, shown.join(", ")));
+                stats.validation = Some(v);
+            }
+        }
         let mut line = serde_json::to_value(&stats)?;
         line["seconds"] = serde_json::json!(secs);
         line["clips_per_second"] = serde_json::json!(batch.clips as f64 / secs);
@@ -410,6 +443,19 @@ fn plot_history(run: &Path, history: &[StepStats]) {
     let lr: Vec<(f64, f64)> = history.iter().map(|s| (s.step as f64, s.lr)).collect();
     if let Err(e) = crate::plot::save(&run.join("loss.png"), &[("loss", &loss), ("learning rate", &lr)]) {
         eprintln!("warning: could not write {}: {e:#}", run.join("loss.png").display());
+    }
+    let mut val: std::collections::BTreeMap<&str, Vec<(f64, f64)>> = Default::default();
+    for s in history {
+        for (k, v) in s.validation.iter().flatten() {
+            val.entry(k.as_str()).or_default().push((s.step as f64, 100.0 * v));
+        }
+    }
+    if !val.is_empty() {
+        let titles: Vec<String> = val.keys().map(|k| format!("validation miou % {k}")).collect();
+        let series: Vec<(&str, &[(f64, f64)])> = titles.iter().zip(val.values()).map(|(t, v)| (t.as_str(), v.as_slice())).collect();
+        if let Err(e) = crate::plot::save(&run.join("validation.png"), &series) {
+            eprintln!("warning: could not write {}: {e:#}", run.join("validation.png").display());
+        }
     }
 }
 
