@@ -5,6 +5,8 @@ use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+mod demo;
+mod eval;
 mod progress;
 mod tracks;
 mod train;
@@ -29,6 +31,13 @@ enum Command {
     Train(train::TrainArgs),
     /// Write a run's teacher backbone as timm-compatible safetensors.
     Export(train::ExportArgs),
+    /// Dense patch features of images or video frames, written as safetensors.
+    Features(eval::FeaturesArgs),
+    /// Evaluation protocols on dense features: cluster, video, linear, incontext.
+    #[command(subcommand)]
+    Eval(eval::EvalCommand),
+    /// Train with and without motion for several seeds, evaluate on held-out videos, write a report.
+    Demo(demo::DemoArgs),
     /// Benchmarks that print throughput figures.
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -127,6 +136,9 @@ fn run(command: Command) -> Result<ExitCode> {
         Command::Bench(BenchCommand::Train(a)) => train::bench(a),
         Command::Train(a) => train::train(a),
         Command::Export(a) => train::export(a),
+        Command::Features(a) => eval::features(a),
+        Command::Eval(c) => eval::eval(c),
+        Command::Demo(a) => demo::demo(a),
     }
 }
 

@@ -119,3 +119,43 @@ pub fn extract<B: Backend>(vit: &Vit<B>, images: &[RgbImage], batch: usize) -> V
 pub fn read_image(path: &Path) -> Result<RgbImage> {
     Ok(image::open(path).with_context(|| format!("cannot read image {}", path.display()))?.to_rgb8())
 }
+
+/// Writes feature maps of one shape as safetensors: `features` `[N, H, W, D]` float32, with
+/// metadata `names` (a JSON list, one per map) and whatever `meta` holds. Atomic.
+pub fn save_features(path: &Path, maps: &[FeatureMap], names: &[String], meta: &BTreeMap<String, String>) -> Result<()> {
+    let Some(first) = maps.first() else { bail!("no features to write to {}", path.display()) };
+    let (h, w, d) = (first.height, first.width, first.dim);
+    if let Some(m) = maps.iter().find(|m| (m.height, m.width, m.dim) != (h, w, d)) {
+        bail!("feature maps differ in shape ({h}x{w}x{d} and {}x{}x{})", m.height, m.width, m.dim);
+    }
+    let bytes: Vec<u8> = maps.iter().flat_map(|m| m.data.iter().flat_map(|v| v.to_le_bytes())).collect();
+    let view = safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![maps.len(), h, w, d], &bytes)?;
+    let mut metadata: std::collections::HashMap<String, String> = meta.clone().into_iter().collect();
+    metadata.insert("names".into(), serde_json::to_string(names)?);
+    let data = safetensors::serialize(vec![("features".to_string(), view)], Some(metadata))?;
+    mosic::fsutil::write_atomic(path, &data)?;
+    Ok(())
+}
+
+/// Reads what [`save_features`] wrote: the maps and their names.
+pub fn load_features(path: &Path) -> Result<(Vec<FeatureMap>, Vec<String>)> {
+    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let (_, header) = safetensors::SafeTensors::read_metadata(&bytes).with_context(|| format!("{}: not safetensors", path.display()))?;
+    let names: Vec<String> = header
+        .metadata()
+        .as_ref()
+        .and_then(|m| m.get("names"))
+        .map(|n| serde_json::from_str(n))
+        .transpose()?
+        .unwrap_or_default();
+    let st = safetensors::SafeTensors::deserialize(&bytes)?;
+    let t = st.tensor("features").with_context(|| format!("{}: no 'features' tensor", path.display()))?;
+    let shape = t.shape().to_vec();
+    if shape.len() != 4 || t.dtype() != safetensors::Dtype::F32 {
+        bail!("{}: 'features' must be float32 [N, H, W, D], found {:?} {shape:?}", path.display(), t.dtype());
+    }
+    let (h, w, d) = (shape[1], shape[2], shape[3]);
+    let values: Vec<f32> = t.data().chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
+    let maps = values.chunks(h * w * d).map(|c| FeatureMap::new(h, w, d, c.to_vec())).collect();
+    Ok((maps, names))
+}

@@ -67,7 +67,8 @@ fn glyph(c: char) -> [u8; 5] {
     }
 }
 
-fn text(img: &mut RgbImage, x: u32, y: u32, s: &str, scale: u32, color: Rgb<u8>) {
+/// Draws `s` with the built-in 3x5 font, each font pixel `scale` x `scale` image pixels.
+pub fn text(img: &mut RgbImage, x: u32, y: u32, s: &str, scale: u32, color: Rgb<u8>) {
     for (i, c) in s.chars().enumerate() {
         let g = glyph(c);
         for (r, bits) in g.iter().enumerate() {

@@ -34,10 +34,12 @@ impl Default for RenderOptions {
 enum Format {
     Gif,
     Mp4,
+    /// The last frame only, with whole trails.
+    Png,
 }
 
 /// Draws point tracks over `frames` and writes them to `out` (`.gif` or
-/// `.mp4`, chosen by extension), atomically.
+/// `.mp4`, or a still of the last frame with whole trails as `.png`; chosen by extension), atomically.
 ///
 /// `tracks` is `[T][N][2]` with `x` = column and `y` = row in input pixels
 /// (pixel centres at integer coordinates); `visibility` is `[T][N]`, 1 for
@@ -58,6 +60,7 @@ pub fn render(
     let format = match ext.as_deref() {
         Some("gif") => Format::Gif,
         Some("mp4") => Format::Mp4,
+        Some("png") => Format::Png,
         _ => return Err(VideoError::UnsupportedFormat { path: out.into() }),
     };
     let invalid = |message: String| VideoError::InvalidInput {
@@ -129,6 +132,35 @@ pub fn render(
     };
 
     match format {
+        Format::Png => {
+            // One still: the last frame with every point's whole trail.
+            let still = RenderOptions { trail: t, ..opts.clone() };
+            let draw_all = |k: usize| {
+                let mut canvas = upscale(&frames[k], s, cw, ch);
+                for (i, &c) in colors.iter().enumerate() {
+                    for j in k.saturating_sub(still.trail)..k {
+                        if let (Some(a), Some(b), true, true) = (pos(j, i), pos(j + 1, i), visible(j, i), visible(j + 1, i)) {
+                            line(&mut canvas, a, b, c);
+                        }
+                    }
+                    match pos(k, i) {
+                        Some(p) if visible(k, i) => disc(&mut canvas, p, opts.radius, c),
+                        Some(p) => ring(&mut canvas, p, opts.radius, c),
+                        None => {}
+                    }
+                }
+                canvas
+            };
+            let tmp = crate::tmp_path(out);
+            let res = draw_all(t - 1)
+                .save_with_format(&tmp, image::ImageFormat::Png)
+                .map_err(|e| VideoError::Encode { path: out.into(), message: e.to_string() })
+                .and_then(|_| std::fs::rename(&tmp, out).map_err(|source| VideoError::Io { path: out.into(), source }));
+            if res.is_err() {
+                let _ = std::fs::remove_file(&tmp);
+            }
+            res
+        }
         Format::Mp4 => {
             let mut writer = Mp4Writer::create(out, cw, ch, opts.fps)?;
             for k in 0..t {

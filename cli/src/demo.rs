@@ -1,0 +1,366 @@
+//! `mosic demo`: the end of `make demo`. Trains the tiny ViT with MoSiC and with the
+//! no-motion ablation for several seeds (resuming whatever is already done), evaluates the
+//! initial, trained and ablated backbones on held-out synthetic videos with masks, and writes
+//! `report.md`, `report.json` and figures into the output directory.
+
+use anyhow::{Context, Result};
+use burn::tensor::backend::AutodiffBackend;
+use clap::Args;
+use image::{Rgb, RgbImage};
+use mosic_eval::cluster::{assign_pixels, cluster_videos, num_classes, stack_tokens, Score, VideoConfig, VideoSample};
+use mosic_eval::segmentation::{hungarian_score, Confusion};
+use mosic_eval::{kmeans, FeatureMap, Mask};
+use mosic_trainer::backend::{dispatch, WithBackend};
+use mosic_trainer::features::{extract, load_backbone, Weights};
+use mosic_trainer::plot;
+use mosic_trainer::validate::{load_videos, LoadedVideo};
+use mosic_trainer::TrainConfig;
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Instant;
+
+#[derive(Args)]
+pub struct DemoArgs {
+    /// Training config of every run (seed and motion are set per run).
+    #[arg(long, default_value = "configs/tiny_synth.toml")]
+    config: PathBuf,
+    /// Track shards to train on.
+    #[arg(long, default_value = "data/demo-tracks")]
+    tracks: PathBuf,
+    /// Labelled videos for in-loop validation (never used for the report's figures).
+    #[arg(long, default_value = "data/synth-val")]
+    val: PathBuf,
+    /// Held-out labelled videos the report is computed on.
+    #[arg(long, default_value = "data/synth-test")]
+    test: PathBuf,
+    #[arg(long, default_value = "runs/demo")]
+    out: PathBuf,
+    /// Training seeds 0..seeds, each trained with tracks and without motion.
+    #[arg(long, default_value_t = 3)]
+    seeds: u64,
+    /// Evaluation input size (2x the training size, as the paper evaluates at 448 after 224).
+    #[arg(long, default_value_t = 224)]
+    eval_size: usize,
+    #[arg(long, default_value_t = 100)]
+    mask_size: usize,
+    /// Evaluate every n-th annotated frame of the held-out videos.
+    #[arg(long, default_value_t = 8)]
+    every: usize,
+    /// Extra config overrides for every run (KEY=VALUE).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    set: Vec<String>,
+    #[arg(long, default_value = mosic_trainer::backend::DEFAULT)]
+    backend: String,
+}
+
+const VARIANTS: [(&str, &str); 2] = [("mosic", "tracks"), ("no-motion", "identity")];
+
+struct TrainRun {
+    cfg: TrainConfig,
+    dir: PathBuf,
+}
+
+impl WithBackend for TrainRun {
+    type Output = mosic_trainer::train::Summary;
+    fn run<B: AutodiffBackend>(self, device: B::Device) -> Result<Self::Output> {
+        let resume = !mosic_trainer::train::checkpoints(&self.dir).is_empty();
+        let name = self.dir.file_name().unwrap_or_default().to_string_lossy().into_owned();
+        mosic_trainer::train::train::<B>(&self.cfg, &self.dir, resume, None, &device, &|l| eprintln!("[{name}] {l}"))
+    }
+}
+
+/// Features of every held-out video for each backbone.
+struct EvalFeatures {
+    backbones: Vec<Weights>,
+    videos: Vec<Vec<RgbImage>>,
+    size: usize,
+}
+
+impl WithBackend for EvalFeatures {
+    type Output = Vec<Vec<Vec<FeatureMap>>>;
+    fn run<B: AutodiffBackend>(self, device: B::Device) -> Result<Self::Output> {
+        self.backbones
+            .iter()
+            .map(|w| {
+                let vit = load_backbone::<B::InnerBackend>(w, Some(self.size), &device)?;
+                Ok(self.videos.iter().map(|v| extract::<B::InnerBackend>(&vit, v, 16)).collect())
+            })
+            .collect()
+    }
+}
+
+pub fn demo(a: DemoArgs) -> Result<ExitCode> {
+    let start = Instant::now();
+    std::fs::create_dir_all(&a.out).with_context(|| format!("cannot create {}", a.out.display()))?;
+    let seeds: Vec<u64> = (0..a.seeds).collect();
+
+    // 1. Training runs (resumed when interrupted, skipped when finished).
+    let mut summaries = BTreeMap::new();
+    for &seed in &seeds {
+        for (variant, motion) in VARIANTS {
+            let dir = a.out.join(format!("{variant}-seed{seed}"));
+            let mut set = vec![
+                format!("data.shards={}", a.tracks.display()),
+                format!("run.seed={seed}"),
+                format!("objective.motion={motion}"),
+                format!("validation.data={}", a.val.display()),
+            ];
+            set.extend(a.set.iter().cloned());
+            let cfg = TrainConfig::load(Some(&a.config), &set)?;
+            let t0 = Instant::now();
+            let s = dispatch(&a.backend, TrainRun { cfg, dir: dir.clone() })?;
+            eprintln!("demo: {} done: {} steps, loss {:?} -> {:?} ({:.0} s)", dir.display(), s.steps, s.first_loss, s.last_loss, t0.elapsed().as_secs_f64());
+            summaries.insert((variant, seed), s);
+        }
+    }
+
+    // 2. Held-out evaluation: initial, trained and no-motion backbones of every seed.
+    let test = load_videos(&mosic_eval::data::video_set(&a.test, None, a.every)?, a.mask_size)?;
+    let mut labels = Vec::new();
+    let mut backbones = Vec::new();
+    for &seed in &seeds {
+        let run = |v: &str| a.out.join(format!("{v}-seed{seed}"));
+        for (label, w) in [
+            ("initial", Weights::Run { dir: run("mosic"), checkpoint: None, initial: true }),
+            ("mosic", Weights::Run { dir: run("mosic"), checkpoint: None, initial: false }),
+            ("no-motion", Weights::Run { dir: run("no-motion"), checkpoint: None, initial: false }),
+        ] {
+            labels.push((label, seed));
+            backbones.push(w);
+        }
+    }
+    let t0 = Instant::now();
+    let feats = dispatch(
+        &a.backend,
+        EvalFeatures { backbones, videos: test.iter().map(|v| v.frames.clone()).collect(), size: a.eval_size },
+    )?;
+    eprintln!("demo: features of {} backbones in {:.1} s", labels.len(), t0.elapsed().as_secs_f64());
+    let mut per: BTreeMap<(&str, String), Vec<f64>> = BTreeMap::new();
+    let mut order: Vec<String> = Vec::new();
+    for (&(label, seed), f) in labels.iter().zip(&feats) {
+        let samples: Vec<VideoSample> =
+            test.iter().zip(f).map(|(v, f)| VideoSample { name: v.name.clone(), frames: f.clone(), masks: v.masks.clone() }).collect();
+        let cfg = VideoConfig { seeds: vec![seed], iters: 100, over_k_local: 10, over_k_dataset: 0 };
+        for s in cluster_videos(&samples, &cfg) {
+            if !order.contains(&s.name) {
+                order.push(s.name.clone());
+            }
+            per.entry((label, s.name)).or_default().push(s.mean);
+        }
+    }
+    let table: Vec<(&str, Vec<Score>)> = ["initial", "mosic", "no-motion"]
+        .into_iter()
+        .map(|l| (l, order.iter().map(|n| Score::new(n.clone(), 0, "", per[&(l, n.clone())].clone())).collect()))
+        .collect();
+
+    // 3. Figures.
+    let tracks_png = a.out.join("tracks.png");
+    draw_tracks(&a.tracks, &tracks_png)?;
+    let curves = a.out.join("curves.png");
+    draw_curves(&a.out, &curves)?;
+    let maps = a.out.join("clusters.png");
+    let seed0: Vec<&Vec<Vec<FeatureMap>>> = feats.iter().take(3).collect();
+    draw_cluster_maps(&test, &seed0, &maps)?;
+
+    // 4. Report.
+    let report = write_report(&a, &table, &summaries, &test, start.elapsed().as_secs_f64())?;
+    println!("{report}");
+    println!("demo: report in {}", a.out.join("report.md").display());
+    Ok(ExitCode::SUCCESS)
+}
+
+fn draw_tracks(shards: &Path, out: &Path) -> Result<()> {
+    let manifest = mosic::Manifest::load(shards)?;
+    let first = manifest.shards.first().context("no shards")?;
+    let path = shards.join(&first.file);
+    let clip = mosic::ShardReader::open(&path)?.clips_in(true, Some(vec![0]))?.next().context("empty shard")??;
+    let frames = clip
+        .frames
+        .iter()
+        .map(|j| mosic::imageio::decode_jpeg(j).map_err(|m| anyhow::anyhow!("{}: {m}", path.display())))
+        .collect::<Result<Vec<_>>>()?;
+    let tracks: Vec<f32> = clip.tracks.iter().flatten().copied().collect();
+    let vis: Vec<u8> = clip.visibility.iter().map(|&v| v as u8).collect();
+    let n = clip.tracks.len() / frames.len().max(1);
+    mosic_video::render(&frames, &tracks, &vis, n, out, &mosic_video::RenderOptions { upscale: 2, ..Default::default() })?;
+    Ok(())
+}
+
+fn history(run: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(run.join("metrics.jsonl"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}
+
+fn draw_curves(out: &Path, png: &Path) -> Result<()> {
+    let mut titles = Vec::new();
+    let mut series = Vec::new();
+    for (variant, _) in VARIANTS {
+        let h = history(&out.join(format!("{variant}-seed0")));
+        let loss: Vec<(f64, f64)> = h.iter().filter_map(|v| Some((v["step"].as_f64()?, v["loss"].as_f64()?))).collect();
+        let val: Vec<(f64, f64)> =
+            h.iter().filter_map(|v| Some((v["step"].as_f64()?, 100.0 * v["validation"]["C hungarian"].as_f64()?))).collect();
+        titles.push(format!("{variant} seed 0: loss"));
+        series.push(loss);
+        titles.push(format!("{variant} seed 0: validation miou % (c hungarian)"));
+        series.push(val);
+    }
+    let s: Vec<(&str, &[(f64, f64)])> = titles.iter().zip(&series).map(|(t, v)| (t.as_str(), v.as_slice())).collect();
+    plot::save(png, &s)
+}
+
+/// Colour of class `c` (the DAVIS / VOC palette the synthetic masks use); grey for none.
+fn class_colour(c: Option<usize>) -> Rgb<u8> {
+    let Some(c) = c else { return Rgb([128, 128, 128]) };
+    let p = mosic_synth::palette();
+    Rgb([p[3 * c], p[3 * c + 1], p[3 * c + 2]])
+}
+
+/// Per clip: k-means (K = classes, seed 0) over the clip's frames, Hungarian-matched to the
+/// clip's ids; the middle frame is drawn for image, ground truth and each backbone.
+fn draw_cluster_maps(test: &[LoadedVideo], feats: &[&Vec<Vec<FeatureMap>>], out: &Path) -> Result<()> {
+    let rows = test.len().min(3);
+    let (cell, pad, head) = (200u32, 6u32, 24u32);
+    let cols = 2 + feats.len() as u32;
+    let mut img = RgbImage::from_pixel(cols * (cell + pad) + pad, head + rows as u32 * (cell + pad) + pad, Rgb([255, 255, 255]));
+    for (c, t) in ["frame", "ground truth", "initial", "mosic", "no-motion"].iter().enumerate().take(cols as usize) {
+        plot::text(&mut img, pad + c as u32 * (cell + pad), 6, t, 3, Rgb([0, 0, 0]));
+    }
+    let blit = |img: &mut RgbImage, tile: &RgbImage, col: u32, row: u32| {
+        let (x0, y0) = (pad + col * (cell + pad), head + row * (cell + pad));
+        for (x, y, p) in tile.enumerate_pixels() {
+            img.put_pixel(x0 + x, y0 + y, *p);
+        }
+    };
+    let paint = |labels: &[u32], m: &Mask, map: &dyn Fn(u32) -> Option<usize>| {
+        let small = RgbImage::from_fn(m.width as u32, m.height as u32, |x, y| class_colour(map(labels[y as usize * m.width + x as usize])));
+        image::imageops::resize(&small, cell, cell, image::imageops::FilterType::Nearest)
+    };
+    for (r, v) in test.iter().take(rows).enumerate() {
+        let mid = v.frames.len() / 2;
+        let m = &v.masks[mid];
+        blit(&mut img, &mosic::imageio::resize(&v.frames[mid], cell, cell), 0, r as u32);
+        let gt = m.as_u32();
+        blit(&mut img, &paint(&gt, m, &|l| (l != 255).then_some(l as usize)), 1, r as u32);
+        let classes = num_classes(&v.masks);
+        for (b, f) in feats.iter().enumerate() {
+            let frames: Vec<&FeatureMap> = f[r].iter().collect();
+            let data = stack_tokens(&frames);
+            let dim = frames[0].dim;
+            let km = kmeans(&data, data.len() / dim, dim, classes, 0, 100);
+            let mut conf = Confusion::new(classes, classes);
+            let preds: Vec<Vec<u32>> = frames.iter().zip(&v.masks).map(|(f, m)| assign_pixels(f, &km.centroids, m.height, m.width)).collect();
+            for (p, m) in preds.iter().zip(&v.masks) {
+                conf.add(p, &m.as_u32());
+            }
+            let map = hungarian_score(&conf).cluster_to_class;
+            blit(&mut img, &paint(&preds[mid], m, &|c| map[c as usize]), 2 + b as u32, r as u32);
+        }
+    }
+    let tmp = mosic::fsutil::temp_path(out);
+    img.save_with_format(&tmp, image::ImageFormat::Png)?;
+    std::fs::rename(&tmp, out)?;
+    Ok(())
+}
+
+fn pct(s: &Score) -> String {
+    format!("{:.1} ± {:.1}", 100.0 * s.mean, 100.0 * s.std)
+}
+
+fn write_report(
+    a: &DemoArgs,
+    table: &[(&str, Vec<Score>)],
+    summaries: &BTreeMap<(&str, u64), mosic_trainer::train::Summary>,
+    test: &[LoadedVideo],
+    seconds: f64,
+) -> Result<String> {
+    let cfg = TrainConfig::load(Some(&a.config), &a.set)?;
+    let frames: usize = test.iter().map(|v| v.frames.len()).sum();
+    let mut r = String::new();
+    writeln!(r, "# MoSiC demo report\n")?;
+    writeln!(
+        r,
+        "A {} ({} px, random initialisation) post-trained for {} steps (batch {}) on track shards of \
+         synthetic videos (`{}`), with MoSiC and with the no-motion ablation (every point kept at its \
+         first-frame position), for {} seeds. Evaluation on {} held-out synthetic videos (`{}`, {} annotated \
+         frames, every {}th), never seen in training or validation; input {} px, masks {}x{}.\n",
+        cfg.model.preset,
+        cfg.model.img_size,
+        cfg.run.steps,
+        cfg.data.batch_size,
+        a.tracks.display(),
+        a.seeds,
+        test.len(),
+        a.test.display(),
+        frames,
+        a.every,
+        a.eval_size,
+        a.mask_size,
+        a.mask_size
+    )?;
+    writeln!(r, "## Held-out video segmentation by clustering (mIoU %, mean ± std over {} seeds)\n", a.seeds)?;
+    let names: Vec<&str> = table[0].1.iter().map(|s| s.name.as_str()).collect();
+    writeln!(r, "| weights | {} |", names.join(" | "))?;
+    writeln!(r, "|---|{}", "---|".repeat(names.len()))?;
+    for (label, scores) in table {
+        let name = match *label {
+            "initial" => "initial (random init)",
+            "mosic" => "MoSiC (tracks)",
+            _ => "no-motion ablation",
+        };
+        writeln!(r, "| {name} | {} |", scores.iter().map(pct).collect::<Vec<_>>().join(" | "))?;
+    }
+    writeln!(r)?;
+    writeln!(
+        r,
+        "Protocols (TimeT): k-means with K = the clip's number of ids (background included), matched \
+         one-to-one (Hungarian) per frame (F), per clip (C) or with one k-means over the whole set and \
+         matching per clip (D); \"over K=10\" clusters into 10 and matches many-to-one by precision. \
+         Each seed is one training run and the same k-means seed.\n"
+    )?;
+    let get = |label: &str, name: &str| table.iter().find(|t| t.0 == label).and_then(|t| t.1.iter().find(|s| s.name == name)).cloned();
+    if let (Some(init), Some(tr), Some(nm)) = (get("initial", "C hungarian"), get("mosic", "C hungarian"), get("no-motion", "C hungarian")) {
+        let verdict = |x: &Score, y: &Score| {
+            let d = 100.0 * (x.mean - y.mean);
+            let spread = 100.0 * (x.std.powi(2) + y.std.powi(2)).sqrt();
+            if x.per_seed.len() < 2 {
+                return format!("{d:+.1} points (one seed: no estimate of the spread, so no conclusion)");
+            }
+            let size = if d.abs() > 2.0 * spread { "larger than twice the seed spread" } else { "within twice the seed spread, so not a clear difference" };
+            format!("{d:+.1} points ({size}; spread {spread:.1})")
+        };
+        writeln!(r, "## Result\n")?;
+        writeln!(r, "- MoSiC vs initial weights, per-clip mIoU: {}.", verdict(&tr, &init))?;
+        writeln!(r, "- MoSiC vs no-motion ablation, per-clip mIoU: {}.", verdict(&tr, &nm))?;
+        writeln!(r, "- Per seed (C, %): initial {:?}, MoSiC {:?}, no-motion {:?}.\n", per_seed(&init), per_seed(&tr), per_seed(&nm))?;
+    }
+    writeln!(r, "## Training\n")?;
+    writeln!(r, "| run | steps | first loss | last loss | clips/s | seconds |\n|---|---|---|---|---|---|")?;
+    for ((variant, seed), s) in summaries {
+        let f = |v: Option<f64>| v.map(|v| format!("{v:.3}")).unwrap_or("-".into());
+        writeln!(r, "| {variant}-seed{seed} | {} | {} | {} | {:.1} | {:.0} |", s.steps, f(s.first_loss), f(s.last_loss), s.clips_per_second, s.seconds)?;
+    }
+    writeln!(r, "\n(Steps already done by an earlier, interrupted demo are not timed again.)\n")?;
+    writeln!(r, "## Figures\n")?;
+    writeln!(r, "- `tracks.png`: tracks of the first training clip over its last frame (filled: visible, ring: occluded).")?;
+    writeln!(r, "- `curves.png`: loss and validation mIoU (C) during training, seed 0, both variants.")?;
+    writeln!(r, "- `clusters.png`: middle frame of held-out clips; ground truth; per-clip clusters of each backbone (seed 0), coloured by their matched id.\n")?;
+    writeln!(r, "![tracks](tracks.png)\n\n![curves](curves.png)\n\n![clusters](clusters.png)\n")?;
+    writeln!(r, "Total demo time (this invocation): {seconds:.0} s.")?;
+    mosic::fsutil::write_atomic(&a.out.join("report.md"), r.as_bytes())?;
+    let json = serde_json::json!({
+        "config": a.config, "tracks": a.tracks, "test": a.test, "seeds": a.seeds, "eval_size": a.eval_size,
+        "mask_size": a.mask_size, "every": a.every,
+        "scores": table.iter().map(|(l, s)| (l.to_string(), s.clone())).collect::<BTreeMap<_, _>>(),
+    });
+    mosic::fsutil::write_atomic(&a.out.join("report.json"), serde_json::to_string_pretty(&json)?.as_bytes())?;
+    Ok(r)
+}
+
+fn per_seed(s: &Score) -> Vec<f64> {
+    s.per_seed.iter().map(|v| (1000.0 * v).round() / 10.0).collect()
+}
