@@ -59,6 +59,20 @@ fn features_are_written_as_safetensors() {
     let d = direct[0].data.iter().zip(&maps[0].data).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
     assert!(d < 1e-5, "{d}");
 
+    // Video files: every n-th decoded frame, named FILE#FRAME.
+    let vids = tmp.path().join("vids");
+    let o = run(&["synth", "--out", vids.to_str().unwrap(), "--videos", "1", "--frames", "24", "--width", "160", "--height", "96"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let out2 = tmp.path().join("v.safetensors");
+    let videos = vids.join("videos");
+    let mut a = vec!["features", "--input", videos.to_str().unwrap(), "--out", out2.to_str().unwrap(), "--size", "56", "--every", "6"];
+    a.extend(MODEL);
+    let o = run(&a);
+    assert!(o.status.success(), "{}", text(&o));
+    let (maps, names) = mosic_trainer::features::load_features(&out2).unwrap();
+    assert_eq!(names, ["synth_0000.mp4#00000", "synth_0000.mp4#00006", "synth_0000.mp4#00012", "synth_0000.mp4#00018"]);
+    assert_eq!(maps.len(), 4);
+
     let o = run(&["features", "--input", tmp.path().join("nothing").to_str().unwrap(), "--out", "x.safetensors", "--random", "0", "--preset", "vit_tiny_test"]);
     assert!(!o.status.success() && text(&o).contains("nothing"), "{}", text(&o));
 }

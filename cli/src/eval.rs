@@ -86,9 +86,12 @@ fn features_of(m: &ModelArgs, size: Option<usize>, sets: Vec<Vec<RgbImage>>) -> 
 pub struct FeaturesArgs {
     #[command(flatten)]
     model: ModelArgs,
-    /// An image, a folder of images, or a folder of frame folders (videos).
+    /// An image or video file, or a folder of them (frame folders and video files, recursively).
     #[arg(long)]
     input: PathBuf,
+    /// Of a video file, every n-th frame.
+    #[arg(long, default_value_t = 1)]
+    every: usize,
     /// Output .safetensors: `features` [N, H, W, D] and the image names in the metadata.
     #[arg(long)]
     out: PathBuf,
@@ -97,8 +100,15 @@ pub struct FeaturesArgs {
     size: Option<usize>,
 }
 
-fn list_images(input: &Path) -> Result<Vec<(String, PathBuf)>> {
-    let is_img = |p: &Path| p.extension().and_then(|e| e.to_str()).is_some_and(|e| ["jpg", "jpeg", "png", "bmp"].contains(&e.to_ascii_lowercase().as_str()));
+const VIDEO_EXTS: [&str; 5] = ["mp4", "webm", "mkv", "avi", "mov"];
+
+fn has_ext(p: &Path, exts: &[&str]) -> bool {
+    p.extension().and_then(|e| e.to_str()).is_some_and(|e| exts.contains(&e.to_ascii_lowercase().as_str()))
+}
+
+/// Image and video files under `input` (or `input` itself), sorted, with names relative to it.
+fn list_inputs(input: &Path) -> Result<Vec<(String, PathBuf)>> {
+    let wanted = |p: &Path| has_ext(p, &["jpg", "jpeg", "png", "bmp"]) || has_ext(p, &VIDEO_EXTS);
     if input.is_file() {
         return Ok(vec![(input.file_name().unwrap_or_default().to_string_lossy().into_owned(), input.to_path_buf())]);
     }
@@ -112,7 +122,7 @@ fn list_images(input: &Path) -> Result<Vec<(String, PathBuf)>> {
             }
             if p.is_dir() {
                 stack.push(p);
-            } else if is_img(&p) {
+            } else if wanted(&p) {
                 let name = p.strip_prefix(input).unwrap_or(&p).to_string_lossy().into_owned();
                 out.push((name, p));
             }
@@ -120,17 +130,33 @@ fn list_images(input: &Path) -> Result<Vec<(String, PathBuf)>> {
     }
     out.sort();
     if out.is_empty() {
-        bail!("{}: no images found", input.display());
+        bail!("{}: no images or videos found", input.display());
     }
     Ok(out)
 }
 
+/// Decoded images with their names; a video contributes every `every`-th frame as `NAME#FRAME`.
+fn read_inputs(input: &Path, every: usize) -> Result<(Vec<String>, Vec<RgbImage>)> {
+    let (mut names, mut images) = (Vec::new(), Vec::new());
+    for (name, path) in list_inputs(input)? {
+        if has_ext(&path, &VIDEO_EXTS) {
+            let (_, frames) = mosic_video::decode_all(&path).with_context(|| format!("decoding {}", path.display()))?;
+            for (i, f) in frames.into_iter().enumerate().step_by(every.max(1)) {
+                names.push(format!("{name}#{i:05}"));
+                images.push(f);
+            }
+        } else {
+            names.push(name);
+            images.push(read_image(&path)?);
+        }
+    }
+    Ok((names, images))
+}
+
 pub fn features(a: FeaturesArgs) -> Result<ExitCode> {
-    let files = list_images(&a.input)?;
-    let images = files.iter().map(|(_, p)| read_image(p)).collect::<Result<Vec<_>>>()?;
+    let (names, images) = read_inputs(&a.input, a.every)?;
     let (mut maps, size) = features_of(&a.model, a.size, vec![images])?;
     let maps = maps.pop().unwrap_or_default();
-    let names: Vec<String> = files.into_iter().map(|(n, _)| n).collect();
     let mut meta = BTreeMap::new();
     meta.insert("source".to_string(), a.model.weights()?.describe());
     meta.insert("img_size".to_string(), size.to_string());

@@ -94,7 +94,7 @@ pub fn confusion(pred: &[u32], gt: &[u32], k: usize, classes: usize) -> Confusio
 /// only one of them scores 0. The mean is NaN when no class occurs at all.
 pub fn miou(confusion: &[u64], classes: usize) -> (f64, Vec<f64>) {
     assert!(
-        classes > 0 && confusion.len() % classes == 0,
+        classes > 0 && confusion.len().is_multiple_of(classes),
         "not a matrix with {classes} columns"
     );
     let rows = confusion.len() / classes;

@@ -304,7 +304,7 @@ pub fn train<B: AutodiffBackend>(
         if &old != cfg {
             bail!("--resume: the configuration differs from {}; resume with the run's own config", config_path.display());
         }
-    } else if checkpoints(run).first().is_some() {
+    } else if !checkpoints(run).is_empty() {
         bail!("{} already holds checkpoints; pass --resume to continue it or choose another run directory", run.display());
     }
     mosic::fsutil::write_atomic(&config_path, text.as_bytes())?;
