@@ -242,14 +242,21 @@ pub struct VideoArgs {
     over_dataset: usize,
 }
 
+/// Training and evaluation splits of a labelled image set.
 #[derive(Args)]
-pub struct LinearArgs {
-    #[command(flatten)]
-    common: Common,
+pub struct Splits {
     #[arg(long, default_value = "train")]
     train_split: String,
     #[arg(long, default_value = "val")]
     val_split: String,
+}
+
+#[derive(Args)]
+pub struct LinearArgs {
+    #[command(flatten)]
+    common: Common,
+    #[command(flatten)]
+    splits: Splits,
     #[arg(long, default_value_t = 20)]
     epochs: usize,
     #[arg(long, default_value_t = 0.01)]
@@ -271,10 +278,8 @@ pub struct LinearArgs {
 pub struct InContextArgs {
     #[command(flatten)]
     common: Common,
-    #[arg(long, default_value = "train")]
-    train_split: String,
-    #[arg(long, default_value = "val")]
-    val_split: String,
+    #[command(flatten)]
+    splits: Splits,
     #[arg(long, default_value_t = 30)]
     neighbours: usize,
     #[arg(long, default_value_t = 0.02)]
@@ -357,9 +362,9 @@ fn video(a: &VideoArgs) -> Result<Vec<Score>> {
 /// Train and val features with their masks.
 type Pairs = Vec<(FeatureMap, Mask)>;
 
-fn train_val(c: &Common, train_split: &str, val_split: &str) -> Result<(Pairs, Pairs, usize)> {
-    let (ti, tm) = load_images(&image_set(&c.data, Some(train_split))?, c.mask_size)?;
-    let (vi, vm) = load_images(&image_set(&c.data, Some(val_split))?, c.mask_size)?;
+fn train_val(c: &Common, s: &Splits) -> Result<(Pairs, Pairs, usize)> {
+    let (ti, tm) = load_images(&image_set(&c.data, Some(&s.train_split))?, c.mask_size)?;
+    let (vi, vm) = load_images(&image_set(&c.data, Some(&s.val_split))?, c.mask_size)?;
     let classes = classes_of(c, &tm.iter().chain(&vm).collect::<Vec<_>>());
     let (mut f, _) = features_of(&c.model, Some(c.size), vec![ti, vi])?;
     let vf = f.pop().unwrap();
@@ -368,7 +373,7 @@ fn train_val(c: &Common, train_split: &str, val_split: &str) -> Result<(Pairs, P
 }
 
 fn linear_probe(a: &LinearArgs) -> Result<Vec<Score>> {
-    let (train, val, classes) = train_val(&a.common, &a.train_split, &a.val_split)?;
+    let (train, val, classes) = train_val(&a.common, &a.splits)?;
     let cfg = linear::LinearConfig {
         epochs: a.epochs,
         lr: a.lr,
@@ -385,7 +390,7 @@ fn linear_probe(a: &LinearArgs) -> Result<Vec<Score>> {
 }
 
 fn in_context(a: &InContextArgs) -> Result<Vec<Score>> {
-    let (train, val, classes) = train_val(&a.common, &a.train_split, &a.val_split)?;
+    let (train, val, classes) = train_val(&a.common, &a.splits)?;
     let cfg = incontext::InContextConfig {
         neighbours: a.neighbours,
         temperature: a.temperature,

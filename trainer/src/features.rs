@@ -13,8 +13,7 @@ use mosic_eval::FeatureMap;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-const MEAN: [f32; 3] = [0.485, 0.456, 0.406];
-const STD: [f32; 3] = [0.229, 0.224, 0.225];
+use crate::loader::{MEAN, STD};
 
 /// Where a backbone's weights come from.
 #[derive(Clone, Debug)]

@@ -36,8 +36,9 @@ use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
-const MEAN: [f32; 3] = [0.485, 0.456, 0.406];
-const STD: [f32; 3] = [0.229, 0.224, 0.225];
+/// ImageNet normalisation, shared by training batches and feature extraction.
+pub const MEAN: [f32; 3] = [0.485, 0.456, 0.406];
+pub const STD: [f32; 3] = [0.229, 0.224, 0.225];
 /// Purposes of the per-epoch seeds, so order and augmentation draw from unrelated streams.
 const ORDER: u64 = 0;
 const AUG: u64 = 1;
