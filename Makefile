@@ -15,7 +15,7 @@ CONFIG   ?= configs/tiny_synth.toml
 SHARDS   ?= $(TRACKS)
 WEIGHTS  ?=
 BACKEND  ?= ndarray
-RUN      ?= runs/$(notdir $(basename $(CONFIG)))
+RUN      ?=
 RESUME   ?=
 FEATURES := $(if $(filter cuda tch flex candle,$(BACKEND)),--features $(BACKEND),)
 MOSIC    := target/$(PROFILE)/mosic
@@ -56,14 +56,15 @@ endif
 	$(MOSIC) tracks --input $(INPUT) --out $(TRACKS) --device $(DEVICE) $(if $(MODEL),--model $(MODEL))
 	$(MOSIC) shards verify $(TRACKS)
 
-# Stage 2. RESUME=1 continues the run in $(RUN) from its newest checkpoint.
+# Stage 2. Each run gets a new directory, runs/<config name>/<date-time> (or RUN=dir);
+# RESUME=1 continues the newest run of the config (or RUN) from its newest checkpoint.
 ifeq ($(SHARDS),$(TRACKS))
 train: build tracks $(DATA)/synth-val/synth.json
 else
 train: build
 endif
 	$(MOSIC) train --config $(CONFIG) --set data.shards=$(SHARDS) $(if $(WEIGHTS),--set model.weights=$(WEIGHTS)) \
-		--backend $(BACKEND) --out $(RUN) $(if $(RESUME),--resume)
+		--backend $(BACKEND) $(if $(RUN),--out $(RUN)) $(if $(RESUME),--resume)
 
 # The whole chain on the synthetic set: tracks and their accuracy, then MoSiC and the no-motion
 # ablation trained for 3 seeds, evaluated on held-out videos: runs/demo/report.md.

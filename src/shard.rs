@@ -254,6 +254,33 @@ impl ShardReader {
     pub fn read_all(self, with_frames: bool) -> Result<Vec<Clip>> {
         self.clips(with_frames)?.collect()
     }
+
+    /// `dataset/video_id` of every row, by row group; only those two columns are read.
+    pub fn video_keys(self) -> Result<Vec<Vec<String>>> {
+        let path = self.path.clone();
+        let groups: Vec<usize> = self.builder.metadata().row_groups().iter().map(|g| g.num_rows() as usize).collect();
+        let schema = self.builder.schema().clone();
+        let roots = [col::DATASET, col::VIDEO_ID].map(|c| schema.index_of(c).map_err(|e| Error::parquet(&path, e)));
+        let [ds, vid] = roots;
+        let mask = ProjectionMask::roots(self.builder.parquet_schema(), [ds?, vid?]);
+        let reader = self.builder.with_projection(mask).build().map_err(|e| Error::parquet(&path, e))?;
+        let mut keys = Vec::new();
+        for batch in reader {
+            let batch = batch.map_err(|e| Error::parquet(&path, e))?;
+            let strs = |name: &str| -> Result<&StringArray> {
+                column(&batch, name)
+                    .and_then(|c| c.as_string_opt::<i32>().ok_or_else(|| format!("column '{name}' is not a string column")))
+                    .map_err(|m| Error::invalid(&path, m))
+            };
+            let (d, v) = (strs(col::DATASET)?, strs(col::VIDEO_ID)?);
+            keys.extend((0..batch.num_rows()).map(|r| format!("{}/{}", d.value(r), v.value(r))));
+        }
+        if keys.len() != groups.iter().sum::<usize>() {
+            return Err(Error::invalid(&path, format!("{} rows read, the row groups hold {}", keys.len(), groups.iter().sum::<usize>())));
+        }
+        let mut it = keys.into_iter();
+        Ok(groups.iter().map(|&n| it.by_ref().take(n).collect()).collect())
+    }
 }
 
 pub struct Clips {

@@ -125,16 +125,17 @@ fn a_non_finite_loss_stops_and_keeps_the_last_good_checkpoint() {
 }
 
 #[test]
-fn shards_of_another_schema_version_or_grid_are_refused() {
+fn shards_of_another_schema_version_or_frame_count_are_refused() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("synth");
     synth(&data);
     let gt = data.join("gt");
     let shards = format!("data.shards={}", gt.display());
     let run_dir = tmp.path().join("run");
-    let o = run(&args(&shards, run_dir.to_str().unwrap(), &["--set", "data.grid_size=8"]));
+    let o = run(&args(&shards, run_dir.to_str().unwrap(), &["--set", "data.frames=8"]));
     assert!(!o.status.success());
-    assert!(text(&o).contains("16") && text(&o).contains("8") && text(&o).contains("gt"), "{}", text(&o));
+    assert!(text(&o).contains("12 frames per clip, expected 8") && text(&o).contains("gt"), "{}", text(&o));
+    assert!(!run_dir.exists(), "a refused run leaves no directory");
 
     let mut m = mosic::Manifest::load(&gt).unwrap();
     m.schema_version = "3.1".into();
@@ -142,6 +143,95 @@ fn shards_of_another_schema_version_or_grid_are_refused() {
     let o = run(&args(&shards, tmp.path().join("run2").to_str().unwrap(), &[]));
     assert!(!o.status.success());
     assert!(text(&o).contains("manifest.json") && text(&o).contains("3.1"), "{}", text(&o));
+}
+
+/// Nonsense values stop the run before it touches anything, naming the key.
+#[test]
+fn bad_config_values_are_refused_before_any_work() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run_dir = tmp.path().join("run");
+    for (set, key) in [("optim.lr=-1", "optim.lr"), ("objective.epsilon=0", "objective.epsilon"), ("data.crop_scale=[0.9, 0.1]", "data.crop_scale")] {
+        let o = run(&args("data.shards=/no/such/shards", run_dir.to_str().unwrap(), &["--set", set]));
+        assert!(!o.status.success());
+        assert!(text(&o).contains(key), "{set}: {}", text(&o));
+        assert!(!run_dir.exists());
+    }
+}
+
+/// `make train` again and again: every run gets its own directory, `--resume` continues the
+/// newest, and the step count comes from the epochs.
+#[test]
+fn each_run_gets_a_new_directory_and_resume_takes_the_newest() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("synth");
+    synth(&data);
+    let runs = tmp.path().join("runs");
+    let config = tmp.path().join("tiny.toml");
+    std::fs::write(&config, "[run]\nepochs = 2\ncheckpoint_every = 1\n").unwrap();
+    let shards = format!("data.shards={}", data.join("gt").display());
+    let go = |extra: &[&str]| {
+        let mut a = vec!["train", "--config", config.to_str().unwrap(), "--runs", runs.to_str().unwrap()];
+        for set in ["model.preset=vit_tiny_test", "model.img_size=112", "head.hidden=[64]", "head.prototypes=16", "data.batch_size=2"] {
+            a.extend(["--set", set]);
+        }
+        a.extend(["--set", shards.as_str(), "--set", "data.workers=1", "--set", "data.shuffle_buffer=4"]);
+        a.extend_from_slice(extra);
+        run(&a)
+    };
+    let o = go(&[]);
+    assert!(o.status.success(), "{}", text(&o));
+    // 2 videos, one clip each an epoch, batch 2: one step an epoch.
+    assert!(text(&o).contains("2 epochs x 1 steps = 2 steps"), "{}", text(&o));
+    let o = go(&["--stop-after", "1"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let dirs = |_: ()| {
+        let mut d: Vec<_> = std::fs::read_dir(runs.join("tiny")).unwrap().flatten().map(|e| e.path()).collect();
+        d.sort();
+        d
+    };
+    let made = dirs(());
+    assert_eq!(made.len(), 2, "{made:?}");
+    let o = go(&["--resume"]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("resumed from") && text(&o).contains(made[1].to_str().unwrap()), "{}", text(&o));
+    assert_eq!(dirs(()).len(), 2, "resume makes no new run");
+    assert_eq!(mosic_trainer::train::checkpoints(&made[1]).last().unwrap().file_name().unwrap(), "step-00000002");
+}
+
+/// While the backbone is frozen, a run's features at any size are exactly those of the weights
+/// file it started from: both resample the file's position embedding.
+#[test]
+fn a_frozen_backbone_gives_its_baseline_features_at_other_sizes() {
+    use burn::backend::NdArray;
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("synth");
+    synth(&data);
+    // Weights with a 10 x 10 position grid (140 px); the run trains at 112 px (8 x 8).
+    let weights = tmp.path().join("w.safetensors");
+    let cfg = mosic_trainer::model::VitConfig::preset("vit_tiny_test", 140).unwrap();
+    mosic_trainer::model::Vit::<NdArray<f32>>::new_seeded(&cfg, 3, &Default::default()).save_safetensors(&weights).unwrap();
+    let shards = format!("data.shards={}", data.join("gt").display());
+    let run_dir = tmp.path().join("run");
+    let w = format!("model.weights={}", weights.display());
+    let o = run(&args(&shards, run_dir.to_str().unwrap(), &["--set", &w, "--set", "model.trainable_blocks=none", "--set", "run.steps=2"]));
+    assert!(o.status.success(), "{}", text(&o));
+    let frames = data.join("JPEGImages/synth_0000");
+    let feats = |name: &str, src: &[&str], size: &str| {
+        let out = tmp.path().join(name);
+        let mut a = vec!["features", "--input", frames.to_str().unwrap(), "--out", out.to_str().unwrap(), "--size", size];
+        a.extend_from_slice(src);
+        let o = run(&a);
+        assert!(o.status.success(), "{}", text(&o));
+        mosic_trainer::features::load_features(&out).unwrap().0
+    };
+    for size in ["224", "112"] {
+        let a = feats("run.safetensors", &["--run", run_dir.to_str().unwrap()], size);
+        let b = feats("file.safetensors", &["--weights", weights.to_str().unwrap(), "--preset", "vit_tiny_test"], size);
+        assert_eq!(a.len(), b.len());
+        for (x, y) in a.iter().zip(&b) {
+            assert_eq!(x.data, y.data, "features at {size} px");
+        }
+    }
 }
 
 #[test]

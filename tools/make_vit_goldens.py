@@ -101,6 +101,34 @@ def masked_patch_tokens(model, x, mask, mask_token):
         return t[:, model.num_prefix_tokens:].contiguous()
 
 
+class FixedPatchDropout(torch.nn.Module):
+    """Keeps the given patch tokens after the position embedding, as the released MoSiC code's
+    FixedMaskPatchDropout does inside timm's forward_features (prefix tokens always kept)."""
+
+    def __init__(self, num_prefix_tokens, keep):
+        super().__init__()
+        self.num_prefix_tokens, self.keep = num_prefix_tokens, keep
+
+    def forward(self, x):
+        p = self.num_prefix_tokens
+        prefix, x = x[:, :p], x[:, p:]
+        x = x.gather(1, self.keep.unsqueeze(-1).expand((-1, -1) + x.shape[2:]))
+        return torch.cat((prefix, x), dim=1)
+
+
+def dropped_patch_tokens(model, x, keep):
+    """timm's forward_features with the patches outside `keep` [B, K] dropped."""
+    saved = model.patch_drop
+    model.patch_drop = FixedPatchDropout(model.num_prefix_tokens, keep)
+    try:
+        return patch_tokens(model, x)
+    finally:
+        model.patch_drop = saved
+
+
+DROP_KEEP = torch.tensor([[0, 2, 3, 4, 7, 8, 9, 10, 12, 13, 15], [1, 2, 3, 5, 6, 7, 8, 10, 11, 12, 14]])
+
+
 def write_case(out, case, model, weights_file, input_name, x, extra=None, timm_name=None):
     d = os.path.join(out, case)
     os.makedirs(d, exist_ok=True)
@@ -159,7 +187,8 @@ def main():
     randomize(m, gen)
     os.makedirs(os.path.join(out, "dinov2"), exist_ok=True)
     save_file(m.state_dict(), os.path.join(out, "dinov2", "weights.safetensors"))
-    write_case(out, "dinov2", m, "weights.safetensors", "img56", inputs["img56"], timm_name=name)
+    extra = {"keep": DROP_KEEP, "tokens_dropped": dropped_patch_tokens(m, inputs["img56"], DROP_KEEP)}
+    write_case(out, "dinov2", m, "weights.safetensors", "img56", inputs["img56"], extra=extra, timm_name=name)
 
     # (2) DINOv2 with 4 registers: no_embed_class, pos_embed covers patches only.
     name = "vit_small_patch14_reg4_dinov2"
@@ -167,7 +196,8 @@ def main():
     randomize(m, gen)
     os.makedirs(os.path.join(out, "dinov2_reg4"), exist_ok=True)
     save_file(m.state_dict(), os.path.join(out, "dinov2_reg4", "weights.safetensors"))
-    write_case(out, "dinov2_reg4", m, "weights.safetensors", "img56", inputs["img56"][:1], timm_name=name)
+    extra = {"keep": DROP_KEEP[:1], "tokens_dropped": dropped_patch_tokens(m, inputs["img56"][:1], DROP_KEEP[:1])}
+    write_case(out, "dinov2_reg4", m, "weights.safetensors", "img56", inputs["img56"][:1], extra=extra, timm_name=name)
 
     # (3) DINO v1: patch 16, no LayerScale, pos_embed incl. cls.
     name = "vit_small_patch16_224"

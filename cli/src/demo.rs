@@ -9,6 +9,7 @@ use clap::Args;
 use image::{Rgb, RgbImage};
 use mosic_eval::cluster::{assign_pixels, cluster_videos, num_classes, stack_tokens, Score, VideoConfig, VideoSample};
 use mosic_eval::segmentation::{hungarian_score, Confusion};
+use mosic_eval::consistency::{track_consistency, Consistency, TrackedClip};
 use mosic_eval::{kmeans, FeatureMap, Mask};
 use mosic_trainer::backend::{dispatch, WithBackend};
 use mosic_trainer::features::{extract, load_backbone, Weights};
@@ -48,6 +49,9 @@ pub struct DemoArgs {
     /// Evaluate every n-th annotated frame of the held-out videos.
     #[arg(long, default_value_t = 8)]
     every: usize,
+    /// Clusters of the track-consistency k-means (fixed for every backbone).
+    #[arg(long, default_value_t = 16)]
+    consistency_k: usize,
     /// Extra config overrides for every run (KEY=VALUE).
     #[arg(long = "set", value_name = "KEY=VALUE")]
     set: Vec<String>,
@@ -131,12 +135,30 @@ pub fn demo(a: DemoArgs) -> Result<ExitCode> {
             backbones.push(w);
         }
     }
+    let tracked = tracked_clips(&a.test.join("gt"))?;
     let t0 = Instant::now();
-    let feats = dispatch(
-        &a.backend,
-        EvalFeatures { backbones, videos: test.iter().map(|v| v.frames.clone()).collect(), size: a.eval_size },
-    )?;
+    let mut videos: Vec<Vec<RgbImage>> = test.iter().map(|v| v.frames.clone()).collect();
+    videos.extend(tracked.iter().map(|(frames, _)| frames.clone()));
+    let mut feats = dispatch(&a.backend, EvalFeatures { backbones, videos, size: a.eval_size })?;
+    let track_feats: Vec<Vec<Vec<FeatureMap>>> = feats.iter_mut().map(|f| f.split_off(test.len())).collect();
     eprintln!("demo: features of {} backbones in {:.1} s", labels.len(), t0.elapsed().as_secs_f64());
+
+    // Track consistency along the held-out ground-truth tracks, k-means at a fixed K.
+    let mut consistency: BTreeMap<&str, Vec<Consistency>> = BTreeMap::new();
+    for (&(label, seed), f) in labels.iter().zip(&track_feats) {
+        let clips: Vec<TrackedClip> = tracked
+            .iter()
+            .zip(f)
+            .map(|((_, c), maps)| TrackedClip {
+                frames: maps.clone(),
+                tracks: c.tracks.clone(),
+                visibility: c.visibility.clone(),
+                width: c.width,
+                height: c.height,
+            })
+            .collect();
+        consistency.entry(label).or_default().push(track_consistency(&clips, a.consistency_k, seed, 100));
+    }
     let mut per: BTreeMap<(&str, String), Vec<f64>> = BTreeMap::new();
     let mut order: Vec<String> = Vec::new();
     for (&(label, seed), f) in labels.iter().zip(&feats) {
@@ -165,10 +187,37 @@ pub fn demo(a: DemoArgs) -> Result<ExitCode> {
     draw_cluster_maps(&test, &seed0, &maps)?;
 
     // 4. Report.
-    let report = write_report(&a, &table, &summaries, &test, start.elapsed().as_secs_f64())?;
+    let report = write_report(&a, &table, &consistency, &summaries, &test, tracked.len(), start.elapsed().as_secs_f64())?;
     println!("{report}");
     println!("demo: report in {}", a.out.join("report.md").display());
     Ok(ExitCode::SUCCESS)
+}
+
+/// A held-out clip: its frames and ground-truth tracks (stored pixels).
+struct GtClip {
+    tracks: Vec<[f32; 2]>,
+    visibility: Vec<bool>,
+    width: u32,
+    height: u32,
+}
+
+/// Every clip of the ground-truth shards in `gt` with its decoded frames.
+fn tracked_clips(gt: &Path) -> Result<Vec<(Vec<RgbImage>, GtClip)>> {
+    let manifest = mosic::Manifest::load(gt).with_context(|| format!("held-out ground-truth tracks in {}", gt.display()))?;
+    let mut out = Vec::new();
+    for e in &manifest.shards {
+        let path = mosic::Manifest::shard_path(gt, e);
+        for c in mosic::ShardReader::open(&path)?.read_all(true)? {
+            let frames = c
+                .frames
+                .iter()
+                .map(|j| mosic::imageio::decode_jpeg(j).map_err(|m| anyhow::anyhow!("{}: clip {}: {m}", path.display(), c.id())))
+                .collect::<Result<Vec<_>>>()?;
+            let (width, height) = (manifest.spec.width, manifest.spec.height);
+            out.push((frames, GtClip { tracks: c.tracks, visibility: c.visibility, width, height }));
+        }
+    }
+    Ok(out)
 }
 
 fn draw_tracks(shards: &Path, out: &Path) -> Result<()> {
@@ -271,11 +320,14 @@ fn pct(s: &Score) -> String {
     format!("{:.1} ± {:.1}", 100.0 * s.mean, 100.0 * s.std)
 }
 
+#[allow(clippy::too_many_arguments)]
 fn write_report(
     a: &DemoArgs,
     table: &[(&str, Vec<Score>)],
+    consistency: &BTreeMap<&str, Vec<Consistency>>,
     summaries: &BTreeMap<(&str, u64), mosic_trainer::train::Summary>,
     test: &[LoadedVideo],
+    tracked: usize,
     seconds: f64,
 ) -> Result<String> {
     let cfg = TrainConfig::load(Some(&a.config), &a.set)?;
@@ -290,7 +342,7 @@ fn write_report(
          frames, every {}th), never seen in training or validation; input {} px, masks {}x{}.\n",
         cfg.model.preset,
         cfg.model.img_size,
-        cfg.run.steps,
+        summaries.values().map(|s| s.steps).max().unwrap_or(0),
         cfg.data.batch_size,
         a.tracks.display(),
         a.seeds,
@@ -338,6 +390,36 @@ fn write_report(
         writeln!(r, "- MoSiC vs no-motion ablation, per-clip mIoU: {}.", verdict(&tr, &nm))?;
         writeln!(r, "- Per seed (C, %): initial {:?}, MoSiC {:?}, no-motion {:?}.\n", per_seed(&init), per_seed(&tr), per_seed(&nm))?;
     }
+    writeln!(r, "## Track consistency on held-out ground-truth tracks (mean ± std over {} seeds)\n", a.seeds)?;
+    writeln!(
+        r,
+        "Patch tokens of the {tracked} held-out clips clustered by k-means at K = {}; a track point visible at \
+         frame 0 and at frame t is consistent when its patch at frame t falls in the cluster of its patch at \
+         frame 0. One cluster would make every point consistent, so the clusters in use (exp of the \
+         entropy of the cluster shares) stand beside it.\n",
+        a.consistency_k
+    )?;
+    writeln!(r, "| weights | consistency % | clusters in use (effective) |\n|---|---|---|")?;
+    let stats = |v: &[f64]| -> (f64, f64) {
+        let m = v.iter().sum::<f64>() / v.len().max(1) as f64;
+        let sd = if v.len() > 1 { (v.iter().map(|x| (x - m).powi(2)).sum::<f64>() / (v.len() - 1) as f64).sqrt() } else { 0.0 };
+        (m, sd)
+    };
+    let mut cons = BTreeMap::new();
+    for label in ["initial", "mosic", "no-motion"] {
+        let Some(c) = consistency.get(label) else { continue };
+        let share: Vec<f64> = c.iter().map(|x| 100.0 * x.consistency).collect();
+        let eff: Vec<f64> = c.iter().map(|x| x.effective_clusters).collect();
+        let ((m, sd), (em, esd)) = (stats(&share), stats(&eff));
+        writeln!(r, "| {label} | {m:.1} ± {sd:.1} | {em:.1} ± {esd:.1} |")?;
+        cons.insert(label, (m, sd, share));
+    }
+    if let (Some(t), Some(n)) = (cons.get("mosic"), cons.get("no-motion")) {
+        let d = t.0 - n.0;
+        let spread = (t.1.powi(2) + n.1.powi(2)).sqrt();
+        let size = if d > 2.0 * spread { "more than twice the seed spread" } else { "not more than twice the seed spread" };
+        writeln!(r, "\n- MoSiC vs no-motion ablation, consistency: {d:+.1} points ({size}; spread {spread:.1}); per seed MoSiC {:?}, no-motion {:?}.\n", round1(&t.2), round1(&n.2))?;
+    }
     writeln!(r, "## Training\n")?;
     writeln!(r, "| run | steps | first loss | last loss | clips/s | seconds |\n|---|---|---|---|---|---|")?;
     for ((variant, seed), s) in summaries {
@@ -356,9 +438,15 @@ fn write_report(
         "config": a.config, "tracks": a.tracks, "test": a.test, "seeds": a.seeds, "eval_size": a.eval_size,
         "mask_size": a.mask_size, "every": a.every,
         "scores": table.iter().map(|(l, s)| (l.to_string(), s.clone())).collect::<BTreeMap<_, _>>(),
+        "consistency_k": a.consistency_k,
+        "track_consistency": consistency,
     });
     mosic::fsutil::write_atomic(&a.out.join("report.json"), serde_json::to_string_pretty(&json)?.as_bytes())?;
     Ok(r)
+}
+
+fn round1(v: &[f64]) -> Vec<f64> {
+    v.iter().map(|x| (10.0 * x).round() / 10.0).collect()
 }
 
 fn per_seed(s: &Score) -> Vec<f64> {

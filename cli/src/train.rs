@@ -5,7 +5,7 @@ use burn::tensor::backend::AutodiffBackend;
 use clap::Args;
 use mosic_trainer::backend::{dispatch, WithBackend};
 use mosic_trainer::TrainConfig;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 #[derive(Args)]
@@ -16,10 +16,14 @@ pub struct TrainArgs {
     /// Overrides, e.g. --set objective.mask_ratio=0.2 --set data.shards=data/tracks
     #[arg(long = "set", value_name = "KEY=VALUE")]
     set: Vec<String>,
-    /// Run directory (config, metrics, plot, checkpoints).
-    #[arg(long, default_value = "runs/default")]
-    out: PathBuf,
-    /// Continue the run in --out from its newest checkpoint.
+    /// Run directory (config, metrics, plots, checkpoints). Default: a new
+    /// runs/<config name>/<date-time>; with --resume, the newest run of the config.
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Where the default run directories live.
+    #[arg(long, default_value = "runs")]
+    runs: PathBuf,
+    /// Continue a run from its newest checkpoint (--out, or the config's newest run).
     #[arg(long)]
     resume: bool,
     /// Burn backend: ndarray (CPU, always built), or cuda / tch / flex / candle when built with that feature.
@@ -44,22 +48,79 @@ impl WithBackend for Train {
     }
 }
 
+/// The runs of a config live in `runs/<config file stem>/`.
+fn config_runs(runs: &Path, config: Option<&Path>) -> PathBuf {
+    let name = config.and_then(|c| c.file_stem()).map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "default".into());
+    runs.join(name)
+}
+
+/// The newest run directory (by its date-time name) under `dir` that has a config.
+fn newest_run(dir: &Path) -> Option<PathBuf> {
+    let mut runs: Vec<PathBuf> = std::fs::read_dir(dir).ok()?.flatten().map(|e| e.path()).filter(|p| p.join("config.toml").is_file()).collect();
+    runs.sort();
+    runs.pop()
+}
+
+/// Claims a new run directory named after the current UTC date and time (a suffix when two
+/// runs start in the same second); never an existing one.
+fn new_run_dir(dir: &Path) -> Result<PathBuf> {
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs() as i64;
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    let (y, m, d) = civil_from_days(days);
+    let stamp = format!("{y:04}{m:02}{d:02}-{:02}{:02}{:02}", rem / 3600, rem / 60 % 60, rem % 60);
+    for k in 1.. {
+        let name = if k == 1 { stamp.clone() } else { format!("{stamp}-{k}") };
+        let p = dir.join(name);
+        match std::fs::create_dir(&p) {
+            Ok(()) => return Ok(p),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(e).with_context(|| format!("cannot create {}", p.display())),
+        }
+    }
+    unreachable!("some suffix is free")
+}
+
+/// Proleptic Gregorian (year, month, day) of a day count since 1970-01-01 (H. Hinnant's algorithm).
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    (yoe + era * 400 + i64::from(m <= 2), m, d)
+}
+
 pub fn train(a: TrainArgs) -> Result<ExitCode> {
+    let out = match (&a.out, a.resume) {
+        (Some(o), _) => o.clone(),
+        (None, true) => {
+            let dir = config_runs(&a.runs, a.config.as_deref());
+            newest_run(&dir).with_context(|| format!("--resume: no run of this config in {} (name one with --out)", dir.display()))?
+        }
+        (None, false) => PathBuf::new(),
+    };
     let config = if a.resume && a.config.is_none() {
-        let p = a.out.join("config.toml");
+        let p = out.join("config.toml");
         p.is_file().then_some(p)
     } else {
         a.config.clone()
     };
+    // Every value is checked before a run directory is made.
     let cfg = TrainConfig::load(config.as_deref(), &a.set)?;
-    let s = dispatch(&a.backend, Train { cfg, out: a.out.clone(), resume: a.resume, stop_after: a.stop_after })?;
+    let out = if out.as_os_str().is_empty() { new_run_dir(&config_runs(&a.runs, a.config.as_deref()))? } else { out };
+    eprintln!("run directory {}", out.display());
+    let s = dispatch(&a.backend, Train { cfg, out: out.clone(), resume: a.resume, stop_after: a.stop_after })?;
     println!(
         "train: {} steps, loss {} -> {}, {:.2} clips/s, run in {}{}",
         s.steps,
         s.first_loss.map(|v| format!("{v:.4}")).unwrap_or("-".into()),
         s.last_loss.map(|v| format!("{v:.4}")).unwrap_or("-".into()),
         s.clips_per_second,
-        a.out.display(),
+        out.display(),
         s.last_checkpoint.map(|c| format!(" (checkpoint {})", c.display())).unwrap_or_default()
     );
     Ok(ExitCode::SUCCESS)
@@ -73,6 +134,9 @@ pub struct ExportArgs {
     /// A checkpoint folder of the run (default: the newest).
     #[arg(long)]
     checkpoint: Option<PathBuf>,
+    /// Input size the export is made for (pos_embed resampled; default: the run's).
+    #[arg(long)]
+    img_size: Option<usize>,
     /// Output .safetensors with timm's key names.
     #[arg(long)]
     out: PathBuf,
@@ -80,9 +144,10 @@ pub struct ExportArgs {
 
 pub fn export(a: ExportArgs) -> Result<ExitCode> {
     use burn::backend::NdArray;
-    let ckpt = mosic_trainer::train::export::<NdArray<f32>>(&a.run, a.checkpoint.as_deref(), &a.out, &Default::default())?;
-    let cfg: TrainConfig = toml::from_str(&std::fs::read_to_string(a.run.join("config.toml"))?)?;
-    println!("wrote {} (teacher backbone of {}, timm model {} at img_size={})", a.out.display(), ckpt.display(), cfg.model.preset, cfg.model.img_size);
+    let cfg = mosic_trainer::features::run_config(&a.run)?;
+    let ckpt = mosic_trainer::train::export::<NdArray<f32>>(&a.run, a.checkpoint.as_deref(), a.img_size, &a.out, &Default::default())?;
+    let size = a.img_size.unwrap_or(cfg.model.img_size);
+    println!("wrote {} (teacher backbone of {}, timm model {} at img_size={size})", a.out.display(), ckpt.display(), cfg.model.preset);
     Ok(ExitCode::SUCCESS)
 }
 
@@ -127,7 +192,7 @@ pub fn bench(a: BenchTrainArgs) -> Result<ExitCode> {
     let (secs, rate) = dispatch(&a.backend, Bench { cfg: cfg.clone(), frames: a.frames, points: a.points, steps: a.steps, warmup: a.warmup })
         .with_context(|| format!("bench on backend {}", a.backend))?;
     println!("backend          {}", a.backend);
-    println!("model            {} at {} px, last {} blocks trainable", cfg.model.preset, cfg.model.img_size, cfg.model.trainable_blocks);
+    println!("model            {} at {} px, trainable blocks {:?}", cfg.model.preset, cfg.model.img_size, cfg.model.trainable_blocks);
     println!("batch            {} clips x {} frames x {} points, mask ratio {}", cfg.data.batch_size, a.frames, a.points, cfg.objective.mask_ratio);
     println!("step             {:.1} ms (mean of {} after {} warm-up steps)", secs * 1e3, a.steps, a.warmup);
     println!("throughput       {rate:.2} clips/s");

@@ -2,9 +2,11 @@
 //! exact assignment ([`hungarian`]), seeded k-means ([`kmeans`]), clustering mIoU under
 //! Hungarian or overclustering matching ([`segmentation`]), labelled datasets on disk
 //! ([`data`]), and the protocols built on them: clustering of images and videos
-//! ([`cluster`]), the linear probe ([`linear`]) and in-context retrieval ([`incontext`]).
+//! ([`cluster`]), the linear probe ([`linear`]), in-context retrieval ([`incontext`]) and the
+//! track consistency of features along ground-truth tracks ([`consistency`]).
 
 pub mod cluster;
+pub mod consistency;
 pub mod data;
 pub mod dense;
 pub mod hungarian;

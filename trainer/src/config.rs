@@ -1,13 +1,72 @@
 //! The run configuration: one TOML file holding every hyperparameter, with `--set key=value`
-//! overrides for ablations. Defaults follow the paper; where the released code differs, the
-//! comment says so.
+//! overrides for ablations. Defaults follow what the released code actually runs where the
+//! paper gives no value, and the paper otherwise; each comment says which.
 
 use crate::head::HeadConfig;
 use crate::loader::LoaderConfig;
-use crate::loss::{LossConfig, Reduction, Sampling};
+use crate::loss::{LossConfig, Reduction, Sampling, SinkhornRows};
+use crate::model::VitConfig;
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
+
+/// Which backbone blocks the student trains: the last `n`, every parameter of the backbone
+/// (`"all"`: patch and position embeddings included), or none (`"none"`: only the head and
+/// the prototypes train).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Trainable {
+    Last(usize),
+    All,
+    None,
+}
+
+impl Serialize for Trainable {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        match self {
+            Trainable::Last(n) => s.serialize_u64(*n as u64),
+            Trainable::All => s.serialize_str("all"),
+            Trainable::None => s.serialize_str("none"),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Trainable {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            N(i64),
+            S(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::N(n) if n >= 1 => Ok(Trainable::Last(n as usize)),
+            Raw::N(n) => Err(serde::de::Error::custom(format!(
+                "model.trainable_blocks = {n}: give a number of blocks >= 1, \"all\" or \"none\""
+            ))),
+            Raw::S(s) if s == "all" => Ok(Trainable::All),
+            Raw::S(s) if s == "none" => Ok(Trainable::None),
+            Raw::S(s) => Err(serde::de::Error::custom(format!(
+                "model.trainable_blocks = {s:?}: give a number of blocks >= 1, \"all\" or \"none\""
+            ))),
+        }
+    }
+}
+
+impl Trainable {
+    /// Leading blocks that stay frozen in a ViT of `depth` blocks.
+    pub fn frozen_blocks(&self, depth: usize) -> usize {
+        match *self {
+            Trainable::All => 0,
+            Trainable::None => depth,
+            Trainable::Last(n) => depth.saturating_sub(n),
+        }
+    }
+
+    /// Whether the position embedding trains (only when the whole backbone does).
+    pub fn trains_pos_embed(&self) -> bool {
+        *self == Trainable::All
+    }
+}
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -17,23 +76,28 @@ pub struct ModelConfig {
     /// timm .safetensors or official .pth weights; empty = random initialisation.
     pub weights: PathBuf,
     pub img_size: usize,
-    /// Blocks trained, counted from the end (released code: the last 2); 0 = all.
-    pub trainable_blocks: usize,
+    /// Released code: blocks 10 and 11 of ViT-S, i.e. the last 2.
+    pub trainable_blocks: Trainable,
 }
 
 impl Default for ModelConfig {
     fn default() -> Self {
-        Self { preset: "vit_small_patch14_dinov2".into(), weights: PathBuf::new(), img_size: 224, trainable_blocks: 2 }
+        Self {
+            preset: "vit_small_patch14_dinov2".into(),
+            weights: PathBuf::new(),
+            img_size: 224,
+            trainable_blocks: Trainable::Last(2),
+        }
     }
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct HeadSection {
-    /// Paper: three linear layers, hidden 2048. Released code: [1024, 1024, 512].
+    /// Paper appendix: three linear layers, hidden 2048. Released code: [1024, 1024, 512].
     pub hidden: Vec<usize>,
     pub out_dim: usize,
-    /// K. Paper ablation: 100 best, 100-300 robust.
+    /// K. Paper ablation: 100 best, 100-300 robust (released train.sh: 100).
     pub prototypes: usize,
 }
 
@@ -43,23 +107,46 @@ impl Default for HeadSection {
     }
 }
 
+/// How the student's masked patches are hidden.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Masking {
+    /// Masked patch tokens are dropped from the student's input (the paper; the released
+    /// code's patch dropout); an entry counts only where both the point's frame-0 patch and
+    /// its frame-t patch were kept.
+    #[default]
+    Drop,
+    /// Masked patch embeddings are replaced by a zero token that trains with the backbone;
+    /// masked points stay in the loss.
+    Token,
+}
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ObjectiveConfig {
     pub temperature: f32,
-    /// Sinkhorn regularisation; the paper gives no value, the released code uses 0.06.
+    /// Sinkhorn regularisation. Released code: 0.05 (the class default that actually runs;
+    /// its command line's 0.06 is never passed on). The paper gives no value.
     pub epsilon: f32,
+    /// Released code: 10 (its command line's 3 is never passed on).
     pub sinkhorn_iterations: usize,
+    /// Teacher rows Sinkhorn balances: "in_crop" (selected points inside the crop at that
+    /// frame) or "all" (every selected point, as the released code, whose points outside the
+    /// crop read a clamped border patch).
+    pub sinkhorn_rows: SinkhornRows,
     /// Paper: sum over visible points ("visible", normalised by their number). Released
     /// code: mean over all entries, invisible ones counting as zeros ("all").
     pub reduction: Reduction,
-    /// Paper: bilinear for the teacher, nearest for the student. Released code: nearest for both.
+    /// Paper: bilinear for the teacher, nearest for the student. Released train.sh: nearest
+    /// for both.
     pub teacher_sampling: Sampling,
     pub student_sampling: Sampling,
-    /// Fraction of patches masked for the student, same positions in every frame.
-    /// Paper: 10% (Table 6a). Released train.sh: 0.
+    /// Fraction of patches masked for the student, the same positions in every frame
+    /// (floor(ratio x patches) of them, as the released code). Paper: 10% (Table 6a).
+    /// Released train.sh: 0.
     pub mask_ratio: f32,
-    /// EMA momentum of the teacher (backbone, head and prototypes).
+    pub masking: Masking,
+    /// EMA momentum of the teacher (backbone, head and prototypes). Paper and released: 0.99.
     pub ema: f64,
     /// "tracks", or "identity" for the no-motion ablation: every point stays where it is in
     /// the first frame (with its first-frame visibility) in all frames.
@@ -78,12 +165,14 @@ impl Default for ObjectiveConfig {
     fn default() -> Self {
         Self {
             temperature: 0.1,
-            epsilon: 0.06,
-            sinkhorn_iterations: 3,
+            epsilon: 0.05,
+            sinkhorn_iterations: 10,
+            sinkhorn_rows: SinkhornRows::InCrop,
             reduction: Reduction::Visible,
             teacher_sampling: Sampling::Bilinear,
             student_sampling: Sampling::Nearest,
             mask_ratio: 0.1,
+            masking: Masking::Drop,
             ema: 0.99,
             motion: Motion::Tracks,
         }
@@ -93,9 +182,9 @@ impl Default for ObjectiveConfig {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct OptimConfig {
-    /// Head and prototypes. Paper: 1e-4; released code: 1e-3.
+    /// Head and prototypes. Paper and released code (its parameter groups): 1e-4.
     pub lr: f64,
-    /// Backbone lr = lr x this (both paper and released code: 1/10).
+    /// Backbone lr = lr x this. Paper and released code: 1e-5 / 1e-4.
     pub backbone_lr_scale: f64,
     /// AdamW decay on weights of rank >= 2; biases and norms get none (released: 1e-2).
     pub weight_decay: f64,
@@ -104,7 +193,7 @@ pub struct OptimConfig {
     pub eps: f64,
     /// Linear warm-up steps before the cosine decay to 0 (released code: none).
     pub warmup_steps: u64,
-    /// Global gradient-norm clip; 0 disables.
+    /// Global gradient-norm clip; 0 disables (paper and released code: no clipping).
     pub grad_clip: f64,
 }
 
@@ -118,7 +207,7 @@ impl Default for OptimConfig {
             beta2: 0.999,
             eps: 1e-8,
             warmup_steps: 0,
-            grad_clip: 3.0,
+            grad_clip: 0.0,
         }
     }
 }
@@ -127,11 +216,18 @@ impl Default for OptimConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct DataConfig {
     pub shards: PathBuf,
-    /// What the shards must hold: frames per clip and query-grid side.
+    /// Frames per clip the shards must hold.
     pub frames: u32,
+    /// Side of the query grid laid inside each random crop (N = grid_size^2 supervised
+    /// tracks per clip); the loader picks the stored point nearest each grid position.
+    /// Released code and the paper's best (Table 6c): 16.
     pub grid_size: u32,
-    /// Clips per step (released code: 64 per GPU).
+    /// Clips per video in one epoch, drawn among the video's stored clips; 0 = every stored
+    /// clip. Released code (`--num_clips 1`): 1.
+    pub clips_per_video: u32,
+    /// Clips per step. Released code: a global batch of 64 (8 per GPU on 8 GPUs).
     pub batch_size: usize,
+    /// Area range of the random crop (released: 0.4-1); aspect range 3/4-4/3 as torchvision's.
     pub crop_scale: (f32, f32),
     pub hflip: bool,
     pub shuffle_buffer: usize,
@@ -145,6 +241,7 @@ impl Default for DataConfig {
             shards: PathBuf::from("data/tracks"),
             frames: 12,
             grid_size: 16,
+            clips_per_video: 1,
             batch_size: 16,
             crop_scale: (0.4, 1.0),
             hflip: true,
@@ -158,7 +255,12 @@ impl Default for DataConfig {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RunConfig {
-    pub steps: u64,
+    /// Passes over the shards (an epoch holds `data.clips_per_video` clips of every video).
+    /// Released code: 8 for DINOv2.
+    pub epochs: u64,
+    /// Steps in all; when set it overrides the count derived from `epochs`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub steps: Option<u64>,
     pub seed: u64,
     pub log_every: u64,
     pub checkpoint_every: u64,
@@ -168,7 +270,7 @@ pub struct RunConfig {
 
 impl Default for RunConfig {
     fn default() -> Self {
-        Self { steps: 1000, seed: 0, log_every: 10, checkpoint_every: 100, keep_checkpoints: 2 }
+        Self { epochs: 8, steps: None, seed: 0, log_every: 10, checkpoint_every: 100, keep_checkpoints: 2 }
     }
 }
 
@@ -229,22 +331,71 @@ impl TrainConfig {
         let cfg: TrainConfig = toml::Value::Table(value)
             .try_into()
             .with_context(|| format!("invalid config{}", path.map(|p| format!(" {}", p.display())).unwrap_or_default()))?;
-        cfg.validate()?;
+        cfg.validate().with_context(|| format!("invalid config{}", path.map(|p| format!(" {}", p.display())).unwrap_or_default()))?;
         Ok(cfg)
     }
 
+    /// Every value in its allowed range, each error naming the key; runs before any work.
     pub fn validate(&self) -> Result<()> {
-        if !(0.0..1.0).contains(&self.objective.mask_ratio) {
-            bail!("objective.mask_ratio must be in [0, 1), got {}", self.objective.mask_ratio);
+        let mut bad: Vec<String> = Vec::new();
+        let (m, h, o, p, d, r, v) = (&self.model, &self.head, &self.objective, &self.optim, &self.data, &self.run, &self.validation);
+        let depth = match VitConfig::preset(&m.preset, m.img_size) {
+            Ok(vit) => Some(vit.depth),
+            Err(e) => {
+                bad.push(format!("model: {e:#}"));
+                None
+            }
+        };
+        if !m.weights.as_os_str().is_empty() && !m.weights.is_file() {
+            bad.push(format!("model.weights: {} does not exist", m.weights.display()));
         }
-        if !(0.0..=1.0).contains(&self.objective.ema) {
-            bail!("objective.ema must be in [0, 1], got {}", self.objective.ema);
+        let mut need = |ok: bool, key: &str, rule: &str, got: String| {
+            if !ok {
+                bad.push(format!("{key} must be {rule}, got {got}"));
+            }
+        };
+        let finite_pos = |v: f64| v.is_finite() && v > 0.0;
+        if let (Some(depth), Trainable::Last(n)) = (depth, m.trainable_blocks) {
+            need(n <= depth, "model.trainable_blocks", &format!("at most the {depth} blocks of {}", m.preset), n.to_string());
         }
-        if self.validation.every > 0 && self.validation.data.as_os_str().is_empty() {
-            bail!("validation.every is set but validation.data names no labelled set");
+        need(!h.hidden.contains(&0), "head.hidden", "a list of sizes >= 1", format!("{:?}", h.hidden));
+        need(h.out_dim >= 1, "head.out_dim", ">= 1", h.out_dim.to_string());
+        need(h.prototypes >= 2, "head.prototypes", ">= 2", h.prototypes.to_string());
+
+        need(finite_pos(o.temperature as f64), "objective.temperature", "> 0", o.temperature.to_string());
+        need(finite_pos(o.epsilon as f64), "objective.epsilon", "> 0 (the Sinkhorn regularisation; released code: 0.05)", o.epsilon.to_string());
+        need(o.sinkhorn_iterations >= 1, "objective.sinkhorn_iterations", ">= 1", o.sinkhorn_iterations.to_string());
+        need((0.0..1.0).contains(&o.mask_ratio), "objective.mask_ratio", "in [0, 1)", o.mask_ratio.to_string());
+        need((0.0..=1.0).contains(&o.ema), "objective.ema", "in [0, 1]", o.ema.to_string());
+
+        need(finite_pos(p.lr), "optim.lr", "> 0", p.lr.to_string());
+        need(p.backbone_lr_scale.is_finite() && p.backbone_lr_scale >= 0.0, "optim.backbone_lr_scale", ">= 0", p.backbone_lr_scale.to_string());
+        need(p.weight_decay.is_finite() && p.weight_decay >= 0.0, "optim.weight_decay", ">= 0", p.weight_decay.to_string());
+        need((0.0..1.0).contains(&p.beta1), "optim.beta1", "in [0, 1)", p.beta1.to_string());
+        need((0.0..1.0).contains(&p.beta2), "optim.beta2", "in [0, 1)", p.beta2.to_string());
+        need(finite_pos(p.eps), "optim.eps", "> 0", p.eps.to_string());
+        need(p.grad_clip.is_finite() && p.grad_clip >= 0.0, "optim.grad_clip", ">= 0 (0 disables)", p.grad_clip.to_string());
+
+        need(d.frames >= 2, "data.frames", ">= 2", d.frames.to_string());
+        need(d.grid_size >= 1, "data.grid_size", ">= 1", d.grid_size.to_string());
+        need(d.batch_size >= 1, "data.batch_size", ">= 1", d.batch_size.to_string());
+        let (lo, hi) = d.crop_scale;
+        need(lo > 0.0 && lo <= hi && hi <= 1.0, "data.crop_scale", "[min, max] with 0 < min <= max <= 1", format!("[{lo}, {hi}]"));
+
+        need(r.epochs >= 1, "run.epochs", ">= 1", r.epochs.to_string());
+        if let Some(s) = r.steps {
+            need(s >= 1, "run.steps", ">= 1 (leave it out to derive the steps from run.epochs)", s.to_string());
         }
-        if self.data.batch_size == 0 || self.run.steps == 0 {
-            bail!("data.batch_size and run.steps must be positive");
+        need(r.log_every >= 1, "run.log_every", ">= 1", r.log_every.to_string());
+        need(r.checkpoint_every >= 1, "run.checkpoint_every", ">= 1", r.checkpoint_every.to_string());
+
+        if v.every > 0 {
+            need(!v.data.as_os_str().is_empty(), "validation.data", "a labelled set when validation.every is set", "nothing".into());
+            need(v.mask_size >= 1, "validation.mask_size", ">= 1", v.mask_size.to_string());
+            need(v.max_images >= 1, "validation.max_images", ">= 1", v.max_images.to_string());
+        }
+        if !bad.is_empty() {
+            bail!("{}", bad.join("\n  "));
         }
         Ok(())
     }
@@ -254,12 +405,7 @@ impl TrainConfig {
     }
 
     pub fn head_config(&self, in_dim: usize) -> HeadConfig {
-        HeadConfig {
-            in_dim,
-            hidden: self.head.hidden.clone(),
-            out_dim: self.head.out_dim,
-            num_prototypes: self.head.prototypes,
-        }
+        HeadConfig { in_dim, hidden: self.head.hidden.clone(), out_dim: self.head.out_dim, num_prototypes: self.head.prototypes }
     }
 
     pub fn loss_config(&self) -> LossConfig {
@@ -275,6 +421,8 @@ impl TrainConfig {
         LoaderConfig {
             batch_size: self.data.batch_size,
             input_size: self.model.img_size,
+            grid: self.data.grid_size,
+            clips_per_video: self.data.clips_per_video,
             crop_scale: self.data.crop_scale,
             crop_ratio: (3.0 / 4.0, 4.0 / 3.0),
             hflip: self.data.hflip,
@@ -283,9 +431,13 @@ impl TrainConfig {
             prefetch: self.data.prefetch,
             seed: self.run.seed,
             expect_frames: Some(self.data.frames),
-            expect_grid: Some(self.data.grid_size),
             expect_size: None,
         }
+    }
+
+    /// Steps of the run: `run.steps`, or `run.epochs` x the whole batches of an epoch.
+    pub fn total_steps(&self, batches_per_epoch: u64) -> u64 {
+        self.run.steps.unwrap_or(self.run.epochs * batches_per_epoch).max(1)
     }
 }
 
@@ -326,5 +478,50 @@ mod tests {
         // The resolved config round-trips through TOML.
         let back: TrainConfig = toml::from_str(&c.to_toml()).unwrap();
         assert_eq!(back, c);
+        let c = TrainConfig::load(None, &["model.trainable_blocks=none".into(), "run.steps=7".into()]).unwrap();
+        assert_eq!((c.model.trainable_blocks, c.run.steps), (Trainable::None, Some(7)));
+        let back: TrainConfig = toml::from_str(&c.to_toml()).unwrap();
+        assert_eq!(back, c);
+    }
+
+    #[test]
+    fn nonsense_values_are_refused_naming_the_key() {
+        let err = |set: &[&str]| {
+            let set: Vec<String> = set.iter().map(|s| s.to_string()).collect();
+            format!("{:#}", TrainConfig::load(None, &set).expect_err("refused"))
+        };
+        for (set, key) in [
+            ("optim.lr=-1", "optim.lr must be > 0"),
+            ("optim.lr=0", "optim.lr must be > 0"),
+            ("objective.epsilon=0", "objective.epsilon must be > 0"),
+            ("objective.temperature=-0.1", "objective.temperature must be > 0"),
+            ("objective.ema=1.5", "objective.ema must be in [0, 1]"),
+            ("objective.mask_ratio=1", "objective.mask_ratio must be in [0, 1)"),
+            ("objective.sinkhorn_iterations=0", "objective.sinkhorn_iterations must be >= 1"),
+            ("data.crop_scale=[0.5, 0.2]", "data.crop_scale must be"),
+            ("data.crop_scale=[0, 1]", "data.crop_scale must be"),
+            ("data.batch_size=0", "data.batch_size must be >= 1"),
+            ("data.grid_size=0", "data.grid_size must be >= 1"),
+            ("data.frames=1", "data.frames must be >= 2"),
+            ("run.steps=0", "run.steps must be >= 1"),
+            ("run.epochs=0", "run.epochs must be >= 1"),
+            ("head.prototypes=1", "head.prototypes must be >= 2"),
+            ("head.hidden=[512, 0]", "head.hidden must be"),
+            ("head.out_dim=0", "head.out_dim must be >= 1"),
+            ("optim.backbone_lr_scale=-0.1", "optim.backbone_lr_scale must be >= 0"),
+            ("optim.beta2=1", "optim.beta2 must be in [0, 1)"),
+            ("model.trainable_blocks=13", "model.trainable_blocks must be at most the 12 blocks"),
+            ("model.weights=/no/such/file.pth", "model.weights: /no/such/file.pth does not exist"),
+            ("model.preset=vit_huge_nothing", "model: "),
+        ] {
+            let e = err(&[set]);
+            assert!(e.contains(key), "{set}: {e}");
+        }
+        for bad in ["model.trainable_blocks=0", "model.trainable_blocks=some"] {
+            assert!(err(&[bad]).contains("trainable_blocks"), "{bad}");
+        }
+        // Several problems are reported together.
+        let e = err(&["optim.lr=-1", "objective.epsilon=0"]);
+        assert!(e.contains("optim.lr") && e.contains("objective.epsilon"), "{e}");
     }
 }

@@ -70,7 +70,13 @@ pub fn load_backbone<B: Backend>(weights: &Weights, img_size: Option<usize>, dev
                 let teacher = params::load_safetensors(&file)?;
                 let backbone: BTreeMap<_, _> =
                     teacher.into_iter().filter_map(|(k, v)| k.strip_prefix("backbone.").map(|r| (r.to_string(), v))).collect();
-                params::assign(Vit::<B>::new_seeded(&vc, 0, device), &backbone, device, &file)?
+                let mut vit = params::assign(Vit::<B>::new_seeded(&vc, 0, device), &backbone, device, &file)?;
+                // A frozen embedding is resampled from the weights file's grid, as the
+                // baseline's is, so a run and its baseline differ only in what trained.
+                if !cfg.model.trainable_blocks.trains_pos_embed() {
+                    vit.source_pos_embed = train::load_source_pos_embed(dir)?;
+                }
+                vit
             }
         }
         Weights::File { path, preset } => {

@@ -1,11 +1,13 @@
 //! Streaming track shards into augmented, normalised batches: deterministic and resumable.
 //!
-//! **Order.** The clip sequence of epoch `e` is a pure function of (seed, e, manifest): the
-//! row groups of all shards (the unit Parquet reads at once) are shuffled, read in that
-//! order, and their rows pass through a shuffle buffer of `shuffle_buffer` clips that emits
-//! a random held clip. Only row counts steer this, so [`Loader::open`] resumes mid-epoch by
-//! replaying the order from frame-less reads: skipped clips are neither read nor decoded.
-//! The last partial batch of an epoch is dropped.
+//! **Epochs.** An epoch holds `clips_per_video` clips of every video (the released code's
+//! `--num_clips 1`: one), drawn among the video's stored clips; 0 takes every stored clip.
+//! The draw and the order of epoch `e` are pure functions of (seed, e, manifest): the row
+//! groups of all shards (the unit Parquet reads at once) are shuffled, read in that order, and
+//! their drawn rows pass through a shuffle buffer of `shuffle_buffer` clips that emits a
+//! random held clip. Video ids are read once at open (two string columns), so
+//! [`Loader::open`] resumes mid-epoch by replaying the order without reading any clip. The
+//! last partial batch of an epoch is dropped.
 //!
 //! **Augmentation** of the k-th clip of epoch e is drawn from its own stream,
 //! `SplitMix64::stream(epoch seed, k)`, so it is independent of threads and of resuming:
@@ -13,8 +15,17 @@
 //! bilinearly (half-pixel centres, edge taps clamped to the crop, no antialiasing: stored
 //! frames are normally S already, so crops are upscaled). All frames of a clip share them,
 //! and tracks follow: x -> W - 1 - x if flipped, then x' = (x + 0.5 - left) S / crop_w - 0.5
-//! (likewise y). Points landing outside
-//! [-0.5, S - 0.5) become invisible; their coordinates are kept unclamped (always finite).
+//! (likewise y).
+//!
+//! **Points.** The released code tracks a 16 x 16 grid laid on the cropped clip, so every
+//! supervised track starts inside the crop. Here the tracks are stored once on a denser grid,
+//! and each clip's crop picks, for every position of a `grid` x `grid` grid laid on the crop
+//! (CoTracker's grid helper on S x S), the stored point nearest to it among those inside the
+//! crop at frame 0 ([`select_points`]). Positions a too coarse stored grid cannot give a point
+//! of their own are padding: `inside` 0 in every frame, so they carry no weight and stay out of
+//! Sinkhorn, and the batch keeps its [B, T, N] shape. A selected point is `inside` in the
+//! frames where it lies in [-0.5, S - 0.5)^2 and `visible` where it is also visible in the
+//! shard; outside the crop its coordinates are kept unclamped (always finite).
 //!
 //! **Threads.** A reader thread (order, Parquet reads) feeds a decoder thread through a
 //! bounded channel; the decoder decodes and warps the frames of one batch in parallel on a
@@ -30,7 +41,7 @@ use anyhow::{anyhow, bail, ensure, Result};
 use mosic::rng::SplitMix64;
 use mosic::{Clip, Manifest, ShardReader, ShardSpec};
 use rayon::prelude::*;
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 use std::sync::Arc;
@@ -39,9 +50,10 @@ use std::thread::JoinHandle;
 /// ImageNet normalisation, shared by training batches and feature extraction.
 pub const MEAN: [f32; 3] = [0.485, 0.456, 0.406];
 pub const STD: [f32; 3] = [0.229, 0.224, 0.225];
-/// Purposes of the per-epoch seeds, so order and augmentation draw from unrelated streams.
+/// Purposes of the per-epoch seeds, so order, augmentation and the clip draw use unrelated streams.
 const ORDER: u64 = 0;
 const AUG: u64 = 1;
+const DRAW: u64 = 2;
 
 #[derive(Clone, Debug, serde::Serialize, serde::Deserialize, PartialEq)]
 #[serde(default)]
@@ -49,6 +61,10 @@ pub struct LoaderConfig {
     pub batch_size: usize,
     /// Output side S.
     pub input_size: usize,
+    /// Side of the query grid laid inside each crop: N = grid^2 points per clip.
+    pub grid: u32,
+    /// Clips per video and epoch; 0 = every stored clip.
+    pub clips_per_video: u32,
     /// Area fraction range of the random crop.
     pub crop_scale: (f32, f32),
     /// Aspect-ratio (w / h) range of the random crop.
@@ -63,7 +79,6 @@ pub struct LoaderConfig {
     pub prefetch: usize,
     pub seed: u64,
     pub expect_frames: Option<u32>,
-    pub expect_grid: Option<u32>,
     /// (width, height) of the stored frames.
     pub expect_size: Option<(u32, u32)>,
 }
@@ -73,6 +88,8 @@ impl Default for LoaderConfig {
         Self {
             batch_size: 8,
             input_size: 224,
+            grid: 16,
+            clips_per_video: 1,
             crop_scale: (0.4, 1.0),
             crop_ratio: (3.0 / 4.0, 4.0 / 3.0),
             hflip: true,
@@ -81,7 +98,6 @@ impl Default for LoaderConfig {
             prefetch: 2,
             seed: 0,
             expect_frames: None,
-            expect_grid: None,
             expect_size: None,
         }
     }
@@ -91,6 +107,7 @@ impl LoaderConfig {
     fn check(&self) -> Result<()> {
         ensure!(self.batch_size > 0, "loader: batch_size must be at least 1");
         ensure!(self.input_size > 0, "loader: input_size must be at least 1");
+        ensure!(self.grid > 0, "loader: grid must be at least 1");
         let (lo, hi) = self.crop_scale;
         ensure!(lo > 0.0 && lo <= hi && hi <= 1.0, "loader: crop_scale must satisfy 0 < min <= max <= 1, got ({lo}, {hi})");
         let (lo, hi) = self.crop_ratio;
@@ -104,13 +121,34 @@ impl LoaderConfig {
         if let Some(t) = self.expect_frames.filter(|&t| t != spec.frames_per_clip) {
             out.push(format!("{} frames per clip, expected {t} (expect_frames)", spec.frames_per_clip));
         }
-        if let Some(g) = self.expect_grid.filter(|&g| g != spec.grid_size) {
-            out.push(format!("query grid {}, expected {g} (expect_grid)", spec.grid_size));
-        }
         if let Some((w, h)) = self.expect_size.filter(|&s| s != (spec.width, spec.height)) {
             out.push(format!("frames of {} x {}, expected {w} x {h} (expect_size)", spec.width, spec.height));
         }
+        if spec.query_frame != 0 {
+            out.push(format!("query frame {}, expected 0 (the student reads the first frame)", spec.query_frame));
+        }
         out
+    }
+
+    /// Why some crops cannot get a full grid from a stored `spec` grid, if they cannot.
+    fn coarse_grid_note(&self, spec: &ShardSpec) -> Option<String> {
+        let (w, h) = (spec.width as f64, spec.height as f64);
+        let g = spec.grid_size as f64;
+        // Stored points lie evenly between margins of W/64 (CoTracker's grid helper).
+        let m = w / 64.0;
+        let spacing = |side: f64| if g > 1.0 { (side - 1.0 - 2.0 * m) / (g - 1.0) } else { f64::INFINITY };
+        let area = self.crop_scale.0 as f64 * w * h;
+        let (cw, ch) = ((area * self.crop_ratio.0 as f64).sqrt().min(w), (area / self.crop_ratio.1 as f64).sqrt().min(h));
+        let per_side = |len: f64, side: f64| (len / spacing(side)).floor() as u32;
+        let (nx, ny) = (per_side(cw, w), per_side(ch, h));
+        (nx < self.grid || ny < self.grid).then(|| {
+            format!(
+                "the stored {g}x{g} grid is too coarse for a {n}x{n} grid inside crops as small as {cw:.0} x {ch:.0} of \
+                 {w} x {h} px (about {nx} x {ny} stored points there): positions without a stored point of their own are \
+                 padding, with no weight in the loss; `mosic tracks --grid 32` stores a grid fine enough",
+                n = self.grid
+            )
+        })
     }
 }
 
@@ -119,7 +157,7 @@ pub struct Batch {
     pub clips: usize,
     /// T
     pub frames: usize,
-    /// N
+    /// N = grid^2
     pub points: usize,
     /// S
     pub size: usize,
@@ -127,9 +165,21 @@ pub struct Batch {
     pub images: Vec<f32>,
     /// [B, T, N, 2] (x = column, y = row) in pixels of the S x S crop, pixel centres at integers.
     pub tracks: Vec<f32>,
-    /// [B, T, N], 0 or 1.
+    /// [B, T, N], 1 where the point is inside the crop and visible in the shard.
     pub visibility: Vec<f32>,
+    /// [B, T, N], 1 where a selected point lies inside the crop; 0 for padding. Frame 0 is 1
+    /// exactly for the selected (non-padding) points.
+    pub inside: Vec<f32>,
     pub ids: Vec<String>,
+}
+
+impl Batch {
+    /// Share of the grid positions that hold a stored point (1 unless the stored grid is too coarse).
+    pub fn filled(&self) -> f64 {
+        let (b, t, n) = (self.clips, self.frames, self.points);
+        let sum: f32 = (0..b).map(|c| self.inside[c * t * n..][..n].iter().sum::<f32>()).sum();
+        sum as f64 / (b * n).max(1) as f64
+    }
 }
 
 #[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -146,6 +196,8 @@ pub struct Loader {
     per_epoch: u64,
     batch_size: u64,
     spec: ShardSpec,
+    videos: usize,
+    notes: Vec<String>,
 }
 
 impl Loader {
@@ -163,6 +215,8 @@ impl Loader {
         }
         let mut paths = Vec::new();
         let mut units = Vec::new();
+        let mut unit_rows = Vec::new();
+        let mut videos: BTreeMap<String, Vec<(usize, usize)>> = BTreeMap::new();
         for (i, entry) in manifest.shards.iter().enumerate() {
             let path = Manifest::shard_path(dir, entry);
             let reader = ShardReader::open(&path)?;
@@ -177,13 +231,26 @@ impl Loader {
                 manifest_path.display(),
                 entry.rows
             );
-            units.extend((0..reader.num_row_groups()).map(|group| Unit { shard: i, group }));
+            for (group, keys) in reader.video_keys()?.into_iter().enumerate() {
+                unit_rows.push(keys.len());
+                for (row, key) in keys.into_iter().enumerate() {
+                    videos.entry(key).or_default().push((units.len(), row));
+                }
+                units.push(Unit { shard: i, group });
+            }
             paths.push(path);
         }
+        let videos: Vec<Vec<(usize, usize)>> = videos.into_values().collect();
         let b = cfg.batch_size as u64;
-        let total = manifest.total_rows();
-        let per_epoch = total / b * b;
-        ensure!(per_epoch > 0, "{}: {total} clips, fewer than one batch of {b}", dir.display());
+        let cpv = cfg.clips_per_video as usize;
+        let drawn: u64 = videos.iter().map(|v| if cpv == 0 { v.len() } else { v.len().min(cpv) } as u64).sum();
+        let per_epoch = drawn / b * b;
+        ensure!(
+            per_epoch > 0,
+            "{}: an epoch holds {drawn} clips ({} videos, clips_per_video {cpv}), fewer than one batch of {b}",
+            dir.display(),
+            videos.len()
+        );
         ensure!(
             state.position <= per_epoch,
             "loader: resume position {} is past the {per_epoch} clips an epoch of {} yields",
@@ -192,21 +259,17 @@ impl Loader {
         );
         // No whole batch left (drop_last): the next epoch is where reading resumes.
         let state = if state.position + b > per_epoch { LoaderState { epoch: state.epoch + 1, position: 0 } } else { state };
+        let notes = cfg.coarse_grid_note(&spec).into_iter().collect();
+        let num_videos = videos.len();
 
-        let source = Arc::new(Source { spec: spec.clone(), paths, units });
+        let source = Arc::new(Source { spec: spec.clone(), paths, units, videos, unit_rows });
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(cfg.workers)
             .thread_name(|i| format!("loader-decode-{i}"))
             .build()?;
         let (raw_tx, raw_rx) = sync_channel::<Result<RawBatch>>(cfg.prefetch);
         let (tx, rx) = sync_channel::<Result<Batch>>(cfg.prefetch);
-        let reader = Reader {
-            rows: vec![None; source.units.len()],
-            source: source.clone(),
-            cfg: cfg.clone(),
-            per_epoch,
-            store: HashMap::new(),
-        };
+        let reader = Reader { source: source.clone(), cfg: cfg.clone(), per_epoch, store: HashMap::new() };
         let start = state.clone();
         let read = std::thread::Builder::new().name("loader-read".into()).spawn(move || reader.run(start, raw_tx))?;
         let decode = std::thread::Builder::new().name("loader-decode".into()).spawn(move || {
@@ -218,7 +281,7 @@ impl Loader {
                 }
             }
         })?;
-        Ok(Self { rx: Some(rx), threads: vec![read, decode], state, per_epoch, batch_size: b, spec })
+        Ok(Self { rx: Some(rx), threads: vec![read, decode], state, per_epoch, batch_size: b, spec, videos: num_videos, notes })
     }
 
     pub fn next_batch(&mut self) -> Result<Batch> {
@@ -244,9 +307,23 @@ impl Loader {
         self.state.clone()
     }
 
-    /// Clips delivered per epoch: the directory's clips rounded down to whole batches.
+    /// Clips delivered per epoch: the epoch's draw rounded down to whole batches.
     pub fn clips_per_epoch(&self) -> u64 {
         self.per_epoch
+    }
+
+    pub fn batches_per_epoch(&self) -> u64 {
+        self.per_epoch / self.batch_size
+    }
+
+    /// Videos in the shards (distinct dataset/video_id).
+    pub fn videos(&self) -> usize {
+        self.videos
+    }
+
+    /// Things worth telling the user once (e.g. a stored grid too coarse for the crop grid).
+    pub fn notes(&self) -> &[String] {
+        &self.notes
     }
 
     pub fn spec(&self) -> &ShardSpec {
@@ -285,7 +362,7 @@ fn spec_difference(a: &ShardSpec, b: &ShardSpec) -> Option<String> {
 }
 
 fn epoch_seed(seed: u64, epoch: u64, purpose: u64) -> u64 {
-    SplitMix64::stream(seed, epoch.wrapping_mul(2).wrapping_add(purpose)).next_u64()
+    SplitMix64::stream(seed, epoch.wrapping_mul(3).wrapping_add(purpose)).next_u64()
 }
 
 /// One row group of one shard: the unit of reading and of the first shuffle.
@@ -298,22 +375,44 @@ struct Source {
     spec: ShardSpec,
     paths: Vec<PathBuf>,
     units: Vec<Unit>,
+    /// Every video's clips as (unit, row), videos in key order.
+    videos: Vec<Vec<(usize, usize)>>,
+    /// Rows of each unit, as read at open.
+    unit_rows: Vec<usize>,
 }
 
 impl Source {
-    fn read(&self, unit: usize, with_frames: bool) -> Result<Vec<Clip>> {
+    fn read(&self, unit: usize) -> Result<Vec<Clip>> {
         let u = &self.units[unit];
-        let clips = ShardReader::open(&self.paths[u.shard])?.clips_in(with_frames, Some(vec![u.group]))?;
+        let clips = ShardReader::open(&self.paths[u.shard])?.clips_in(true, Some(vec![u.group]))?;
         Ok(clips.collect::<mosic::Result<Vec<_>>>()?)
     }
 
     fn path_of(&self, unit: usize) -> &Path {
         &self.paths[self.units[unit].shard]
     }
+
+    /// The rows of each unit that epoch `epoch` draws (`per_video` of every video, 0 = all).
+    fn draw(&self, seed: u64, epoch: u64, per_video: usize) -> Vec<Vec<usize>> {
+        let s = epoch_seed(seed, epoch, DRAW);
+        let mut rows = vec![Vec::new(); self.units.len()];
+        for (v, clips) in self.videos.iter().enumerate() {
+            let mut clips = clips.clone();
+            if per_video > 0 && per_video < clips.len() {
+                SplitMix64::stream(s, v as u64).shuffle(&mut clips);
+                clips.truncate(per_video);
+            }
+            for (u, r) in clips {
+                rows[u].push(r);
+            }
+        }
+        rows.iter_mut().for_each(|r| r.sort_unstable());
+        rows
+    }
 }
 
-/// The clip order of one epoch as (unit, row) pairs. A unit's row count is needed only when
-/// it enters the buffer, so the caller supplies it then (from a full or a frame-less read).
+/// The clip order of one epoch as (unit, row) pairs: units in a shuffled order, their drawn
+/// rows through the shuffle buffer.
 struct EpochOrder {
     units: Vec<usize>,
     next_unit: usize,
@@ -330,12 +429,15 @@ impl EpochOrder {
         Self { units: order, next_unit: 0, held: Vec::new(), draw: SplitMix64::stream(s, 1), cap: cap.max(1) }
     }
 
-    fn next(&mut self, mut rows: impl FnMut(usize) -> Result<usize>) -> Result<Option<(usize, usize)>> {
+    /// The next clip; `enter(unit)` is called as a unit's drawn rows enter the buffer.
+    fn next(&mut self, rows: &[Vec<usize>], mut enter: impl FnMut(usize) -> Result<()>) -> Result<Option<(usize, usize)>> {
         while self.held.len() < self.cap && self.next_unit < self.units.len() {
             let u = self.units[self.next_unit];
             self.next_unit += 1;
-            let n = rows(u)?;
-            self.held.extend((0..n).map(|r| (u, r)));
+            if !rows[u].is_empty() {
+                enter(u)?;
+                self.held.extend(rows[u].iter().map(|&r| (u, r)));
+            }
         }
         if self.held.is_empty() {
             return Ok(None);
@@ -357,8 +459,6 @@ struct Reader {
     source: Arc<Source>,
     cfg: LoaderConfig,
     per_epoch: u64,
-    /// Row count per unit, learnt on its first read.
-    rows: Vec<Option<usize>>,
     /// Clips of the shuffle buffer, by (unit, row).
     store: HashMap<(usize, usize), Clip>,
 }
@@ -382,21 +482,18 @@ impl Reader {
     fn epoch(&mut self, state: &LoaderState, tx: &SyncSender<Result<RawBatch>>) -> Result<bool> {
         let ended = || anyhow!("loader: the shards ran out of clips before the manifest's count; were they changed?");
         self.store.clear();
+        let rows = self.source.draw(self.cfg.seed, state.epoch, self.cfg.clips_per_video as usize);
         let mut order = EpochOrder::new(self.cfg.seed, state.epoch, self.source.units.len(), self.cfg.shuffle_buffer);
+        // Resumed: replay the order without reading, then fetch the clips still held.
         for _ in 0..state.position {
-            order.next(|u| self.count(u))?.ok_or_else(ended)?;
+            order.next(&rows, |_| Ok(()))?.ok_or_else(ended)?;
         }
-        // Resumed: fetch the frames of the clips still held.
         let held: HashSet<(usize, usize)> = order.held.iter().copied().collect();
         let mut units: Vec<usize> = held.iter().map(|&(u, _)| u).collect();
         units.sort_unstable();
         units.dedup();
         for u in units {
-            for (r, clip) in self.source.read(u, true)?.into_iter().enumerate() {
-                if held.contains(&(u, r)) {
-                    self.store.insert((u, r), clip);
-                }
-            }
+            self.load(u, &held)?;
         }
 
         let b = self.cfg.batch_size as u64;
@@ -404,8 +501,8 @@ impl Reader {
         while first + b <= self.per_epoch {
             let mut raw = RawBatch { epoch: state.epoch, first, clips: Vec::new(), units: Vec::new() };
             for _ in 0..b {
-                let key = order.next(|u| self.load(u))?.ok_or_else(ended)?;
-                raw.clips.push(self.store.remove(&key).expect("held clips are loaded"));
+                let key = order.next(&rows, |u| self.load(u, &rows[u].iter().map(|&r| (u, r)).collect()))?.ok_or_else(ended)?;
+                raw.clips.push(self.store.remove(&key).ok_or_else(ended)?);
                 raw.units.push(key.0);
             }
             if tx.send(Ok(raw)).is_err() {
@@ -416,48 +513,41 @@ impl Reader {
         Ok(true)
     }
 
-    fn count(&mut self, unit: usize) -> Result<usize> {
-        if let Some(n) = self.rows[unit] {
-            return Ok(n);
-        }
-        let n = self.source.read(unit, false)?.len();
-        self.rows[unit] = Some(n);
-        Ok(n)
-    }
-
-    fn load(&mut self, unit: usize) -> Result<usize> {
-        let clips = self.source.read(unit, true)?;
+    /// Reads a unit and keeps the clips of `want`.
+    fn load(&mut self, unit: usize, want: &HashSet<(usize, usize)>) -> Result<()> {
+        let clips = self.source.read(unit)?;
         let n = clips.len();
-        if let Some(known) = self.rows[unit].filter(|&k| k != n) {
-            bail!("{}: a row group now has {n} clips, earlier {known}; was the file changed?", self.source.path_of(unit).display());
+        let expected = self.source.unit_rows[unit];
+        if n != expected {
+            bail!("{}: a row group now has {n} clips, earlier {expected}; was the file changed?", self.source.path_of(unit).display());
         }
-        self.rows[unit] = Some(n);
-        self.store.extend(clips.into_iter().enumerate().map(|(r, c)| ((unit, r), c)));
-        Ok(n)
+        self.store.extend(clips.into_iter().enumerate().filter(|(r, _)| want.contains(&(unit, *r))).map(|(r, c)| ((unit, r), c)));
+        Ok(())
     }
 }
 
 /// Flip and crop of one clip, in stored pixels; the crop is taken from the flipped frame.
 #[derive(Clone, Copy, Debug, PartialEq)]
-struct Aug {
-    flip: bool,
-    left: u32,
-    top: u32,
-    width: u32,
-    height: u32,
+pub struct Aug {
+    pub flip: bool,
+    pub left: u32,
+    pub top: u32,
+    pub width: u32,
+    pub height: u32,
     /// Stored frame width, the mirror axis.
-    frame_width: u32,
+    pub frame_width: u32,
 }
 
 impl Aug {
-    fn draw(rng: &mut SplitMix64, w: u32, h: u32, cfg: &LoaderConfig) -> Self {
+    pub fn draw(rng: &mut SplitMix64, w: u32, h: u32, cfg: &LoaderConfig) -> Self {
         // Drawn even when flipping is off, so the crops do not depend on that switch.
         let flip = rng.next_f64() < 0.5 && cfg.hflip;
         let (left, top, width, height) = random_resized_crop(rng, w, h, cfg.crop_scale, cfg.crop_ratio);
         Self { flip, left, top, width, height, frame_width: w }
     }
 
-    fn map(&self, p: [f32; 2], s: usize) -> [f32; 2] {
+    /// A stored-frame point in pixels of the S x S output.
+    pub fn map(&self, p: [f32; 2], s: usize) -> [f32; 2] {
         let x = if self.flip { self.frame_width as f32 - 1.0 - p[0] } else { p[0] };
         let s = s as f32;
         [(x + 0.5 - self.left as f32) * s / self.width as f32 - 0.5, (p[1] + 0.5 - self.top as f32) * s / self.height as f32 - 0.5]
@@ -531,10 +621,144 @@ fn random_resized_crop(rng: &mut SplitMix64, w: u32, h: u32, scale: (f32, f32), 
     ((w - cw) / 2, (h - ch) / 2, cw, ch)
 }
 
+fn in_crop(v: f32, s: usize) -> bool {
+    v >= -0.5 && v < s as f32 - 0.5
+}
+
+/// For every position of a `grid` x `grid` grid laid on the S x S crop (row-major, CoTracker's
+/// grid helper), the index of the stored query nearest to it among those inside the crop;
+/// `None` (padding) where the stored points are too sparse to give the position its own.
+///
+/// Stored queries on a regular grid (what stage 1 writes) are matched per axis, which is exact
+/// nearest-point matching for axis-aligned grids: along each axis the grid positions take
+/// distinct stored coordinates inside the crop, the nearest ones where that keeps them distinct
+/// (near a crop border two positions can share a nearest stored coordinate; the outer one then
+/// moves one stored step inwards). Other query layouts fall back to a greedy nearest match
+/// within half a grid step.
+pub fn select_points(queries: &[[f32; 2]], aug: &Aug, s: usize, grid: u32) -> Vec<Option<usize>> {
+    let targets = mosic::grid_points(grid, s as u32, s as u32);
+    let mapped: Vec<[f32; 2]> = queries.iter().map(|&q| aug.map(q, s)).collect();
+    let g = grid as usize;
+    if let Some((xs, ys)) = regular_grid(&mapped) {
+        let cols = match_axis(&xs, &targets[..g].iter().map(|p| p[0]).collect::<Vec<_>>(), s);
+        let rows = match_axis(&ys, &targets.iter().step_by(g).map(|p| p[1]).collect::<Vec<_>>(), s);
+        let side = xs.len();
+        return (0..g * g).map(|k| Some(rows[k / g]? * side + cols[k % g]?)).collect();
+    }
+    let step = if g > 1 { (targets[1][0] - targets[0][0]).max(1.0) } else { s as f32 };
+    let mut taken = vec![false; mapped.len()];
+    targets
+        .iter()
+        .map(|t| {
+            let best = mapped
+                .iter()
+                .enumerate()
+                .filter(|&(i, p)| !taken[i] && in_crop(p[0], s) && in_crop(p[1], s))
+                .map(|(i, p)| (i, (p[0] - t[0]).hypot(p[1] - t[1])))
+                .filter(|&(_, d)| d <= step / 2.0)
+                .min_by(|a, b| a.1.total_cmp(&b.1))?;
+            taken[best.0] = true;
+            Some(best.0)
+        })
+        .collect()
+}
+
+/// The column and row coordinates of points that form a row-major square grid, if they do.
+fn regular_grid(p: &[[f32; 2]]) -> Option<(Vec<f32>, Vec<f32>)> {
+    let side = (p.len() as f64).sqrt().round() as usize;
+    if side == 0 || side * side != p.len() {
+        return None;
+    }
+    let xs: Vec<f32> = p[..side].iter().map(|q| q[0]).collect();
+    let ys: Vec<f32> = p.iter().step_by(side).map(|q| q[1]).collect();
+    let close = |a: f32, b: f32| (a - b).abs() <= 1e-3 * (1.0 + a.abs());
+    p.iter().enumerate().all(|(k, q)| close(q[0], xs[k % side]) && close(q[1], ys[k / side])).then_some((xs, ys))
+}
+
+/// Stored coordinate index for each target along one axis (targets ascending).
+fn match_axis(coords: &[f32], targets: &[f32], s: usize) -> Vec<Option<usize>> {
+    let mut cand: Vec<usize> = (0..coords.len()).filter(|&i| in_crop(coords[i], s)).collect();
+    cand.sort_by(|&a, &b| coords[a].total_cmp(&coords[b]));
+    if cand.is_empty() {
+        return vec![None; targets.len()];
+    }
+    let nearest = |t: f32| -> usize {
+        let k = cand.partition_point(|&i| coords[i] < t);
+        match (k.checked_sub(1), (k < cand.len()).then_some(k)) {
+            (Some(a), Some(b)) if (t - coords[cand[a]]) <= (coords[cand[b]] - t) => a,
+            (Some(a), None) => a,
+            (_, Some(b)) => b,
+            (None, None) => unreachable!("candidates are not empty"),
+        }
+    };
+    let mut pos: Vec<usize> = targets.iter().map(|&t| nearest(t)).collect();
+    let n = targets.len();
+    if cand.len() >= n {
+        // Strictly increasing positions in [0, cand.len()): push collisions outwards, then
+        // back inside the range.
+        for j in 1..n {
+            pos[j] = pos[j].max(pos[j - 1] + 1);
+        }
+        pos[n - 1] = pos[n - 1].min(cand.len() - 1);
+        for j in (0..n - 1).rev() {
+            pos[j] = pos[j].min(pos[j + 1] - 1);
+        }
+        return pos.into_iter().map(|k| Some(cand[k])).collect();
+    }
+    // Too few stored coordinates: each serves the target closest to it; the others are padding.
+    let mut out = vec![None; n];
+    let mut best: HashMap<usize, (usize, f32)> = HashMap::new();
+    for (j, &k) in pos.iter().enumerate() {
+        let d = (coords[cand[k]] - targets[j]).abs();
+        let e = best.entry(k).or_insert((j, d));
+        if d < e.1 {
+            *e = (j, d);
+        }
+    }
+    for (k, (j, _)) in best {
+        out[j] = Some(cand[k]);
+    }
+    out
+}
+
+/// Tracks, visibility and inside flags `[T][N]` of one clip's selected points in output pixels.
+/// Padding positions keep their grid position, invisible and outside in every frame.
+pub fn clip_points(clip: &Clip, aug: &Aug, s: usize, grid: u32) -> (Vec<[f32; 2]>, Vec<bool>, Vec<bool>) {
+    let sel = select_points(&clip.queries, aug, s, grid);
+    let targets = mosic::grid_points(grid, s as u32, s as u32);
+    let n = clip.queries.len();
+    let t = clip.tracks.len() / n.max(1);
+    let m = sel.len();
+    let (mut tracks, mut vis, mut inside) = (Vec::with_capacity(t * m), Vec::with_capacity(t * m), Vec::with_capacity(t * m));
+    for f in 0..t {
+        for (k, p) in sel.iter().enumerate() {
+            match *p {
+                Some(p) => {
+                    let q = aug.map(clip.tracks[f * n + p], s);
+                    // Non-finite input can only come from a broken shard; it must not reach the loss.
+                    let ok = q[0].is_finite() && q[1].is_finite();
+                    let q = if ok { q } else { [-1.0, -1.0] };
+                    let i = ok && in_crop(q[0], s) && in_crop(q[1], s);
+                    tracks.push(q);
+                    inside.push(i);
+                    vis.push(i && clip.visibility[f * n + p]);
+                }
+                None => {
+                    tracks.push(targets[k]);
+                    inside.push(false);
+                    vis.push(false);
+                }
+            }
+        }
+    }
+    (tracks, vis, inside)
+}
+
 /// Decodes and augments one batch; runs on the decode pool.
 fn build_batch(raw: &RawBatch, source: &Source, cfg: &LoaderConfig) -> Result<Batch> {
     let spec = &source.spec;
-    let (b, t, n, s) = (raw.clips.len(), spec.t(), spec.num_points(), cfg.input_size);
+    let (b, t, s) = (raw.clips.len(), spec.t(), cfg.input_size);
+    let n = (cfg.grid * cfg.grid) as usize;
     let (w, h) = (spec.width, spec.height);
     let seed = epoch_seed(cfg.seed, raw.epoch, AUG);
     let augs: Vec<Aug> =
@@ -559,19 +783,16 @@ fn build_batch(raw: &RawBatch, source: &Source, cfg: &LoaderConfig) -> Result<Ba
         Ok(())
     })?;
 
+    let per_clip: Vec<_> = raw.clips.par_iter().zip(&augs).map(|(clip, aug)| clip_points(clip, aug, s, cfg.grid)).collect();
     let mut tracks = Vec::with_capacity(b * t * n * 2);
     let mut visibility = Vec::with_capacity(b * t * n);
-    let inside = |v: f32| v >= -0.5 && v < s as f32 - 0.5;
-    for (clip, aug) in raw.clips.iter().zip(&augs) {
-        for (p, &vis) in clip.tracks.iter().zip(&clip.visibility) {
-            let q = aug.map(*p, s);
-            // Non-finite input would poison the loss; it can only come from a broken shard.
-            let q = if q[0].is_finite() && q[1].is_finite() { q } else { [-1.0, -1.0] };
-            tracks.extend(q);
-            visibility.push((vis && inside(q[0]) && inside(q[1])) as u8 as f32);
-        }
+    let mut inside = Vec::with_capacity(b * t * n);
+    for (tr, vis, ins) in per_clip {
+        tracks.extend(tr.into_iter().flatten());
+        visibility.extend(vis.into_iter().map(|v| v as u8 as f32));
+        inside.extend(ins.into_iter().map(|v| v as u8 as f32));
     }
-    Ok(Batch { clips: b, frames: t, points: n, size: s, images, tracks, visibility, ids: raw.clips.iter().map(Clip::id).collect() })
+    Ok(Batch { clips: b, frames: t, points: n, size: s, images, tracks, visibility, inside, ids: raw.clips.iter().map(Clip::id).collect() })
 }
 
 #[cfg(test)]
@@ -592,42 +813,57 @@ mod tests {
         }
     }
 
-    /// Centre of clip i's 5 x 5 white dot in frame k, in integer pixels at least 4 from the border.
-    fn dot(i: u32, k: u32, size: u32) -> [f32; 2] {
-        let m = size - 9;
-        [((7 * i + 3 * k) % m + 4) as f32, ((11 * i + 5 * k + 3) % m + 4) as f32]
+    /// The stored point clip i's dot starts on: an interior grid point (the first on small grids).
+    fn dot_point(i: u32, g: u32) -> usize {
+        if g < 3 {
+            return 0;
+        }
+        let inner = g - 2;
+        ((1 + i % inner) * g + 1 + (i / inner) % inner) as usize
     }
 
-    /// Clip i: a white dot on a dark background that tells clips apart; point 0 tracks the
-    /// dot, the others are grid points, every third one hidden.
-    fn clip(i: u32, spec: &ShardSpec) -> Clip {
+    /// Centre of clip i's 5 x 5 white dot in frame k: it starts on its stored point and moves
+    /// right and down by whole pixels.
+    fn dot(i: u32, k: u32, spec: &ShardSpec) -> [f32; 2] {
+        let q = mosic::grid_points(spec.grid_size, spec.width, spec.height)[dot_point(i, spec.grid_size)];
+        [q[0] + 2.0 * k as f32, q[1] + k as f32]
+    }
+
+    /// Clip i of video `video`: a white dot on a dark background that tells clips apart; the
+    /// dot's stored point tracks it, the others stay on the grid, every third one hidden.
+    fn clip_of(i: u32, video: u32, index: u32, spec: &ShardSpec) -> Clip {
         let t = spec.t();
         let size = spec.width;
         let grid = mosic::grid_points(spec.grid_size, spec.width, spec.height);
+        let p0 = dot_point(i, spec.grid_size);
         let (mut frames, mut tracks, mut visibility) = (Vec::new(), Vec::new(), Vec::new());
         for k in 0..t as u32 {
-            let d = dot(i, k, size);
+            let d = dot(i, k, spec);
             let img = image::RgbImage::from_fn(size, size, |x, y| {
                 let on = (x as f32 - d[0]).abs() <= 2.0 && (y as f32 - d[1]).abs() <= 2.0;
                 if on { image::Rgb([255, 255, 255]) } else { image::Rgb([(20 + 3 * i) as u8, 30, (x / 4) as u8]) }
             });
             frames.push(mosic::imageio::encode_jpeg(&img, 95).unwrap());
             for (p, &g) in grid.iter().enumerate() {
-                tracks.push(if p == 0 { d } else { g });
-                visibility.push(p == 0 || p % 3 != 0);
+                tracks.push(if p == p0 { d } else { g });
+                visibility.push(p == p0 || p % 3 != 0);
             }
         }
         Clip {
             dataset: "test".into(),
-            video_id: format!("v{i:03}"),
-            clip_index: 0,
-            frame_indices: (0..t as u32).collect(),
+            video_id: format!("v{video:03}"),
+            clip_index: index,
+            frame_indices: (0..t as u32).map(|k| k + 100 * index).collect(),
             source_fps: 30.0,
             frames,
             queries: grid,
             tracks,
             visibility,
         }
+    }
+
+    fn clip(i: u32, spec: &ShardSpec) -> Clip {
+        clip_of(i, i, 0, spec)
     }
 
     /// Writes shards of `rows[j]` clips each, `per_group` clips per row group.
@@ -647,7 +883,7 @@ mod tests {
     }
 
     fn cfg(batch: usize, size: usize, seed: u64) -> LoaderConfig {
-        LoaderConfig { batch_size: batch, input_size: size, shuffle_buffer: 5, workers: 2, prefetch: 2, seed, ..Default::default() }
+        LoaderConfig { batch_size: batch, input_size: size, grid: 3, shuffle_buffer: 5, workers: 2, prefetch: 2, seed, ..Default::default() }
     }
 
     fn take(dir: &Path, cfg: &LoaderConfig, state: LoaderState, n: usize) -> Vec<(Batch, LoaderState)> {
@@ -658,7 +894,7 @@ mod tests {
     /// 13 clips in shards of 7 and 6 with row groups of 3: groups of 3, 3, 1, 3, 3.
     fn small_dir() -> tempfile::TempDir {
         let dir = tempfile::tempdir().unwrap();
-        write_dir(dir.path(), &spec(3, 2, 32), &[7, 6], 3);
+        write_dir(dir.path(), &spec(3, 3, 32), &[7, 6], 3);
         dir
     }
 
@@ -673,8 +909,9 @@ mod tests {
         assert_ne!(a.iter().map(|x| &x.0.ids).collect::<Vec<_>>(), c.iter().map(|x| &x.0.ids).collect::<Vec<_>>());
         assert_ne!(a[0].0.images, c[0].0.images);
         let batch = &a[0].0;
-        assert_eq!((batch.clips, batch.frames, batch.points, batch.size), (4, 3, 4, 24));
-        assert_eq!((batch.images.len(), batch.tracks.len(), batch.visibility.len()), (4 * 3 * 3 * 24 * 24, 4 * 3 * 4 * 2, 4 * 3 * 4));
+        assert_eq!((batch.clips, batch.frames, batch.points, batch.size), (4, 3, 9, 24));
+        assert_eq!((batch.images.len(), batch.tracks.len(), batch.visibility.len()), (4 * 3 * 3 * 24 * 24, 4 * 3 * 9 * 2, 4 * 3 * 9));
+        assert_eq!(batch.inside.len(), 4 * 3 * 9);
         // 13 clips, batches of 4: three batches an epoch, the 13th clip dropped.
         assert_eq!(a[2].1, LoaderState { epoch: 1, position: 0 });
         assert_eq!(a[3].1, LoaderState { epoch: 1, position: 4 });
@@ -729,24 +966,45 @@ mod tests {
     #[test]
     fn crop_and_flip_follow_the_dot() {
         let dir = tempfile::tempdir().unwrap();
-        let sp = spec(2, 2, 48);
+        // 128 px frames put the 4 x 4 grid on whole pixels (2, 43, 84, 125), so the drawn dot
+        // is centred on its track.
+        let sp = spec(2, 4, 128);
         write_dir(dir.path(), &sp, &[24], 8);
-        let (s, t, n) = (64usize, 2usize, 4usize);
+        let (s, t, n) = (64usize, 2usize, 16usize);
+        let queries = mosic::grid_points(4, 128, 128);
         // Wide scale range: some dots land inside, some outside the crop.
-        let c = LoaderConfig { crop_scale: (0.15, 1.0), ..cfg(6, s, 3) };
+        let c = LoaderConfig { crop_scale: (0.15, 1.0), grid: 4, ..cfg(6, s, 3) };
         let mut l = Loader::open(dir.path(), c.clone(), LoaderState::default()).unwrap();
-        let (mut checked_in, mut checked_out, mut flips) = (0, 0, [0, 0]);
+        let (mut checked_in, mut checked_out, mut followed, mut flips) = (0, 0, 0, [0, 0]);
         for batch_index in 0..4 {
             let b = l.next_batch().unwrap();
             for i in 0..b.clips {
                 let k = (batch_index * b.clips + i) as u64;
-                let aug = Aug::draw(&mut SplitMix64::stream(epoch_seed(c.seed, 0, AUG), k), 48, 48, &c);
+                let aug = Aug::draw(&mut SplitMix64::stream(epoch_seed(c.seed, 0, AUG), k), 128, 128, &c);
+                let ci: u32 = b.ids[i].trim_start_matches("test/v").trim_end_matches("#0").parse().unwrap();
+                let p0 = dot_point(ci, 4);
+                let sel = select_points(&queries, &aug, s, 4);
+                let at = |f: usize, kk: usize| (i * t + f) * n + kk;
+                for (kk, p) in sel.iter().enumerate() {
+                    // Selected points start inside the crop; padding is outside in every frame.
+                    assert_eq!(b.inside[at(0, kk)] == 1.0, p.is_some(), "{aug:?} position {kk}");
+                    for f in 0..t {
+                        assert!(b.inside[at(f, kk)] == 1.0 || b.visibility[at(f, kk)] == 0.0);
+                        // Hidden grid points stay hidden.
+                        if p.is_some_and(|p| p != p0 && p % 3 == 0) {
+                            assert_eq!(b.visibility[at(f, kk)], 0.0);
+                        }
+                    }
+                }
                 for f in 0..t {
-                    let pt = (i * t + f) * n;
-                    let (x, y) = (b.tracks[pt * 2], b.tracks[pt * 2 + 1]);
-                    let visible = b.visibility[pt] == 1.0;
-                    let inside = |v: f32| (-0.5..s as f32 - 0.5).contains(&v);
-                    assert_eq!(visible, inside(x) && inside(y));
+                    let [x, y] = aug.map(dot(ci, f as u32, &sp), s);
+                    if let Some(kk) = sel.iter().position(|&p| p == Some(p0)) {
+                        let e = at(f, kk);
+                        assert!((b.tracks[e * 2] - x).abs() < 1e-4 && (b.tracks[e * 2 + 1] - y).abs() < 1e-4);
+                        let inside = |v: f32| (-0.5..s as f32 - 0.5).contains(&v);
+                        assert_eq!(b.visibility[e] == 1.0, inside(x) && inside(y));
+                        followed += 1;
+                    }
                     // Bright pixels of the frame, brightness as the mean of the de-normalised channels.
                     let img = &b.images[(i * t + f) * 3 * s * s..][..3 * s * s];
                     let bright: Vec<(f32, f32, f32)> = (0..s * s)
@@ -765,19 +1023,145 @@ mod tests {
                         assert!((cx - x).abs() < 1.0 && (cy - y).abs() < 1.0, "dot at ({cx}, {cy}), track ({x}, {y}), {aug:?}");
                         checked_in += 1;
                         flips[aug.flip as usize] += 1;
-                    } else if !visible && (x < -mx || y < -my || x > s as f32 + mx || y > s as f32 + my) {
-                        assert!(bright.is_empty(), "invisible dot at ({x}, {y}) shows in the crop");
+                    } else if x < -mx || y < -my || x > s as f32 + mx || y > s as f32 + my {
+                        assert!(bright.is_empty(), "a dot at ({x}, {y}) outside the crop shows in it");
                         checked_out += 1;
                     }
-                    // Hidden grid points stay hidden.
-                    for p in (1..n).filter(|p| p % 3 == 0) {
-                        assert_eq!(b.visibility[pt + p], 0.0);
-                    }
-                    assert!(b.tracks[pt * 2..(pt + n) * 2].iter().all(|v| v.is_finite()));
                 }
+                assert!(b.tracks[(i * t * n) * 2..((i + 1) * t * n) * 2].iter().all(|v| v.is_finite()));
             }
         }
-        assert!(checked_in >= 10 && checked_out >= 2 && flips[0] > 0 && flips[1] > 0, "{checked_in} {checked_out} {flips:?}");
+        assert!(checked_in >= 10 && checked_out >= 2 && followed >= 10 && flips[0] > 0 && flips[1] > 0, "{checked_in} {checked_out} {followed} {flips:?}");
+    }
+
+    /// Stage 1 stores 32 x 32 points by default: every crop of the training distribution
+    /// then gets a full 16 x 16 grid of distinct stored points, all inside it at frame 0.
+    #[test]
+    fn a_32_grid_fills_every_crop_with_256_points_inside() {
+        let c = LoaderConfig::default();
+        let (w, s) = (224u32, 224usize);
+        let queries = mosic::grid_points(32, w, w);
+        let mut rng = SplitMix64::new(11);
+        let mut nearest_moved = 0usize;
+        for _ in 0..1000 {
+            let aug = Aug::draw(&mut rng, w, w, &c);
+            let sel = select_points(&queries, &aug, s, 16);
+            assert_eq!(sel.iter().flatten().count(), 256, "{aug:?}");
+            let mut seen: Vec<usize> = sel.iter().flatten().copied().collect();
+            seen.sort_unstable();
+            seen.dedup();
+            assert_eq!(seen.len(), 256, "distinct points {aug:?}");
+            let targets = mosic::grid_points(16, s as u32, s as u32);
+            for (k, p) in sel.iter().enumerate() {
+                let q = aug.map(queries[p.unwrap()], s);
+                assert!(in_crop(q[0], s) && in_crop(q[1], s), "{aug:?}: point {k} at {q:?}");
+                // The nearest stored point inside the crop, or (at a border collision) the next one:
+                // within half a stored step of the position per axis, or one step more.
+                let stored = (w as f32 - 1.0 - 2.0 * w as f32 / 64.0) / 31.0;
+                let (sx, sy) = (stored * s as f32 / aug.width as f32, stored * s as f32 / aug.height as f32);
+                let (dx, dy) = ((q[0] - targets[k][0]).abs(), (q[1] - targets[k][1]).abs());
+                nearest_moved += (dx > 0.5 * sx + 1e-3 || dy > 0.5 * sy + 1e-3) as usize;
+                assert!(dx <= 1.5 * sx + 1e-3 && dy <= 1.5 * sy + 1e-3, "{aug:?}: position {k} off by ({dx}, {dy})");
+            }
+        }
+        assert!(nearest_moved < 1000 * 256 / 50, "{nearest_moved} positions moved off their nearest point");
+    }
+
+    /// A 16 x 16 stored grid cannot give small crops 256 points of their own: the positions
+    /// left over are padding, the loader says so once, and no point outside the crop sneaks in.
+    #[test]
+    fn a_coarse_grid_pads_and_is_reported() {
+        let c = LoaderConfig::default();
+        let (w, s) = (224u32, 224usize);
+        let queries = mosic::grid_points(16, w, w);
+        let mut rng = SplitMix64::new(5);
+        let mut filled = Vec::new();
+        for _ in 0..300 {
+            let aug = Aug::draw(&mut rng, w, w, &c);
+            let sel = select_points(&queries, &aug, s, 16);
+            let mut seen: Vec<usize> = sel.iter().flatten().copied().collect();
+            let count = seen.len();
+            seen.sort_unstable();
+            seen.dedup();
+            assert_eq!(seen.len(), count, "distinct");
+            for p in sel.iter().flatten() {
+                let q = aug.map(queries[*p], s);
+                assert!(in_crop(q[0], s) && in_crop(q[1], s));
+            }
+            filled.push(count);
+        }
+        filled.sort_unstable();
+        assert!(filled[150] < 256 && filled[150] > 64, "median {}", filled[150]);
+        let sp = spec(12, 16, 224);
+        let note = c.coarse_grid_note(&sp).expect("16 is too coarse");
+        assert!(note.contains("16x16") && note.contains("--grid 32"), "{note}");
+        assert!(c.coarse_grid_note(&spec(12, 32, 224)).is_none());
+    }
+
+    /// Another stored layout (not a regular grid) still gives distinct points inside the crop.
+    #[test]
+    fn irregular_queries_fall_back_to_greedy_nearest() {
+        let mut rng = SplitMix64::new(2);
+        let queries: Vec<[f32; 2]> = (0..900).map(|_| [rng.uniform(0.0, 223.0) as f32, rng.uniform(0.0, 223.0) as f32]).collect();
+        let aug = Aug { flip: true, left: 30, top: 40, width: 150, height: 140, frame_width: 224 };
+        let sel = select_points(&queries, &aug, 224, 8);
+        let got: Vec<usize> = sel.iter().flatten().copied().collect();
+        assert!(got.len() > 40, "{} of 64", got.len());
+        let mut d = got.clone();
+        d.sort_unstable();
+        d.dedup();
+        assert_eq!(d.len(), got.len());
+        assert!(got.iter().all(|&p| {
+            let q = aug.map(queries[p], 224);
+            in_crop(q[0], 224) && in_crop(q[1], 224)
+        }));
+    }
+
+    /// An epoch holds `clips_per_video` clips of every video, drawn anew each epoch.
+    #[test]
+    fn an_epoch_is_one_clip_per_video() {
+        let dir = tempfile::tempdir().unwrap();
+        let sp = spec(2, 3, 16);
+        let mut m = Manifest::new(sp.clone(), serde_json::json!({}));
+        // 7 videos with 1 to 3 clips each, spread over two shards.
+        let per_video = [3u32, 1, 2, 3, 1, 2, 3];
+        let mut i = 0;
+        for (j, videos) in [(0..4usize), (4..7)].into_iter().enumerate() {
+            let path = dir.path().join(format!("shard-{j:05}.parquet"));
+            let mut w = ShardWriter::create(&path, &sp, &WriteOptions { rows_per_group: 2, zstd_level: 1 }).unwrap();
+            for v in videos {
+                for k in 0..per_video[v] {
+                    w.write(clip_of(i, v as u32, k, &sp)).unwrap();
+                    i += 1;
+                }
+            }
+            m.shards.push(w.finish().unwrap());
+        }
+        m.save(dir.path()).unwrap();
+        let c = LoaderConfig { clips_per_video: 1, ..cfg(7, 8, 4) };
+        let mut l = Loader::open(dir.path(), c.clone(), LoaderState::default()).unwrap();
+        assert_eq!((l.videos(), l.clips_per_epoch(), l.batches_per_epoch()), (7, 7, 1));
+        let mut draws = std::collections::BTreeSet::new();
+        for _ in 0..6 {
+            let ids = l.next_batch().unwrap().ids;
+            let mut videos: Vec<&str> = ids.iter().map(|id| id.split('#').next().unwrap()).collect();
+            videos.sort_unstable();
+            videos.dedup();
+            assert_eq!(videos.len(), 7, "one clip of every video: {ids:?}");
+            let mut sorted = ids.clone();
+            sorted.sort();
+            draws.insert(sorted);
+        }
+        assert!(draws.len() > 1, "epochs draw other clips");
+        // Resuming mid-way through the schedule repeats the straight run.
+        let straight = take(dir.path(), &c, LoaderState::default(), 4);
+        let resumed = take(dir.path(), &c, straight[1].1.clone(), 2);
+        assert!(resumed[..] == straight[2..]);
+        // 0 takes every stored clip.
+        let all = Loader::open(dir.path(), LoaderConfig { clips_per_video: 0, ..cfg(5, 8, 4) }, LoaderState::default()).unwrap();
+        assert_eq!(all.clips_per_epoch(), 15);
+        let two = Loader::open(dir.path(), LoaderConfig { clips_per_video: 2, ..cfg(1, 8, 4) }, LoaderState::default()).unwrap();
+        assert_eq!(two.clips_per_epoch(), 2 + 1 + 2 + 2 + 1 + 2 + 2);
     }
 
     #[test]
@@ -823,11 +1207,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         write_dir(dir.path(), &spec(2, 2, 16), &[3, 3], 2);
         let err = |c: LoaderConfig| Loader::open(dir.path(), c, LoaderState::default()).err().expect("refused").to_string();
-        let e = err(LoaderConfig { expect_grid: Some(16), ..cfg(2, 16, 0) });
-        assert!(e.contains("manifest.json") && e.contains("query grid 2, expected 16"), "{e}");
         let e = err(LoaderConfig { expect_frames: Some(12), expect_size: Some((224, 224)), ..cfg(2, 16, 0) });
         assert!(e.contains("2 frames per clip, expected 12") && e.contains("16 x 16, expected 224 x 224"), "{e}");
-        assert!(err(cfg(7, 16, 0)).contains("6 clips, fewer than one batch of 7"));
+        assert!(err(cfg(7, 16, 0)).contains("6 clips (6 videos, clips_per_video 1), fewer than one batch of 7"));
 
         // A shard whose own spec disagrees with the manifest's.
         let mut m = Manifest::load(dir.path()).unwrap();
@@ -837,6 +1219,12 @@ mod tests {
         m.save(dir.path()).unwrap();
         let e = err(cfg(2, 16, 0));
         assert!(e.contains("shard-00001.parquet") && e.contains("grid 3 vs 2"), "{e}");
+
+        // Shards tracked from another query frame.
+        let other = tempfile::tempdir().unwrap();
+        write_dir(other.path(), &ShardSpec { query_frame: 1, ..spec(2, 2, 16) }, &[3], 2);
+        let e = Loader::open(other.path(), cfg(2, 16, 0), LoaderState::default()).err().expect("refused").to_string();
+        assert!(e.contains("manifest.json") && e.contains("query frame 1, expected 0"), "{e}");
 
         // A row count the file does not hold.
         write_dir(dir.path(), &spec(2, 2, 16), &[3, 3], 2);

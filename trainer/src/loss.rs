@@ -2,11 +2,14 @@
 //! teacher's tracked features, and the cross-entropy that propagates each track's targets
 //! back to the student's query frame.
 //!
-//! Everything is batched tensor ops, so it runs on whichever device the backend uses.
+//! Where each point reads its feature is worked out on the host ([`point_taps`]: rows of a
+//! flat `[rows, D]` token matrix and their weights, the positions being host data anyway), so
+//! the device only gathers rows; the rest is batched tensor ops on whichever device the
+//! backend uses.
 
 use burn::tensor::activation::log_softmax;
 use burn::tensor::backend::Backend;
-use burn::tensor::{Int, Tensor};
+use burn::tensor::{Int, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 
 /// How a feature is read at a sub-patch point.
@@ -20,84 +23,174 @@ pub enum Sampling {
     Bilinear,
 }
 
-/// Features at points.
-///
-/// `features`: `[B, T, h*w, D]` patch tokens per frame, row-major over the `h x w` grid.
-/// `points`: `[B, T, N, 2]` in input-image pixels as `(x, y)`, `x` the column, `y` the
-/// row, pixel centres at integer coordinates. Returns `[B, T, N, D]`.
+/// Which teacher rows Sinkhorn balances.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SinkhornRows {
+    /// Selected points at the frames where they lie inside the crop.
+    #[default]
+    InCrop,
+    /// Every selected point at every frame (the released code; outside the crop a point reads
+    /// the clamped border patch).
+    All,
+}
+
+/// Where `M` points read their features: `taps` rows of a flat `[rows, D]` token matrix per
+/// point, with weights (0 for a tap on a patch the input lacks, e.g. a dropped one).
+#[derive(Debug, Clone, PartialEq)]
+pub struct PointTaps {
+    pub taps: usize,
+    /// `[M * taps]` row indices.
+    pub rows: Vec<i64>,
+    /// `[M * taps]`.
+    pub weights: Vec<f32>,
+}
+
+impl PointTaps {
+    pub fn points(&self) -> usize {
+        self.rows.len() / self.taps.max(1)
+    }
+}
+
+/// The patch `(row, column)` containing a point (x = column, y = row, pixel centres at
+/// integers), clamped to the grid: the patch of the rounded pixel in a nearest-upsampled map.
+pub fn patch_of(p: [f32; 2], grid: (usize, usize), patch: f32) -> (usize, usize) {
+    let (h, w) = grid;
+    let c = ((p[0] + 0.5) / patch).floor().clamp(0.0, (w - 1) as f32) as usize;
+    let r = ((p[1] + 0.5) / patch).floor().clamp(0.0, (h - 1) as f32) as usize;
+    (r, c)
+}
+
+/// Taps of `points` (x, y) on an `h x w` patch grid. `row_of(m, patch)` gives the token row
+/// of patch `patch` (row-major index) of point `m`'s image, or `None` when that image has no
+/// token there (the tap then weighs 0).
 ///
 /// Patch centres sit at `u = (x + 0.5) / patch - 0.5` integer. `Nearest` takes column
-/// `floor((x + 0.5) / patch)`, i.e. the patch of the rounded pixel in a nearest-upsampled
-/// map. (The released code indexes the upsampled map with x as the row; that is a
-/// transposition, not reproduced here.)
+/// `floor((x + 0.5) / patch)`; `Bilinear` weighs the four surrounding centres, indices clamped
+/// at the border (`grid_sample` with border padding). The released code indexes its upsampled
+/// map with x as the row; that transposition is not reproduced.
+pub fn point_taps(
+    points: &[[f32; 2]],
+    grid: (usize, usize),
+    patch: f32,
+    mode: Sampling,
+    row_of: impl Fn(usize, usize) -> Option<usize>,
+) -> PointTaps {
+    let (h, w) = grid;
+    let taps = match mode {
+        Sampling::Nearest => 1,
+        Sampling::Bilinear => 4,
+    };
+    let mut rows = Vec::with_capacity(points.len() * taps);
+    let mut weights = Vec::with_capacity(points.len() * taps);
+    let mut push = |m: usize, r: usize, c: usize, wt: f32| match row_of(m, r * w + c) {
+        Some(row) => {
+            rows.push(row as i64);
+            weights.push(wt);
+        }
+        None => {
+            rows.push(0);
+            weights.push(0.0);
+        }
+    };
+    for (m, &p) in points.iter().enumerate() {
+        match mode {
+            Sampling::Nearest => {
+                let (r, c) = patch_of(p, grid, patch);
+                push(m, r, c, 1.0);
+            }
+            Sampling::Bilinear => {
+                let u = (p[0] + 0.5) / patch - 0.5;
+                let v = (p[1] + 0.5) / patch - 0.5;
+                let (u0, v0) = (u.floor(), v.floor());
+                let (fu, fv) = (u - u0, v - v0);
+                let col = |k: f32| k.clamp(0.0, (w - 1) as f32) as usize;
+                let row = |k: f32| k.clamp(0.0, (h - 1) as f32) as usize;
+                push(m, row(v0), col(u0), (1.0 - fu) * (1.0 - fv));
+                push(m, row(v0), col(u0 + 1.0), fu * (1.0 - fv));
+                push(m, row(v0 + 1.0), col(u0), (1.0 - fu) * fv);
+                push(m, row(v0 + 1.0), col(u0 + 1.0), fu * fv);
+            }
+        }
+    }
+    PointTaps { taps, rows, weights }
+}
+
+/// `tokens` `[rows, D]` read at the taps: `[M, D]`. Gradients flow into the gathered rows.
+pub fn gather_points<B: Backend>(tokens: Tensor<B, 2>, taps: &PointTaps) -> Tensor<B, 2> {
+    let [_, d] = tokens.dims();
+    let device = tokens.device();
+    let (m, k) = (taps.points(), taps.taps);
+    let idx = Tensor::<B, 1, Int>::from_data(TensorData::new(taps.rows.clone(), [m * k]), &device);
+    let w = Tensor::<B, 2>::from_data(TensorData::new(taps.weights.clone(), [m * k, 1]), &device);
+    let picked = tokens.select(0, idx) * w;
+    if k == 1 {
+        picked
+    } else {
+        picked.reshape([m, k, d]).sum_dim(1).reshape([m, d])
+    }
+}
+
+/// Features at points of per-frame token maps, the dense form of [`point_taps`] +
+/// [`gather_points`]: `features` `[B, T, h*w, D]`, `points` `[B, T, N, 2]` -> `[B, T, N, D]`.
 pub fn sample_points<B: Backend>(
     features: Tensor<B, 4>,
     grid: (usize, usize),
     patch: f32,
-    points: Tensor<B, 4>,
+    points: &[[f32; 2]],
     mode: Sampling,
 ) -> Tensor<B, 4> {
-    let [_, _, hw, d] = features.dims();
-    let (h, w) = grid;
-    assert_eq!(hw, h * w, "features have {hw} tokens, grid is {h}x{w}");
-    assert_eq!(points.dims()[3], 2, "points are (x, y)");
-    let points = points.detach();
-    let x = points.clone().narrow(3, 0, 1); // [B, T, N, 1]
-    let y = points.narrow(3, 1, 1);
-    let (wmax, hmax) = ((w - 1) as f32, (h - 1) as f32);
-    // row and column hold clamped integers; their flat index is exact in f32 up to 2^24
-    let read = |row: Tensor<B, 4>, col: Tensor<B, 4>| {
-        let idx = (row * w as f32 + col).int().repeat_dim(3, d);
-        features.clone().gather(2, idx)
-    };
-    match mode {
-        Sampling::Nearest => {
-            let col = ((x + 0.5) / patch).floor().clamp(0.0, wmax);
-            let row = ((y + 0.5) / patch).floor().clamp(0.0, hmax);
-            read(row, col)
-        }
-        Sampling::Bilinear => {
-            let u = (x + 0.5) / patch - 0.5;
-            let v = (y + 0.5) / patch - 0.5;
-            let (u0, v0) = (u.clone().floor(), v.clone().floor());
-            let (fu, fv) = (u - u0.clone(), v - v0.clone());
-            let (c0, c1) = (u0.clone().clamp(0.0, wmax), (u0 + 1.0).clamp(0.0, wmax));
-            let (r0, r1) = (v0.clone().clamp(0.0, hmax), (v0 + 1.0).clamp(0.0, hmax));
-            let (gu, gv) = (fu.clone().neg() + 1.0, fv.clone().neg() + 1.0);
-            read(r0.clone(), c0.clone()) * (gu.clone() * gv.clone())
-                + read(r0, c1.clone()) * (fu.clone() * gv)
-                + read(r1.clone(), c0) * (gu * fv.clone())
-                + read(r1, c1) * (fu * fv)
-        }
-    }
+    let [b, t, hw, d] = features.dims();
+    assert_eq!(hw, grid.0 * grid.1, "features have {hw} tokens, grid is {}x{}", grid.0, grid.1);
+    let n = points.len() / (b * t);
+    let taps = point_taps(points, grid, patch, mode, |m, p| Some(m / n * hw + p));
+    gather_points(features.reshape([b * t * hw, d]), &taps).reshape([b, t, n, d])
 }
 
-/// SwAV's `distributed_sinkhorn` on one device: `scores` `[M, K]` -> assignments `[M, K]`
-/// whose rows sum to 1 and whose columns tend to `M / K`. Not differentiated.
+/// SwAV's `distributed_sinkhorn` (the released `find_optimal_assignment`) on one device over
+/// the rows `rows` selects: `scores` `[M, K]` -> assignments `[M, K]` whose selected rows sum
+/// to 1 and whose columns tend to (selected rows) / K; rows left out are 0 and do not count.
+/// Not differentiated.
 ///
 /// Kept in `[M, K]` orientation; SwAV's `K x M` row step is the column step here.
-pub fn sinkhorn<B: Backend>(scores: Tensor<B, 2>, epsilon: f32, iterations: usize) -> Tensor<B, 2> {
+pub fn sinkhorn<B: Backend>(scores: Tensor<B, 2>, rows: Option<Tensor<B, 1>>, epsilon: f32, iterations: usize) -> Tensor<B, 2> {
     let [m, k] = scores.dims();
     let s = scores.detach() / epsilon;
-    // the global shift cancels in the first normalisation but keeps exp finite
-    let max = s.clone().max().reshape([1, 1]);
-    let q = (s - max).exp();
+    let tiny = f32::MIN_POSITIVE;
+    let (q, count) = match rows {
+        None => {
+            // The global shift cancels in the first normalisation but keeps exp finite.
+            let max = s.clone().max().reshape([1, 1]);
+            ((s - max).exp(), None)
+        }
+        Some(rows) => {
+            let keep = rows.reshape([m, 1]);
+            let out = keep.clone().lower_elem(0.5).expand([m, k]);
+            let max = s.clone().mask_fill(out, f32::MIN).max().reshape([1, 1]);
+            // Rows left out may lie above the kept maximum: clamped so exp stays finite before the 0.
+            ((s - max).clamp_max(0.0).exp() * keep.clone(), Some(keep.sum().reshape([1, 1])))
+        }
+    };
     let mut q = q.clone() / q.sum().reshape([1, 1]);
     for _ in 0..iterations {
-        q = q.clone() / q.clone().sum_dim(0) / k as f32;
-        q = q.clone() / q.clone().sum_dim(1) / m as f32;
+        q = q.clone() / q.clone().sum_dim(0).clamp_min(tiny) / k as f32;
+        let r = q.clone() / q.clone().sum_dim(1).clamp_min(tiny);
+        q = match &count {
+            None => r / m as f32,
+            Some(c) => r / c.clone(),
+        };
     }
-    q * m as f32
+    q.clone() / q.sum_dim(1).clamp_min(tiny)
 }
 
 /// How the per-entry cross-entropies are averaged.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Reduction {
-    /// Sum over visible entries / number of visible entries (the paper).
+    /// Weighted sum / sum of the weights (the paper's sum over visible points).
     #[default]
     Visible,
-    /// Sum over visible entries / all `B*T*N` entries (the released code).
+    /// Weighted sum / all `B*T*N` entries (the released code's mean).
     All,
 }
 
@@ -106,20 +199,16 @@ pub enum Reduction {
 pub struct LossConfig {
     /// Student softmax temperature.
     pub temperature: f32,
-    /// Sinkhorn entropy regularisation (released code: 0.06; the paper gives none).
+    /// Sinkhorn entropy regularisation (what the released code runs: 0.05).
     pub epsilon: f32,
+    /// Sinkhorn iterations (what the released code runs: 10).
     pub iterations: usize,
     pub reduction: Reduction,
 }
 
 impl Default for LossConfig {
     fn default() -> Self {
-        Self {
-            temperature: 0.1,
-            epsilon: 0.06,
-            iterations: 3,
-            reduction: Reduction::Visible,
-        }
+        Self { temperature: 0.1, epsilon: 0.05, iterations: 10, reduction: Reduction::Visible }
     }
 }
 
@@ -129,12 +218,13 @@ pub struct LossOutput<B: Backend> {
     pub loss: Tensor<B, 1>,
     /// Prototype index per teacher entry, `[B, T, N]`.
     pub targets: Tensor<B, 3, Int>,
-    /// Sinkhorn output over all `B*T*N` teacher rows (ordered b, t, n), `[B*T*N, K]`.
+    /// Sinkhorn output over the `B*T*N` teacher rows (ordered b, t, n), `[B*T*N, K]`; rows
+    /// left out of Sinkhorn are 0.
     pub assignments: Tensor<B, 2>,
-    /// Share of visible entries, `[1]`.
-    pub visible_fraction: Tensor<B, 1>,
-    /// Entropy (nats) of how the targets spread over prototypes, `[1]`; `ln K` is uniform
-    /// use, 0 is collapse onto one prototype.
+    /// Sum of the loss weights, `[1]`.
+    pub weight: Tensor<B, 1>,
+    /// Entropy (nats) of how the targets of the Sinkhorn rows spread over prototypes, `[1]`;
+    /// `ln K` is uniform use, 0 is collapse onto one prototype.
     pub usage_entropy: Tensor<B, 1>,
 }
 
@@ -142,55 +232,44 @@ pub struct LossOutput<B: Backend> {
 ///
 /// `student_scores`: `[B, N, K]` cosine scores of the student at the query frame's points.
 /// `teacher_scores`: `[B, T, N, K]` cosine scores of the teacher at each frame's tracked
-/// point. `visibility`: `[B, T, N]`, 0 or 1. Sinkhorn runs jointly over all teacher
-/// entries; each entry's argmax is the target of its track's student prediction, frame 0
-/// included, weighted by visibility.
+/// point. `weights`: `[B, T, N]`, each entry's weight (visibility, times the masking rule).
+/// `rows`: `[B*T*N]`, 1 for the teacher rows Sinkhorn balances (None: all). Each entry's
+/// argmax is the target of its track's student prediction, frame 0 included.
 pub fn mosic_loss<B: Backend>(
     student_scores: Tensor<B, 3>,
     teacher_scores: Tensor<B, 4>,
-    visibility: Tensor<B, 3>,
+    weights: Tensor<B, 3>,
+    rows: Option<Tensor<B, 1>>,
     cfg: &LossConfig,
 ) -> LossOutput<B> {
     let [b, t, n, k] = teacher_scores.dims();
-    assert_eq!(
-        student_scores.dims(),
-        [b, n, k],
-        "student scores vs teacher [B, T, N, K]"
-    );
-    assert_eq!(
-        visibility.dims(),
-        [b, t, n],
-        "visibility vs teacher [B, T, N, K]"
-    );
+    assert_eq!(student_scores.dims(), [b, n, k], "student scores vs teacher [B, T, N, K]");
+    assert_eq!(weights.dims(), [b, t, n], "weights vs teacher [B, T, N, K]");
     let m = b * t * n;
-
-    let assignments = sinkhorn(teacher_scores.reshape([m, k]), cfg.epsilon, cfg.iterations);
+    let device = weights.device();
+    let rows = rows.map(|r| r.detach());
+    let assignments = sinkhorn(teacher_scores.reshape([m, k]), rows.clone(), cfg.epsilon, cfg.iterations);
     let flat_targets = assignments.clone().argmax(1); // [M, 1]
-    let targets = flat_targets.clone().reshape([b, t, n]);
+    let targets = flat_targets.reshape([b, t, n]);
 
     let logp = log_softmax(student_scores / cfg.temperature, 2);
     let logp = logp.unsqueeze_dim::<4>(1).expand([b, t, n, k]);
-    let nll = logp
-        .gather(3, targets.clone().unsqueeze_dim(3))
-        .reshape([b, t, n])
-        .neg();
-    let vis = visibility.detach();
-    let total = (nll * vis.clone()).sum();
+    let nll = logp.gather(3, targets.clone().unsqueeze_dim(3)).reshape([b, t, n]).neg();
+    let w = weights.detach();
+    let total = (nll * w.clone()).sum();
+    let weight = w.sum();
     let loss = match cfg.reduction {
-        // clamped so that a batch with nothing visible gives 0, not NaN
-        Reduction::Visible => total / vis.clone().sum().clamp_min(1.0),
+        // clamped so that a batch with nothing to learn from gives 0, not NaN
+        Reduction::Visible => total / weight.clone().clamp_min(1.0),
         Reduction::All => total / m as f32,
     };
 
-    let usage = flat_targets.reshape([m]).one_hot::<2>(k).float().sum_dim(0) / m as f32;
+    // Usage without a one-hot: an assignment row's maximum marks its target.
+    let rows = rows.unwrap_or_else(|| Tensor::ones([m], &device));
+    let hard = assignments.clone().greater_equal(assignments.clone().max_dim(1)).float() * rows.clone().reshape([m, 1]);
+    let usage = hard.sum_dim(0).reshape([k]) / rows.sum().clamp_min(1.0);
     let usage_entropy = (usage.clone() * usage.clamp_min(1e-12).log()).sum().neg();
-    LossOutput {
-        loss,
-        targets,
-        assignments,
-        visible_fraction: vis.mean(),
-        usage_entropy,
-    }
+    LossOutput { loss, targets, assignments, weight, usage_entropy }
 }
 
 #[cfg(test)]
@@ -224,7 +303,7 @@ mod tests {
         let dev = Default::default();
         let (m, k) = (200, 10);
         let scores = Tensor::<Inner, 2>::random([m, k], Distribution::Uniform(-1.0, 1.0), &dev);
-        let q = sinkhorn(scores, 0.06, 100);
+        let q = sinkhorn(scores, None, 0.06, 100);
         for r in vec(q.clone().sum_dim(1)) {
             assert!((r - 1.0).abs() < 1e-5, "row sum {r}");
         }
@@ -235,6 +314,25 @@ mod tests {
                 "column sum {c}, want {target}"
             );
         }
+    }
+
+    /// Rows left out of Sinkhorn change nothing for the others: the result on the kept rows is
+    /// Sinkhorn of those rows alone, and the left-out rows are 0.
+    #[test]
+    fn sinkhorn_over_selected_rows_equals_sinkhorn_of_those_rows() {
+        let dev = Default::default();
+        let (m, k) = (60, 7);
+        let scores = Tensor::<Inner, 2>::random([m, k], Distribution::Uniform(-1.0, 1.0), &dev);
+        let keep: Vec<usize> = (0..m).filter(|i| i % 3 != 1).collect();
+        let mask: Vec<f32> = (0..m).map(|i| (i % 3 != 1) as u8 as f32).collect();
+        // A left-out row far above the others must not disturb the kept rows' numerics.
+        let scores = scores.slice_assign([1..2, 0..k], Tensor::full([1, k], 40.0, &dev));
+        let masked = sinkhorn(scores.clone(), Some(Tensor::from_floats(mask.as_slice(), &dev)), 0.05, 10);
+        let idx = Tensor::<Inner, 1, Int>::from_data(TensorData::new(keep.iter().map(|&i| i as i64).collect::<Vec<_>>(), [keep.len()]), &dev);
+        let alone = sinkhorn(scores.select(0, idx.clone()), None, 0.05, 10);
+        assert!(max_abs_diff(masked.clone().select(0, idx), alone) < 1e-6);
+        let left_out: Vec<f32> = vec(masked).chunks(k).enumerate().filter(|(i, _)| i % 3 == 1).flat_map(|(_, r)| r.to_vec()).collect();
+        assert!(left_out.iter().all(|&v| v == 0.0));
     }
 
     #[test]
@@ -259,7 +357,7 @@ mod tests {
                 reduction,
                 ..Default::default()
             };
-            let out = mosic_loss(student.clone(), teacher.clone(), vis, &cfg);
+            let out = mosic_loss(student.clone(), teacher.clone(), vis, None, &cfg);
             assert_eq!(
                 out.targets.into_data().iter::<i64>().collect::<Vec<_>>(),
                 [0, 1]
@@ -270,7 +368,7 @@ mod tests {
             assert!((h - 2f64.ln()).abs() < 1e-6);
         }
         let nothing = Tensor::<Inner, 3>::zeros([1, 2, 1], &dev);
-        let out = mosic_loss(student, teacher, nothing, &LossConfig::default());
+        let out = mosic_loss(student, teacher, nothing, None, &LossConfig::default());
         assert_eq!(out.loss.into_scalar(), 0.0);
     }
 
@@ -301,21 +399,21 @@ mod tests {
             let xy: Vec<[f32; 2]> = (0..t)
                 .map(|f| [centre(object(f).1) + off, centre(object(f).0) - off])
                 .collect();
-            let pts = Tensor::<B, 4>::from_data(TensorData::new(xy.concat(), [1, t, 1, 2]), &dev);
-            let swapped = pts.clone().flip([3]);
+            let pts = xy.clone();
+            let swapped: Vec<[f32; 2]> = xy.iter().map(|p| [p[1], p[0]]).collect();
             for mode in [Sampling::Nearest, Sampling::Bilinear] {
                 let got = vec(sample_points(
                     feats.clone(),
                     (h, w),
                     patch,
-                    pts.clone(),
+                    &pts,
                     mode,
                 ));
                 let away = vec(sample_points(
                     feats.clone(),
                     (h, w),
                     patch,
-                    swapped.clone(),
+                    &swapped,
                     mode,
                 ));
                 for (f, [x, y]) in xy.iter().copied().enumerate() {
@@ -353,15 +451,14 @@ mod tests {
         let dev = Default::default();
         let (h, w, patch) = (3usize, 5usize, 16.0f32);
         let feats = Tensor::<Inner, 4>::random([2, 2, h * w, 4], Distribution::Default, &dev);
-        let pts: Vec<f32> = (0..2 * 2 * h * w)
-            .flat_map(|i| {
+        let pts: Vec<[f32; 2]> = (0..2 * 2 * h * w)
+            .map(|i| {
                 let (r, c) = ((i % (h * w)) / w, i % w);
                 [c as f32 * patch + 7.5, r as f32 * patch + 7.5]
             })
             .collect();
-        let pts = Tensor::<Inner, 4>::from_data(TensorData::new(pts, [2, 2, h * w, 2]), &dev);
-        let near = sample_points(feats.clone(), (h, w), patch, pts.clone(), Sampling::Nearest);
-        let bil = sample_points(feats.clone(), (h, w), patch, pts, Sampling::Bilinear);
+        let near = sample_points(feats.clone(), (h, w), patch, &pts, Sampling::Nearest);
+        let bil = sample_points(feats.clone(), (h, w), patch, &pts, Sampling::Bilinear);
         assert_eq!(max_abs_diff(near.clone(), feats), 0.0);
         assert!(max_abs_diff(near, bil) < 1e-6);
     }
@@ -373,9 +470,10 @@ mod tests {
         let dev = Default::default();
         let feats =
             Tensor::<B, 4>::random([1, 2, 12, 3], Distribution::Default, &dev).require_grad();
-        let pts = Tensor::<B, 4>::random([1, 2, 5, 2], Distribution::Uniform(-5.0, 60.0), &dev);
+        let mut rng = mosic::rng::SplitMix64::new(3);
+        let pts: Vec<[f32; 2]> = (0..10).map(|_| [rng.uniform(-5.0, 60.0) as f32, rng.uniform(-5.0, 60.0) as f32]).collect();
         for mode in [Sampling::Nearest, Sampling::Bilinear] {
-            let out = sample_points(feats.clone(), (3, 4), 14.0, pts.clone(), mode);
+            let out = sample_points(feats.clone(), (3, 4), 14.0, &pts, mode);
             let grads = out.sum().backward();
             let total = feats.grad(&grads).unwrap().sum().into_scalar();
             assert!((total - 2.0 * 5.0 * 3.0).abs() < 1e-4, "{mode:?}: {total}");
@@ -479,7 +577,7 @@ mod tests {
                 "student scores",
                 max_abs_diff(s_scores.clone(), g.tensor("student_scores")),
             );
-            let out = mosic_loss(s_scores, t_scores.clone(), vis.clone(), &cfg);
+            let out = mosic_loss(s_scores, t_scores.clone(), vis.clone(), None, &cfg);
             check(
                 "sinkhorn",
                 max_abs_diff(out.assignments.clone(), g.tensor("sinkhorn")),
@@ -522,12 +620,12 @@ mod tests {
 
         let (h, w, patch) = (g.usize("grid_h"), g.usize("grid_w"), g.f32("patch"));
         let feats: Tensor<Inner, 4> = g.tensor("sample_feats");
-        let pts: Tensor<Inner, 4> = g.tensor("sample_points");
+        let pts: Vec<[f32; 2]> = vec(g.tensor::<Inner, 4>("sample_points")).chunks(2).map(|p| [p[0], p[1]]).collect();
         for (name, mode) in [
             ("nearest", Sampling::Nearest),
             ("bilinear", Sampling::Bilinear),
         ] {
-            let got = sample_points(feats.clone(), (h, w), patch, pts.clone(), mode);
+            let got = sample_points(feats.clone(), (h, w), patch, &pts, mode);
             check(
                 &format!("sample_points {name}"),
                 max_abs_diff(got, g.tensor(&format!("sampled_{name}"))),

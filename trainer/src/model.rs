@@ -19,7 +19,7 @@ use burn::module::{Module, Param};
 use burn::nn::{LayerNorm, LayerNormConfig, Linear};
 use burn::tensor::activation::{silu, softmax};
 use burn::tensor::backend::Backend;
-use burn::tensor::{Bool, Tensor, TensorData};
+use burn::tensor::{Bool, Int, Tensor, TensorData};
 use mosic::rng::SplitMix64;
 
 // ---------------------------------------------------------------------------------------------
@@ -354,6 +354,17 @@ pub struct Vit<B: Backend> {
     pub norm: LayerNorm<B>,
     #[module(skip)]
     pub cfg: VitConfig,
+    /// The position embedding as the weights file holds it; while it is not trained, every
+    /// input size resamples from it, exactly as timm does when it loads the file.
+    #[module(skip)]
+    pub source_pos_embed: Option<SourcePosEmbed>,
+}
+
+/// A position embedding before resampling: `[1, prefix slots + grid^2, D]` row-major.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SourcePosEmbed {
+    pub shape: Vec<usize>,
+    pub data: Vec<f32>,
 }
 
 /// A tensor on the host: shape and row-major f32 values.
@@ -391,6 +402,8 @@ pub struct LoadReport {
     /// The pos_embed grid found in the file when it differed from the run grid.
     pub resampled_from: Option<usize>,
     pub mask_token_loaded: bool,
+    /// The file's pos_embed before resampling.
+    pub source_pos_embed: Option<SourcePosEmbed>,
 }
 
 impl LoadReport {
@@ -496,7 +509,8 @@ impl<B: Backend> Vit<B> {
         };
         let (map, report) =
             to_timm_names(cfg, raw).map_err(|e| anyhow!("{}: {e}", path.display()))?;
-        let model = Self::from_timm(cfg, map, device);
+        let mut model = Self::from_timm(cfg, map, device);
+        model.source_pos_embed = report.source_pos_embed.clone();
         Ok((model, report))
     }
 
@@ -586,6 +600,7 @@ impl<B: Backend> Vit<B> {
             blocks,
             norm,
             cfg: cfg.clone(),
+            source_pos_embed: None,
         }
     }
 
@@ -594,7 +609,8 @@ impl<B: Backend> Vit<B> {
     }
 
     /// The same weights for another input size: pos_embed is resampled (bicubic, antialiased,
-    /// as timm does on load), everything else is kept.
+    /// as timm does on load) from [`Vit::source_pos_embed`] when there is one, else from the
+    /// current grid; everything else is kept.
     pub fn with_img_size(self, img_size: usize) -> Result<Self> {
         if img_size == self.cfg.img_size {
             return Ok(self);
@@ -603,10 +619,33 @@ impl<B: Backend> Vit<B> {
         let device = self.pos_embed.val().device();
         let mut raw: HashMap<String, HostTensor> =
             self.timm_tensors().into_iter().map(|(n, s, v)| (n, HostTensor::new(s, v))).collect();
+        if let Some(src) = &self.source_pos_embed {
+            raw.insert("pos_embed".into(), HostTensor::new(src.shape.clone(), src.data.clone()));
+        }
         let mask: Vec<f32> = self.mask_token.val().into_data().convert::<f32>().into_vec().expect("f32 data");
         raw.insert("mask_token".into(), HostTensor::new(vec![1, cfg.embed_dim], mask));
         let (map, _) = to_timm_names(&cfg, raw).map_err(|e| anyhow!("resizing to {img_size}: {e}"))?;
-        Ok(Self::from_timm(&cfg, map, &device))
+        let mut out = Self::from_timm(&cfg, map, &device);
+        out.source_pos_embed = self.source_pos_embed;
+        Ok(out)
+    }
+
+    /// The embedded tokens `[B, prefix + grid^2, D]` of [`Vit::embed`] with only the patches
+    /// each image keeps: `[B, prefix + K, D]`, prefix first, then `keep[b]` (K ascending patch
+    /// indices per image), as timm's patch dropout after the position embedding.
+    pub fn keep_patches(&self, x: Tensor<B, 3>, keep: &[Vec<usize>]) -> Tensor<B, 3> {
+        let [b, n, d] = x.dims();
+        assert_eq!(keep.len(), b, "one keep list per image");
+        let p = self.cfg.num_prefix_tokens();
+        let k = keep[0].len();
+        let mut rows = Vec::with_capacity(b * (p + k));
+        for (i, kept) in keep.iter().enumerate() {
+            assert_eq!(kept.len(), k, "every image keeps as many patches");
+            rows.extend((0..p).map(|j| (i * n + j) as i64));
+            rows.extend(kept.iter().map(|&j| (i * n + p + j) as i64));
+        }
+        let idx = Tensor::<B, 1, Int>::from_data(TensorData::new(rows, [b * (p + k)]), &x.device());
+        x.reshape([b * n, d]).select(0, idx).reshape([b, p + k, d])
     }
 
     /// Tokens `[B, prefix + grid*grid, D]` (cls, registers, patches) with position embeddings.
@@ -831,6 +870,7 @@ fn to_timm_names(
                     if s != cfg.grid() {
                         report.resampled_from = Some(s);
                     }
+                    report.source_pos_embed = Some(SourcePosEmbed { shape: t.shape.clone(), data: t.data.clone() });
                     out.insert(name, resample_pos_embed(&t, pre, s, cfg.grid()));
                 }
                 None => misshaped.push(format!(
@@ -1749,6 +1789,19 @@ mod tests {
                     case.case
                 );
                 assert!(diff < 1e-4, "{} masked: max abs diff {diff}", case.case);
+            }
+
+            if let Some(keep) = expected.get("keep") {
+                // timm's forward_features with patch dropout after the position embedding.
+                let k = keep.shape[1];
+                let keep: Vec<Vec<usize>> = keep.data.chunks(k).map(|r| r.iter().map(|&v| v as usize).collect()).collect();
+                let x = model.keep_patches(model.embed(to_tensor(&img), None), &keep);
+                let (shape, got) = host3(model.patch_tokens(model.blocks(x, 0..model.blocks.len())));
+                let want = &expected["tokens_dropped"];
+                assert_eq!(shape, want.shape, "{} dropped", case.case);
+                let diff = max_abs_diff(&got, &want.data);
+                println!("{:<22} dropped patches: max abs diff vs timm: {diff:.3e}", case.case);
+                assert!(diff < 1e-4, "{} dropped: max abs diff {diff}", case.case);
             }
 
             // What load_state_dict(strict=True) in timm needs: same names, same order, same shapes.

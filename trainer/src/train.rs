@@ -1,18 +1,18 @@
 //! The training loop: student and EMA teacher, one MoSiC step per batch, checkpoints that
 //! resume exactly, metrics, and the step benchmark.
 
-use crate::config::{Motion, TrainConfig};
-use crate::validate::ValSet;
+use crate::config::{Masking, Motion, ObjectiveConfig, Trainable, TrainConfig};
 use crate::head::{ProjectionHead, Prototypes};
 use crate::loader::{Batch, Loader, LoaderState};
-use crate::loss::{mosic_loss, sample_points};
-use crate::model::{Vit, VitConfig};
+use crate::loss::{gather_points, mosic_loss, patch_of, point_taps, PointTaps, SinkhornRows};
+use crate::model::{SourcePosEmbed, Vit, VitConfig};
 use crate::params::{self, AdamW};
+use crate::validate::ValSet;
 use anyhow::{bail, Context, Result};
-use burn::module::{AutodiffModule, Module};
+use burn::module::{AutodiffModule, Module, Param};
 use burn::optim::GradientsParams;
 use burn::tensor::backend::{AutodiffBackend, Backend};
-use burn::tensor::{Bool, ElementConversion, Tensor, TensorData};
+use burn::tensor::{ElementConversion, Int, Tensor, TensorData};
 use mosic::rng::SplitMix64;
 use serde::{Deserialize, Serialize};
 use std::io::Write;
@@ -35,11 +35,24 @@ pub struct StepStats {
     pub lr: f64,
     pub lr_backbone: f64,
     pub grad_norm: f64,
+    /// Share of the selected points' entries (B x T x selected) that are visible in the crop.
     pub visible: f64,
+    /// Share of those entries that count in the loss (visible, and kept by the masking rule).
+    #[serde(default)]
+    pub in_loss: f64,
+    /// Share of the crop-grid positions that hold a stored point (1 unless the grid is coarse).
+    #[serde(default = "one")]
+    pub filled: f64,
     pub usage_entropy: f64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seconds: Option<f64>,
     /// Validation mIoU by protocol, on the steps where it ran.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub validation: Option<std::collections::BTreeMap<String, f64>>,
+}
+
+fn one() -> f64 {
+    1.0
 }
 
 /// What a checkpoint holds besides tensors.
@@ -48,6 +61,95 @@ pub struct CheckpointState {
     /// Steps completed.
     pub step: u64,
     pub loader: LoaderState,
+}
+
+/// What one step needs from its batch besides the images, worked out on the host: where the
+/// teacher and the student read each point, each entry's loss weight and the Sinkhorn rows.
+#[derive(Clone, Debug)]
+pub struct StepInputs {
+    /// Patches each clip's student keeps (drop masking), ascending.
+    pub keep: Option<Vec<Vec<usize>>>,
+    /// `[B * grid^2]`, 1 where the student's patch is replaced by the mask token (token masking).
+    pub token_mask: Option<Vec<i32>>,
+    /// `B*T*N` points over the teacher's `[B*T*grid^2, D]` tokens.
+    pub teacher: PointTaps,
+    /// `B*N` frame-0 points over the student's `[B*L, D]` tokens (L kept patches or all).
+    pub student: PointTaps,
+    /// `[B, T, N]`.
+    pub weights: Vec<f32>,
+    /// `[B*T*N]`, 1 for the teacher rows Sinkhorn balances.
+    pub rows: Vec<f32>,
+    pub visible: f64,
+    pub in_loss: f64,
+}
+
+impl StepInputs {
+    /// `masked[b]`: the patches hidden from clip b's student (same in every frame), or None
+    /// without masking. Entries get weight `visibility`, and with drop masking only where the
+    /// point's frame-0 patch (the student's feature of it) and its frame-t patch (the released
+    /// code's `not_zero_rows`) were both kept.
+    pub fn new(batch: &Batch, obj: &ObjectiveConfig, grid: usize, patch: f32, masked: Option<&[Vec<usize>]>) -> Self {
+        let (b, t, n) = (batch.clips, batch.frames, batch.points);
+        let hw = grid * grid;
+        let (mut tracks, mut vis, mut inside) = (batch.tracks.clone(), batch.visibility.clone(), batch.inside.clone());
+        if obj.motion == Motion::Identity {
+            // No-motion ablation: every frame repeats frame 0's positions, visibility and crop test.
+            for c in 0..b {
+                for f in 1..t {
+                    tracks.copy_within(c * t * n * 2..(c * t + 1) * n * 2, (c * t + f) * n * 2);
+                    vis.copy_within(c * t * n..(c * t + 1) * n, (c * t + f) * n);
+                    inside.copy_within(c * t * n..(c * t + 1) * n, (c * t + f) * n);
+                }
+            }
+        }
+        let pts: Vec<[f32; 2]> = tracks.chunks_exact(2).map(|p| [p[0], p[1]]).collect();
+        let g = (grid, grid);
+        let teacher = point_taps(&pts, g, patch, obj.teacher_sampling, |m, p| Some(m / n * hw + p));
+
+        let drop = masked.filter(|_| obj.masking == Masking::Drop);
+        let keep: Option<Vec<Vec<usize>>> =
+            drop.map(|m| m.iter().map(|hidden| (0..hw).filter(|p| !hidden.contains(p)).collect()).collect());
+        let kept = |c: usize, p: usize| keep.as_ref().is_none_or(|k| k[c].binary_search(&p).is_ok());
+        let first: Vec<[f32; 2]> = (0..b).flat_map(|c| pts[c * t * n..c * t * n + n].iter().copied()).collect();
+        let student = match &keep {
+            Some(k) => {
+                let l = k[0].len();
+                point_taps(&first, g, patch, obj.student_sampling, |m, p| k[m / n].binary_search(&p).ok().map(|r| m / n * l + r))
+            }
+            None => point_taps(&first, g, patch, obj.student_sampling, |m, p| Some(m / n * hw + p)),
+        };
+        let token_mask = masked.filter(|_| obj.masking == Masking::Token).map(|m| {
+            let mut flags = vec![0i32; b * hw];
+            for (c, hidden) in m.iter().enumerate() {
+                hidden.iter().for_each(|&p| flags[c * hw + p] = 1);
+            }
+            flags
+        });
+
+        let flat = |(r, c): (usize, usize)| r * grid + c;
+        let mut weights = vis.clone();
+        if keep.is_some() {
+            for c in 0..b {
+                for i in 0..n {
+                    let own = kept(c, flat(patch_of(pts[c * t * n + i], g, patch)));
+                    for f in 0..t {
+                        let e = (c * t + f) * n + i;
+                        if !(own && kept(c, flat(patch_of(pts[e], g, patch)))) {
+                            weights[e] = 0.0;
+                        }
+                    }
+                }
+            }
+        }
+        let rows = match obj.sinkhorn_rows {
+            SinkhornRows::InCrop => inside.clone(),
+            SinkhornRows::All => (0..b * t * n).map(|e| inside[(e / (t * n)) * t * n + e % n]).collect(),
+        };
+        let selected: f32 = (0..b).map(|c| inside[c * t * n..][..n].iter().sum::<f32>()).sum::<f32>() * t as f32;
+        let share = |v: &[f32]| v.iter().sum::<f32>() as f64 / selected.max(1.0) as f64;
+        let (visible, in_loss) = (share(&vis), share(&weights));
+        Self { keep, token_mask, teacher, student, weights, rows, visible, in_loss }
+    }
 }
 
 pub struct Trainer<B: AutodiffBackend> {
@@ -61,25 +163,32 @@ pub struct Trainer<B: AutodiffBackend> {
     frozen: usize,
     /// Steps completed.
     pub step: u64,
+    /// Steps of the whole run (the learning-rate schedule's length).
+    pub total_steps: u64,
 }
 
 impl<B: AutodiffBackend> Trainer<B> {
     pub fn new(cfg: &TrainConfig, device: &B::Device) -> Result<Self> {
         let vit = VitConfig::preset(&cfg.model.preset, cfg.model.img_size)?;
         B::seed(device, cfg.run.seed);
-        let backbone = if cfg.model.weights.as_os_str().is_empty() {
+        let mut backbone = if cfg.model.weights.as_os_str().is_empty() {
             Vit::new_seeded(&vit, cfg.run.seed, device)
         } else {
             Vit::load(&vit, &cfg.model.weights, device)?
         };
+        // The mask-token variant starts from zeros whatever the weights file holds, so one
+        // config trains one objective.
+        backbone.mask_token = Param::from_tensor(Tensor::zeros([1, vit.embed_dim], device));
+        let trainable = cfg.model.trainable_blocks;
+        if trainable.trains_pos_embed() {
+            // A trained embedding is resampled from what it became, not from the file.
+            backbone.source_pos_embed = None;
+        }
         let head_cfg = cfg.head_config(vit.embed_dim);
-        let depth = vit.depth;
-        let n = cfg.model.trainable_blocks;
-        let frozen = if n == 0 || n >= depth { 0 } else { depth - n };
-        let all = frozen == 0;
+        let frozen = trainable.frozen_blocks(vit.depth);
         let student = MosicModel { backbone, head: head_cfg.init_head(device), prototypes: head_cfg.init_prototypes(device) };
         let student = params::freeze(student, |p: &str| {
-            if p.starts_with("head.") || p.starts_with("prototypes.") || (all && p.starts_with("backbone.")) {
+            if p.starts_with("head.") || p.starts_with("prototypes.") || (trainable == Trainable::All && p.starts_with("backbone.")) {
                 return true;
             }
             p.strip_prefix("backbone.blocks.")
@@ -98,13 +207,19 @@ impl<B: AutodiffBackend> Trainer<B> {
             device: device.clone(),
             frozen,
             step: 0,
+            total_steps: cfg.run.steps.unwrap_or(1).max(1),
         })
+    }
+
+    /// Blocks the student trains (counted from the end).
+    pub fn trainable_blocks(&self) -> usize {
+        self.vit.depth - self.frozen
     }
 
     /// (head lr, backbone lr) at a step: linear warm-up, then cosine decay to 0.
     pub fn lr_at(&self, step: u64) -> (f64, f64) {
         let o = &self.cfg.optim;
-        let total = self.cfg.run.steps.max(1);
+        let total = self.total_steps.max(1);
         let f = if step < o.warmup_steps {
             (step + 1) as f64 / o.warmup_steps as f64
         } else {
@@ -115,25 +230,26 @@ impl<B: AutodiffBackend> Trainer<B> {
         (o.lr * f, o.lr * o.backbone_lr_scale * f)
     }
 
-    fn mask(&self, clips: usize) -> Option<Tensor<B, 2, Bool>> {
-        let ratio = self.cfg.objective.mask_ratio;
+    /// The patches hidden from each clip's student this step: floor(ratio x patches) of them
+    /// (as the released code counts), drawn from the seed, the step and the clip only.
+    pub fn draw_mask(&self, clips: usize) -> Option<Vec<Vec<usize>>> {
         let hw = self.vit.num_patches();
-        let k = (ratio as f64 * hw as f64).round() as usize;
+        let k = (self.cfg.objective.mask_ratio as f64 * hw as f64).floor() as usize;
         if k == 0 {
             return None;
         }
-        // Built as integers: not every backend can take booleans from host data.
-        let mut flags = vec![0i32; clips * hw];
-        for b in 0..clips {
-            // One stream per (step, clip): the mask does not depend on anything but the seed.
-            let mut rng = SplitMix64::stream(self.cfg.run.seed ^ 0x6d61_736b, self.step * 4096 + b as u64);
-            let mut idx: Vec<usize> = (0..hw).collect();
-            rng.shuffle(&mut idx);
-            for &i in &idx[..k] {
-                flags[b * hw + i] = 1;
-            }
-        }
-        Some(Tensor::<B, 2, burn::tensor::Int>::from_data(TensorData::new(flags, [clips, hw]), &self.device).equal_elem(1))
+        Some(
+            (0..clips)
+                .map(|b| {
+                    let mut rng = SplitMix64::stream(self.cfg.run.seed ^ 0x6d61_736b, self.step * 4096 + b as u64);
+                    let mut idx: Vec<usize> = (0..hw).collect();
+                    rng.shuffle(&mut idx);
+                    let mut hidden = idx[..k].to_vec();
+                    hidden.sort_unstable();
+                    hidden
+                })
+                .collect(),
+        )
     }
 
     /// One optimisation step on a batch. Errors on a non-finite loss, before any update.
@@ -145,61 +261,65 @@ impl<B: AutodiffBackend> Trainer<B> {
         }
         let (g, d, depth) = (self.vit.grid(), self.vit.embed_dim, self.vit.depth);
         let (hw, patch) = (g * g, self.vit.patch_size as f32);
-        let obj = &self.cfg.objective;
+        let obj = self.cfg.objective.clone();
+        let masked = self.draw_mask(bsz);
+        let inputs = StepInputs::new(batch, &obj, g, patch, masked.as_deref());
         type I<B> = <B as AutodiffBackend>::InnerBackend;
         let images = Tensor::<I<B>, 4>::from_data(TensorData::new(batch.images.clone(), [bsz * t, 3, s, s]), dev);
-        let (mut track_data, mut vis_data) = (batch.tracks.clone(), batch.visibility.clone());
-        if obj.motion == Motion::Identity {
-            // No-motion ablation: every frame repeats frame 0's positions and visibility.
-            for b in 0..bsz {
-                for f in 1..t {
-                    track_data.copy_within(b * t * n * 2..(b * t + 1) * n * 2, (b * t + f) * n * 2);
-                    vis_data.copy_within(b * t * n..(b * t + 1) * n, (b * t + f) * n);
-                }
-            }
-        }
-        let tracks = Tensor::<I<B>, 4>::from_data(TensorData::new(track_data, [bsz, t, n, 2]), dev);
-        let vis = Tensor::<I<B>, 3>::from_data(TensorData::new(vis_data, [bsz, t, n]), dev);
 
         // Prototypes are unit vectors at the start of every step, in both copies.
         self.student.prototypes = self.student.prototypes.normalized();
         self.teacher.prototypes = self.teacher.prototypes.normalized();
         let (student, teacher) = (&self.student, &self.teacher);
+        let k = student.prototypes.num_prototypes();
 
         // Teacher: every frame, unmasked, features at the tracked positions.
-        let x = teacher.backbone.embed(images.clone(), None);
-        let prefix = teacher.backbone.blocks(x, 0..self.frozen);
-        let tokens = teacher.backbone.patch_tokens(teacher.backbone.blocks(prefix.clone(), self.frozen..depth));
-        let tf = sample_points(tokens.reshape([bsz, t, hw, d]), (g, g), patch, tracks.clone(), obj.teacher_sampling);
-        let teacher_scores = teacher.prototypes.scores(teacher.head.forward(tf));
+        let tb = &teacher.backbone;
+        let prefix = tb.blocks(tb.embed(images.clone(), None), 0..self.frozen);
+        let tokens = tb.patch_tokens(tb.blocks(prefix.clone(), self.frozen..depth));
+        let tf = gather_points(tokens.reshape([bsz * t * hw, d]), &inputs.teacher);
+        let teacher_scores = teacher.prototypes.scores(teacher.head.forward(tf)).reshape([bsz, t, n, k]);
 
         // Student: frame 0 only (its prediction is compared with every frame's target).
-        let mask = self.mask(bsz);
-        let x = match mask {
-            None if self.frozen > 0 => {
-                // Frozen blocks compute the same thing for both; reuse the teacher's frame 0.
-                let len = prefix.dims()[1];
-                Tensor::from_inner(prefix.reshape([bsz, t, len, d]).narrow(1, 0, 1).reshape([bsz, len, d]))
-            }
-            mask => {
-                let first = images.reshape([bsz, t, 3 * s * s]).narrow(1, 0, 1).reshape([bsz, 3, s, s]);
-                let x = student.backbone.embed(Tensor::from_inner(first), mask);
-                student.backbone.blocks(x, 0..self.frozen)
-            }
+        let first = || images.clone().reshape([bsz, t, 3 * s * s]).narrow(1, 0, 1).reshape([bsz, 3, s, s]);
+        let token_mask = inputs
+            .token_mask
+            .as_ref()
+            .map(|f| Tensor::<I<B>, 2, Int>::from_data(TensorData::new(f.clone(), [bsz, hw]), dev).equal_elem(1));
+        let x = if self.frozen > 0 {
+            // The embedding and the first blocks are frozen, equal in both copies: computed
+            // once, without autodiff.
+            let x = match (&inputs.keep, token_mask) {
+                (Some(keep), _) => tb.blocks(tb.keep_patches(tb.embed(first(), None), keep), 0..self.frozen),
+                (None, Some(mask)) => tb.blocks(tb.embed(first(), Some(mask)), 0..self.frozen),
+                (None, None) => {
+                    let len = prefix.dims()[1];
+                    prefix.reshape([bsz, t, len, d]).narrow(1, 0, 1).reshape([bsz, len, d])
+                }
+            };
+            student.backbone.blocks(Tensor::from_inner(x), self.frozen..depth)
+        } else {
+            let sb = &student.backbone;
+            let x = sb.embed(Tensor::from_inner(first()), token_mask.map(Tensor::from_inner));
+            let x = match &inputs.keep {
+                Some(keep) => sb.keep_patches(x, keep),
+                None => x,
+            };
+            sb.blocks(x, 0..depth)
         };
-        let tokens = student.backbone.patch_tokens(student.backbone.blocks(x, self.frozen..depth));
-        let points0 = Tensor::from_inner(tracks.narrow(1, 0, 1));
-        let sf = sample_points(tokens.reshape([bsz, 1, hw, d]), (g, g), patch, points0, obj.student_sampling);
-        let k = student.prototypes.num_prototypes();
+        let tokens = student.backbone.patch_tokens(x);
+        let l = tokens.dims()[1];
+        let sf = gather_points(tokens.reshape([bsz * l, d]), &inputs.student);
         let student_scores = student.prototypes.scores(student.head.forward(sf)).reshape([bsz, n, k]);
 
-        let out = mosic_loss(student_scores, Tensor::from_inner(teacher_scores), Tensor::from_inner(vis), &self.cfg.loss_config());
+        let weights = Tensor::<B, 3>::from_data(TensorData::new(inputs.weights.clone(), [bsz, t, n]), dev);
+        let rows = Tensor::<B, 1>::from_data(TensorData::new(inputs.rows.clone(), [bsz * t * n]), dev);
+        let out = mosic_loss(student_scores, Tensor::from_inner(teacher_scores), weights, Some(rows), &self.cfg.loss_config());
         let loss: f64 = out.loss.clone().into_scalar().elem();
         let step = self.step;
         if !loss.is_finite() {
             bail!(NonFiniteLoss { step: step + 1, loss });
         }
-        let visible: f64 = out.visible_fraction.into_scalar().elem();
         let usage_entropy: f64 = out.usage_entropy.into_scalar().elem();
         let grads = GradientsParams::from_grads(out.loss.backward(), &self.student);
         let grad_norm = params::grad_norm(&self.student, &grads);
@@ -210,7 +330,24 @@ impl<B: AutodiffBackend> Trainer<B> {
         self.student = self.opt.step(self.student.clone(), &grads, lr_backbone, lr, scale);
         self.teacher = params::ema_update::<B, _, _>(self.teacher.clone(), &self.student, ema);
         self.step += 1;
-        Ok(StepStats { step: self.step, loss, lr, lr_backbone, grad_norm, visible, usage_entropy, validation: None })
+        Ok(StepStats {
+            step: self.step,
+            loss,
+            lr,
+            lr_backbone,
+            grad_norm,
+            visible: inputs.visible,
+            in_loss: inputs.in_loss,
+            filled: batch.filled(),
+            usage_entropy,
+            seconds: None,
+            validation: None,
+        })
+    }
+
+    /// The position embedding every input size is resampled from, while it is not trained.
+    pub fn source_pos_embed(&self) -> Option<&SourcePosEmbed> {
+        self.teacher.backbone.source_pos_embed.as_ref()
     }
 
     /// Writes `dir/step-XXXXXXXX` atomically (temporary folder, then rename).
@@ -274,6 +411,22 @@ pub fn checkpoints(run: &Path) -> Vec<PathBuf> {
     v
 }
 
+/// Where a run keeps the position embedding its backbone resamples from (while it is frozen).
+pub fn source_pos_embed_path(run: &Path) -> PathBuf {
+    run.join("pos_embed_source.safetensors")
+}
+
+/// The run's source position embedding, if it has one (see [`source_pos_embed_path`]).
+pub fn load_source_pos_embed(run: &Path) -> Result<Option<SourcePosEmbed>> {
+    let p = source_pos_embed_path(run);
+    if !p.is_file() {
+        return Ok(None);
+    }
+    let mut t = params::load_safetensors(&p)?;
+    let (shape, data) = t.remove("pos_embed").with_context(|| format!("{}: no 'pos_embed' tensor", p.display()))?;
+    Ok(Some(SourcePosEmbed { shape, data }))
+}
+
 #[derive(Debug, Serialize)]
 pub struct Summary {
     pub steps: u64,
@@ -295,7 +448,6 @@ pub fn train<B: AutodiffBackend>(
     device: &B::Device,
     log: &dyn Fn(&str),
 ) -> Result<Summary> {
-    std::fs::create_dir_all(run).with_context(|| format!("cannot create {}", run.display()))?;
     let config_path = run.join("config.toml");
     let text = cfg.to_toml();
     if resume {
@@ -307,7 +459,6 @@ pub fn train<B: AutodiffBackend>(
     } else if !checkpoints(run).is_empty() {
         bail!("{} already holds checkpoints; pass --resume to continue it or choose another run directory", run.display());
     }
-    mosic::fsutil::write_atomic(&config_path, text.as_bytes())?;
 
     let mut trainer = Trainer::<B>::new(cfg, device)?;
     let mut loader_state = LoaderState::default();
@@ -320,40 +471,62 @@ pub fn train<B: AutodiffBackend>(
             last_ckpt = Some(c);
         }
     }
-    let metrics_path = run.join("metrics.jsonl");
-    let mut history = read_metrics(&metrics_path, trainer.step)?;
-    rewrite_metrics(&metrics_path, &history)?;
-
     let mut loader = Loader::open(&cfg.data.shards, cfg.loader_config(), loader_state)?;
-    let spec = loader.spec().clone();
-    log(&format!(
-        "training {} ({} blocks, last {} trainable) on {} ({} clips/epoch, {} frames x {} points), batch {}, {} steps",
-        cfg.model.preset,
-        trainer.vit.depth,
-        trainer.vit.depth - trainer.frozen,
-        cfg.data.shards.display(),
-        loader.clips_per_epoch(),
-        spec.frames_per_clip,
-        spec.num_points(),
-        cfg.data.batch_size,
-        cfg.run.steps
-    ));
+    for note in loader.notes() {
+        log(&format!("note: {}: {note}", cfg.data.shards.display()));
+    }
+    let per_epoch = loader.batches_per_epoch();
+    trainer.total_steps = cfg.total_steps(per_epoch);
+    let total = trainer.total_steps;
     let val_cfg = &cfg.validation;
     let val_set = if val_cfg.every > 0 {
-        let set = ValSet::load(val_cfg).with_context(|| format!("validation set {}", val_cfg.data.display()))?;
-        log(&format!("validation every {} steps on {} ({})", val_cfg.every, val_cfg.data.display(), set.describe()));
-        Some(set)
+        Some(ValSet::load(val_cfg).with_context(|| format!("validation set {}", val_cfg.data.display()))?)
     } else {
         None
     };
+    // Everything is checked; from here on the run writes.
+    std::fs::create_dir_all(run).with_context(|| format!("cannot create {}", run.display()))?;
+    mosic::fsutil::write_atomic(&config_path, text.as_bytes())?;
+    if let Some(src) = trainer.source_pos_embed() {
+        let tensors = [("pos_embed".to_string(), (src.shape.clone(), src.data.clone()))].into_iter().collect();
+        params::save_safetensors(&source_pos_embed_path(run), &tensors)?;
+    }
+    let spec = loader.spec().clone();
+    let schedule = match cfg.run.steps {
+        Some(s) => format!("{s} steps (run.steps; {:.2} epochs)", s as f64 / per_epoch as f64),
+        None => format!("{} epochs x {per_epoch} steps = {total} steps", cfg.run.epochs),
+    };
+    log(&format!(
+        "training {} ({} blocks, last {} trainable) on {}: {} videos, {} clips/epoch ({} per video), {} frames, {}x{} grid in each \
+         crop from a stored {}x{} grid; batch {}, {schedule}",
+        cfg.model.preset,
+        trainer.vit.depth,
+        trainer.trainable_blocks(),
+        cfg.data.shards.display(),
+        loader.videos(),
+        loader.clips_per_epoch(),
+        if cfg.data.clips_per_video == 0 { "all".to_string() } else { cfg.data.clips_per_video.to_string() },
+        spec.frames_per_clip,
+        cfg.data.grid_size,
+        cfg.data.grid_size,
+        spec.grid_size,
+        spec.grid_size,
+        cfg.data.batch_size,
+    ));
+    if let Some(set) = &val_set {
+        log(&format!("validation every {} steps on {} ({})", val_cfg.every, val_cfg.data.display(), set.describe()));
+    }
+    let metrics_path = run.join("metrics.jsonl");
+    let mut history = read_metrics(&metrics_path, trainer.step)?;
+    rewrite_metrics(&metrics_path, &history)?;
     let mut metrics = std::fs::OpenOptions::new().append(true).create(true).open(&metrics_path)?;
     let start = Instant::now();
     let first_step = trainer.step;
-    let end = stop_after.unwrap_or(cfg.run.steps).min(cfg.run.steps);
+    let end = stop_after.unwrap_or(total).min(total);
     while trainer.step < end {
         let batch = loader.next_batch()?;
         let t0 = Instant::now();
-        let stats = match trainer.step(&batch) {
+        let mut stats = match trainer.step(&batch) {
             Ok(s) => s,
             Err(e) => {
                 plot_history(run, &history);
@@ -365,9 +538,9 @@ pub fn train<B: AutodiffBackend>(
             }
         };
         let secs = t0.elapsed().as_secs_f64();
-        let mut stats = stats;
+        stats.seconds = Some(secs);
         if let Some(set) = &val_set {
-            if stats.step % val_cfg.every == 0 || stats.step == cfg.run.steps {
+            if stats.step % val_cfg.every == 0 || stats.step == total {
                 let size = if val_cfg.img_size == 0 { cfg.model.img_size } else { val_cfg.img_size };
                 let vit = trainer.teacher.backbone.clone().with_img_size(size)?;
                 let v = set.evaluate(&vit, val_cfg.overclustering, cfg.data.batch_size.max(8));
@@ -376,25 +549,22 @@ pub fn train<B: AutodiffBackend>(
                 stats.validation = Some(v);
             }
         }
-        let mut line = serde_json::to_value(&stats)?;
-        line["seconds"] = serde_json::json!(secs);
-        line["clips_per_second"] = serde_json::json!(batch.clips as f64 / secs);
-        writeln!(metrics, "{line}")?;
+        writeln!(metrics, "{}", serde_json::to_string(&stats)?)?;
         history.push(stats.clone());
-        if stats.step % cfg.run.log_every.max(1) == 0 || stats.step == cfg.run.steps {
+        if stats.step % cfg.run.log_every == 0 || stats.step == total {
             log(&format!(
-                "step {:>6}/{}  loss {:.4}  lr {:.2e}  grad {:.3}  visible {:.2}  usage {:.2}  {:.1} clips/s",
+                "step {:>6}/{total}  loss {:.4}  lr {:.2e}  grad {:.3}  visible {:.2}  in loss {:.2}  usage {:.2}  {:.1} clips/s",
                 stats.step,
-                cfg.run.steps,
                 stats.loss,
                 stats.lr,
                 stats.grad_norm,
                 stats.visible,
+                stats.in_loss,
                 stats.usage_entropy,
                 batch.clips as f64 / secs
             ));
         }
-        if stats.step % cfg.run.checkpoint_every.max(1) == 0 || stats.step == end {
+        if stats.step % cfg.run.checkpoint_every == 0 || stats.step == end {
             metrics.flush()?;
             last_ckpt = Some(trainer.save_checkpoint(&ckpt_dir, loader.state())?);
             prune_checkpoints(run, cfg.run.keep_checkpoints);
@@ -459,25 +629,41 @@ fn plot_history(run: &Path, history: &[StepStats]) {
     }
 }
 
-/// Writes the teacher backbone of a checkpoint as timm safetensors.
-pub fn export<B: Backend>(run: &Path, checkpoint: Option<&Path>, out: &Path, device: &B::Device) -> Result<PathBuf> {
-    let cfg: TrainConfig = toml::from_str(
-        &std::fs::read_to_string(run.join("config.toml")).with_context(|| format!("{}: no config.toml", run.display()))?,
-    )?;
+/// Writes the teacher backbone of a checkpoint as timm safetensors at `img_size` (None: the
+/// run's). While the run's position embedding is frozen it is resampled from the weights
+/// file's grid, as timm resamples the original checkpoint.
+pub fn export<B: Backend>(run: &Path, checkpoint: Option<&Path>, img_size: Option<usize>, out: &Path, device: &B::Device) -> Result<PathBuf> {
     let ckpt = match checkpoint {
         Some(c) => c.to_path_buf(),
         None => checkpoints(run).pop().with_context(|| format!("{} has no checkpoint", run.display()))?,
     };
-    let vit = VitConfig::preset(&cfg.model.preset, cfg.model.img_size)?;
-    let teacher = params::load_safetensors(&ckpt.join("teacher.safetensors"))?;
-    let backbone: std::collections::BTreeMap<_, _> =
-        teacher.into_iter().filter_map(|(k, v)| k.strip_prefix("backbone.").map(|r| (r.to_string(), v))).collect();
-    let model = params::assign(Vit::<B>::new_seeded(&vit, 0, device), &backbone, device, &ckpt.join("teacher.safetensors"))?;
+    let model = crate::features::load_backbone::<B>(
+        &crate::features::Weights::Run { dir: run.to_path_buf(), checkpoint: Some(ckpt.clone()), initial: false },
+        img_size,
+        device,
+    )?;
     model.save_safetensors(out)?;
     Ok(ckpt)
 }
 
-/// Clips/s of the training step on random batches of the configured shape.
+/// A batch of random clips of the configured shape: every point selected and inside the crop.
+pub fn random_batch(cfg: &TrainConfig, frames: usize, points: usize) -> Batch {
+    let (b, s) = (cfg.data.batch_size, cfg.model.img_size);
+    let mut rng = SplitMix64::new(cfg.run.seed);
+    Batch {
+        clips: b,
+        frames,
+        points,
+        size: s,
+        images: (0..b * frames * 3 * s * s).map(|_| rng.uniform(-2.0, 2.0) as f32).collect(),
+        tracks: (0..b * frames * points * 2).map(|_| rng.uniform(0.0, (s - 1) as f64) as f32).collect(),
+        visibility: (0..b * frames * points).map(|_| (rng.next_f64() < 0.8) as u8 as f32).collect(),
+        inside: vec![1.0; b * frames * points],
+        ids: vec![String::new(); b],
+    }
+}
+
+/// Seconds per training step and clips/s on random batches of the configured shape.
 pub fn bench<B: AutodiffBackend>(
     cfg: &TrainConfig,
     device: &B::Device,
@@ -487,18 +673,8 @@ pub fn bench<B: AutodiffBackend>(
     steps: usize,
 ) -> Result<(f64, f64)> {
     let mut trainer = Trainer::<B>::new(cfg, device)?;
-    let (b, s) = (cfg.data.batch_size, cfg.model.img_size);
-    let mut rng = SplitMix64::new(cfg.run.seed);
-    let batch = Batch {
-        clips: b,
-        frames,
-        points,
-        size: s,
-        images: (0..b * frames * 3 * s * s).map(|_| rng.uniform(-2.0, 2.0) as f32).collect(),
-        tracks: (0..b * frames * points * 2).map(|_| rng.uniform(0.0, (s - 1) as f64) as f32).collect(),
-        visibility: (0..b * frames * points).map(|_| (rng.next_f64() < 0.8) as u8 as f32).collect(),
-        ids: vec![String::new(); b],
-    };
+    trainer.total_steps = (warmup + steps) as u64;
+    let batch = random_batch(cfg, frames, points);
     for _ in 0..warmup {
         trainer.step(&batch)?; // allocation; kernel compilation and autotuning on GPUs
     }
@@ -507,5 +683,162 @@ pub fn bench<B: AutodiffBackend>(
         trainer.step(&batch)?;
     }
     let secs = t0.elapsed().as_secs_f64() / steps.max(1) as f64;
-    Ok((secs, b as f64 / secs))
+    Ok((secs, cfg.data.batch_size as f64 / secs))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Masking;
+    use crate::loader::{clip_points, select_points, Aug};
+    use crate::loss::{LossConfig, Sampling};
+    use burn::backend::{Autodiff, NdArray};
+    use burn::nn::Linear;
+    use std::collections::HashMap;
+
+    type Inner = NdArray<f32>;
+    type AB = Autodiff<Inner>;
+
+    /// Every tensor of a safetensors fixture as (shape, f32 values); int64 tensors converted.
+    fn fixture(name: &str) -> (HashMap<String, (Vec<usize>, Vec<f32>)>, serde_json::Value) {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/fixtures/loss");
+        let bytes = std::fs::read(format!("{dir}/{name}.safetensors")).expect("fixture");
+        let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+        let mut out = HashMap::new();
+        for (k, v) in st.tensors() {
+            let data: Vec<f32> = match v.dtype() {
+                safetensors::Dtype::F32 => v.data().chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect(),
+                safetensors::Dtype::I64 => v.data().chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().unwrap()) as f32).collect(),
+                other => panic!("{k}: {other:?}"),
+            };
+            out.insert(k, (v.shape().to_vec(), data));
+        }
+        let cfg = serde_json::from_str(&std::fs::read_to_string(format!("{dir}/{name}.json")).unwrap()).unwrap();
+        (out, cfg)
+    }
+
+    fn tensor<BB: Backend, const D: usize>(t: &(Vec<usize>, Vec<f32>)) -> Tensor<BB, D> {
+        Tensor::from_data(TensorData::new(t.1.clone(), t.0.clone()), &Default::default())
+    }
+
+    fn max_diff(a: &[f32], b: &[f32]) -> f32 {
+        assert_eq!(a.len(), b.len());
+        a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+    }
+
+    fn values<BB: Backend, const D: usize>(t: Tensor<BB, D>) -> Vec<f32> {
+        t.into_data().convert::<f32>().to_vec().unwrap()
+    }
+
+    fn head<BB: Backend>(g: &HashMap<String, (Vec<usize>, Vec<f32>)>, who: &str, layers: usize) -> (ProjectionHead<BB>, Prototypes<BB>) {
+        let layers = (0..layers)
+            .map(|j| Linear {
+                weight: Param::from_tensor(tensor(&g[&format!("{who}.layers.{j}.weight")])),
+                bias: Some(Param::from_tensor(tensor(&g[&format!("{who}.layers.{j}.bias")]))),
+            })
+            .collect();
+        let protos = Prototypes { weight: Param::from_tensor(tensor(&g[&format!("{who}.prototypes")])) };
+        (ProjectionHead { layers }, protos.normalized())
+    }
+
+    /// tools/make_loss_golden.py derives the selected points, weights, Sinkhorn rows, targets,
+    /// loss and gradients from stored tracks, crops and dropped patches with the released
+    /// code's functions; the trainer's own path from the same inputs must agree to 1e-5.
+    #[test]
+    fn golden_objective_from_stored_tracks_crops_and_masks() {
+        let (g, cfg) = fixture("objective");
+        let u = |k: &str| cfg[k].as_u64().unwrap() as usize;
+        let (b, t, w, s, patch, grid, d) = (u("B"), u("T"), u("W"), u("S"), u("patch") as f32, u("grid") as u32, u("D"));
+        let (n, hw, k) = ((grid * grid) as usize, (s / patch as usize).pow(2), u("K"));
+        let gs = s / patch as usize;
+        let queries: Vec<[f32; 2]> = g["stored_queries"].1.chunks(2).map(|p| [p[0], p[1]]).collect();
+        let (mut tracks, mut vis, mut inside) = (Vec::new(), Vec::new(), Vec::new());
+        for c in 0..b {
+            let crop = &cfg["crops"][c];
+            let cu = |k: &str| crop[k].as_u64().unwrap() as u32;
+            let aug = Aug { flip: crop["flip"].as_bool().unwrap(), left: cu("left"), top: cu("top"), width: cu("width"), height: cu("height"), frame_width: w as u32 };
+            let sel = select_points(&queries, &aug, s, grid);
+            let want: Vec<Option<usize>> = g["selected"].1[c * n..(c + 1) * n].iter().map(|&v| Some(v as usize)).collect();
+            assert_eq!(sel, want, "clip {c}: selected stored points");
+            let clip = mosic::Clip {
+                dataset: "golden".into(),
+                video_id: format!("v{c}"),
+                clip_index: 0,
+                frame_indices: (0..t as u32).collect(),
+                source_fps: 30.0,
+                frames: vec![],
+                queries: queries.clone(),
+                tracks: g[&format!("stored_tracks_{c}")].1.chunks(2).map(|p| [p[0], p[1]]).collect(),
+                visibility: g[&format!("stored_visibility_{c}")].1.iter().map(|&v| v != 0.0).collect(),
+            };
+            let (tr, vi, ins) = clip_points(&clip, &aug, s, grid);
+            tracks.extend(tr.into_iter().flatten());
+            vis.extend(vi.into_iter().map(|v| v as u8 as f32));
+            inside.extend(ins.into_iter().map(|v| v as u8 as f32));
+        }
+        let off = max_diff(&tracks, &g["points"].1);
+        assert!(off < 1e-4, "mapped tracks differ by {off}");
+        assert_eq!(vis, g["visibility"].1, "visibility in the crop");
+        assert_eq!(inside, g["inside"].1, "inside the crop");
+        let batch = Batch { clips: b, frames: t, points: n, size: s, images: vec![], tracks, visibility: vis, inside, ids: vec![] };
+        let dropped: Vec<Vec<usize>> =
+            cfg["dropped"].as_array().unwrap().iter().map(|l| l.as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as usize).collect()).collect();
+
+        let layers = cfg["hidden"].as_array().unwrap().len() + 1;
+        let (student, s_protos) = head::<AB>(&g, "student", layers);
+        let (teacher, t_protos) = head::<Inner>(&g, "teacher", layers);
+        let keep = &g["keep"].1;
+        let kept_rows: Vec<f32> = g["student_tokens"]
+            .1
+            .chunks(d)
+            .enumerate()
+            .filter(|(r, _)| keep[*r] == 1.0)
+            .flat_map(|(_, row)| row.to_vec())
+            .collect();
+        let l = hw - dropped[0].len();
+        for v in cfg["variants"].as_array().unwrap() {
+            let name = v["name"].as_str().unwrap();
+            let obj = ObjectiveConfig {
+                teacher_sampling: serde_json::from_value(v["teacher_sampling"].clone()).unwrap(),
+                student_sampling: Sampling::Nearest,
+                sinkhorn_rows: serde_json::from_value(v["sinkhorn_rows"].clone()).unwrap(),
+                reduction: serde_json::from_value(v["reduction"].clone()).unwrap(),
+                masking: Masking::Drop,
+                ..Default::default()
+            };
+            let inputs = StepInputs::new(&batch, &obj, gs, patch, Some(&dropped));
+            assert_eq!(inputs.weights, g["weights"].1, "{name}: loss weights");
+            assert_eq!(inputs.rows, g[&format!("{name}.rows")].1, "{name}: Sinkhorn rows");
+            let tt: Tensor<Inner, 2> = Tensor::from_data(TensorData::new(g["teacher_tokens"].1.clone(), [b * t * hw, d]), &Default::default());
+            let t_scores = t_protos.scores(teacher.forward(gather_points(tt, &inputs.teacher))).reshape([b, t, n, k]);
+            let st: Tensor<AB, 2> = Tensor::from_data(TensorData::new(kept_rows.clone(), [b * l, d]), &Default::default());
+            let s_scores = s_protos.scores(student.forward(gather_points(st, &inputs.student))).reshape([b, n, k]);
+            let lc = LossConfig { temperature: 0.1, epsilon: 0.05, iterations: 10, reduction: obj.reduction };
+            let weights = Tensor::<AB, 3>::from_data(TensorData::new(inputs.weights.clone(), [b, t, n]), &Default::default());
+            let rows = Tensor::<AB, 1>::from_data(TensorData::new(inputs.rows.clone(), [b * t * n]), &Default::default());
+            let out = mosic_loss(s_scores, Tensor::from_inner(t_scores), weights, Some(rows), &lc);
+            let tol = 1e-5;
+            let dq = max_diff(&values(out.assignments.clone()), &g[&format!("{name}.sinkhorn")].1);
+            assert!(dq < tol, "{name}: Sinkhorn differs by {dq}");
+            let targets: Vec<f32> = out.targets.into_data().iter::<i64>().map(|v| v as f32).collect();
+            let want_targets = &g[&format!("{name}.targets")].1;
+            for (e, (a, w)) in targets.iter().zip(want_targets).enumerate() {
+                assert!(inputs.rows[e] == 0.0 || a == w, "{name}: target of entry {e}: {a} vs {w}");
+            }
+            let dl = max_diff(&values(out.loss.clone()), &g[&format!("{name}.loss")].1);
+            assert!(dl < tol, "{name}: loss differs by {dl}");
+            let grads = out.loss.backward();
+            let mut worst = dl.max(dq);
+            for (j, layer) in student.layers.iter().enumerate() {
+                let gw = values(layer.weight.val().grad(&grads).unwrap());
+                let gb = values(layer.bias.as_ref().unwrap().val().grad(&grads).unwrap());
+                worst = worst.max(max_diff(&gw, &g[&format!("{name}.grad.layers.{j}.weight")].1));
+                worst = worst.max(max_diff(&gb, &g[&format!("{name}.grad.layers.{j}.bias")].1));
+            }
+            let gp = values(s_protos.weight.val().grad(&grads).unwrap());
+            worst = worst.max(max_diff(&gp, &g[&format!("{name}.grad.prototypes")].1));
+            println!("objective golden {name}: worst max |diff| {worst:.2e} (tolerance {tol:e})");
+            assert!(worst < tol, "{name}: gradients differ by {worst}");
+        }
+    }
 }
