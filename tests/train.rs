@@ -114,7 +114,7 @@ fn a_non_finite_loss_stops_and_keeps_the_last_good_checkpoint() {
     let o = run(&args(&shards, run_dir.to_str().unwrap(), &["--set", "optim.lr=1e30", "--set", "optim.grad_clip=0", "--set", "run.steps=20"]));
     let msg = text(&o);
     assert!(!o.status.success(), "{msg}");
-    assert!(msg.contains("the loss is NaN at step") || msg.contains("the loss is inf at step"), "{msg}");
+    assert!(msg.contains("the loss or a gradient is not finite at step"), "{msg}");
     assert!(msg.contains("the last good checkpoint is"), "{msg}");
     let ckpts = mosic_trainer::train::checkpoints(&run_dir);
     assert!(!ckpts.is_empty());

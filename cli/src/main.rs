@@ -5,6 +5,7 @@ use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+mod bench;
 mod demo;
 mod eval;
 mod progress;
@@ -49,6 +50,10 @@ enum BenchCommand {
     Tracks(tracks::BenchArgs),
     /// Clips/s and peak memory of the training step for a config and backend.
     Train(train::BenchTrainArgs),
+    /// Our training step beside the PyTorch reference step (torch_step.py), same machine, same settings.
+    Step(bench::BenchStepArgs),
+    /// Clips/s of the training loader (read, decode, crop) from real shards, by decode threads.
+    Loader(bench::BenchLoaderArgs),
 }
 
 #[derive(Args)]
@@ -134,6 +139,8 @@ fn run(command: Command) -> Result<ExitCode> {
         Command::Tracks(a) => tracks::tracks(a),
         Command::Bench(BenchCommand::Tracks(a)) => tracks::bench(a),
         Command::Bench(BenchCommand::Train(a)) => train::bench(a),
+        Command::Bench(BenchCommand::Step(a)) => bench::step(a),
+        Command::Bench(BenchCommand::Loader(a)) => bench::loader(a),
         Command::Train(a) => train::train(a),
         Command::Export(a) => train::export(a),
         Command::Features(a) => eval::features(a),

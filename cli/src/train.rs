@@ -111,6 +111,7 @@ pub fn train(a: TrainArgs) -> Result<ExitCode> {
     };
     // Every value is checked before a run directory is made.
     let cfg = TrainConfig::load(config.as_deref(), &a.set)?;
+    mosic_trainer::backend::check_precision(&a.backend, cfg.model.precision)?;
     let out = if out.as_os_str().is_empty() { new_run_dir(&config_runs(&a.runs, a.config.as_deref()))? } else { out };
     eprintln!("run directory {}", out.display());
     let s = dispatch(&a.backend, Train { cfg, out: out.clone(), resume: a.resume, stop_after: a.stop_after })?;
@@ -189,6 +190,7 @@ impl WithBackend for Bench {
 
 pub fn bench(a: BenchTrainArgs) -> Result<ExitCode> {
     let cfg = TrainConfig::load(a.config.as_deref(), &a.set)?;
+    mosic_trainer::backend::check_precision(&a.backend, cfg.model.precision)?;
     let (secs, rate) = dispatch(&a.backend, Bench { cfg: cfg.clone(), frames: a.frames, points: a.points, steps: a.steps, warmup: a.warmup })
         .with_context(|| format!("bench on backend {}", a.backend))?;
     println!("backend          {}", a.backend);

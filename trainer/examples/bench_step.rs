@@ -23,6 +23,7 @@ fn main() -> Result<()> {
         _ => anyhow::bail!("usage: bench_step BACKEND CONFIG [KEY=VALUE ...]"),
     };
     let cfg = TrainConfig::load(Some(config.as_ref()), &args[2..])?;
+    mosic_trainer::backend::check_precision(&backend, cfg.model.precision)?;
     let t0 = std::time::Instant::now();
     let (secs, rate) = dispatch(&backend, Bench(cfg.clone()))?;
     println!(

@@ -31,6 +31,19 @@ pub fn available() -> Vec<&'static str> {
     v
 }
 
+/// Backends with bfloat16 tensors (`model.precision = "bf16"`).
+pub fn has_bf16(name: &str) -> bool {
+    matches!(name, "cuda" | "tch" | "flex" | "candle")
+}
+
+/// Refuses a precision the backend cannot run, before any work.
+pub fn check_precision(name: &str, precision: crate::model::Precision) -> Result<()> {
+    if precision == crate::model::Precision::Bf16 && !has_bf16(name) {
+        bail!("model.precision = \"bf16\" needs a backend with bfloat16 tensors (cuda, tch, flex, candle); {name} has none: use \"fp32\" or --backend");
+    }
+    Ok(())
+}
+
 pub fn dispatch<W: WithBackend>(name: &str, work: W) -> Result<W::Output> {
     use burn::backend::Autodiff;
     match name {

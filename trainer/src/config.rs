@@ -5,7 +5,7 @@
 use crate::head::HeadConfig;
 use crate::loader::LoaderConfig;
 use crate::loss::{LossConfig, Reduction, Sampling, SinkhornRows};
-use crate::model::VitConfig;
+use crate::model::{Precision, VitConfig};
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -78,6 +78,10 @@ pub struct ModelConfig {
     pub img_size: usize,
     /// Released code: blocks 10 and 11 of ViT-S, i.e. the last 2.
     pub trainable_blocks: Trainable,
+    /// "bf16": the teacher and the frozen blocks (everything without a gradient) run their
+    /// matrix products in bfloat16 as PyTorch's autocast does, on backends that have it
+    /// (cuda, tch, flex); master weights, the EMA, Sinkhorn and the loss stay float32.
+    pub precision: Precision,
 }
 
 impl Default for ModelConfig {
@@ -87,6 +91,7 @@ impl Default for ModelConfig {
             weights: PathBuf::new(),
             img_size: 224,
             trainable_blocks: Trainable::Last(2),
+            precision: Precision::Fp32,
         }
     }
 }

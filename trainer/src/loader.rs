@@ -34,8 +34,10 @@
 //!
 //! **Memory** is bounded by about `shuffle_buffer + 2 x largest row group + (prefetch + 2) B`
 //! clips of JPEG bytes (~200 KB a clip at 12 x 224 px; the row group counts twice while it
-//! is converted) plus `prefetch + 1` decoded batches of `4 B T 3 S^2` bytes (58 MB at
-//! B = 8, T = 12, S = 224) besides the one the caller holds.
+//! is converted) plus `prefetch + 1` decoded batches of `B T 3 S^2` bytes (14 MB at
+//! B = 8, T = 12, S = 224) besides the one the caller holds. Frames leave as bytes; the
+//! trainer normalises them on its device, so a batch crosses to a GPU at a quarter of the
+//! size of floats.
 
 use anyhow::{anyhow, bail, ensure, Result};
 use mosic::rng::SplitMix64;
@@ -161,8 +163,8 @@ pub struct Batch {
     pub points: usize,
     /// S
     pub size: usize,
-    /// [B, T, 3, S, S], ImageNet-normalised.
-    pub images: Vec<f32>,
+    /// [B, T, 3, S, S] RGB bytes of the flipped, cropped and resized frames (not normalised).
+    pub images: Vec<u8>,
     /// [B, T, N, 2] (x = column, y = row) in pixels of the S x S crop, pixel centres at integers.
     pub tracks: Vec<f32>,
     /// [B, T, N], 1 where the point is inside the crop and visible in the shard.
@@ -553,8 +555,9 @@ impl Aug {
         [(x + 0.5 - self.left as f32) * s / self.width as f32 - 0.5, (p[1] + 0.5 - self.top as f32) * s / self.height as f32 - 0.5]
     }
 
-    /// Writes the flipped, cropped and resized frame as normalised CHW planes into `out`.
-    fn warp(&self, img: &image::RgbImage, s: usize, out: &mut [f32]) {
+    /// Writes the flipped, cropped and resized frame as CHW byte planes into `out`, rounded
+    /// as torchvision rounds a resized uint8 image.
+    fn warp(&self, img: &image::RgbImage, s: usize, out: &mut [u8]) {
         // Two source taps and the weight of the second for each output column or row, as
         // torch's bilinear resize (align_corners = False) computes them within the crop.
         let taps = |lo: u32, len: u32, mirror: Option<u32>| -> Vec<(usize, usize, f32)> {
@@ -574,8 +577,6 @@ impl Aug {
         };
         let xs = taps(self.left, self.width, self.flip.then_some(self.frame_width));
         let ys = taps(self.top, self.height, None);
-        let gain: [f32; 3] = std::array::from_fn(|c| 1.0 / (255.0 * STD[c]));
-        let bias: [f32; 3] = std::array::from_fn(|c| -MEAN[c] / STD[c]);
         let stride = img.width() as usize * 3;
         let raw = img.as_raw();
         let plane = s * s;
@@ -587,7 +588,7 @@ impl Aug {
                     let (d, e) = (r1[x0 * 3 + c] as f32, r1[x1 * 3 + c] as f32);
                     let top = a + (b - a) * fx;
                     let v = top + (d + (e - d) * fx - top) * fy;
-                    out[c * plane + oy * s + ox] = v * gain[c] + bias[c];
+                    out[c * plane + oy * s + ox] = v.round().clamp(0.0, 255.0) as u8;
                 }
             }
         }
@@ -764,7 +765,7 @@ fn build_batch(raw: &RawBatch, source: &Source, cfg: &LoaderConfig) -> Result<Ba
     let augs: Vec<Aug> =
         (0..b).map(|i| Aug::draw(&mut SplitMix64::stream(seed, raw.first + i as u64), w, h, cfg)).collect();
 
-    let mut images = vec![0f32; b * t * 3 * s * s];
+    let mut images = vec![0u8; b * t * 3 * s * s];
     images.par_chunks_mut(3 * s * s).enumerate().try_for_each(|(i, out)| -> Result<()> {
         let (c, f) = (i / t, i % t);
         let clip = &raw.clips[c];
@@ -927,7 +928,7 @@ mod tests {
             assert!(resumed == straight[m..], "resumed after {m} batches");
         }
         // A position inside a batch: the same clips with the same augmentation, shifted.
-        let per_clip = |b: &[(Batch, LoaderState)]| -> Vec<(String, Vec<f32>, Vec<f32>)> {
+        let per_clip = |b: &[(Batch, LoaderState)]| -> Vec<(String, Vec<u8>, Vec<f32>)> {
             b.iter()
                 .flat_map(|(x, _)| {
                     let (img, trk) = (x.images.len() / x.clips, x.tracks.len() / x.clips);
@@ -1005,11 +1006,11 @@ mod tests {
                         assert_eq!(b.visibility[e] == 1.0, inside(x) && inside(y));
                         followed += 1;
                     }
-                    // Bright pixels of the frame, brightness as the mean of the de-normalised channels.
+                    // Bright pixels of the frame, brightness as the mean of the channels.
                     let img = &b.images[(i * t + f) * 3 * s * s..][..3 * s * s];
                     let bright: Vec<(f32, f32, f32)> = (0..s * s)
                         .filter_map(|p| {
-                            let v = (0..3).map(|ch| (img[ch * s * s + p] * STD[ch] + MEAN[ch]) * 255.0).sum::<f32>() / 3.0;
+                            let v = (0..3).map(|ch| img[ch * s * s + p] as f32).sum::<f32>() / 3.0;
                             (v > 140.0).then(|| ((p % s) as f32, (p / s) as f32, v - 140.0))
                         })
                         .collect();
@@ -1165,28 +1166,30 @@ mod tests {
     }
 
     #[test]
-    fn identity_warp_normalises_exactly() {
+    fn identity_warp_copies_pixels_and_flip_mirrors() {
         let img = image::RgbImage::from_fn(6, 5, |x, y| image::Rgb([(40 * x) as u8, (50 * y) as u8, 200]));
         let aug = Aug { flip: false, left: 0, top: 0, width: 6, height: 5, frame_width: 6 };
         // A 6 x 5 frame into 6 x 6 is not the identity; use a square crop of it instead.
         let square = Aug { width: 5, ..aug };
-        let mut out = vec![0f32; 3 * 25];
+        let mut out = vec![0u8; 3 * 25];
         square.warp(&img, 5, &mut out);
-        for (y, x) in [(0, 0), (2, 3), (4, 4)] {
-            let px = img.get_pixel(x, y);
-            for c in 0..3 {
-                let want = (px[c] as f32 / 255.0 - MEAN[c]) / STD[c];
-                assert!((out[c * 25 + y as usize * 5 + x as usize] - want).abs() < 1e-5);
+        for y in 0..5u32 {
+            for x in 0..5u32 {
+                for c in 0..3 {
+                    assert_eq!(out[c * 25 + y as usize * 5 + x as usize], img.get_pixel(x, y)[c]);
+                }
             }
         }
-        // A known pixel: 200 in the blue channel.
-        assert!((out[2 * 25] - (200.0 / 255.0 - 0.406) / 0.225).abs() < 1e-5);
         // Flipped, column x shows column 4 - x of the crop's mirror, i.e. frame column 5 - x.
-        let mut flipped = vec![0f32; 3 * 25];
+        let mut flipped = vec![0u8; 3 * 25];
         Aug { flip: true, ..square }.warp(&img, 5, &mut flipped);
-        let want = (img.get_pixel(5, 2)[0] as f32 / 255.0 - MEAN[0]) / STD[0];
-        assert!((flipped[2 * 5] - want).abs() < 1e-5);
+        assert_eq!(flipped[2 * 5], img.get_pixel(5, 2)[0]);
         assert_eq!(Aug { flip: true, ..square }.map([5.0, 2.0], 5), [0.0, 2.0]);
+        // Upscaling interpolates and rounds: halfway between 0 and 40 in a 2-pixel crop.
+        let two = Aug { flip: false, left: 0, top: 0, width: 2, height: 2, frame_width: 6 };
+        let mut up = vec![0u8; 3 * 16];
+        two.warp(&img, 4, &mut up);
+        assert_eq!(&up[..4], &[0, 10, 30, 40]);
     }
 
     #[test]

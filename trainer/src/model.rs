@@ -17,9 +17,11 @@ use std::path::Path;
 use anyhow::{anyhow, bail, Context, Result};
 use burn::module::{Module, Param};
 use burn::nn::{LayerNorm, LayerNormConfig, Linear};
-use burn::tensor::activation::{silu, softmax};
+use burn::tensor::activation::silu;
+use burn::tensor::module::attention;
+use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::backend::Backend;
-use burn::tensor::{Bool, Int, Tensor, TensorData};
+use burn::tensor::{Bool, FloatDType, Int, Tensor, TensorData};
 use mosic::rng::SplitMix64;
 
 // ---------------------------------------------------------------------------------------------
@@ -222,6 +224,38 @@ impl VitConfig {
 // Modules
 // ---------------------------------------------------------------------------------------------
 
+/// Where the matrix products of a forward pass run. `Bf16` follows PyTorch's autocast: every
+/// linear layer and the attention take bfloat16 inputs and weights, while the residual
+/// stream, LayerNorm, LayerScale and the outputs stay float32.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    #[default]
+    Fp32,
+    Bf16,
+}
+
+/// `layer(x)` with bfloat16 inputs and weights under [`Precision::Bf16`]; the output then
+/// stays bfloat16 (cast back by the caller where autocast would leave float32).
+fn linear_in<B: Backend, const D: usize>(layer: &Linear<B>, x: Tensor<B, D>, p: Precision) -> Tensor<B, D> {
+    match p {
+        Precision::Fp32 => layer.forward(x),
+        Precision::Bf16 => {
+            let bf = FloatDType::BF16;
+            let w = layer.weight.val().cast(bf);
+            let b = layer.bias.as_ref().map(|b| b.val().cast(bf));
+            burn::tensor::module::linear(x.cast(bf), w, b)
+        }
+    }
+}
+
+fn to_f32<B: Backend, const D: usize>(x: Tensor<B, D>, p: Precision) -> Tensor<B, D> {
+    match p {
+        Precision::Fp32 => x,
+        Precision::Bf16 => x.cast(FloatDType::F32),
+    }
+}
+
 /// Conv with stride = kernel = patch, computed as patchify + matmul (same sums, no conv kernel).
 #[derive(Module, Debug)]
 pub struct PatchEmbed<B: Backend> {
@@ -232,15 +266,15 @@ pub struct PatchEmbed<B: Backend> {
 
 impl<B: Backend> PatchEmbed<B> {
     /// `[B, 3, H, W]` → `[B, (H/p)*(W/p), D]`, patches in row-major grid order.
-    pub fn forward(&self, images: Tensor<B, 4>) -> Tensor<B, 3> {
+    pub fn forward(&self, images: Tensor<B, 4>, p: Precision) -> Tensor<B, 3> {
         let [b, c, h, w] = images.dims();
-        let p = self.patch_size;
-        let (gh, gw) = (h / p, w / p);
+        let ps = self.patch_size;
+        let (gh, gw) = (h / ps, w / ps);
         let x = images
-            .reshape([b, c, gh, p, gw, p])
+            .reshape([b, c, gh, ps, gw, ps])
             .permute([0, 2, 4, 1, 3, 5])
-            .reshape([b, gh * gw, c * p * p]);
-        self.proj.forward(x)
+            .reshape([b, gh * gw, c * ps * ps]);
+        to_f32(linear_in(&self.proj, x, p), p)
     }
 }
 
@@ -252,22 +286,20 @@ pub struct Attention<B: Backend> {
 }
 
 impl<B: Backend> Attention<B> {
-    pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
+    /// Scaled dot-product attention through Burn's attention op, which runs the backend's fused
+    /// kernel where there is one (flash attention on `cuda`, `scaled_dot_product_attention` on
+    /// `tch`) and is decomposed under autodiff.
+    pub fn forward(&self, x: Tensor<B, 3>, p: Precision) -> Tensor<B, 3> {
         let [b, n, d] = x.dims();
         let h = self.num_heads;
         let hd = d / h;
         // [B, N, 3D] → [3, B, H, N, hd], the layout of timm's qkv.
-        let qkv = self
-            .qkv
-            .forward(x)
-            .reshape([b, n, 3, h, hd])
-            .permute([2, 0, 3, 1, 4]);
+        let qkv = linear_in(&self.qkv, x, p).reshape([b, n, 3, h, hd]).permute([2, 0, 3, 1, 4]);
         let part = |i: usize| qkv.clone().narrow(0, i, 1).reshape([b, h, n, hd]);
         let (q, k, v) = (part(0), part(1), part(2));
-        let q = q * (hd as f64).powf(-0.5);
-        let attn = softmax(q.matmul(k.swap_dims(2, 3)), 3);
-        let out = attn.matmul(v).swap_dims(1, 2).reshape([b, n, d]);
-        self.proj.forward(out)
+        let out = attention(q, k, v, None, None, AttentionModuleOptions::default());
+        let out = out.swap_dims(1, 2).reshape([b, n, d]);
+        to_f32(linear_in(&self.proj, out, p), p)
     }
 }
 
@@ -286,8 +318,8 @@ fn gelu_erf<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
 }
 
 impl<B: Backend> Mlp<B> {
-    pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
-        let h = self.fc1.forward(x);
+    pub fn forward(&self, x: Tensor<B, 3>, p: Precision) -> Tensor<B, 3> {
+        let h = linear_in(&self.fc1, x, p);
         let h = if self.swiglu {
             let mut parts = h.chunk(2, 2);
             let value = parts.pop().expect("two chunks");
@@ -296,7 +328,7 @@ impl<B: Backend> Mlp<B> {
         } else {
             gelu_erf(h)
         };
-        self.fc2.forward(h)
+        to_f32(linear_in(&self.fc2, h, p), p)
     }
 }
 
@@ -323,14 +355,14 @@ pub struct Block<B: Backend> {
 }
 
 impl<B: Backend> Block<B> {
-    pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
-        let a = self.attn.forward(self.norm1.forward(x.clone()));
+    pub fn forward(&self, x: Tensor<B, 3>, p: Precision) -> Tensor<B, 3> {
+        let a = self.attn.forward(self.norm1.forward(x.clone()), p);
         let a = match &self.ls1 {
             Some(ls) => ls.forward(a),
             None => a,
         };
         let x = x + a;
-        let m = self.mlp.forward(self.norm2.forward(x.clone()));
+        let m = self.mlp.forward(self.norm2.forward(x.clone()), p);
         let m = match &self.ls2 {
             Some(ls) => ls.forward(m),
             None => m,
@@ -358,6 +390,9 @@ pub struct Vit<B: Backend> {
     /// input size resamples from it, exactly as timm does when it loads the file.
     #[module(skip)]
     pub source_pos_embed: Option<SourcePosEmbed>,
+    /// Where this copy's matrix products run (the trainer's teacher: `model.precision`).
+    #[module(skip)]
+    pub precision: Precision,
 }
 
 /// A position embedding before resampling: `[1, prefix slots + grid^2, D]` row-major.
@@ -601,6 +636,7 @@ impl<B: Backend> Vit<B> {
             norm,
             cfg: cfg.clone(),
             source_pos_embed: None,
+            precision: Precision::Fp32,
         }
     }
 
@@ -627,6 +663,7 @@ impl<B: Backend> Vit<B> {
         let (map, _) = to_timm_names(&cfg, raw).map_err(|e| anyhow!("resizing to {img_size}: {e}"))?;
         let mut out = Self::from_timm(&cfg, map, &device);
         out.source_pos_embed = self.source_pos_embed;
+        out.precision = self.precision;
         Ok(out)
     }
 
@@ -658,7 +695,7 @@ impl<B: Backend> Vit<B> {
             "expected images [B, 3, {s}, {s}], got [{b}, {c}, {h}, {w}]"
         );
         let d = self.cfg.embed_dim;
-        let mut x = self.patch_embed.forward(images);
+        let mut x = self.patch_embed.forward(images, self.precision);
         let n = x.dims()[1];
         if let Some(mask) = mask {
             assert_eq!(mask.dims(), [b, n], "mask must be [B, grid*grid]");
@@ -682,7 +719,7 @@ impl<B: Backend> Vit<B> {
 
     /// Runs `blocks[range]`.
     pub fn blocks(&self, x: Tensor<B, 3>, range: Range<usize>) -> Tensor<B, 3> {
-        self.blocks[range].iter().fold(x, |x, blk| blk.forward(x))
+        self.blocks[range].iter().fold(x, |x, blk| blk.forward(x, self.precision))
     }
 
     /// Final norm, then drops the prefix tokens: `[B, grid*grid, D]`.

@@ -177,7 +177,22 @@ struct AdamStep<'a, B: AutodiffBackend> {
     opt: &'a mut AdamW<B::InnerBackend>,
     lr_backbone: f64,
     lr_head: f64,
-    scale: f64,
+    gate: &'a UpdateGate<B::InnerBackend>,
+}
+
+/// What decides an update on the device, without a host read: `scale` `[1]` multiplies the
+/// gradients (global-norm clipping), and where `skip` `[1]` is true (a non-finite loss or
+/// gradient) parameters and moments keep their values, as PyTorch's GradScaler skips a step.
+pub struct UpdateGate<B: Backend> {
+    pub scale: Tensor<B, 1>,
+    pub skip: Tensor<B, 1, burn::tensor::Bool>,
+}
+
+impl<B: Backend> UpdateGate<B> {
+    /// Scale 1, never skip.
+    pub fn open(device: &B::Device) -> Self {
+        Self { scale: Tensor::ones([1], device), skip: Tensor::<B, 1>::zeros([1], device).greater_elem(0.5) }
+    }
 }
 
 impl<B: AutodiffBackend> ModuleMapper<B> for AdamStep<'_, B> {
@@ -199,18 +214,21 @@ impl<B: AutodiffBackend> ModuleMapper<B> for AdamStep<'_, B> {
         let x = tensor.inner();
         let shape = x.shape();
         let n = shape.num_elements();
-        let g = grad.reshape([n]).mul_scalar(self.scale);
+        let g = grad.reshape([n]) * self.gate.scale.clone();
         let device = g.device();
-        let (m, v) = o.moments.remove(&key).unwrap_or_else(|| (Tensor::zeros([n], &device), Tensor::zeros([n], &device)));
-        let m = m.mul_scalar(o.beta1).add(g.clone().mul_scalar(1.0 - o.beta1));
-        let v = v.mul_scalar(o.beta2).add(g.powi_scalar(2).mul_scalar(1.0 - o.beta2));
+        let (m0, v0) = o.moments.remove(&key).unwrap_or_else(|| (Tensor::zeros([n], &device), Tensor::zeros([n], &device)));
+        let m = m0.clone().mul_scalar(o.beta1).add(g.clone().mul_scalar(1.0 - o.beta1));
+        let v = v0.clone().mul_scalar(o.beta2).add(g.powi_scalar(2).mul_scalar(1.0 - o.beta2));
         let mhat = m.clone().div_scalar(1.0 - o.beta1.powi(t));
         let vhat = v.clone().div_scalar(1.0 - o.beta2.powi(t));
         let decay = if D >= 2 { o.weight_decay } else { 0.0 };
         let update = mhat.div(vhat.sqrt().add_scalar(o.eps)).mul_scalar(lr);
-        let x = x.reshape([n]).mul_scalar(1.0 - lr * decay).sub(update).reshape(shape);
+        let x0 = x.reshape([n]);
+        let x1 = x0.clone().mul_scalar(1.0 - lr * decay).sub(update);
+        let skip = self.gate.skip.clone().expand([n]);
+        let (x, m, v) = (x1.mask_where(skip.clone(), x0), m.mask_where(skip.clone(), m0), v.mask_where(skip, v0));
         o.moments.insert(key, (m, v));
-        Param::from_mapped_value(id, Tensor::from_inner(x).require_grad(), mapper)
+        Param::from_mapped_value(id, Tensor::from_inner(x.reshape(shape)).require_grad(), mapper)
     }
 }
 
@@ -219,17 +237,16 @@ impl<B: Backend> AdamW<B> {
         Self { beta1, beta2, eps, weight_decay, steps: 0, moments: HashMap::new() }
     }
 
-    /// One step over every parameter that has a gradient; `scale` multiplies the gradients
-    /// (global-norm clipping).
+    /// One step over every parameter that has a gradient, as `gate` allows.
     pub fn step<AB: AutodiffBackend<InnerBackend = B>, M: Module<AB>>(
         &mut self,
         module: M,
         grads: &GradientsParams,
         lr_backbone: f64,
         lr_head: f64,
-        scale: f64,
+        gate: &UpdateGate<B>,
     ) -> M {
-        let mut s = AdamStep::<AB> { path: PathTracker::default(), grads, opt: self, lr_backbone, lr_head, scale };
+        let mut s = AdamStep::<AB> { path: PathTracker::default(), grads, opt: self, lr_backbone, lr_head, gate };
         let m = module.map(&mut s);
         self.steps += 1;
         m
@@ -277,14 +294,12 @@ impl<B: AutodiffBackend> ModuleVisitor<B> for GradNorm<'_, B> {
     }
 }
 
-/// The global L2 norm of all gradients (one host sync).
-pub fn grad_norm<B: AutodiffBackend, M: Module<B>>(module: &M, grads: &GradientsParams) -> f64 {
+/// The sum of squares of all gradients, `[1]`, left on the device.
+pub fn grad_sq_sum<B: AutodiffBackend, M: Module<B>>(module: &M, grads: &GradientsParams, device: &B::Device) -> Tensor<B::InnerBackend, 1> {
     let mut v = GradNorm::<B> { grads, sum: None };
     module.visit(&mut v);
-    v.sum.map(|s| (s.into_scalar().elem::<f64>()).sqrt()).unwrap_or(0.0)
+    v.sum.unwrap_or_else(|| Tensor::zeros([1], device))
 }
-
-use burn::tensor::ElementConversion;
 
 struct Ema<'a, B: Backend> {
     path: PathTracker,
@@ -380,7 +395,7 @@ mod tests {
         let grads = GradientsParams::from_grads(loss.backward(), &n);
         let g_head_bias: f32 = 1.0; // d(sum)/d(bias)
         let mut opt = AdamW::<NdArray<f32>>::new(0.9, 0.999, 1e-8, 0.1);
-        let n = opt.step(n, &grads, 0.01, 0.1, 1.0);
+        let n = opt.step(n, &grads, 0.01, 0.1, &UpdateGate::open(&Default::default()));
         let after = collect::<AB, _>(&n, |_| true);
         let hb = (before["head.bias"].1[0], after["head.bias"].1[0]);
         assert!((hb.1 - (hb.0 - 0.1 * g_head_bias.signum())).abs() < 1e-5, "{hb:?}");
@@ -395,6 +410,36 @@ mod tests {
         let mut opt2 = AdamW::<NdArray<f32>>::new(0.9, 0.999, 1e-8, 0.1);
         opt2.load_state(&opt.state(), opt.steps, &Default::default()).unwrap();
         assert_eq!(opt2.state(), opt.state());
+    }
+
+    /// A skipping gate (a non-finite loss or gradient) leaves weights and moments as they were,
+    /// even when the gradients and the scale are NaN.
+    #[test]
+    fn a_skipping_gate_leaves_weights_and_moments_alone() {
+        let dev = Default::default();
+        let n = net();
+        let x = Tensor::<AB, 2>::from_data([[1.0f32, -2.0]], &dev);
+        let loss = n.head.forward(n.backbone.forward(x)).sum();
+        let grads = GradientsParams::from_grads(loss.backward(), &n);
+        let mut opt = AdamW::<NdArray<f32>>::new(0.9, 0.999, 1e-8, 0.1);
+        let n = opt.step(n, &grads, 0.01, 0.1, &UpdateGate::open(&dev));
+        let (weights, moments) = (collect::<AB, _>(&n, |_| true), opt.state());
+        let x = Tensor::<AB, 2>::from_data([[f32::NAN, 1.0]], &dev);
+        let loss = n.head.forward(n.backbone.forward(x)).sum();
+        let grads = GradientsParams::from_grads(loss.backward(), &n);
+        let skip = UpdateGate { scale: Tensor::from_floats([f32::NAN], &dev), skip: Tensor::<NdArray<f32>, 1>::ones([1], &dev).greater_elem(0.5) };
+        let n = opt.step(n, &grads, 0.01, 0.1, &skip);
+        assert_eq!(collect::<AB, _>(&n, |_| true), weights);
+        assert_eq!(opt.state(), moments);
+        // A scale of 0.5 is the gradient halved: Adam's first step does not care, the moments do.
+        let mut a = AdamW::<NdArray<f32>>::new(0.9, 0.999, 1e-8, 0.0);
+        let x = Tensor::<AB, 2>::from_data([[1.0f32, 3.0]], &dev);
+        let loss = n.head.forward(n.backbone.forward(x)).sum();
+        let grads = GradientsParams::from_grads(loss.backward(), &n);
+        let half = UpdateGate { scale: Tensor::from_floats([0.5], &dev), skip: UpdateGate::<NdArray<f32>>::open(&dev).skip };
+        a.step(n, &grads, 0.01, 0.1, &half);
+        let m = &a.state()["m.head.bias"].1[0];
+        assert!((m - 0.1 * 0.5).abs() < 1e-6, "{m}");
     }
 
     #[test]
