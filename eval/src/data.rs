@@ -27,6 +27,15 @@ impl Mask {
         Mask { width, height, labels }
     }
 
+    /// Nearest-neighbour resize as PyTorch's `F.interpolate(mode="nearest")`: source index
+    /// `floor(dst * in / out)` (not pixel centres), what the references use between tensors.
+    pub fn resize_nearest_torch(&self, width: usize, height: usize) -> Mask {
+        let ys = torch_nearest_index(self.height, height);
+        let xs = torch_nearest_index(self.width, width);
+        let labels = ys.iter().flat_map(|&y| xs.iter().map(move |&x| self.labels[y * self.width + x])).collect();
+        Mask { width, height, labels }
+    }
+
     /// Largest label other than the ignore value, if any pixel has one.
     pub fn max_label(&self) -> Option<u8> {
         self.labels.iter().copied().filter(|&l| l != 255).max()
@@ -35,6 +44,13 @@ impl Mask {
     pub fn as_u32(&self) -> Vec<u32> {
         self.labels.iter().map(|&l| l as u32).collect()
     }
+}
+
+/// Source indices of PyTorch's nearest interpolation from `inp` to `out` samples (float32
+/// scale, as its CPU kernel computes it).
+pub fn torch_nearest_index(inp: usize, out: usize) -> Vec<usize> {
+    let scale = inp as f32 / out as f32;
+    (0..out).map(|o| ((o as f32 * scale).floor() as usize).min(inp - 1)).collect()
 }
 
 /// Reads a label PNG: palette indices of an indexed PNG (VOC, DAVIS, YouTube-VOS) or the

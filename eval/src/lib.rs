@@ -11,7 +11,9 @@ pub mod hungarian;
 pub mod incontext;
 pub mod kmeans;
 pub mod linear;
+pub mod pca;
 pub mod segmentation;
+pub mod video;
 
 pub use cluster::Score;
 pub use data::Mask;
