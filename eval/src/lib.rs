@@ -4,6 +4,8 @@
 //! ([`data`]), and the protocols built on them: clustering of images and videos
 //! ([`cluster`]), the linear probe ([`linear`]) and in-context retrieval ([`incontext`]).
 
+pub mod augment;
+pub mod card;
 pub mod cluster;
 pub mod data;
 pub mod dense;

@@ -162,36 +162,33 @@ impl Sgd {
 /// every epoch; `log` gets one line per epoch with the mean loss.
 pub fn train_probe(train: &[(FeatureMap, Mask)], classes: usize, cfg: &LinearConfig, log: &dyn Fn(&str)) -> LinearProbe {
     assert!(!train.is_empty(), "no training images");
-    train_probe_epochs(train[0].0.dim, classes, cfg, &mut |_| Ok(std::borrow::Cow::Borrowed(train)), log).expect("fixed data")
+    let probe = LinearProbe::new(train[0].0.dim, classes, cfg.seed);
+    train_probe_batches(probe, train.len(), cfg, &mut |_, idx| Ok(idx.iter().map(|&i| train[i].clone()).collect()), log).expect("data in memory")
 }
 
-/// Epoch data: the training pairs of one epoch (e.g. freshly augmented).
-pub type EpochData<'a> = dyn FnMut(usize) -> anyhow::Result<std::borrow::Cow<'a, [(FeatureMap, Mask)]>> + 'a;
+/// The training pairs of the images `indices` in epoch `epoch` (e.g. freshly augmented).
+pub type BatchData<'a> = dyn FnMut(usize, &[usize]) -> anyhow::Result<Vec<(FeatureMap, Mask)>> + 'a;
 
-/// Trains a probe with `data(epoch)` giving each epoch's training pairs.
-pub fn train_probe_epochs<'a>(dim: usize, classes: usize, cfg: &LinearConfig, data: &mut EpochData<'a>, log: &dyn Fn(&str)) -> anyhow::Result<LinearProbe> {
-    train_probe_from(LinearProbe::new(dim, classes, cfg.seed), cfg, data, log)
-}
-
-/// [`train_probe_epochs`] from given initial weights.
-pub fn train_probe_from<'a>(mut probe: LinearProbe, cfg: &LinearConfig, data: &mut EpochData<'a>, log: &dyn Fn(&str)) -> anyhow::Result<LinearProbe> {
+/// Trains `probe` on `n` training images whose pairs `data` supplies batch by batch.
+pub fn train_probe_batches(mut probe: LinearProbe, n: usize, cfg: &LinearConfig, data: &mut BatchData<'_>, log: &dyn Fn(&str)) -> anyhow::Result<LinearProbe> {
+    anyhow::ensure!(n > 0, "no training images");
     let mut sgd = Sgd::default();
     let mut rng = SplitMix64::new(cfg.seed ^ 0x5eed);
+    let bs = cfg.batch_size.max(1);
     for epoch in 0..cfg.epochs {
-        let train = data(epoch)?;
-        anyhow::ensure!(!train.is_empty(), "no training images");
         let lr = cfg.lr * 0.1f64.powi(cfg.lr_drops.iter().filter(|&&e| e <= epoch).count() as i32);
-        let mut order: Vec<usize> = (0..train.len()).collect();
+        let mut order: Vec<usize> = (0..n).collect();
         if cfg.shuffle {
             rng.shuffle(&mut order);
         }
         let (mut sum, mut batches) = (0.0, 0);
-        let bs = cfg.batch_size.max(1);
         for chunk in order.chunks(bs) {
+            // Leopart drops the last partial batch; a set smaller than one batch keeps it.
             if cfg.drop_last && chunk.len() < bs && batches > 0 {
                 continue;
             }
-            let batch: Vec<(&FeatureMap, &Mask)> = chunk.iter().map(|&i| (&train[i].0, &train[i].1)).collect();
+            let pairs = data(epoch, chunk)?;
+            let batch: Vec<(&FeatureMap, &Mask)> = pairs.iter().map(|(f, m)| (f, m)).collect();
             let (loss, gw, gb) = probe.loss_and_grad(&batch);
             sgd.step(&mut probe, &gw, &gb, lr, cfg.momentum, cfg.weight_decay);
             sum += loss;

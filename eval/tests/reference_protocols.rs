@@ -19,7 +19,6 @@ use mosic_eval::linear::{self, LinearConfig, LinearProbe};
 use mosic_eval::segmentation::{confusion, reference_score, RefMatching};
 use mosic_eval::video::{score_units, timet_clustering, Clip, VideoProtocol};
 use serde_json::Value;
-use std::borrow::Cow;
 
 fn golden() -> Value {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/fixtures/eval/protocols.json");
@@ -124,7 +123,7 @@ fn leopart_linear_probe_matches_the_reference() {
         seed: 0,
     };
     let init = LinearProbe { dim, classes, weight: floats(&d["weight"]), bias: floats(&d["bias"]) };
-    let probe = linear::train_probe_from(init, &cfg, &mut |_| Ok(Cow::Borrowed(train)), &|_| {}).unwrap();
+    let probe = linear::train_probe_batches(init, train.len(), &cfg, &mut |_, idx| Ok(idx.iter().map(|&i| train[i].clone()).collect()), &|_| {}).unwrap();
     for (a, b) in probe.weight.iter().chain(&probe.bias).zip(floats(&d["weight_after"]).iter().chain(&floats(&d["bias_after"]))) {
         assert!((a - b).abs() < 1e-5, "{a} vs {b}");
     }
