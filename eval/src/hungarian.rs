@@ -77,8 +77,7 @@ fn solve(cost: &[f64], nr: usize, nc: usize) -> Vec<usize> {
             let mut index = NONE;
             let mut lowest = f64::INFINITY;
             sr[i] = true;
-            for it in 0..num_remaining {
-                let j = remaining[it];
+            for (it, &j) in remaining[..num_remaining].iter().enumerate() {
                 let r = min_val + cost[i * nc + j] - u[i] - v[j];
                 if r < shortest[j] {
                     path[j] = i;

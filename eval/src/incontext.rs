@@ -44,7 +44,7 @@ impl Default for InContextConfig {
 /// (`one_hot(patch pixels).mean()`), row-major `[patch][class]`.
 pub fn patch_labels(mask: &Mask, grid_h: usize, grid_w: usize, classes: usize) -> anyhow::Result<Vec<f32>> {
     anyhow::ensure!(
-        mask.height % grid_h == 0 && mask.width % grid_w == 0,
+        mask.height.is_multiple_of(grid_h) && mask.width.is_multiple_of(grid_w),
         "mask of {}x{} does not split into {grid_h}x{grid_w} patches",
         mask.width,
         mask.height
