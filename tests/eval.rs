@@ -1,5 +1,7 @@
 //! The evaluation commands end to end on small synthetic data: `mosic features`, `mosic eval
-//! video|cluster|linear|incontext`, their JSON output, bad input, and in-loop validation.
+//! video|cluster|linear|incontext`, their JSON output and protocol cards, bad input, and
+//! in-loop validation. (Agreement with the reference implementations is tested in the eval
+//! crate, on the reference goldens.)
 
 mod common;
 
@@ -84,8 +86,8 @@ fn video_protocols_report_every_level() {
     synth(&data, 0);
     let json = tmp.path().join("video.json");
     let mut a = vec![
-        "eval", "video", "--data", data.to_str().unwrap(), "--size", "56", "--mask-size", "32", "--every", "4", "--seeds", "2",
-        "--over-dataset", "20", "--json", json.to_str().unwrap(),
+        "eval", "video", "--data", data.to_str().unwrap(), "--size", "56", "--mask-size", "32", "--every", "4", "--seeds", "1,2",
+        "--over-dataset", "20", "--dataset-size", "28", "--json", json.to_str().unwrap(),
     ];
     a.extend(MODEL);
     let o = run(&a);
@@ -102,6 +104,20 @@ fn video_protocols_report_every_level() {
     // Overclustering can only help: many-to-one matching of finer clusters.
     assert!(s[4].1 >= s[1].1 - 0.05, "{s:?}");
     assert!(text(&o).contains("C hungarian"));
+    card(&json, "TimeT", 56, 32, &[1, 2]);
+    assert!(text(&o).contains("SMSD75/Timetuning@"), "{}", text(&o));
+}
+
+/// The protocol card: protocol, reference (repository@commit), sizes and seeds.
+fn card(path: &Path, protocol: &str, input: u64, mask: u64, seeds: &[u64]) -> serde_json::Value {
+    let doc: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let c = doc["card"].clone();
+    assert!(c["protocol"].as_str().unwrap().contains(protocol), "{c}");
+    assert!(c["reference"].as_str().unwrap().contains('@'), "{c}");
+    assert_eq!((c["input_size"].as_u64(), c["mask_size"].as_u64()), (Some(input), Some(mask)), "{c}");
+    let got: Vec<u64> = c["seeds"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap()).collect();
+    assert_eq!(got, seeds, "{c}");
+    c
 }
 
 /// An images/ + masks/ set with train/val splits, from synthetic frames and instance masks.
@@ -131,10 +147,13 @@ fn image_protocols_run_on_a_plain_layout() {
     image_set(tmp.path());
     let set = tmp.path().join("set");
     let common = |cmd: &'static str, json: &Path| -> Vec<String> {
-        let mut a: Vec<String> = ["eval", cmd, "--data", set.to_str().unwrap(), "--size", "56", "--mask-size", "24", "--json", json.to_str().unwrap()]
+        let mut a: Vec<String> = ["eval", cmd, "--data", set.to_str().unwrap(), "--size", "56", "--json", json.to_str().unwrap()]
             .iter()
             .map(|s| s.to_string())
             .collect();
+        if cmd != "incontext" {
+            a.extend(["--mask-size", "24"].map(String::from));
+        }
         a.extend(MODEL.iter().map(|s| s.to_string()));
         a
     };
@@ -146,23 +165,52 @@ fn image_protocols_run_on_a_plain_layout() {
     let s = scores(&json);
     assert!(s[0].0.ends_with("hungarian") && s[1].0 == "K=12 overclustering", "{s:?}");
     assert!(s.iter().all(|x| x.2.len() == 3 && x.1 > 0.0 && x.1 <= 1.0), "{s:?}");
+    card(&json, "Leopart", 56, 24, &[0, 1, 2]);
 
     let json = tmp.path().join("linear.json");
     let mut a = common("linear", &json);
-    a.extend(["--epochs", "3", "--batch-size", "4"].map(String::from));
+    a.extend(["--epochs", "3", "--batch-size", "4", "--train-split", "train", "--lr-drops", "2"].map(String::from));
     let o = run(&a.iter().map(String::as_str).collect::<Vec<_>>());
     assert!(o.status.success(), "{}", text(&o));
-    assert!(text(&o).contains("linear probe epoch 3/3"), "{}", text(&o));
+    assert!(text(&o).contains("linear probe epoch 3/3") && text(&o).contains("lr 1.0e-3"), "{}", text(&o));
     let s = scores(&json);
     assert!(s[0].1 > 0.0 && s[0].1 <= 1.0, "{s:?}");
+    let c = card(&json, "linear", 56, 24, &[0]);
+    assert!(c["settings"]["augment"].as_str().unwrap().contains("RandomResizedCrop"), "{c}");
+    // The default training split is VOC's trainaug: a plain set without trainaug.txt is refused by name.
+    let mut a = common("linear", &json);
+    a.extend(["--epochs", "1"].map(String::from));
+    let o = run(&a.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(!o.status.success() && text(&o).contains("trainaug.txt"), "{}", text(&o));
 
     let json = tmp.path().join("incontext.json");
     let mut a = common("incontext", &json);
-    a.extend(["--fractions", "1,0.5", "--seeds", "2", "--neighbours", "5"].map(String::from));
+    a.extend(["--fractions", "1,2", "--seeds", "3,4", "--neighbours", "5", "--train-split", "train", "--memory-size", "200"].map(String::from));
     let o = run(&a.iter().map(String::as_str).collect::<Vec<_>>());
     assert!(o.status.success(), "{}", text(&o));
     let s = scores(&json);
-    assert_eq!(s.iter().map(|x| x.0.as_str()).collect::<Vec<_>>(), ["fraction 1", "fraction 0.5"]);
+    assert_eq!(s.iter().map(|x| x.0.as_str()).collect::<Vec<_>>(), ["fraction 1/1", "fraction 1/2"]);
+    assert_eq!((s[0].2.len(), s[1].2.len()), (1, 2), "{s:?}");
+    let c = card(&json, "Hummingbird", 56, 56, &[3, 4]);
+    assert_eq!(c["bank_size"].as_str(), Some("200"), "{c}");
+    // 8 images x 2 passes share 200 patches: 12 per image, 192 in all.
+    assert!(c["settings"]["bank"].as_str().unwrap().contains("1/1: 192"), "{c}");
+    // Published lists: names resolved in the training split, a missing list named.
+    let sets = tmp.path().join("file_sets");
+    std::fs::create_dir_all(sets.join("1_div_2")).unwrap();
+    std::fs::write(sets.join("1_div_2/train_2_3.txt"), "synth_0050_00000\nsynth_0050_00003\n").unwrap();
+    let mut a = common("incontext", &json);
+    a.extend(["--fractions", "2", "--seeds", "3", "--neighbours", "5", "--train-split", "train", "--no-augment", "--memory-size", "0", "--file-sets"].map(String::from));
+    a.push(sets.to_str().unwrap().to_string());
+    let o = run(&a.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(o.status.success(), "{}", text(&o));
+    // Two images of 4x4 patches, unbounded bank.
+    assert!(card(&json, "Hummingbird", 56, 56, &[3])["settings"]["bank"].as_str().unwrap().contains("1/2: 32"), "{}", text(&o));
+    let last = a.len() - 1;
+    a.insert(last - 1, "--seeds".into());
+    a.insert(last, "4".into());
+    let o = run(&a.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(!o.status.success() && text(&o).contains("_2_4.txt"), "{}", text(&o));
 
     // Bad input names the file.
     let o = run(&["eval", "cluster", "--data", set.to_str().unwrap(), "--run", tmp.path().to_str().unwrap()]);

@@ -1,16 +1,23 @@
 //! `mosic features` and `mosic eval {cluster,video,linear,incontext}`: dense features of a
-//! backbone and the paper's evaluation protocols on them.
+//! backbone and the evaluation protocols, as their reference implementations run them (see
+//! the eval crate for each protocol; README "Evaluation" for the settings).
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, ensure, Context, Result};
 use burn::tensor::backend::AutodiffBackend;
 use clap::{Args, Subcommand};
 use image::RgbImage;
-use mosic_eval::cluster::{cluster_images, cluster_videos, num_classes, ClusterConfig, Score, VideoConfig, VideoSample};
-use mosic_eval::data::{image_set, video_set, Mask};
-use mosic_eval::{incontext, linear, FeatureMap};
+use mosic::rng::SplitMix64;
+use mosic_eval::card::{self, ProtocolCard};
+use mosic_eval::cluster::{leopart_clustering, ImageProtocol, Score};
+use mosic_eval::data::{hummingbird_file_set, open_image_set, video_set, LabelledImage, Mask, SetInfo};
+use mosic_eval::incontext::{self, Bank, InContextConfig};
+use mosic_eval::linear::{self, LinearConfig, LinearProbe};
+use mosic_eval::segmentation::{reference_score, Confusion, RefMatching};
+use mosic_eval::video::{timet_clustering, Clip, VideoProtocol};
+use mosic_eval::{augment, FeatureMap};
 use mosic_trainer::backend::{dispatch, WithBackend};
 use mosic_trainer::features::{extract, load_backbone, read_image, save_features, Weights};
-use mosic_trainer::validate::{load_images, load_videos, spread};
+use rayon::prelude::*;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -169,11 +176,11 @@ pub fn features(a: FeaturesArgs) -> Result<ExitCode> {
 
 #[derive(Subcommand)]
 pub enum EvalCommand {
-    /// K-means clustering of an image set's dense features (K = classes, Hungarian; K > classes, overclustering).
+    /// Clustering and overclustering of an image set (Leopart): standardise + PCA 50, FAISS-style k-means, Hungarian (K = classes) or many-to-one by precision.
     Cluster(ClusterArgs),
-    /// Clustering of videos with instance masks, matched per frame, per clip and per dataset (TimeT).
+    /// Unsupervised video segmentation (TimeT): clustering per frame (F), clip (C) and dataset (D), plus overclustering.
     Video(VideoArgs),
-    /// Linear segmentation probe on frozen features (Leopart setup).
+    /// Linear segmentation probe on frozen features (Leopart's Pascal setup).
     Linear(LinearArgs),
     /// Dense nearest-neighbour retrieval from a memory bank of labelled patches (Hummingbird).
     Incontext(InContextArgs),
@@ -183,20 +190,23 @@ pub enum EvalCommand {
 pub struct Common {
     #[command(flatten)]
     model: ModelArgs,
-    /// Labelled set: Pascal VOC (JPEGImages, SegmentationClass, ImageSets) or images/ + masks/
-    /// (eval video: DAVIS or YouTube-VOS / `mosic synth` layout).
+    /// Labelled set: Pascal VOC 2012 (+ SBD SegmentationClassAug), VOCSegmentation, ADE20K
+    /// (ADEChallengeData2016), COCO as Leopart prepares it, images/ + masks/; `eval video`:
+    /// DAVIS 2017, YouTube-VOS (meta.json maps ids to categories), `mosic synth`.
     #[arg(long)]
     data: PathBuf,
-    /// Model input size (paper: 448).
-    #[arg(long, default_value_t = 448)]
-    size: usize,
-    /// Label maps are resized (nearest) to this square size (paper: 100).
-    #[arg(long, default_value_t = 100)]
-    mask_size: usize,
-    /// Number of classes; default: largest label in the masks + 1 (255 = ignore).
+    /// Model input size (square); default per protocol: cluster 448, video 224, linear 448, incontext 504.
+    #[arg(long)]
+    size: Option<usize>,
+    /// Side of the square masks are scored at; default per protocol: cluster and linear 100,
+    /// video and incontext the input size.
+    #[arg(long)]
+    mask_size: Option<usize>,
+    /// Number of classes; default: what the layout defines (VOC 21, ADE20K 150, COCO-Things 12,
+    /// COCO-Stuff 15), else the largest label + 1 (255 = ignore).
     #[arg(long)]
     classes: Option<usize>,
-    /// Write the scores as JSON here too.
+    /// Write the scores and the protocol card as JSON here too.
     #[arg(long)]
     json: Option<PathBuf>,
 }
@@ -205,16 +215,25 @@ pub struct Common {
 pub struct ClusterArgs {
     #[command(flatten)]
     common: Common,
+    /// VOC: train, val (default), trainaug; ADE20K: train, val; COCO: things-val, stuff-val, ...
     #[arg(long)]
     split: Option<String>,
     /// Cluster counts; 0 = the number of classes.
     #[arg(long, value_delimiter = ',', default_value = "0,100,300,500")]
     k: Vec<usize>,
-    /// k-means seeds (0..seeds).
+    /// k-means seeds 0..N, one clustering each (Leopart: 5).
     #[arg(long, default_value_t = 5)]
     seeds: u64,
     #[arg(long, default_value_t = 100)]
-    iters: usize,
+    niter: usize,
+    #[arg(long, default_value_t = 5)]
+    nredo: usize,
+    /// PCA dimension after standardisation; 0 clusters raw tokens.
+    #[arg(long, default_value_t = 50)]
+    pca_dim: usize,
+    /// Overclustering matches each cluster by IoU instead of precision.
+    #[arg(long)]
+    match_by_iou: bool,
     /// Use at most this many images (evenly spaced).
     #[arg(long)]
     max_images: Option<usize>,
@@ -227,25 +246,42 @@ pub struct VideoArgs {
     /// DAVIS: ImageSets/2017/<split>.txt; others: <split>.txt in the data folder.
     #[arg(long)]
     split: Option<String>,
-    /// Keep every n-th annotated frame.
+    /// Annotated frames drawn per clip (sorted; TimeT: 4); 0 takes every annotated frame.
+    #[arg(long, default_value_t = 4)]
+    frames_per_clip: usize,
+    /// Keep every n-th annotated frame before drawing.
     #[arg(long, default_value_t = 1)]
     every: usize,
+    /// k-means (and frame-draw) seeds (TimeT: 1).
+    #[arg(long, value_delimiter = ',', default_value = "1")]
+    seeds: Vec<u64>,
+    /// Clips per standardisation + PCA fit for F and C (TimeT's batch size).
+    #[arg(long, default_value_t = 16)]
+    batch_clips: usize,
+    /// Side the dataset-level clustering works at (TimeT: 112).
+    #[arg(long, default_value_t = 112)]
+    dataset_size: usize,
+    #[arg(long, default_value_t = 50)]
+    niter: usize,
     #[arg(long, default_value_t = 5)]
-    seeds: u64,
-    #[arg(long, default_value_t = 100)]
-    iters: usize,
-    /// Overclustering K per frame and clip (TimeT: 10); 0 skips.
+    nredo: usize,
+    #[arg(long, default_value_t = 50)]
+    pca_dim: usize,
+    /// Overclustering K per frame and clip (10); 0 skips.
     #[arg(long, default_value_t = 10)]
     over_local: usize,
-    /// Overclustering K over the dataset (TimeT: 200 DAVIS, 500 YouTube-VOS); 0 skips.
+    /// Overclustering K over the dataset (200 DAVIS, 500 YouTube-VOS); 0 skips.
     #[arg(long, default_value_t = 200)]
     over_dataset: usize,
+    /// Overclustering matches each cluster by IoU instead of precision.
+    #[arg(long)]
+    match_by_iou: bool,
 }
 
 /// Training and evaluation splits of a labelled image set.
 #[derive(Args)]
 pub struct Splits {
-    #[arg(long, default_value = "train")]
+    #[arg(long, default_value = "trainaug")]
     train_split: String,
     #[arg(long, default_value = "val")]
     val_split: String,
@@ -257,7 +293,7 @@ pub struct LinearArgs {
     common: Common,
     #[command(flatten)]
     splits: Splits,
-    #[arg(long, default_value_t = 20)]
+    #[arg(long, default_value_t = 25)]
     epochs: usize,
     #[arg(long, default_value_t = 0.01)]
     lr: f64,
@@ -265,11 +301,14 @@ pub struct LinearArgs {
     momentum: f64,
     #[arg(long, default_value_t = 1e-4)]
     weight_decay: f64,
-    #[arg(long, default_value_t = 16)]
+    #[arg(long, default_value_t = 60)]
     batch_size: usize,
     /// Epochs at which the learning rate drops 10x.
-    #[arg(long, value_delimiter = ',', default_value = "15")]
+    #[arg(long, value_delimiter = ',', default_value = "20")]
     lr_drops: Vec<usize>,
+    /// No RandomResizedCrop + flip: features computed once and reused every epoch.
+    #[arg(long)]
+    no_augment: bool,
     #[arg(long, default_value_t = 0)]
     seed: u64,
 }
@@ -280,45 +319,72 @@ pub struct InContextArgs {
     common: Common,
     #[command(flatten)]
     splits: Splits,
+    /// open-hummingbird-eval's `file_sets/<dataset>` folder: the published training subsets
+    /// (`1_div_<n>/..._<n>_<seed>.txt`, `full/...txt`). Without it, seeded random subsets.
+    #[arg(long)]
+    file_sets: Option<PathBuf>,
+    /// Training fractions as denominators: 1 = all, 8 = 1/8, ...
+    #[arg(long, value_delimiter = ',', default_value = "1,8,64,128")]
+    fractions: Vec<usize>,
+    /// Subset seeds of the fractions below 1 (the published lists').
+    #[arg(long, value_delimiter = ',', default_value = "42,400,783,1293,4019")]
+    seeds: Vec<u64>,
+    /// Most memory-bank patches; 0 = every patch.
+    #[arg(long, default_value_t = 10_240_000)]
+    memory_size: usize,
+    /// Augmented passes over the training images.
+    #[arg(long, default_value_t = 2)]
+    passes: usize,
+    /// No colour jitter or random crops for the bank.
+    #[arg(long)]
+    no_augment: bool,
     #[arg(long, default_value_t = 30)]
     neighbours: usize,
     #[arg(long, default_value_t = 0.02)]
     temperature: f32,
-    /// Fractions of the training images in the memory bank.
-    #[arg(long, value_delimiter = ',', default_value = "1,0.125,0.015625,0.0078125")]
-    fractions: Vec<f64>,
-    #[arg(long, default_value_t = 5)]
-    seeds: u64,
-    /// Most bank patches (random sample beyond); 0 keeps all.
-    #[arg(long, default_value_t = 0)]
-    memory_size: usize,
+    /// Label left out of the score (default: 0 for ADE20K, 255 otherwise).
+    #[arg(long)]
+    ignore: Option<u8>,
 }
 
 pub fn eval(c: EvalCommand) -> Result<ExitCode> {
-    let (what, scores, common) = match c {
-        EvalCommand::Cluster(a) => ("cluster", cluster(&a)?, a.common),
-        EvalCommand::Video(a) => ("video", video(&a)?, a.common),
-        EvalCommand::Linear(a) => ("linear", linear_probe(&a)?, a.common),
-        EvalCommand::Incontext(a) => ("incontext", in_context(&a)?, a.common),
+    let (scores, card, common) = match c {
+        EvalCommand::Cluster(a) => {
+            let (s, c) = cluster(&a)?;
+            (s, c, a.common)
+        }
+        EvalCommand::Video(a) => {
+            let (s, c) = video(&a)?;
+            (s, c, a.common)
+        }
+        EvalCommand::Linear(a) => {
+            let (s, c) = linear_probe(&a)?;
+            (s, c, a.common)
+        }
+        EvalCommand::Incontext(a) => {
+            let (s, c) = in_context(&a)?;
+            (s, c, a.common)
+        }
     };
-    print_scores(what, &common, &scores)?;
+    print_scores(&common, &card, &scores)?;
     Ok(ExitCode::SUCCESS)
 }
 
-fn print_scores(what: &str, c: &Common, scores: &[Score]) -> Result<()> {
-    println!("eval {what}: {} on {} ({} px input, {}x{} masks)", c.model.weights()?.describe(), c.data.display(), c.size, c.mask_size, c.mask_size);
-    println!("{:<28} {:>8} {:>8}  per seed", "protocol", "mIoU %", "std");
+fn print_scores(c: &Common, card: &ProtocolCard, scores: &[Score]) -> Result<()> {
+    println!("eval: {} on {}", c.model.weights()?.describe(), c.data.display());
+    for l in card.lines() {
+        println!("  {l}");
+    }
+    println!("{:<28} {:>8} {:>8}  per seed", "score", "mIoU %", "std");
     for s in scores {
         let per: Vec<String> = s.per_seed.iter().map(|v| format!("{:.1}", 100.0 * v)).collect();
         println!("{:<28} {:>8.2} {:>8.2}  {}", s.name, 100.0 * s.mean, 100.0 * s.std, per.join(" "));
     }
     if let Some(path) = &c.json {
         let doc = serde_json::json!({
-            "protocol": what,
+            "card": card,
             "backbone": c.model.weights()?.describe(),
             "data": c.data,
-            "img_size": c.size,
-            "mask_size": c.mask_size,
             "scores": scores,
         });
         mosic::fsutil::write_atomic(path, serde_json::to_string_pretty(&doc)?.as_bytes())?;
@@ -326,77 +392,338 @@ fn print_scores(what: &str, c: &Common, scores: &[Score]) -> Result<()> {
     Ok(())
 }
 
-fn classes_of(c: &Common, masks: &[&Mask]) -> usize {
-    c.classes.unwrap_or_else(|| num_classes(masks.iter().copied()))
+/// Classes: `--classes`, else the layout's, else the largest label + 1; labels beyond are refused.
+fn resolve_classes(c: &Common, info: &SetInfo, masks: &[&Mask], names: &[&str]) -> Result<usize> {
+    let classes = c.classes.or(info.classes).unwrap_or_else(|| mosic_eval::cluster::num_classes(masks.iter().copied()));
+    for (m, n) in masks.iter().zip(names) {
+        if let Some(l) = m.labels.iter().copied().find(|&l| l != 255 && l as usize >= classes) {
+            bail!("{n}: label {l} is not below the {classes} classes (set --classes)");
+        }
+    }
+    Ok(classes)
 }
 
-fn cluster(a: &ClusterArgs) -> Result<Vec<Score>> {
+/// Image and mask of a set item; the mask nearest-resized (PIL) to `size` and then, if
+/// `mask_size` differs, with PyTorch's nearest (the references' two steps).
+fn load_item(it: &LabelledImage, size: usize, mask_size: usize) -> Result<(RgbImage, Mask)> {
+    let img = read_image(&it.image)?;
+    let m = it.read_mask()?.resize_nearest(size, size);
+    let m = if mask_size == size { m } else { m.resize_nearest_torch(mask_size, mask_size) };
+    Ok((img, m))
+}
+
+fn load_items(items: &[LabelledImage], size: usize, mask_size: usize) -> Result<(Vec<RgbImage>, Vec<Mask>)> {
+    Ok(items.par_iter().map(|it| load_item(it, size, mask_size)).collect::<Result<Vec<_>>>()?.into_iter().unzip())
+}
+
+fn spread(len: usize, n: usize) -> Vec<usize> {
+    if n >= len {
+        return (0..len).collect();
+    }
+    (0..n).map(|i| (i * len + len / 2) / n).collect()
+}
+
+fn cluster(a: &ClusterArgs) -> Result<(Vec<Score>, ProtocolCard)> {
     let c = &a.common;
-    let mut items = image_set(&c.data, a.split.as_deref())?;
+    let (size, mask_size) = (c.size.unwrap_or(448), c.mask_size.unwrap_or(100));
+    let (mut items, info) = open_image_set(&c.data, a.split.as_deref())?;
     if let Some(m) = a.max_images {
         items = spread(items.len(), m).into_iter().map(|i| items[i].clone()).collect();
     }
-    let (images, masks) = load_images(&items, c.mask_size)?;
-    let classes = classes_of(c, &masks.iter().collect::<Vec<_>>());
-    let (mut feats, _) = features_of(&c.model, Some(c.size), vec![images])?;
+    let (images, masks) = load_items(&items, size, mask_size)?;
+    let names: Vec<&str> = items.iter().map(|i| i.mask.to_str().unwrap_or("")).collect();
+    let classes = resolve_classes(c, &info, &masks.iter().collect::<Vec<_>>(), &names)?;
+    let p = ImageProtocol { ks: a.k.clone(), seeds: (0..a.seeds).collect(), niter: a.niter, nredo: a.nredo, pca_dim: a.pca_dim, precision: !a.match_by_iou };
+    let (mut feats, _) = features_of(&c.model, Some(size), vec![images])?;
     let t0 = Instant::now();
-    let scores = cluster_images(&feats.pop().unwrap(), &masks, classes, &ClusterConfig { ks: a.k.clone(), seeds: (0..a.seeds).collect(), iters: a.iters });
+    let scores = leopart_clustering(&feats.pop().unwrap(), &masks, classes, &p);
     eprintln!("clustering: {} images, {classes} classes, {:.1} s", items.len(), t0.elapsed().as_secs_f64());
-    Ok(scores)
+    let card = ProtocolCard::new("image clustering / overclustering (Leopart)", format!("{} experiments/overcluster/sup_overcluster.py, experiments/utils.py", card::LEOPART), size, mask_size, p.seeds.clone())
+        .set("data", &info.layout)
+        .set("classes", classes)
+        .set("images", items.len())
+        .set("features", format!("patch tokens, standardised, PCA to {}", p.pca_dim))
+        .set("k-means", format!("FAISS-style, {} iterations, best of {} starts, <= 256 points per centroid", p.niter, p.nredo))
+        .set("matching", format!("K = classes: Hungarian on IoU; other K: many-to-one by {}", if p.precision { "precision" } else { "IoU" }))
+        .set("upsampling", "cluster ids nearest to the mask size");
+    Ok((scores, card))
 }
 
-fn video(a: &VideoArgs) -> Result<Vec<Score>> {
+fn video(a: &VideoArgs) -> Result<(Vec<Score>, ProtocolCard)> {
     let c = &a.common;
-    let videos = load_videos(&video_set(&c.data, a.split.as_deref(), a.every)?, c.mask_size)?;
-    let sets: Vec<Vec<RgbImage>> = videos.iter().map(|v| v.frames.clone()).collect();
-    let (feats, _) = features_of(&c.model, Some(c.size), sets)?;
-    let samples: Vec<VideoSample> =
-        videos.into_iter().zip(feats).map(|(v, f)| VideoSample { name: v.name, frames: f, masks: v.masks }).collect();
+    let size = c.size.unwrap_or(224);
+    let mask_size = c.mask_size.unwrap_or(size);
+    let seed0 = a.seeds.first().copied().unwrap_or(1);
+    let mut rng = SplitMix64::new(seed0);
+    let set = video_set(&c.data, a.split.as_deref(), a.every)?;
+    let mut sets = Vec::new();
+    let mut clips = Vec::new();
+    for v in &set {
+        let mut idx: Vec<usize> = (0..v.frames.len()).collect();
+        if a.frames_per_clip > 0 {
+            // TimeT's uniform sampling: distinct frames when there are enough, else with repeats.
+            idx = if v.frames.len() >= a.frames_per_clip {
+                rng.shuffle(&mut idx);
+                idx[..a.frames_per_clip].to_vec()
+            } else {
+                (0..a.frames_per_clip).map(|_| rng.below(v.frames.len() as u64) as usize).collect()
+            };
+            idx.sort_unstable();
+        }
+        let loaded: Vec<(RgbImage, Mask)> = idx
+            .par_iter()
+            .map(|&i| -> Result<(RgbImage, Mask)> {
+                let m = v.read_mask(i)?.resize_nearest(size, size);
+                Ok((read_image(&v.frames[i].0)?, if mask_size == size { m } else { m.resize_nearest_torch(mask_size, mask_size) }))
+            })
+            .collect::<Result<Vec<_>>>()
+            .with_context(|| format!("video {}", v.name))?;
+        let (frames, masks): (Vec<RgbImage>, Vec<Mask>) = loaded.into_iter().unzip();
+        sets.push(frames);
+        clips.push(Clip { name: v.name.clone(), frames: Vec::new(), masks });
+    }
+    let (feats, _) = features_of(&c.model, Some(size), sets)?;
+    for (clip, f) in clips.iter_mut().zip(feats) {
+        clip.frames = f;
+    }
+    let p = VideoProtocol {
+        seeds: a.seeds.clone(),
+        batch_clips: a.batch_clips,
+        dataset_size: a.dataset_size,
+        niter: a.niter,
+        nredo: a.nredo,
+        pca_dim: a.pca_dim,
+        over_k_local: a.over_local,
+        over_k_dataset: a.over_dataset,
+        precision: !a.match_by_iou,
+    };
     let t0 = Instant::now();
-    let cfg = VideoConfig { seeds: (0..a.seeds).collect(), iters: a.iters, over_k_local: a.over_local, over_k_dataset: a.over_dataset };
-    let scores = cluster_videos(&samples, &cfg);
-    eprintln!("clustering: {} videos, {} frames, {:.1} s", samples.len(), samples.iter().map(|s| s.frames.len()).sum::<usize>(), t0.elapsed().as_secs_f64());
-    Ok(scores)
+    let scores = timet_clustering(&clips, &p);
+    eprintln!("clustering: {} videos, {} frames, {:.1} s", clips.len(), clips.iter().map(|s| s.frames.len()).sum::<usize>(), t0.elapsed().as_secs_f64());
+    let card = ProtocolCard::new("unsupervised video segmentation (TimeT)", format!("{} evaluation.py, clustering.py, metrics.py", card::TIMET), size, mask_size, p.seeds.clone())
+        .set("clips", clips.len())
+        .set("frames", if a.frames_per_clip > 0 { format!("{} drawn per clip (seed {seed0})", a.frames_per_clip) } else { "every annotated frame".into() })
+        .set("features", format!("patch tokens, standardised + PCA to {} per {} clips (D: over the set), bilinearly upsampled", p.pca_dim, p.batch_clips))
+        .set("k-means", format!("FAISS-style, {} iterations, best of {} starts, on pixels", p.niter, p.nredo))
+        .set("K", format!("labels in the unit (Hungarian on IoU); F, C over K={}; D over K={} (many-to-one by {})", p.over_k_local, p.over_k_dataset, if p.precision { "precision" } else { "IoU" }))
+        .set("D size", format!("{0}x{0}", p.dataset_size));
+    Ok((scores, card))
 }
 
-/// Train and val features with their masks.
-type Pairs = Vec<(FeatureMap, Mask)>;
-
-fn train_val(c: &Common, s: &Splits) -> Result<(Pairs, Pairs, usize)> {
-    let (ti, tm) = load_images(&image_set(&c.data, Some(&s.train_split))?, c.mask_size)?;
-    let (vi, vm) = load_images(&image_set(&c.data, Some(&s.val_split))?, c.mask_size)?;
-    let classes = classes_of(c, &tm.iter().chain(&vm).collect::<Vec<_>>());
-    let (mut f, _) = features_of(&c.model, Some(c.size), vec![ti, vi])?;
-    let vf = f.pop().unwrap();
-    let tf = f.pop().unwrap();
-    Ok((tf.into_iter().zip(tm).collect(), vf.into_iter().zip(vm).collect(), classes))
+/// The linear probe with the backbone in the loop: fresh augmentations every epoch.
+struct LinearJob {
+    weights: Weights,
+    size: usize,
+    mask_size: usize,
+    batch: usize,
+    train: Vec<LabelledImage>,
+    val: Vec<LabelledImage>,
+    classes: usize,
+    cfg: LinearConfig,
+    augment: bool,
 }
 
-fn linear_probe(a: &LinearArgs) -> Result<Vec<Score>> {
-    let (train, val, classes) = train_val(&a.common, &a.splits)?;
-    let cfg = linear::LinearConfig {
+impl WithBackend for LinearJob {
+    type Output = Confusion;
+    fn run<B: AutodiffBackend>(self, device: B::Device) -> Result<Confusion> {
+        let vit = load_backbone::<B::InnerBackend>(&self.weights, Some(self.size), &device)?;
+        let dim = vit.config().embed_dim;
+        let (size, ms) = (self.size, self.mask_size);
+        let log = |l: &str| eprintln!("{l}");
+        let probe = LinearProbe::new(dim, self.classes, self.cfg.seed);
+        let probe = if self.augment {
+            let seed = self.cfg.seed;
+            let train = &self.train;
+            linear::train_probe_batches(probe, train.len(), &self.cfg, &mut |epoch, idx| {
+                let pairs: Vec<(RgbImage, Mask)> = idx
+                    .par_iter()
+                    .map(|&i| -> Result<(RgbImage, Mask)> {
+                        let img = read_image(&train[i].image)?;
+                        let m = train[i].read_mask()?;
+                        let mut rng = SplitMix64::stream(seed ^ 0x11ea7, (epoch * train.len() + i) as u64);
+                        let (img, m) = augment::leopart_train(&img, &m, &mut rng);
+                        Ok((img, m.resize_nearest(size, size).resize_nearest_torch(ms, ms)))
+                    })
+                    .collect::<Result<_>>()?;
+                let (imgs, masks): (Vec<RgbImage>, Vec<Mask>) = pairs.into_iter().unzip();
+                Ok(extract::<B::InnerBackend>(&vit, &imgs, self.batch).into_iter().zip(masks).collect())
+            }, &log)?
+        } else {
+            let (imgs, masks) = load_items(&self.train, size, ms)?;
+            let pairs: Vec<(FeatureMap, Mask)> = extract::<B::InnerBackend>(&vit, &imgs, self.batch).into_iter().zip(masks).collect();
+            linear::train_probe_batches(probe, pairs.len(), &self.cfg, &mut |_, idx| Ok(idx.iter().map(|&i| pairs[i].clone()).collect()), &log)?
+        };
+        let mut total = Confusion::new(self.classes, self.classes);
+        for chunk in self.val.chunks(256) {
+            let (imgs, masks) = load_items(chunk, size, ms)?;
+            let pairs: Vec<(FeatureMap, Mask)> = extract::<B::InnerBackend>(&vit, &imgs, self.batch).into_iter().zip(masks).collect();
+            let conf = linear::evaluate_probe(&probe, &pairs);
+            total.counts.iter_mut().zip(&conf.counts).for_each(|(a, b)| *a += b);
+        }
+        Ok(total)
+    }
+}
+
+fn linear_probe(a: &LinearArgs) -> Result<(Vec<Score>, ProtocolCard)> {
+    let c = &a.common;
+    let (size, mask_size) = (c.size.unwrap_or(448), c.mask_size.unwrap_or(100));
+    let (train, info) = open_image_set(&c.data, Some(&a.splits.train_split))?;
+    let (val, _) = open_image_set(&c.data, Some(&a.splits.val_split))?;
+    let classes = match c.classes.or(info.classes) {
+        Some(k) => k,
+        None => {
+            let masks: Vec<Mask> = train.iter().chain(&val).map(|i| i.read_mask()).collect::<Result<_>>()?;
+            mosic_eval::cluster::num_classes(&masks)
+        }
+    };
+    let cfg = LinearConfig {
         epochs: a.epochs,
         lr: a.lr,
         momentum: a.momentum,
         weight_decay: a.weight_decay,
         batch_size: a.batch_size,
         lr_drops: a.lr_drops.clone(),
+        drop_last: true,
+        shuffle: true,
         seed: a.seed,
     };
-    let probe = linear::train_probe(&train, classes, &cfg, &|l| eprintln!("{l}"));
-    let conf = linear::evaluate_probe(&probe, &val);
-    let v = mosic_eval::cluster::prediction_miou(&conf);
-    Ok(vec![Score::new(format!("linear ({} train, {} val)", train.len(), val.len()), classes, "supervised", vec![v])])
+    let t0 = Instant::now();
+    let job = LinearJob { weights: c.model.weights()?, size, mask_size, batch: c.model.batch, train: train.clone(), val: val.clone(), classes, cfg: cfg.clone(), augment: !a.no_augment };
+    let conf = dispatch(&c.model.backend, job)?;
+    eprintln!("linear probe: {} train, {} val images, {:.1} s", train.len(), val.len(), t0.elapsed().as_secs_f64());
+    let v = reference_score(&conf, RefMatching::Identity).miou;
+    let card = ProtocolCard::new("linear segmentation probe (Leopart)", format!("{} experiments/linear_probing/linear_finetune.py (Pascal config)", card::LEOPART), size, mask_size, vec![a.seed])
+        .set("data", format!("{} -> {}", info.layout, a.splits.val_split))
+        .set("classes", classes)
+        .set("training", format!("{} epochs, batch {} (last partial dropped), SGD lr {} momentum {} wd {}, x0.1 at {:?}", cfg.epochs, cfg.batch_size, cfg.lr, cfg.momentum, cfg.weight_decay, cfg.lr_drops))
+        .set("augment", if a.no_augment { "none (features computed once)".to_string() } else { "RandomResizedCrop(scale 0.8-1) + flip, features recomputed every epoch".to_string() })
+        .set("score", "mIoU over all classes (absent ones 0), label 255 ignored, on the whole val split after the last epoch");
+    Ok((vec![Score::new(format!("linear ({} train, {} val)", train.len(), val.len()), classes, "supervised", vec![v])], card))
 }
 
-fn in_context(a: &InContextArgs) -> Result<Vec<Score>> {
-    let (train, val, classes) = train_val(&a.common, &a.splits)?;
-    let cfg = incontext::InContextConfig {
-        neighbours: a.neighbours,
-        temperature: a.temperature,
-        fractions: a.fractions.clone(),
-        seeds: (0..a.seeds).collect(),
-        memory_size: a.memory_size,
+/// One memory bank per training subset, scored on the validation set.
+struct InContextJob {
+    weights: Weights,
+    size: usize,
+    batch: usize,
+    subsets: Vec<(String, Vec<LabelledImage>)>,
+    val: Vec<LabelledImage>,
+    classes: usize,
+    cfg: InContextConfig,
+    augment: bool,
+}
+
+impl WithBackend for InContextJob {
+    type Output = Vec<(String, f64, usize)>;
+    fn run<B: AutodiffBackend>(self, device: B::Device) -> Result<Self::Output> {
+        let vit = load_backbone::<B::InnerBackend>(&self.weights, Some(self.size), &device)?;
+        let dim = vit.config().embed_dim;
+        let s = self.size;
+        let (vi, vm) = load_items(&self.val, s, s)?;
+        let val: Vec<(FeatureMap, Mask)> = extract::<B::InnerBackend>(&vit, &vi, self.batch).into_iter().zip(vm).collect();
+        let mut out = Vec::new();
+        for (label, items) in &self.subsets {
+            let t0 = Instant::now();
+            let mut bank = Bank::new(dim, self.classes);
+            let per = Bank::per_image(&self.cfg, items.len());
+            let passes = if self.augment { self.cfg.passes.max(1) } else { 1 };
+            for pass in 0..passes {
+                for (ci, chunk) in items.chunks(64).enumerate() {
+                    let pairs: Vec<(RgbImage, Mask)> = chunk
+                        .par_iter()
+                        .enumerate()
+                        .map(|(j, it)| -> Result<(RgbImage, Mask)> {
+                            let img = read_image(&it.image)?;
+                            let m = it.read_mask()?;
+                            let (img, m) = if self.augment {
+                                let mut rng = SplitMix64::stream(0x4b1d, (pass * items.len() + ci * 64 + j) as u64);
+                                augment::hummingbird_train(&img, &m, &mut rng)
+                            } else {
+                                (img, m)
+                            };
+                            Ok((img, m.resize_nearest(s, s)))
+                        })
+                        .collect::<Result<_>>()?;
+                    let (imgs, masks): (Vec<RgbImage>, Vec<Mask>) = pairs.into_iter().unzip();
+                    for (j, (f, m)) in extract::<B::InnerBackend>(&vit, &imgs, self.batch).iter().zip(&masks).enumerate() {
+                        let mut rng = SplitMix64::stream(0x5a3e, (pass * items.len() + ci * 64 + j) as u64);
+                        bank.add(f, m, per, &mut rng).with_context(|| format!("bank image {}", chunk[j].name))?;
+                    }
+                }
+            }
+            let v = incontext::evaluate(&bank, &val, &self.cfg);
+            eprintln!("in-context {label}: {} images, {} bank patches, mIoU {:.4} ({:.1} s)", items.len(), bank.len(), v, t0.elapsed().as_secs_f64());
+            out.push((label.clone(), v, bank.len()));
+        }
+        Ok(out)
+    }
+}
+
+fn in_context(a: &InContextArgs) -> Result<(Vec<Score>, ProtocolCard)> {
+    let c = &a.common;
+    let size = c.size.unwrap_or(504);
+    if let Some(m) = c.mask_size {
+        ensure!(m == size, "in-context predictions are scored at the input size; drop --mask-size or set it to {size}");
+    }
+    let (train, info) = open_image_set(&c.data, Some(&a.splits.train_split))?;
+    let (val, _) = open_image_set(&c.data, Some(&a.splits.val_split))?;
+    let ade = info.layout.starts_with("ADE20K");
+    let classes = match c.classes.or(info.classes) {
+        // The reference scores ADE20K over 151 ids with 0 ignored (and counted as a class).
+        Some(k) if ade => k + 1,
+        Some(k) => k,
+        None => {
+            let masks: Vec<Mask> = train.iter().chain(&val).map(|i| i.read_mask()).collect::<Result<_>>()?;
+            mosic_eval::cluster::num_classes(&masks)
+        }
     };
-    Ok(incontext::evaluate(&train, &val, classes, &cfg, &|l| eprintln!("{l}")))
+    let (train, val) = if ade {
+        // Hummingbird reads ADE20K's raw ids (0 = other, ignored).
+        (train.into_iter().map(|i| LabelledImage { labels: None, ..i }).collect::<Vec<_>>(), val.into_iter().map(|i| LabelledImage { labels: None, ..i }).collect::<Vec<_>>())
+    } else {
+        (train, val)
+    };
+    let ignore = a.ignore.unwrap_or(if ade { 0 } else { 255 });
+    let by_name: std::collections::HashMap<&str, &LabelledImage> = train.iter().map(|i| (i.name.as_str(), i)).collect();
+    let mut subsets = Vec::new();
+    for &n in &a.fractions {
+        ensure!(n >= 1, "--fractions are denominators (1, 8, 64, 128), not {n}");
+        let seeds: Vec<u64> = if n == 1 { vec![0] } else { a.seeds.clone() };
+        for &seed in &seeds {
+            let items: Vec<LabelledImage> = match &a.file_sets {
+                Some(dir) => hummingbird_file_set(dir, n, seed)?
+                    .iter()
+                    .map(|name| by_name.get(name.as_str()).map(|i| (*i).clone()).with_context(|| format!("{}: image {name} of the 1/{n} list (seed {seed}) is not in the {} split", c.data.display(), a.splits.train_split)))
+                    .collect::<Result<_>>()?,
+                None => {
+                    let mut idx: Vec<usize> = (0..train.len()).collect();
+                    SplitMix64::new(seed).shuffle(&mut idx);
+                    idx.truncate((train.len() / n).max(1));
+                    idx.sort_unstable();
+                    idx.into_iter().map(|i| train[i].clone()).collect()
+                }
+            };
+            subsets.push((format!("1/{n}#{seed}"), items));
+        }
+    }
+    let cfg = InContextConfig { neighbours: a.neighbours, temperature: a.temperature, memory_size: (a.memory_size > 0).then_some(a.memory_size), passes: a.passes, ignore };
+    let job = InContextJob { weights: c.model.weights()?, size, batch: c.model.batch, subsets, val: val.clone(), classes, cfg: cfg.clone(), augment: !a.no_augment };
+    let results = dispatch(&c.model.backend, job)?;
+    let mut scores = Vec::new();
+    let mut banks = Vec::new();
+    for &n in &a.fractions {
+        let prefix = format!("1/{n}#");
+        let part: Vec<&(String, f64, usize)> = results.iter().filter(|r| r.0.starts_with(&prefix)).collect();
+        banks.push(format!("1/{n}: {}", part.iter().map(|r| r.2.to_string()).collect::<Vec<_>>().join(",")));
+        scores.push(Score::new(format!("fraction 1/{n}"), classes, "nearest-neighbour", part.iter().map(|r| r.1).collect()));
+    }
+    let mut card = ProtocolCard::new("in-context retrieval (Hummingbird)", format!("{} hbird/hbird_eval.py; settings of {} hummingbird_eval.sh", card::HUMMINGBIRD, card::MOSIC), size, size, a.seeds.clone())
+        .set("data", format!("{} -> {}", info.layout, a.splits.val_split))
+        .set("classes", format!("{classes} (label {ignore} ignored)"))
+        .set("subsets", if a.file_sets.is_some() { "published file lists".to_string() } else { "seeded random subsets".to_string() })
+        .set("bank", format!("{} pass(es){}, per-image class-aware sampling; filled: {}", if a.no_augment { 1 } else { a.passes }, if a.no_augment { "" } else { " with colour jitter + RandomResizedCrop(0.5-2)" }, banks.join("; ")))
+        .set("retrieval", format!("exact cosine top-{}, softmax(sim / {}), labels bilinearly upsampled to the input", a.neighbours, a.temperature))
+        .set("score", "mIoU over all classes (absent ones 0) after Hungarian matching, at input resolution");
+    card.bank_size = Some(cfg.memory_size.map_or("unbounded".to_string(), |m| m.to_string()));
+    Ok((scores, card))
 }

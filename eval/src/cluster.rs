@@ -1,14 +1,18 @@
-//! Unsupervised segmentation by clustering dense features (Leopart's protocol for image sets,
-//! TimeT's for videos): k-means on L2-normalised patch tokens, every label pixel assigned
-//! to the nearest centroid of the bilinearly upsampled features, clusters matched to classes
-//! one-to-one (Hungarian, K <= classes) or many-to-one by precision (overclustering, K > classes),
-//! mIoU ignoring label 255; mean and sample std over k-means seeds. Like FAISS, k-means is fitted
-//! on at most 256 points per centroid.
+//! Unsupervised segmentation by clustering dense features.
+//!
+//! [`leopart_clustering`] is Leopart's image protocol as its code runs it (the one `mosic eval
+//! cluster` reports); the video protocol of TimeT is in [`crate::video`].
+//!
+//! [`cluster_images`] and [`cluster_videos`] are the quick variants the trainer validates with
+//! in the loop: k-means++ on L2-normalised patch tokens, every label pixel assigned to the
+//! nearest centroid of the bilinearly upsampled features, Hungarian matching on overlap
+//! (K <= classes) or many-to-one by precision, mIoU over the classes that occur. They follow
+//! a training run's progress; their numbers are not comparable with published tables.
 
 use crate::data::Mask;
 use crate::dense::FeatureMap;
-use crate::kmeans::kmeans;
-use crate::segmentation::{hungarian_score, miou, overclustering_score, Confusion, SegScore};
+use crate::kmeans::{faiss_kmeans, kmeans, nearest_centroids, FaissParams};
+use crate::segmentation::{hungarian_score, miou, overclustering_score, reference_score, Confusion, RefMatching, RefScore, SegScore, IGNORE};
 use rayon::prelude::*;
 
 /// One protocol's result over seeds.
@@ -251,6 +255,119 @@ pub fn cluster_videos(videos: &[VideoSample], cfg: &VideoConfig) -> Vec<Score> {
 /// mIoU of a hard prediction against labels (both at the same size), for the supervised probes.
 pub fn prediction_miou(conf: &Confusion) -> f64 {
     miou(&conf.counts, conf.classes).0
+}
+
+/// Leopart's clustering and overclustering protocol for image sets
+/// (`experiments/overcluster/sup_overcluster.py`): raw patch tokens of the whole set are
+/// standardised and projected by PCA, clustered by FAISS-style k-means, each image's
+/// patch-grid cluster map is nearest-upsampled to the mask size, and the map is matched to
+/// the classes: K = classes by Hungarian matching on IoU (unmatched clusters to background),
+/// any other K many-to-one by precision; mIoU over all classes (absent ones score 0), on the
+/// pixels whose label is not 255.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct ImageProtocol {
+    /// Cluster counts; 0 stands for the number of classes.
+    pub ks: Vec<usize>,
+    /// One k-means per seed (Leopart: 0..5); the score is their mean.
+    pub seeds: Vec<u64>,
+    pub niter: usize,
+    pub nredo: usize,
+    /// PCA output dimension after standardisation; 0 clusters the raw tokens.
+    pub pca_dim: usize,
+    /// Overclustering matches by precision (Leopart's reported numbers) or by IoU.
+    pub precision: bool,
+}
+
+impl Default for ImageProtocol {
+    fn default() -> Self {
+        Self { ks: vec![0, 100, 300, 500], seeds: (0..5).collect(), niter: 100, nredo: 5, pca_dim: crate::pca::PCA_DIM, precision: true }
+    }
+}
+
+/// Stacked tokens of `maps`, standardised and projected as the protocol says (`pca_dim` 0:
+/// unchanged). Returns the rows and their dimension.
+pub fn protocol_tokens(maps: &[&FeatureMap], pca_dim: usize) -> (Vec<f32>, usize) {
+    let dim = maps[0].dim;
+    let mut data = Vec::with_capacity(maps.iter().map(|m| m.data.len()).sum());
+    for m in maps {
+        assert_eq!(m.dim, dim, "feature maps differ in channels");
+        data.extend_from_slice(&m.data);
+    }
+    if pca_dim == 0 {
+        return (data, dim);
+    }
+    (crate::pca::normalize_and_transform(&data, dim, pca_dim.min(dim)), pca_dim.min(dim))
+}
+
+/// Matching rule of the image protocol for `k` clusters of `classes` classes.
+pub fn image_matching(k: usize, classes: usize, precision: bool) -> RefMatching {
+    if k == classes {
+        RefMatching::Hungarian
+    } else {
+        RefMatching::ManyToOne { precision }
+    }
+}
+
+/// Scores per-token cluster ids (`labels`, the images' patch grids in order) against the
+/// masks: grid maps nearest-upsampled (PyTorch's `interpolate(mode="nearest")`) to each mask.
+pub fn score_cluster_maps(labels: &[u32], grids: &[(usize, usize)], masks: &[Mask], k: usize, classes: usize, matching: RefMatching) -> RefScore {
+    let mut conf = Confusion::new(k, classes);
+    let mut at = 0;
+    for (&(gh, gw), m) in grids.iter().zip(masks) {
+        let grid = &labels[at..at + gh * gw];
+        at += gh * gw;
+        let ys = crate::data::torch_nearest_index(gh, m.height);
+        let xs = crate::data::torch_nearest_index(gw, m.width);
+        for (y, &sy) in ys.iter().enumerate() {
+            for (x, &sx) in xs.iter().enumerate() {
+                let g = m.labels[y * m.width + x];
+                if g as u32 != IGNORE && (g as usize) < classes {
+                    conf.counts[grid[sy * gw + sx] as usize * classes + g as usize] += 1;
+                }
+            }
+        }
+    }
+    assert_eq!(at, labels.len(), "cluster ids do not cover the grids");
+    reference_score(&conf, matching)
+}
+
+/// Leopart's protocol ([`ImageProtocol`]) on an image set: `features[i]` and `masks[i]` (at the
+/// evaluation size, e.g. 100 x 100).
+pub fn leopart_clustering(features: &[FeatureMap], masks: &[Mask], classes: usize, p: &ImageProtocol) -> Vec<Score> {
+    assert_eq!(features.len(), masks.len());
+    let maps: Vec<&FeatureMap> = features.iter().collect();
+    let (tokens, dim) = protocol_tokens(&maps, p.pca_dim);
+    let n = tokens.len() / dim;
+    let grids: Vec<(usize, usize)> = features.iter().map(|f| (f.height, f.width)).collect();
+    p.ks.iter()
+        .map(|&k| {
+            let k = if k == 0 { classes } else { k }.min(n);
+            let matching = image_matching(k, classes, p.precision);
+            let per_seed = p
+                .seeds
+                .iter()
+                .map(|&seed| {
+                    let km = faiss_kmeans(&tokens, dim, k, &FaissParams::new(p.niter, p.nredo, seed));
+                    let (labels, _) = nearest_centroids(&tokens, dim, &km.centroids);
+                    score_cluster_maps(&labels, &grids, masks, k, classes, matching).miou
+                })
+                .collect();
+            let name = match matching {
+                RefMatching::Hungarian => format!("K={k} hungarian"),
+                _ => format!("K={k} overclustering"),
+            };
+            Score::new(name, k, matching_label(matching), per_seed)
+        })
+        .collect()
+}
+
+pub fn matching_label(m: RefMatching) -> &'static str {
+    match m {
+        RefMatching::Hungarian => "hungarian (IoU; unmatched to background)",
+        RefMatching::ManyToOne { precision: true } => "many-to-one by precision",
+        RefMatching::ManyToOne { precision: false } => "many-to-one by IoU",
+        RefMatching::Identity => "supervised",
+    }
 }
 
 #[cfg(test)]

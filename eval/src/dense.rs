@@ -54,6 +54,7 @@ struct Tap {
     i0: usize,
     i1: usize,
     w1: f32,
+    w1_f64: f64,
 }
 
 fn taps(inp: usize, out: usize) -> Vec<Tap> {
@@ -64,7 +65,7 @@ fn taps(inp: usize, out: usize) -> Vec<Tap> {
             let src = ((o as f64 + 0.5) * scale - 0.5).max(0.0);
             let i0 = (src.floor() as usize).min(inp - 1);
             let i1 = (i0 + 1).min(inp - 1);
-            Tap { i0, i1, w1: (src - i0 as f64) as f32 }
+            Tap { i0, i1, w1: (src - i0 as f64) as f32, w1_f64: src - i0 as f64 }
         })
         .collect()
 }
@@ -109,6 +110,32 @@ impl Bilinear {
             }
         }
         out
+    }
+
+    /// [`Bilinear::apply`] computed in f64 and rounded to f32 at the end, as TimeT upsamples
+    /// (`interpolate` on a double tensor, then `.float()`).
+    pub fn apply_f64(&self, input: &[f32], dim: usize) -> Vec<f32> {
+        assert_eq!(input.len(), self.in_h * self.in_w * dim);
+        let mut out = vec![0.0f32; self.out_len() * dim];
+        let mut acc = vec![0.0f64; dim];
+        for (o, row) in out.chunks_mut(dim).enumerate() {
+            acc.fill(0.0);
+            for (i, w) in self.weights_f64(o) {
+                for (r, v) in acc.iter_mut().zip(&input[i * dim..(i + 1) * dim]) {
+                    *r += w * *v as f64;
+                }
+            }
+            row.iter_mut().zip(&acc).for_each(|(r, a)| *r = *a as f32);
+        }
+        out
+    }
+
+    fn weights_f64(&self, o: usize) -> [(usize, f64); 4] {
+        let (y, x) = (self.ys[o / self.xs.len()], self.xs[o % self.xs.len()]);
+        let (wy1, wx1) = (y.w1_f64, x.w1_f64);
+        let (wy0, wx0) = (1.0 - wy1, 1.0 - wx1);
+        let w = self.in_w;
+        [(y.i0 * w + x.i0, wy0 * wx0), (y.i0 * w + x.i1, wy0 * wx1), (y.i1 * w + x.i0, wy1 * wx0), (y.i1 * w + x.i1, wy1 * wx1)]
     }
 
     /// The transpose: `grad[out_h * out_w, dim]` -> `[in_h * in_w, dim]`.

@@ -1,39 +1,34 @@
-//! Exact minimum-cost assignment on rectangular matrices (the problem
-//! `scipy.optimize.linear_sum_assignment` solves).
-//!
-//! Shortest augmenting paths with dual potentials (Jonker-Volgenant style): each row is added
-//! in turn and joined to the matching along a Dijkstra-like shortest path on reduced costs,
-//! which keeps every reduced cost non-negative. O(r^2 c) for r <= c rows and columns, so
-//! O(n^3) for square matrices.
+//! Exact minimum-cost assignment on rectangular matrices, the algorithm of
+//! `scipy.optimize.linear_sum_assignment` (shortest augmenting paths with dual potentials,
+//! Crouse 2016), step for step: the reference protocols match clusters to classes with it,
+//! and where several assignments are optimal (absent classes, empty clusters) the one it
+//! picks changes the score, so ties are broken exactly as scipy breaks them.
+//! O(r^2 c) for r <= c rows and columns.
 
 /// Minimum-cost assignment of a row-major `rows x cols` cost matrix.
 ///
 /// Returns `min(rows, cols)` `(row, col)` pairs sorted by row, each row and column used at
-/// most once, minimising the summed cost. Costs must be finite (forbidden pairs can be
-/// expressed with a large finite cost). An empty matrix gives no pairs.
+/// most once, minimising the summed cost; the same pairs as scipy. Costs must be finite.
+/// An empty matrix gives no pairs.
 pub fn linear_sum_assignment(cost: &[f64], rows: usize, cols: usize) -> Vec<(usize, usize)> {
-    assert_eq!(
-        cost.len(),
-        rows * cols,
-        "cost has {} values, not {rows}x{cols}",
-        cost.len()
-    );
+    assert_eq!(cost.len(), rows * cols, "cost has {} values, not {rows}x{cols}", cost.len());
     assert!(cost.iter().all(|c| c.is_finite()), "costs must be finite");
     if rows == 0 || cols == 0 {
         return Vec::new();
     }
     if rows <= cols {
-        let col_of_row = solve_wide(|r, c| cost[r * cols + c], rows, cols);
-        col_of_row.into_iter().enumerate().collect()
+        let col4row = solve(cost, rows, cols);
+        col4row.into_iter().enumerate().collect()
     } else {
-        // The solver needs at least as many columns as rows: solve the transpose, then
-        // swap each pair back and order by row.
-        let col_of_row = solve_wide(|r, c| cost[c * cols + r], cols, rows);
-        let mut pairs: Vec<(usize, usize)> = col_of_row
-            .into_iter()
-            .enumerate()
-            .map(|(c, r)| (r, c))
-            .collect();
+        // scipy transposes a tall matrix, solves it, then orders the pairs by row.
+        let mut t = vec![0.0; rows * cols];
+        for i in 0..rows {
+            for j in 0..cols {
+                t[j * rows + i] = cost[i * cols + j];
+            }
+        }
+        let col4row = solve(&t, cols, rows);
+        let mut pairs: Vec<(usize, usize)> = col4row.into_iter().enumerate().map(|(c, r)| (r, c)).collect();
         pairs.sort_unstable();
         pairs
     }
@@ -51,84 +46,83 @@ pub fn assignment_cost(matrix: &[f64], cols: usize, pairs: &[(usize, usize)]) ->
     pairs.iter().map(|&(r, c)| matrix[r * cols + c]).sum()
 }
 
-/// Core solver for `n <= m`: returns, for each of the `n` rows, its column.
-///
-/// Indices are 1-based inside, with column 0 a virtual column that holds the row being
-/// inserted: that way the augmenting path always starts at column 0 and ends at a free
-/// column, with no special cases.
-fn solve_wide(a: impl Fn(usize, usize) -> f64, n: usize, m: usize) -> Vec<usize> {
-    debug_assert!(n <= m);
-    const FREE: usize = 0;
-    // Dual potentials: reduced cost a(i, j) - u[i] - v[j] stays >= 0 for all pairs and is 0
-    // on matched pairs, which is what certifies optimality at the end.
-    let mut u = vec![0.0f64; n + 1];
-    let mut v = vec![0.0f64; m + 1];
-    // row_of[j]: the row matched to column j (FREE if none); row_of[0] is the row being added.
-    let mut row_of = vec![FREE; m + 1];
-    // prev[j]: the column before j on the shortest path found so far.
-    let mut prev = vec![0usize; m + 1];
-    let mut dist = vec![f64::INFINITY; m + 1];
-    let mut done = vec![false; m + 1];
+const NONE: usize = usize::MAX;
 
-    for i in 1..=n {
-        row_of[0] = i;
-        dist.fill(f64::INFINITY);
-        done.fill(false);
-        let mut j0 = 0;
-        // Dijkstra over columns until a free column is reached.
-        loop {
-            done[j0] = true;
-            let i0 = row_of[j0];
-            let mut delta = f64::INFINITY;
-            let mut j1 = 0;
-            for j in 1..=m {
-                if done[j] {
-                    continue;
+/// scipy's `solve` for `nr <= nc`: the column of each row.
+fn solve(cost: &[f64], nr: usize, nc: usize) -> Vec<usize> {
+    debug_assert!(nr <= nc);
+    let mut u = vec![0.0f64; nr];
+    let mut v = vec![0.0f64; nc];
+    let mut shortest = vec![f64::INFINITY; nc];
+    let mut path = vec![NONE; nc];
+    let mut col4row = vec![NONE; nr];
+    let mut row4col = vec![NONE; nc];
+    let mut sr = vec![false; nr];
+    let mut sc = vec![false; nc];
+    let mut remaining = vec![0usize; nc];
+
+    for cur in 0..nr {
+        // Shortest augmenting path from row `cur` (scipy's `augmenting_path`).
+        let mut min_val = 0.0f64;
+        let mut num_remaining = nc;
+        for (it, r) in remaining.iter_mut().enumerate() {
+            // Reverse order: a constant matrix gives the identity, as in scipy.
+            *r = nc - it - 1;
+        }
+        sr.fill(false);
+        sc.fill(false);
+        shortest.fill(f64::INFINITY);
+        let mut i = cur;
+        let sink = loop {
+            let mut index = NONE;
+            let mut lowest = f64::INFINITY;
+            sr[i] = true;
+            for (it, &j) in remaining[..num_remaining].iter().enumerate() {
+                let r = min_val + cost[i * nc + j] - u[i] - v[j];
+                if r < shortest[j] {
+                    path[j] = i;
+                    shortest[j] = r;
                 }
-                let reduced = a(i0 - 1, j - 1) - u[i0] - v[j];
-                if reduced < dist[j] {
-                    dist[j] = reduced;
-                    prev[j] = j0;
-                }
-                // Strict `<` keeps the lowest column on ties, so results are reproducible.
-                if dist[j] < delta {
-                    delta = dist[j];
-                    j1 = j;
+                // Among equally short paths prefer one that ends at a free column.
+                if shortest[j] < lowest || (shortest[j] == lowest && row4col[j] == NONE) {
+                    lowest = shortest[j];
+                    index = it;
                 }
             }
-            // Shift potentials so the tree's edges stay tight and the next column's
-            // tentative distance drops to zero.
-            for j in 0..=m {
-                if done[j] {
-                    u[row_of[j]] += delta;
-                    v[j] -= delta;
-                } else {
-                    dist[j] -= delta;
-                }
+            min_val = lowest;
+            let j = remaining[index];
+            sc[j] = true;
+            num_remaining -= 1;
+            remaining[index] = remaining[num_remaining];
+            if row4col[j] == NONE {
+                break j;
             }
-            j0 = j1;
-            if row_of[j0] == FREE {
-                break;
+            i = row4col[j];
+        };
+        // Dual update.
+        u[cur] += min_val;
+        for r in 0..nr {
+            if sr[r] && r != cur {
+                u[r] += min_val - shortest[col4row[r]];
             }
         }
-        // Augment: walk the path back to the virtual column, shifting each row one column on.
+        for c in 0..nc {
+            if sc[c] {
+                v[c] -= min_val - shortest[c];
+            }
+        }
+        // Augment.
+        let mut j = sink;
         loop {
-            let j1 = prev[j0];
-            row_of[j0] = row_of[j1];
-            j0 = j1;
-            if j0 == 0 {
+            let r = path[j];
+            row4col[j] = r;
+            std::mem::swap(&mut col4row[r], &mut j);
+            if r == cur {
                 break;
             }
         }
     }
-
-    let mut col_of_row = vec![0usize; n];
-    for j in 1..=m {
-        if row_of[j] != FREE {
-            col_of_row[row_of[j] - 1] = j - 1;
-        }
-    }
-    col_of_row
+    col4row
 }
 
 #[cfg(test)]

@@ -1,160 +1,208 @@
-//! In-context dense retrieval (Hummingbird protocol): a memory bank of training patch
-//! features with their label distributions; every query patch takes the labels of its 30
-//! nearest bank patches (cosine similarity, exact search), weighted by a softmax of the
-//! similarities, and the patch label map is upsampled to the mask size and arg-maxed.
+//! In-context dense retrieval, the Hummingbird protocol as open-hummingbird-eval runs it
+//! (`hbird/hbird_eval.py`, which the MoSiC paper used, with MoSiC's `hummingbird_eval.sh`
+//! settings):
+//! - memory bank: training images (two augmented passes), every patch's feature L2-normalised
+//!   with, as label, the class shares of its pixels in the mask at input resolution (255
+//!   counted as background); with a bounded bank (10,240,000 patches) each image contributes
+//!   `memory / (images x passes)` patches, those holding the classes that are rarest in the
+//!   image first (ties broken at random);
+//! - a query patch takes its 30 nearest bank patches by cosine similarity and averages their
+//!   labels with weights softmax(similarity / 0.02); the patch-grid label map is bilinearly
+//!   upsampled to the input resolution and arg-maxed;
+//! - mIoU over all classes (absent ones 0) after Hungarian matching of predicted to true ids
+//!   (`PredsmIoU.compute` defaults), the ignore label (255 for VOC, 0 for ADE20K) left out.
+//!
+//! The search is exact (the reference's default is ScaNN, approximate).
 
-use crate::cluster::Score;
 use crate::data::Mask;
 use crate::dense::{Bilinear, FeatureMap};
-use crate::segmentation::{miou, Confusion, IGNORE};
+use crate::segmentation::{reference_score, Confusion, RefMatching};
 use mosic::rng::SplitMix64;
 use rayon::prelude::*;
 
-#[derive(Clone, Debug, serde::Serialize)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
 pub struct InContextConfig {
     pub neighbours: usize,
-    /// Softmax temperature over neighbour similarities (Hummingbird: 0.02).
+    /// Softmax temperature over neighbour similarities (0.02).
     pub temperature: f32,
-    /// Fractions of the training images in the memory bank (paper: 1, 1/8, 1/64, 1/128).
-    pub fractions: Vec<f64>,
-    pub seeds: Vec<u64>,
-    /// Most patches kept in the bank (sampled at random beyond it); 0 keeps all.
-    pub memory_size: usize,
+    /// Most bank patches (10,240,000); None keeps every patch.
+    pub memory_size: Option<usize>,
+    /// Augmented passes over the training images (2).
+    pub passes: usize,
+    /// Label left out of the score (255 VOC, 0 ADE20K).
+    pub ignore: u8,
 }
 
 impl Default for InContextConfig {
     fn default() -> Self {
-        Self { neighbours: 30, temperature: 0.02, fractions: vec![1.0, 1.0 / 8.0, 1.0 / 64.0, 1.0 / 128.0], seeds: vec![0, 1, 2, 3, 4], memory_size: 0 }
+        Self { neighbours: 30, temperature: 0.02, memory_size: Some(10_240_000), passes: 2, ignore: 255 }
     }
 }
 
-/// Per-patch class distribution: the share of each class among the mask pixels the patch
-/// covers (ignored pixels left out); None for a patch covering only ignored pixels.
-pub fn patch_labels(mask: &Mask, grid_h: usize, grid_w: usize, classes: usize) -> Vec<Option<Vec<f32>>> {
+/// Patch labels as Hummingbird computes them: the mask (at input resolution, a multiple of the
+/// grid) cut into `grid_h x grid_w` patches, 255 turned into 0, class shares per patch
+/// (`one_hot(patch pixels).mean()`), row-major `[patch][class]`.
+pub fn patch_labels(mask: &Mask, grid_h: usize, grid_w: usize, classes: usize) -> anyhow::Result<Vec<f32>> {
+    anyhow::ensure!(
+        mask.height.is_multiple_of(grid_h) && mask.width.is_multiple_of(grid_w),
+        "mask of {}x{} does not split into {grid_h}x{grid_w} patches",
+        mask.width,
+        mask.height
+    );
+    let (ph, pw) = (mask.height / grid_h, mask.width / grid_w);
     let mut hist = vec![0u32; grid_h * grid_w * classes];
     for y in 0..mask.height {
-        let py = y * grid_h / mask.height;
         for x in 0..mask.width {
-            let l = mask.labels[y * mask.width + x] as usize;
-            if l as u32 == IGNORE || l >= classes {
-                continue;
-            }
-            hist[(py * grid_w + x * grid_w / mask.width) * classes + l] += 1;
+            let l = match mask.labels[y * mask.width + x] {
+                255 => 0,
+                l => l as usize,
+            };
+            anyhow::ensure!(l < classes, "label {l} >= {classes} classes");
+            hist[((y / ph) * grid_w + x / pw) * classes + l] += 1;
         }
     }
-    hist.chunks(classes)
-        .map(|h| {
-            let n: u32 = h.iter().sum();
-            (n > 0).then(|| h.iter().map(|&v| v as f32 / n as f32).collect())
-        })
-        .collect()
+    let n = (ph * pw) as f32;
+    Ok(hist.iter().map(|&v| v as f32 / n).collect())
 }
 
-struct Bank {
-    dim: usize,
-    classes: usize,
-    features: Vec<f32>,
-    labels: Vec<f32>,
+/// The memory bank: unit-length features and label distributions.
+#[derive(Clone, Debug, Default)]
+pub struct Bank {
+    pub dim: usize,
+    pub classes: usize,
+    pub features: Vec<f32>,
+    pub labels: Vec<f32>,
 }
 
-fn build_bank(train: &[&(FeatureMap, Mask)], classes: usize, memory: usize, rng: &mut SplitMix64) -> Bank {
-    let dim = train[0].0.dim;
-    let mut entries: Vec<(Vec<f32>, Vec<f32>)> = Vec::new();
-    for (f, m) in train {
+impl Bank {
+    pub fn new(dim: usize, classes: usize) -> Self {
+        Self { dim, classes, ..Default::default() }
+    }
+
+    pub fn len(&self) -> usize {
+        self.features.len() / self.dim.max(1)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Patches each image contributes: `memory / (images x passes)` (at least 1), or all of
+    /// them for an unbounded bank. The reference fails (`topk` out of range) when that exceeds
+    /// the patches of an image; here the image then gives all its patches.
+    pub fn per_image(cfg: &InContextConfig, images: usize) -> Option<usize> {
+        cfg.memory_size.map(|m| (m / (images * cfg.passes.max(1)).max(1)).max(1))
+    }
+
+    /// Adds one (augmented) training image: its features and its mask at input resolution.
+    /// `per_image` as [`Bank::per_image`]; `rng` breaks ties between equally rare patches.
+    pub fn add(&mut self, f: &FeatureMap, mask: &Mask, per_image: Option<usize>, rng: &mut SplitMix64) -> anyhow::Result<()> {
+        anyhow::ensure!(f.dim == self.dim, "features have {} channels, the bank {}", f.dim, self.dim);
+        let c = self.classes;
+        let labels = patch_labels(mask, f.height, f.width, c)?;
+        let n = f.len();
+        let chosen: Vec<usize> = match per_image {
+            Some(k) if k < n => {
+                // Class frequency = patches containing the class; a patch scores the summed
+                // frequencies of its classes, times uniform noise; the k lowest are kept.
+                let present: Vec<Vec<usize>> = labels.chunks(c).map(|l| (0..c).filter(|&j| l[j] > 0.0).collect()).collect();
+                let mut freq = vec![0f32; c];
+                present.iter().flatten().for_each(|&j| freq[j] += 1.0);
+                let mut scored: Vec<(f32, usize)> =
+                    present.iter().enumerate().map(|(i, p)| (p.iter().map(|&j| freq[j]).sum::<f32>() * rng.next_f64() as f32, i)).collect();
+                scored.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+                scored[..k].iter().map(|s| s.1).collect()
+            }
+            _ => (0..n).collect(),
+        };
         let unit = f.normalized();
-        for (i, l) in patch_labels(m, f.height, f.width, classes).into_iter().enumerate() {
-            if let Some(l) = l {
-                entries.push((unit.data[i * dim..(i + 1) * dim].to_vec(), l));
+        for i in chosen {
+            self.features.extend_from_slice(&unit.data[i * self.dim..(i + 1) * self.dim]);
+            self.labels.extend_from_slice(&labels[i * c..(i + 1) * c]);
+        }
+        Ok(())
+    }
+}
+
+/// Indices of the `k` bank entries most similar to each query row (exact inner-product
+/// search; with unit-length bank entries that is the cosine order), best first, ties by index.
+pub fn nearest(bank: &Bank, queries: &[f32], k: usize) -> Vec<Vec<(f32, usize)>> {
+    let (dim, n) = (bank.dim, bank.len());
+    let q = queries.len() / dim;
+    let k = k.min(n);
+    let mut best: Vec<Vec<(f32, usize)>> = vec![Vec::with_capacity(k + 1); q];
+    let block = 8192;
+    let mut dot = vec![0.0f32; q * block];
+    for (b, chunk) in bank.features.chunks(block * dim).enumerate() {
+        let rows = chunk.len() / dim;
+        // dot[q x rows] = Q * chunk^T
+        unsafe {
+            matrixmultiply::sgemm(q, dim, rows, 1.0, queries.as_ptr(), dim as isize, 1, chunk.as_ptr(), 1, dim as isize, 0.0, dot.as_mut_ptr(), rows as isize, 1);
+        }
+        best.par_iter_mut().enumerate().for_each(|(i, top)| {
+            for (j, &s) in dot[i * rows..(i + 1) * rows].iter().enumerate() {
+                let idx = b * block + j;
+                if top.len() == k && !better((s, idx), top[k - 1]) {
+                    continue;
+                }
+                let pos = top.partition_point(|&t| better(t, (s, idx)));
+                top.insert(pos, (s, idx));
+                top.truncate(k);
+            }
+        });
+    }
+    best
+}
+
+fn better(a: (f32, usize), b: (f32, usize)) -> bool {
+    a.0 > b.0 || (a.0 == b.0 && a.1 < b.1)
+}
+
+/// Class per pixel of a query image at `out_h x out_w`.
+pub fn predict(bank: &Bank, query: &FeatureMap, out_h: usize, out_w: usize, cfg: &InContextConfig) -> Vec<u32> {
+    let c = bank.classes;
+    let unit = query.normalized();
+    let top = nearest(bank, &unit.data, cfg.neighbours);
+    let mut dist = vec![0.0f32; query.len() * c];
+    for (d, t) in dist.chunks_mut(c).zip(&top) {
+        let m = t.iter().map(|s| s.0).fold(f32::NEG_INFINITY, f32::max);
+        let w: Vec<f32> = t.iter().map(|s| ((s.0 - m) / cfg.temperature).exp()).collect();
+        let z: f32 = w.iter().sum();
+        for (wi, &(_, i)) in w.iter().zip(t) {
+            for (dj, l) in d.iter_mut().zip(&bank.labels[i * c..(i + 1) * c]) {
+                *dj += wi / z * l;
             }
         }
     }
-    if memory > 0 && entries.len() > memory {
-        rng.shuffle(&mut entries);
-        entries.truncate(memory);
+    let up = Bilinear::new(query.height, query.width, out_h, out_w).apply(&dist, c);
+    up.chunks(c).map(|d| d.iter().enumerate().fold((0, f32::NEG_INFINITY), |b, (i, &v)| if v > b.1 { (i, v) } else { b }).0 as u32).collect()
+}
+
+/// Adds a prediction to the confusion, leaving out the ignore label and labels >= classes.
+pub fn accumulate(conf: &mut Confusion, pred: &[u32], mask: &Mask, ignore: u8) {
+    for (&p, &g) in pred.iter().zip(&mask.labels) {
+        if g != ignore && (g as usize) < conf.classes {
+            conf.counts[p as usize * conf.classes + g as usize] += 1;
+        }
     }
-    let mut bank = Bank { dim, classes, features: Vec::new(), labels: Vec::new() };
-    for (f, l) in entries {
-        bank.features.extend(f);
-        bank.labels.extend(l);
-    }
-    bank
 }
 
-/// Class distribution of every patch of `query` from its nearest bank entries.
-fn retrieve(bank: &Bank, query: &FeatureMap, k: usize, temperature: f32) -> Vec<f32> {
-    let (dim, c) = (bank.dim, bank.classes);
-    let n = bank.features.len() / dim;
-    let k = k.min(n);
-    let unit = query.normalized();
-    unit.data
-        .par_chunks(dim)
-        .flat_map_iter(|q| {
-            let mut sims: Vec<(f32, usize)> =
-                bank.features.chunks(dim).enumerate().map(|(i, b)| (q.iter().zip(b).map(|(x, y)| x * y).sum::<f32>(), i)).collect();
-            // Exact top-k: partition, then the k best in any order (ties broken by index).
-            let cmp = |a: &(f32, usize), b: &(f32, usize)| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1));
-            if k < n {
-                sims.select_nth_unstable_by(k - 1, cmp);
-            }
-            let top = &sims[..k];
-            let m = top.iter().map(|s| s.0).fold(f32::NEG_INFINITY, f32::max);
-            let w: Vec<f32> = top.iter().map(|s| ((s.0 - m) / temperature).exp()).collect();
-            let z: f32 = w.iter().sum();
-            let mut dist = vec![0.0f32; c];
-            for (wi, (_, i)) in w.iter().zip(top) {
-                for (d, l) in dist.iter_mut().zip(&bank.labels[i * c..(i + 1) * c]) {
-                    *d += wi / z * l;
-                }
-            }
-            dist
-        })
-        .collect()
-}
-
-/// Predicted class per mask pixel for one query image.
-pub fn predict(bank_train: &[(FeatureMap, Mask)], query: &FeatureMap, classes: usize, mask_h: usize, mask_w: usize, cfg: &InContextConfig) -> Vec<u32> {
-    let refs: Vec<&(FeatureMap, Mask)> = bank_train.iter().collect();
-    let bank = build_bank(&refs, classes, cfg.memory_size, &mut SplitMix64::new(0));
-    predict_with(&bank, query, mask_h, mask_w, cfg)
-}
-
-fn predict_with(bank: &Bank, query: &FeatureMap, mask_h: usize, mask_w: usize, cfg: &InContextConfig) -> Vec<u32> {
+/// mIoU of the bank on `val` (features and masks at input resolution).
+pub fn evaluate(bank: &Bank, val: &[(FeatureMap, Mask)], cfg: &InContextConfig) -> f64 {
     let c = bank.classes;
-    let dist = retrieve(bank, query, cfg.neighbours, cfg.temperature);
-    let up = Bilinear::new(query.height, query.width, mask_h, mask_w).apply(&dist, c);
-    up.chunks(c)
-        .map(|d| d.iter().enumerate().fold((0, f32::NEG_INFINITY), |b, (i, &v)| if v > b.1 { (i, v) } else { b }).0 as u32)
-        .collect()
-}
-
-/// mIoU on `val` with memory banks built from fractions of `train`, over seeds.
-pub fn evaluate(train: &[(FeatureMap, Mask)], val: &[(FeatureMap, Mask)], classes: usize, cfg: &InContextConfig, log: &dyn Fn(&str)) -> Vec<Score> {
-    cfg.fractions
+    let parts: Vec<Confusion> = val
         .iter()
-        .map(|&frac| {
-            let per_seed = cfg
-                .seeds
-                .iter()
-                .map(|&seed| {
-                    let mut rng = SplitMix64::new(seed);
-                    let mut idx: Vec<usize> = (0..train.len()).collect();
-                    rng.shuffle(&mut idx);
-                    let take = ((frac * train.len() as f64).round() as usize).clamp(1, train.len());
-                    let chosen: Vec<&(FeatureMap, Mask)> = idx[..take].iter().map(|&i| &train[i]).collect();
-                    let bank = build_bank(&chosen, classes, cfg.memory_size, &mut rng);
-                    let mut conf = Confusion::new(classes, classes);
-                    for (f, m) in val {
-                        let gt: Vec<u32> = m.labels.iter().map(|&l| if l as usize >= classes { IGNORE } else { l as u32 }).collect();
-                        conf.add(&predict_with(&bank, f, m.height, m.width, cfg), &gt);
-                    }
-                    let v = miou(&conf.counts, classes).0;
-                    log(&format!("in-context fraction {frac} seed {seed}: {take} images, {} bank patches, mIoU {:.4}", bank.features.len() / bank.dim, v));
-                    v
-                })
-                .collect();
-            Score::new(format!("fraction {frac}"), classes, "nearest-neighbour", per_seed)
+        .map(|(f, m)| {
+            let mut conf = Confusion::new(c, c);
+            accumulate(&mut conf, &predict(bank, f, m.height, m.width, cfg), m, cfg.ignore);
+            conf
         })
-        .collect()
+        .collect();
+    let mut total = Confusion::new(c, c);
+    for p in parts {
+        total.counts.iter_mut().zip(&p.counts).for_each(|(a, b)| *a += b);
+    }
+    reference_score(&total, RefMatching::Hungarian).miou
 }
 
 #[cfg(test)]
@@ -162,35 +210,52 @@ mod tests {
     use super::*;
 
     #[test]
-    fn patch_label_shares() {
+    fn patch_labels_count_ignored_pixels_as_background() {
         let m = Mask { width: 4, height: 2, labels: vec![0, 1, 2, 2, 0, 255, 2, 2] };
-        let l = patch_labels(&m, 1, 2, 3);
-        assert_eq!(l[0].as_deref(), Some(&[2.0 / 3.0, 1.0 / 3.0, 0.0][..]));
-        assert_eq!(l[1].as_deref(), Some(&[0.0, 0.0, 1.0][..]));
-        let all_ignored = Mask { width: 1, height: 1, labels: vec![255] };
-        assert_eq!(patch_labels(&all_ignored, 1, 1, 3), vec![None]);
+        let l = patch_labels(&m, 1, 2, 3).unwrap();
+        assert_eq!(&l[..3], &[0.75, 0.25, 0.0]);
+        assert_eq!(&l[3..], &[0.0, 0.0, 1.0]);
+        assert!(patch_labels(&m, 3, 2, 3).is_err());
+        assert!(patch_labels(&m, 1, 2, 2).is_err());
     }
 
     #[test]
-    fn retrieval_recovers_labels_of_matching_features() {
+    fn bounded_bank_keeps_rare_classes_first() {
+        // One patch of class 1 among 15 of class 0: with 1 patch per image it is the one kept.
+        let mut labels = vec![0u8; 16];
+        labels[5] = 1;
+        let mask = Mask { width: 4, height: 4, labels };
+        let f = FeatureMap::new(4, 4, 2, (0..32).map(|i| i as f32 + 1.0).collect());
+        let mut bank = Bank::new(2, 2);
+        bank.add(&f, &mask, Some(1), &mut SplitMix64::new(0)).unwrap();
+        assert_eq!(bank.len(), 1);
+        assert_eq!(bank.labels, vec![0.0, 1.0]);
+        let cfg = InContextConfig { memory_size: Some(100), passes: 2, ..Default::default() };
+        assert_eq!(Bank::per_image(&cfg, 10), Some(5));
+        assert_eq!(Bank::per_image(&InContextConfig { memory_size: None, ..cfg }, 10), None);
+    }
+
+    #[test]
+    fn exact_search_and_retrieval() {
         let mut rng = SplitMix64::new(4);
         let make = |rng: &mut SplitMix64| {
             let labels: Vec<u8> = (0..9).map(|_| rng.below(3) as u8).collect();
-            let feats = labels.iter().flat_map(|&l| (0..4).map(move |c| (c == l as usize) as u8 as f32)).collect::<Vec<f32>>();
-            let noisy = feats.iter().map(|v| v + rng.uniform(-0.1, 0.1) as f32).collect();
-            (FeatureMap::new(3, 3, 4, noisy), Mask { width: 3, height: 3, labels })
+            let feats = labels.iter().flat_map(|&l| (0..4).map(move |c| (c == l as usize) as u8 as f32)).map(|v| v + rng.uniform(-0.1, 0.1) as f32).collect();
+            (FeatureMap::new(3, 3, 4, feats), Mask { width: 3, height: 3, labels })
         };
-        let train: Vec<_> = (0..10).map(|_| make(&mut rng)).collect();
-        let val: Vec<_> = (0..4).map(|_| make(&mut rng)).collect();
-        let cfg = InContextConfig { neighbours: 5, fractions: vec![1.0, 0.5], seeds: vec![0, 1], ..Default::default() };
-        let scores = evaluate(&train, &val, 3, &cfg, &|_| {});
-        assert_eq!(scores.len(), 2);
-        for s in &scores {
-            assert!(s.mean > 0.99, "{s:?}");
+        let mut bank = Bank::new(4, 3);
+        for _ in 0..10 {
+            let (f, m) = make(&mut rng);
+            bank.add(&f, &m, None, &mut rng).unwrap();
         }
-        // Labels that ignore the features cannot be predicted.
-        let shuffled: Vec<_> = train.iter().map(|(f, m)| (f.clone(), Mask { labels: m.labels.iter().rev().copied().collect(), ..m.clone() })).collect();
-        let s = evaluate(&shuffled, &val, 3, &InContextConfig { fractions: vec![1.0], seeds: vec![0], neighbours: 5, ..Default::default() }, &|_| {});
-        assert!(s[0].mean < 0.8, "{s:?}");
+        let val: Vec<_> = (0..4).map(|_| make(&mut rng)).collect();
+        let cfg = InContextConfig { neighbours: 5, ..Default::default() };
+        assert!(evaluate(&bank, &val, &cfg) > 0.99);
+        // The search returns the exact top-k in order.
+        let q = bank.features[..4].to_vec();
+        let top = &nearest(&bank, &q, 3)[0];
+        let mut all: Vec<(f32, usize)> = bank.features.chunks(4).enumerate().map(|(i, b)| (b.iter().zip(&q).map(|(x, y)| x * y).sum(), i)).collect();
+        all.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+        assert_eq!(top.iter().map(|t| t.1).collect::<Vec<_>>(), all[..3].iter().map(|t| t.1).collect::<Vec<_>>());
     }
 }

@@ -353,3 +353,233 @@ mod tests {
         assert_eq!(centroids, vec![0.0, 5.0]);
     }
 }
+
+/// FAISS's k-means (`faiss.Kmeans`, the `Clustering` class), as Leopart and TimeT run it:
+/// - more than `max_points_per_centroid` x k points: fitted on a random sample of that many;
+/// - each of `nredo` runs starts from k distinct random points and does exactly `niter`
+///   Lloyd iterations (no early stop); a cluster left empty is re-seeded by splitting a
+///   non-empty one picked with probability (size - 1) / (n - k), both centroids nudged by
+///   +-1/1024 in alternating coordinates;
+/// - the run with the lowest objective (summed squared distances of its last assignment)
+///   wins.
+///
+/// The random draws come from our own generator, not FAISS's, so centroids differ from
+/// FAISS's by the choice of starting points only: on clusterable data the result is the same
+/// partition.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct FaissParams {
+    pub niter: usize,
+    pub nredo: usize,
+    pub seed: u64,
+    pub max_points_per_centroid: usize,
+}
+
+impl FaissParams {
+    pub fn new(niter: usize, nredo: usize, seed: u64) -> Self {
+        Self { niter, nredo, seed, max_points_per_centroid: 256 }
+    }
+}
+
+/// Centroids (`k x dim`) and the objective of the winning run.
+#[derive(Clone, Debug, PartialEq)]
+pub struct FaissKMeans {
+    pub centroids: Vec<f32>,
+    pub objective: f64,
+}
+
+/// Points per block of the nearest-centroid search.
+const SEARCH_BLOCK: usize = 2048;
+
+/// Nearest centroid (lowest index on ties) and squared distance of every row of `data`,
+/// computed as FAISS's flat L2 index does: |x|^2 + |c|^2 - 2 x.c with a GEMM.
+pub fn nearest_centroids(data: &[f32], dim: usize, centroids: &[f32]) -> (Vec<u32>, Vec<f32>) {
+    let k = centroids.len() / dim;
+    assert!(k > 0 && centroids.len() == k * dim);
+    let cn: Vec<f32> = centroids.chunks_exact(dim).map(|c| c.iter().map(|v| v * v).sum()).collect();
+    let parts: Vec<(Vec<u32>, Vec<f32>)> = data
+        .par_chunks(SEARCH_BLOCK * dim)
+        .map(|x| {
+            let rows = x.len() / dim;
+            let mut dot = vec![0.0f32; rows * k];
+            // dot[rows x k] = x[rows x dim] * C^T
+            unsafe {
+                matrixmultiply::sgemm(rows, dim, k, 1.0, x.as_ptr(), dim as isize, 1, centroids.as_ptr(), 1, dim as isize, 0.0, dot.as_mut_ptr(), k as isize, 1);
+            }
+            let mut labels = Vec::with_capacity(rows);
+            let mut dists = Vec::with_capacity(rows);
+            for (r, row) in x.chunks_exact(dim).enumerate() {
+                let xn: f32 = row.iter().map(|v| v * v).sum();
+                let mut best = (0u32, f32::INFINITY);
+                for (j, d) in dot[r * k..(r + 1) * k].iter().enumerate() {
+                    let dist = cn[j] - 2.0 * d;
+                    if dist < best.1 {
+                        best = (j as u32, dist);
+                    }
+                }
+                labels.push(best.0);
+                dists.push((xn + best.1).max(0.0));
+            }
+            (labels, dists)
+        })
+        .collect();
+    let mut labels = Vec::with_capacity(data.len() / dim);
+    let mut dists = Vec::with_capacity(data.len() / dim);
+    for (l, d) in parts {
+        labels.extend(l);
+        dists.extend(d);
+    }
+    (labels, dists)
+}
+
+/// FAISS-style k-means of the rows of `data` (see [`FaissParams`]).
+pub fn faiss_kmeans(data: &[f32], dim: usize, k: usize, p: &FaissParams) -> FaissKMeans {
+    let n = data.len() / dim;
+    assert!(dim > 0 && data.len() == n * dim, "data is not rows of {dim} values");
+    assert!(k >= 1 && k <= n, "k-means needs 1 <= k <= n (k = {k}, n = {n})");
+    let cap = p.max_points_per_centroid.saturating_mul(k);
+    let sample: Vec<f32>;
+    let (x, n) = if n > cap {
+        let mut idx: Vec<usize> = (0..n).collect();
+        SplitMix64::stream(p.seed, 0xfa15).shuffle(&mut idx);
+        idx.truncate(cap);
+        sample = idx.iter().flat_map(|&i| point(data, dim, i).iter().copied()).collect();
+        (&sample[..], cap)
+    } else {
+        (data, n)
+    };
+    if n == k {
+        return FaissKMeans { centroids: x.to_vec(), objective: 0.0 };
+    }
+    let mut best: Option<FaissKMeans> = None;
+    for redo in 0..p.nredo.max(1) {
+        let mut perm: Vec<usize> = (0..n).collect();
+        SplitMix64::stream(p.seed, 1 + redo as u64).shuffle(&mut perm);
+        let mut centroids: Vec<f32> = perm[..k].iter().flat_map(|&i| point(x, dim, i).iter().copied()).collect();
+        let mut split_rng = SplitMix64::new(1234);
+        let mut objective = 0.0f64;
+        for _ in 0..p.niter {
+            let (labels, d2) = nearest_centroids(x, dim, &centroids);
+            objective = d2.iter().map(|&d| d as f64).sum();
+            let counts = means(x, dim, k, &labels, &mut centroids);
+            split_empty(dim, k, n, counts, &mut centroids, &mut split_rng);
+        }
+        if best.as_ref().is_none_or(|b| objective < b.objective) {
+            best = Some(FaissKMeans { centroids, objective });
+        }
+    }
+    best.expect("at least one run")
+}
+
+/// Centroids as the means of their points (f64 sums over fixed chunks); an empty cluster
+/// gets the zero vector, as in FAISS, until [`split_empty`] moves it. Returns the counts.
+fn means(x: &[f32], dim: usize, k: usize, labels: &[u32], centroids: &mut [f32]) -> Vec<usize> {
+    let partials: Vec<(Vec<f64>, Vec<usize>)> = x
+        .par_chunks(SUM_CHUNK * dim)
+        .zip(labels.par_chunks(SUM_CHUNK))
+        .map(|(rows, labs)| {
+            let mut sums = vec![0.0f64; k * dim];
+            let mut counts = vec![0usize; k];
+            for (r, &l) in rows.chunks_exact(dim).zip(labs) {
+                let l = l as usize;
+                counts[l] += 1;
+                sums[l * dim..(l + 1) * dim].iter_mut().zip(r).for_each(|(s, &v)| *s += v as f64);
+            }
+            (sums, counts)
+        })
+        .collect();
+    let mut sums = vec![0.0f64; k * dim];
+    let mut counts = vec![0usize; k];
+    for (s, c) in &partials {
+        sums.iter_mut().zip(s).for_each(|(a, b)| *a += b);
+        counts.iter_mut().zip(c).for_each(|(a, b)| *a += b);
+    }
+    for c in 0..k {
+        for j in 0..dim {
+            centroids[c * dim + j] = if counts[c] > 0 { (sums[c * dim + j] / counts[c] as f64) as f32 } else { 0.0 };
+        }
+    }
+    counts
+}
+
+/// FAISS's `split_clusters`.
+fn split_empty(dim: usize, k: usize, n: usize, counts: Vec<usize>, centroids: &mut [f32], rng: &mut SplitMix64) {
+    const EPS: f32 = 1.0 / 1024.0;
+    let mut h: Vec<f64> = counts.iter().map(|&c| c as f64).collect();
+    for ci in 0..k {
+        if h[ci] != 0.0 {
+            continue;
+        }
+        let mut cj = 0;
+        loop {
+            let p = (h[cj] - 1.0) / (n - k) as f64;
+            if rng.next_f64() < p {
+                break;
+            }
+            cj = (cj + 1) % k;
+        }
+        let src = centroids[cj * dim..(cj + 1) * dim].to_vec();
+        centroids[ci * dim..(ci + 1) * dim].copy_from_slice(&src);
+        for j in 0..dim {
+            let (a, b) = if j % 2 == 0 { (1.0 + EPS, 1.0 - EPS) } else { (1.0 - EPS, 1.0 + EPS) };
+            centroids[ci * dim + j] *= a;
+            centroids[cj * dim + j] *= b;
+        }
+        h[ci] = h[cj] / 2.0;
+        h[cj] -= h[ci];
+    }
+}
+
+#[cfg(test)]
+mod faiss_tests {
+    use super::*;
+
+    #[test]
+    fn faiss_kmeans_separates_blobs_and_is_deterministic() {
+        let mut rng = SplitMix64::new(7);
+        let centres = [[0.0f32, 0.0, 0.0], [8.0, 0.0, 0.0], [0.0, 8.0, 0.0], [0.0, 0.0, 8.0], [8.0, 8.0, 8.0]];
+        let data: Vec<f32> = (0..5000).flat_map(|i| centres[i % 5].map(|c| c + rng.uniform(-1.0, 1.0) as f32)).collect();
+        let p = FaissParams::new(20, 5, 1);
+        let a = faiss_kmeans(&data, 3, 5, &p);
+        assert_eq!(a, faiss_kmeans(&data, 3, 5, &p));
+        let (labels, _) = nearest_centroids(&data, 3, &a.centroids);
+        // Every blob is one cluster.
+        for b in 0..5 {
+            let l = labels[b];
+            assert!(labels.iter().skip(b).step_by(5).all(|&x| x == l), "blob {b} split");
+        }
+        let mut distinct: Vec<u32> = labels[..5].to_vec();
+        distinct.sort();
+        distinct.dedup();
+        assert_eq!(distinct.len(), 5);
+        // Sampled fit (5000 > 4 x 256) still finds them.
+        let small = FaissParams { max_points_per_centroid: 100, ..p };
+        let s = faiss_kmeans(&data, 3, 5, &small);
+        let (l2, _) = nearest_centroids(&data, 3, &s.centroids);
+        let mut d2: Vec<u32> = l2[..5].to_vec();
+        d2.sort();
+        d2.dedup();
+        assert_eq!(d2.len(), 5);
+    }
+
+    #[test]
+    fn empty_clusters_are_split() {
+        // Two distinct points, duplicated: 3 clusters must still all be used afterwards.
+        let data = [0.0f32, 0.0, 0.0, 0.0, 0.0, 0.0, 5.0, 5.0, 5.0, 5.0, 5.0, 5.0, 0.1, 0.0];
+        let r = faiss_kmeans(&data, 2, 3, &FaissParams::new(10, 1, 0));
+        assert!(r.centroids.iter().all(|v| v.is_finite()));
+        let (_, d) = nearest_centroids(&data, 2, &r.centroids);
+        assert!(d.iter().sum::<f32>() < 0.1, "{:?}", r.centroids);
+    }
+
+    #[test]
+    fn gemm_search_matches_the_direct_one() {
+        let mut rng = SplitMix64::new(3);
+        let data: Vec<f32> = (0..5000 * 7).map(|_| rng.uniform(-1.0, 1.0) as f32).collect();
+        let cent: Vec<f32> = (0..9 * 7).map(|_| rng.uniform(-1.0, 1.0) as f32).collect();
+        let (l, d) = nearest_centroids(&data, 7, &cent);
+        let (l2, d2) = assign(&data, 7, &cent, 9);
+        let differ = l.iter().zip(&l2).filter(|(a, b)| a != b).count();
+        assert!(differ <= 2, "{differ}");
+        assert!(d.iter().zip(&d2).all(|(a, b)| (a - b).abs() < 1e-4));
+    }
+}

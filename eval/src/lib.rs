@@ -5,6 +5,8 @@
 //! ([`cluster`]), the linear probe ([`linear`]), in-context retrieval ([`incontext`]) and the
 //! track consistency of features along ground-truth tracks ([`consistency`]).
 
+pub mod augment;
+pub mod card;
 pub mod cluster;
 pub mod consistency;
 pub mod data;
@@ -13,7 +15,9 @@ pub mod hungarian;
 pub mod incontext;
 pub mod kmeans;
 pub mod linear;
+pub mod pca;
 pub mod segmentation;
+pub mod video;
 
 pub use cluster::Score;
 pub use data::Mask;

@@ -197,6 +197,134 @@ fn score(conf: &Confusion, cluster_to_class: Vec<Option<usize>>) -> SegScore {
     }
 }
 
+/// How a reference implementation maps clusters to classes before scoring.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+pub enum RefMatching {
+    /// `linear_sum_assignment(1 - IoU)`; clusters left unmatched predict class 0 (background).
+    Hungarian,
+    /// Each cluster to the class of highest precision (`precision`) or IoU; first class on ties.
+    ManyToOne { precision: bool },
+    /// Cluster id = class id (a supervised prediction: the linear probe).
+    Identity,
+}
+
+/// A score under a reference convention: mean IoU and per-class IoU over the scored
+/// classes, and the class each cluster was mapped to.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RefScore {
+    pub miou: f64,
+    pub per_class: Vec<f64>,
+    pub cluster_to_class: Vec<usize>,
+}
+
+/// `tp / max(tp + fp + fn, 1e-8)`, as every reference computes it (an absent class scores 0).
+fn jaccard(tp: u64, predicted: u64, actual: u64) -> f64 {
+    tp as f64 / ((predicted + actual - tp) as f64).max(1e-8)
+}
+
+/// The `(class, cluster)` score matrix of `PredsmIoU.compute_score_matrix`, row-major
+/// `classes x clusters`, over the given subsets of rows (clusters) and columns (classes).
+fn score_matrix(conf: &Confusion, clusters: &[usize], classes: &[usize], precision: bool) -> Vec<f64> {
+    let size: Vec<u64> = clusters.iter().map(|&p| (0..conf.classes).map(|g| conf.get(p, g)).sum()).collect();
+    let actual: Vec<u64> = classes.iter().map(|&g| (0..conf.k).map(|p| conf.get(p, g)).sum()).collect();
+    let mut m = Vec::with_capacity(classes.len() * clusters.len());
+    for (gi, &g) in classes.iter().enumerate() {
+        for (pi, &p) in clusters.iter().enumerate() {
+            let tp = conf.get(p, g);
+            m.push(if precision { tp as f64 / (size[pi] as f64).max(1e-8) } else { jaccard(tp, size[pi], actual[gi]) });
+        }
+    }
+    m
+}
+
+/// Position in `classes` each of `clusters` is mapped to (None: left unmatched by Hungarian).
+fn map_clusters(conf: &Confusion, clusters: &[usize], classes: &[usize], matching: RefMatching) -> Vec<Option<usize>> {
+    let (np, ng) = (clusters.len(), classes.len());
+    match matching {
+        RefMatching::Identity => (0..np).map(Some).collect(),
+        RefMatching::Hungarian => {
+            let iou = score_matrix(conf, clusters, classes, false);
+            let cost: Vec<f64> = iou.iter().map(|v| 1.0 - v).collect();
+            let mut map = vec![None; np];
+            for (g, p) in hungarian::linear_sum_assignment(&cost, ng, np) {
+                map[p] = Some(g);
+            }
+            map
+        }
+        RefMatching::ManyToOne { precision } => {
+            let s = score_matrix(conf, clusters, classes, precision);
+            (0..np)
+                .map(|p| {
+                    let mut best = 0;
+                    for g in 1..ng {
+                        if s[g * np + p] > s[best * np + p] {
+                            best = g;
+                        }
+                    }
+                    Some(best)
+                })
+                .collect()
+        }
+    }
+}
+
+/// Leopart's (and Hummingbird's) `PredsmIoU`: `conf` counts the evaluated pixels (ignore
+/// label already removed), clusters are matched to the `conf.classes` classes, and the mean
+/// runs over all of them, a class absent from both maps scoring 0.
+pub fn reference_score(conf: &Confusion, matching: RefMatching) -> RefScore {
+    if matching == RefMatching::Identity {
+        assert_eq!(conf.k, conf.classes, "identity matching needs as many clusters as classes");
+    }
+    let clusters: Vec<usize> = (0..conf.k).collect();
+    let classes: Vec<usize> = (0..conf.classes).collect();
+    // Unmatched clusters predict the background, class 0.
+    let map: Vec<usize> = map_clusters(conf, &clusters, &classes, matching).into_iter().map(|g| g.unwrap_or(0)).collect();
+    let merged = conf.merge(&map.iter().map(|&g| Some(g)).collect::<Vec<_>>());
+    let n = conf.classes;
+    let per_class: Vec<f64> = (0..n)
+        .map(|c| {
+            let tp = merged[c * n + c];
+            let predicted: u64 = merged[c * n..(c + 1) * n].iter().sum();
+            let actual: u64 = (0..=n).map(|r| merged[r * n + c]).sum();
+            jaccard(tp, predicted, actual)
+        })
+        .collect();
+    RefScore { miou: per_class.iter().sum::<f64>() / n as f64, per_class, cluster_to_class: map }
+}
+
+/// TimeT's `PredsmIoU` (`metrics.py`, `involve_bg=True`): only the cluster ids present in the
+/// prediction and the labels present in the ground truth take part; unmatched clusters
+/// predict label 0; the mean runs over the labels present in the ground truth. `conf` has a
+/// column per label value (e.g. 256), so label values need not be contiguous.
+pub fn timet_score(conf: &Confusion, matching: RefMatching) -> f64 {
+    let clusters: Vec<usize> = (0..conf.k).filter(|&p| (0..conf.classes).any(|g| conf.get(p, g) > 0)).collect();
+    let labels: Vec<usize> = (0..conf.classes).filter(|&g| (0..conf.k).any(|p| conf.get(p, g) > 0)).collect();
+    if labels.is_empty() {
+        return f64::NAN;
+    }
+    // Unmatched clusters predict label value 0, present in the ground truth or not.
+    let mut target = vec![0usize; conf.k];
+    for (pi, g) in map_clusters(conf, &clusters, &labels, matching).into_iter().enumerate() {
+        target[clusters[pi]] = g.map_or(0, |g| labels[g]);
+    }
+    let scores: Vec<f64> = labels
+        .iter()
+        .map(|&g| {
+            let mut tp = 0;
+            let mut predicted = 0;
+            for &p in &clusters {
+                if target[p] == g {
+                    tp += conf.get(p, g);
+                    predicted += (0..conf.classes).map(|c| conf.get(p, c)).sum::<u64>();
+                }
+            }
+            let actual: u64 = (0..conf.k).map(|p| conf.get(p, g)).sum();
+            jaccard(tp, predicted, actual)
+        })
+        .collect();
+    scores.iter().sum::<f64>() / scores.len() as f64
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,0 +1,255 @@
+//! TimeT's unsupervised video segmentation protocol (`evaluation.py`, `clustering.py` and
+//! `metrics.py` of SMSD75/Timetuning), the one the MoSiC paper's Table 2 reports.
+//!
+//! Clips come in batches (TimeT's data loader, 16 clips of 4 sampled frames). Per batch the
+//! patch tokens are standardised and projected by PCA to 50 dimensions; then, per unit,
+//! - F (frame): the frame's PCA features are bilinearly upsampled to the mask size (224) and
+//!   clustered by k-means (FAISS: 50 iterations, 5 restarts, seed 1) over its pixels;
+//! - C (clip): the same over all pixels of the clip's frames;
+//! - D (dataset): one standardisation + PCA over the whole set, features upsampled to 112,
+//!   one k-means over every pixel, one matching over all pixels whose label is not 255.
+//!
+//! K is the number of distinct labels in the unit's ground truth (clustering, Hungarian
+//! matching on IoU) or fixed (overclustering: 10 for F and C, 200 or 500 for D, many-to-one
+//! by precision). A unit's mIoU averages the labels present in its ground truth, background
+//! included; F and C average units within a batch and then batches, as TimeT does. Labels are
+//! raw ids (instance ids, or YouTube-VOS categories where `meta.json` maps them).
+
+use crate::cluster::Score;
+use crate::data::Mask;
+use crate::dense::{Bilinear, FeatureMap};
+use crate::kmeans::{faiss_kmeans, nearest_centroids, FaissParams};
+use crate::segmentation::{timet_score, Confusion, RefMatching, IGNORE};
+use rayon::prelude::*;
+
+/// A clip: feature maps of its frames and their masks at the evaluation size (F and C).
+#[derive(Clone, Debug)]
+pub struct Clip {
+    pub name: String,
+    pub frames: Vec<FeatureMap>,
+    pub masks: Vec<Mask>,
+}
+
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct VideoProtocol {
+    /// k-means seeds (TimeT: 1); the score is their mean.
+    pub seeds: Vec<u64>,
+    /// Clips per standardisation + PCA fit for F and C (TimeT's batch size, 16).
+    pub batch_clips: usize,
+    /// Side of the square the features are upsampled to for D (TimeT: 112); F and C use
+    /// the masks' size.
+    pub dataset_size: usize,
+    pub niter: usize,
+    pub nredo: usize,
+    pub pca_dim: usize,
+    /// Overclustering K for F and C (10); 0 skips.
+    pub over_k_local: usize,
+    /// Overclustering K for D (200 DAVIS, 500 YouTube-VOS); 0 skips.
+    pub over_k_dataset: usize,
+    /// Many-to-one matching by precision (TimeT's overclustering setting) or by IoU.
+    pub precision: bool,
+}
+
+impl Default for VideoProtocol {
+    fn default() -> Self {
+        Self {
+            seeds: vec![1],
+            batch_clips: 16,
+            dataset_size: 112,
+            niter: 50,
+            nredo: 5,
+            pca_dim: crate::pca::PCA_DIM,
+            over_k_local: 10,
+            over_k_dataset: 200,
+            precision: true,
+        }
+    }
+}
+
+/// `maps` standardised and projected together (TimeT's `normalize_and_transform`), one map
+/// per input, each `dim_out` channels.
+fn transform(maps: &[&FeatureMap], pca_dim: usize) -> Vec<FeatureMap> {
+    let (tokens, dim) = crate::cluster::protocol_tokens(maps, pca_dim);
+    let mut at = 0;
+    maps.iter()
+        .map(|m| {
+            let len = m.len() * dim;
+            let f = FeatureMap::new(m.height, m.width, dim, tokens[at..at + len].to_vec());
+            at += len;
+            f
+        })
+        .collect()
+}
+
+/// Number of distinct label values (255 included, as `torch.unique` counts it).
+fn distinct_labels<'a>(masks: impl IntoIterator<Item = &'a Mask>) -> usize {
+    let mut seen = [false; 256];
+    for m in masks {
+        for &l in &m.labels {
+            seen[l as usize] = true;
+        }
+    }
+    seen.iter().filter(|&&s| s).count()
+}
+
+/// Cluster ids of every pixel of `maps` upsampled to `size x size`, with `k` clusters.
+fn cluster_pixels(maps: &[&FeatureMap], size: usize, k: usize, seed: u64, p: &VideoProtocol) -> Vec<u32> {
+    let dim = maps[0].dim;
+    let pixels: Vec<f32> = maps
+        .par_iter()
+        .flat_map_iter(|m| Bilinear::new(m.height, m.width, size, size).apply_f64(&m.data, dim))
+        .collect();
+    let k = k.min(pixels.len() / dim).max(1);
+    let km = faiss_kmeans(&pixels, dim, k, &FaissParams::new(p.niter, p.nredo, seed));
+    nearest_centroids(&pixels, dim, &km.centroids).0
+}
+
+/// TimeT score of cluster ids against masks (concatenated in order), every label counted
+/// (`skip_ignore`: pixels labelled 255 left out, as D does).
+fn unit_score(clusters: &[u32], masks: &[&Mask], k: usize, matching: RefMatching, skip_ignore: bool) -> f64 {
+    let mut conf = Confusion::new(k.max(1 + clusters.iter().copied().max().unwrap_or(0) as usize), 256);
+    let mut at = 0;
+    for m in masks {
+        for &g in &m.labels {
+            let p = clusters[at];
+            at += 1;
+            if skip_ignore && g as u32 == IGNORE {
+                continue;
+            }
+            conf.counts[p as usize * 256 + g as usize] += 1;
+        }
+    }
+    assert_eq!(at, clusters.len(), "cluster ids do not cover the masks");
+    timet_score(&conf, matching)
+}
+
+/// Which level a score is for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Level {
+    Frame,
+    Clip,
+}
+
+/// F or C over all batches: `over` fixes K, else K = distinct labels of the unit.
+fn local(clips: &[Clip], level: Level, over: Option<usize>, seed: u64, p: &VideoProtocol) -> f64 {
+    let matching = match over {
+        Some(_) => RefMatching::ManyToOne { precision: p.precision },
+        None => RefMatching::Hungarian,
+    };
+    let batch_scores: Vec<f64> = clips
+        .chunks(p.batch_clips.max(1))
+        .map(|batch| {
+            let maps: Vec<&FeatureMap> = batch.iter().flat_map(|c| &c.frames).collect();
+            let pca = transform(&maps, p.pca_dim);
+            let mut units: Vec<(Vec<&FeatureMap>, Vec<&Mask>)> = Vec::new();
+            let mut at = 0;
+            for c in batch {
+                let feats: Vec<&FeatureMap> = pca[at..at + c.frames.len()].iter().collect();
+                at += c.frames.len();
+                match level {
+                    Level::Frame => units.extend(feats.into_iter().zip(&c.masks).map(|(f, m)| (vec![f], vec![m]))),
+                    Level::Clip => units.push((feats, c.masks.iter().collect())),
+                }
+            }
+            let scores: Vec<f64> = units
+                .par_iter()
+                .map(|(f, m)| {
+                    let size = m[0].width;
+                    assert!(m.iter().all(|m| m.width == size && m.height == size), "masks must be square and of one size");
+                    let k = over.unwrap_or_else(|| distinct_labels(m.iter().copied()));
+                    let ids = cluster_pixels(f, size, k, seed, p);
+                    unit_score(&ids, m, k, matching, false)
+                })
+                .collect();
+            scores.iter().sum::<f64>() / scores.len() as f64
+        })
+        .collect();
+    batch_scores.iter().sum::<f64>() / batch_scores.len() as f64
+}
+
+/// D: one clustering of the whole set at `p.dataset_size`.
+fn dataset(clips: &[Clip], over: Option<usize>, seed: u64, p: &VideoProtocol) -> (f64, usize) {
+    let maps: Vec<&FeatureMap> = clips.iter().flat_map(|c| &c.frames).collect();
+    let pca = transform(&maps, p.pca_dim);
+    let s = p.dataset_size;
+    let masks: Vec<Mask> = clips.iter().flat_map(|c| &c.masks).map(|m| if m.width == s && m.height == s { m.clone() } else { m.resize_nearest_torch(s, s) }).collect();
+    let k = over.unwrap_or_else(|| distinct_labels(&masks));
+    let refs: Vec<&FeatureMap> = pca.iter().collect();
+    let ids = cluster_pixels(&refs, s, k, seed, p);
+    let matching = match over {
+        Some(_) => RefMatching::ManyToOne { precision: p.precision },
+        None => RefMatching::Hungarian,
+    };
+    (unit_score(&ids, &masks.iter().collect::<Vec<_>>(), k, matching, true), k)
+}
+
+/// Every level of the protocol, each a mean over `p.seeds`.
+pub fn timet_clustering(clips: &[Clip], p: &VideoProtocol) -> Vec<Score> {
+    assert!(!clips.is_empty() && clips.iter().all(|c| !c.frames.is_empty() && c.frames.len() == c.masks.len()), "empty clip");
+    let run = |f: &dyn Fn(u64) -> f64| -> Vec<f64> { p.seeds.iter().map(|&s| f(s)).collect() };
+    let hung = crate::cluster::matching_label(RefMatching::Hungarian);
+    let over = crate::cluster::matching_label(RefMatching::ManyToOne { precision: p.precision });
+    let mut out = vec![
+        Score::new("F hungarian".into(), 0, hung, run(&|s| local(clips, Level::Frame, None, s, p))),
+        Score::new("C hungarian".into(), 0, hung, run(&|s| local(clips, Level::Clip, None, s, p))),
+    ];
+    let d = run(&|s| dataset(clips, None, s, p).0);
+    out.push(Score::new("D hungarian".into(), dataset_k(clips, p), hung, d));
+    if p.over_k_local > 0 {
+        let k = p.over_k_local;
+        out.push(Score::new(format!("F over K={k}"), k, over, run(&|s| local(clips, Level::Frame, Some(k), s, p))));
+        out.push(Score::new(format!("C over K={k}"), k, over, run(&|s| local(clips, Level::Clip, Some(k), s, p))));
+    }
+    if p.over_k_dataset > 0 {
+        let k = p.over_k_dataset;
+        out.push(Score::new(format!("D over K={k}"), k, over, run(&|s| dataset(clips, Some(k), s, p).0)));
+    }
+    out
+}
+
+/// K of the dataset-level clustering: distinct labels over all masks at the D size.
+fn dataset_k(clips: &[Clip], p: &VideoProtocol) -> usize {
+    let s = p.dataset_size;
+    distinct_labels(&clips.iter().flat_map(|c| &c.masks).map(|m| m.resize_nearest_torch(s, s)).collect::<Vec<_>>())
+}
+
+/// Scores of given per-pixel cluster ids under the protocol's rules, for checking against
+/// the reference with its own k-means output: F (one unit per mask), C (all masks one unit)
+/// or D (all masks, 255 left out).
+pub fn score_units(ids: &[u32], masks: &[&Mask], k: usize, matching: RefMatching, skip_ignore: bool) -> f64 {
+    unit_score(ids, masks, k, matching, skip_ignore)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mosic::rng::SplitMix64;
+
+    /// Frames whose patches point in the direction of their label (plus noise).
+    fn clip(rng: &mut SplitMix64, name: &str, labels: u8) -> Clip {
+        let (g, dim, size) = (4, 8, 8);
+        let mut frames = Vec::new();
+        let mut masks = Vec::new();
+        for _ in 0..3 {
+            let grid: Vec<u8> = (0..g * g).map(|i| ((i % g) * labels as usize / g) as u8).collect();
+            let data = grid.iter().flat_map(|&l| (0..dim).map(move |c| (c == l as usize) as u8 as f32 * 4.0)).map(|v| v + rng.uniform(-0.1, 0.1) as f32).collect();
+            frames.push(FeatureMap::new(g, g, dim, data));
+            masks.push(Mask { width: g, height: g, labels: grid }.resize_nearest(size, size));
+        }
+        Clip { name: name.into(), frames, masks }
+    }
+
+    #[test]
+    fn separable_clips_score_high_at_every_level() {
+        let mut rng = SplitMix64::new(4);
+        let clips: Vec<Clip> = (0..3).map(|i| clip(&mut rng, &format!("c{i}"), 2 + i as u8)).collect();
+        let p = VideoProtocol { over_k_dataset: 6, dataset_size: 8, pca_dim: 4, niter: 20, ..Default::default() };
+        let s = timet_clustering(&clips, &p);
+        let names: Vec<&str> = s.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(names, ["F hungarian", "C hungarian", "D hungarian", "F over K=10", "C over K=10", "D over K=6"]);
+        for x in &s {
+            assert!(x.mean > 0.9, "{x:?}");
+        }
+        assert_eq!(s[2].k, 4);
+    }
+}
