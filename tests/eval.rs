@@ -237,7 +237,7 @@ fn training_validates_in_the_loop_and_evaluates_its_checkpoint() {
         "--set", "data.batch_size=2", "--set", "data.workers=1", "--set", "data.shuffle_buffer=4", "--set", "run.steps=4",
         "--set", &format!("data.shards={}", data.join("gt").display()), "--set", "objective.motion=identity",
         "--set", "validation.every=2", "--set", &format!("validation.data={}", val.display()), "--set", "validation.max_images=8",
-        "--set", "validation.overclustering=6",
+        "--set", "validation.overclustering=6", "--set", "run.log_every=1",
     ]);
     assert!(o.status.success(), "{}", text(&o));
     assert!(text(&o).contains("validation mIoU"), "{}", text(&o));

@@ -37,6 +37,8 @@ fn args<'a>(shards: &'a str, out: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
         "run.steps=4",
         "--set",
         "run.checkpoint_every=1",
+        "--set",
+        "run.log_every=1",
     ];
     v.push("--set");
     v.push(shards);
