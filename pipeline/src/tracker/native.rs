@@ -4,7 +4,9 @@
 //! Each point is followed frame to frame away from the query frame (forwards, then
 //! backwards) with translation-only inverse-compositional LK on a Gaussian pyramid. It is
 //! visible where the forward–backward round trip returns to its start and the patch still
-//! looks like the query patch (NCC). Every step searches from the last visible position,
+//! looks like the query patch (NCC). The query patch is compared through the point's own
+//! similarity warp (scale and rotation, refined by inverse-compositional LK on the query
+//! patch each step), so zoom and rotation do not hide a point. Every step searches from the last visible position,
 //! extrapolated with the point's last velocity or, failing that, with the clip's dominant
 //! (camera) motion, so a point hidden by a passing object is found again once the object
 //! has moved on.
@@ -36,6 +38,8 @@ pub struct NativeParams {
     pub fb_threshold: f32,
     /// Smallest NCC between the tracked patch and the query patch of a visible point.
     pub ncc_threshold: f32,
+    /// Iterations of the similarity fit of the query patch (0: compare unwarped patches).
+    pub warp_iterations: usize,
 }
 
 impl Default for NativeParams {
@@ -52,6 +56,7 @@ impl Default for NativeParams {
             min_eigen: 1e-4,
             fb_threshold: 0.75,
             ncc_threshold: 0.6,
+            warp_iterations: 5,
         }
     }
 }
@@ -108,12 +113,10 @@ impl NativeTracker {
     fn track_point(&self, c: &ClipCtx, qf: usize, q: [f32; 2], s: &mut Scratch) -> Vec<([f32; 2], bool)> {
         let mut out = vec![(q, false); c.pyr.len()];
         out[qf].1 = true;
-        let mut template = vec![0.0; s.app.len()];
-        c.pyr[qf][0].patch(q[0], q[1], self.params.ncc_window, &mut template, &mut s.app_mask);
         // A flat query patch has no appearance to check, so only the round trip decides.
-        let template = normalise(&mut template).then_some(template);
-        self.follow(c, qf, q, qf + 1..c.pyr.len(), template.as_deref(), &mut out, s);
-        self.follow(c, qf, q, (0..qf).rev(), template.as_deref(), &mut out, s);
+        let template = Template::new(&c.pyr[qf][0], q, self.params.ncc_window);
+        self.follow(c, qf, q, qf + 1..c.pyr.len(), template.as_ref(), &mut out, s);
+        self.follow(c, qf, q, (0..qf).rev(), template.as_ref(), &mut out, s);
         out
     }
 
@@ -125,40 +128,44 @@ impl NativeTracker {
         qf: usize,
         q: [f32; 2],
         frames: impl Iterator<Item = usize>,
-        template: Option<&[f32]>,
+        template: Option<&Template>,
         out: &mut [([f32; 2], bool)],
         s: &mut Scratch,
     ) {
         let p = &self.params;
         let (mut good, mut good_t, mut vel) = (q, qf, None::<[f32; 2]>);
+        // The point's warp of the query patch (2x2, row-major) at its last visible frame.
+        let mut warp = [1.0f32, 0.0, 0.0, 1.0];
         for t in frames {
             let k = t.abs_diff(good_t) as f32;
             let g = [c.glob[t][0] - c.glob[good_t][0], c.glob[t][1] - c.glob[good_t][1]];
             let global = [good[0] + g[0], good[1] + g[1]];
             let own = vel.map(|v| [good[0] + v[0] * k, good[1] + v[1] * k]);
-            let mut step = |guess: [f32; 2]| -> Option<([f32; 2], bool)> {
+            let mut step = |guess: [f32; 2]| -> Option<([f32; 2], bool, [f32; 4])> {
                 let e = self.lk(&c.pyr[good_t], &c.pyr[t], good, guess, usize::MAX, s).filter(|&e| c.inside(e))?;
+                let mut seen = warp;
                 if let Some(tp) = template {
-                    c.pyr[t][0].patch(e[0], e[1], p.ncc_window, &mut s.app, &mut s.app_mask);
                     // A failed appearance check likely means the estimate latched onto an
                     // occluder, and the extrapolation is the better position.
-                    if !(normalise(&mut s.app) && dot(tp, &s.app) > p.ncc_threshold) {
+                    let (ncc, a) = tp.compare(&c.pyr[t][0], e, warp, p.warp_iterations, &mut s.app);
+                    if !(ncc > p.ncc_threshold) {
                         return None;
                     }
+                    seen = a;
                 }
                 // The forward estimate is a close guess, so the fine levels suffice.
                 let back = self.lk(&c.pyr[t], &c.pyr[good_t], e, good, 1, s);
-                Some((e, back.is_some_and(|b| (b[0] - good[0]).hypot(b[1] - good[1]) < p.fb_threshold)))
+                Some((e, back.is_some_and(|b| (b[0] - good[0]).hypot(b[1] - good[1]) < p.fb_threshold), seen))
             };
             let first = step(own.unwrap_or(global));
             let retry = own.is_some_and(|o| (o[0] - global[0]).hypot(o[1] - global[1]) > 1.0);
-            let (at, visible) = match first {
+            let (at, visible, seen) = match first {
                 Some(r) if r.1 || !retry => r,
-                _ => step(global).filter(|r| r.1).or(first).unwrap_or((own.unwrap_or(global), false)),
+                _ => step(global).filter(|r| r.1).or(first).unwrap_or((own.unwrap_or(global), false, warp)),
             };
             if visible {
                 vel = Some([(at[0] - good[0]) / k, (at[1] - good[1]) / k]);
-                (good, good_t) = (at, t);
+                (good, good_t, warp) = (at, t, seen);
             }
             out[t] = (at, visible);
         }
@@ -335,7 +342,7 @@ fn global_shift(a: &Plane, b: &Plane, level: usize) -> [f32; 2] {
 }
 
 /// Per-thread window buffers, padded with zeros to a multiple of eight: template, its
-/// gradients and in-image mask, and the moving patch with its mask.
+/// gradients and in-image mask, the moving patch with its mask, and the appearance patch.
 struct Scratch {
     n: usize,
     tt: Vec<f32>,
@@ -347,7 +354,6 @@ struct Scratch {
     b: Vec<f32>,
     mb: Vec<f32>,
     app: Vec<f32>,
-    app_mask: Vec<f32>,
 }
 
 impl Scratch {
@@ -355,8 +361,130 @@ impl Scratch {
         let n = (2 * r + 1).pow(2);
         let (z, zz, za) = (vec![0.0; n.next_multiple_of(8)], vec![0.0; (2 * r + 3).pow(2)], vec![0.0; (2 * ncc + 1).pow(2)]);
         let (tt, mtt, t, gx, gy, mt, b, mb) = (zz.clone(), zz, z.clone(), z.clone(), z.clone(), z.clone(), z.clone(), z);
-        Self { n, tt, mtt, t, gx, gy, mt, b, mb, app: za.clone(), app_mask: za }
+        Self { n, tt, mtt, t, gx, gy, mt, b, mb, app: za }
     }
+}
+
+/// The query patch of a point, for the appearance check through a similarity warp: its
+/// values (zero-mean, unit-norm) and what inverse-compositional LK needs (steepest-descent
+/// images and inverse Hessian for the parameters of x = t + (1 + a, -b; b, 1 + a) u).
+struct Template {
+    r: usize,
+    normed: Vec<f32>,
+    raw: Vec<f32>,
+    sd: Vec<[f32; 4]>,
+    hinv: Option<[[f32; 4]; 4]>,
+}
+
+impl Template {
+    /// None for a flat patch, which has no appearance to check.
+    fn new(plane: &Plane, q: [f32; 2], r: usize) -> Option<Self> {
+        let (n, m) = (2 * r + 1, 2 * r + 3);
+        let (mut wide, mut mask) = (vec![0.0; m * m], vec![0.0; m * m]);
+        plane.patch(q[0], q[1], r + 1, &mut wide, &mut mask);
+        let (mut raw, mut sd) = (Vec::with_capacity(n * n), Vec::with_capacity(n * n));
+        for j in 0..n {
+            for i in 0..n {
+                let c = (j + 1) * m + i + 1;
+                let (gx, gy) = ((wide[c + 1] - wide[c - 1]) / 2.0, (wide[c + m] - wide[c - m]) / 2.0);
+                let (ux, uy) = (i as f32 - r as f32, j as f32 - r as f32);
+                raw.push(wide[c]);
+                sd.push([gx * ux + gy * uy, gy * ux - gx * uy, gx, gy]);
+            }
+        }
+        let mut normed = raw.clone();
+        if !normalise(&mut normed) {
+            return None;
+        }
+        // Brightness is left out of the fit (the error's mean is removed), so the
+        // steepest-descent images are centred the same way.
+        let mean: [f32; 4] = std::array::from_fn(|k| sd.iter().map(|v| v[k]).sum::<f32>() / sd.len() as f32);
+        let mut h = [[0.0f64; 4]; 4];
+        for v in &sd {
+            for a in 0..4 {
+                for b in 0..4 {
+                    h[a][b] += ((v[a] - mean[a]) * (v[b] - mean[b])) as f64;
+                }
+            }
+        }
+        Some(Self { r, normed, raw, sd, hinv: invert4(h) })
+    }
+
+    /// NCC of the query patch with `plane` seen through the warp `a` at `at`, after refining
+    /// `a` (and a shift, which is not kept) for `iterations`; returns it with the refined warp.
+    /// A fit that runs away (scale outside 0.5..2, or the centre more than the window's
+    /// half-size off) keeps the warp it started from.
+    fn compare(&self, plane: &Plane, at: [f32; 2], a: [f32; 4], iterations: usize, buf: &mut Vec<f32>) -> (f32, [f32; 4]) {
+        let (r, n) = (self.r as f32, 2 * self.r + 1);
+        buf.resize(n * n, 0.0);
+        let sample = |a: &[f32; 4], t: [f32; 2], out: &mut [f32]| {
+            for j in 0..n {
+                for i in 0..n {
+                    let (ux, uy) = (i as f32 - r, j as f32 - r);
+                    out[j * n + i] = plane.sample(t[0] + a[0] * ux + a[1] * uy, t[1] + a[2] * ux + a[3] * uy);
+                }
+            }
+        };
+        let (mut w, mut t) = (a, at);
+        if let Some(hinv) = self.hinv.filter(|_| iterations > 0) {
+            for _ in 0..iterations {
+                sample(&w, t, buf);
+                let mean = buf.iter().zip(&self.raw).map(|(b, t)| b - t).sum::<f32>() / buf.len() as f32;
+                let mut g = [0.0f32; 4];
+                for ((b, tv), v) in buf.iter().zip(&self.raw).zip(&self.sd) {
+                    let e = b - tv - mean;
+                    (0..4).for_each(|k| g[k] += v[k] * e);
+                }
+                let d: [f32; 4] = std::array::from_fn(|k| (0..4).map(|l| hinv[k][l] * g[l]).sum());
+                if !d.iter().all(|x| x.is_finite()) {
+                    break;
+                }
+                // Inverse composition: W <- W o dW^-1, dW(u) = (1 + d0, -d1; d1, 1 + d0) u + (d2, d3).
+                let det = (1.0 + d[0]).powi(2) + d[1] * d[1];
+                let inv = [(1.0 + d[0]) / det, d[1] / det, -d[1] / det, (1.0 + d[0]) / det];
+                let nw = [w[0] * inv[0] + w[1] * inv[2], w[0] * inv[1] + w[1] * inv[3], w[2] * inv[0] + w[3] * inv[2], w[2] * inv[1] + w[3] * inv[3]];
+                t = [t[0] - (nw[0] * d[2] + nw[1] * d[3]), t[1] - (nw[2] * d[2] + nw[3] * d[3])];
+                w = nw;
+                if d[0].abs() + d[1].abs() < 1e-4 && d[2].hypot(d[3]) < 0.01 {
+                    break;
+                }
+            }
+            let scale = (w[0] * w[3] - w[1] * w[2]).abs().sqrt();
+            if !((0.5..2.0).contains(&scale) && (t[0] - at[0]).hypot(t[1] - at[1]) < r) {
+                (w, t) = (a, at);
+            }
+        }
+        sample(&w, t, buf);
+        let ncc = if normalise(buf) { dot(&self.normed, buf) } else { 0.0 };
+        (ncc, w)
+    }
+}
+
+/// Inverse of a symmetric 4x4 matrix by Gauss-Jordan elimination; None when singular.
+fn invert4(m: [[f64; 4]; 4]) -> Option<[[f32; 4]; 4]> {
+    let mut a = [[0.0f64; 8]; 4];
+    for i in 0..4 {
+        a[i][..4].copy_from_slice(&m[i]);
+        a[i][4 + i] = 1.0;
+    }
+    let scale = (0..4).map(|i| m[i][i].abs()).fold(0.0, f64::max);
+    for col in 0..4 {
+        let piv = (col..4).max_by(|&x, &y| a[x][col].abs().total_cmp(&a[y][col].abs()))?;
+        if a[piv][col].abs() <= 1e-9 * scale.max(1e-30) {
+            return None;
+        }
+        a.swap(col, piv);
+        let p = a[col][col];
+        a[col].iter_mut().for_each(|v| *v /= p);
+        for row in 0..4 {
+            if row != col {
+                let f = a[row][col];
+                let pivot_row = a[col];
+                a[row].iter_mut().zip(pivot_row).for_each(|(v, p)| *v -= f * p);
+            }
+        }
+    }
+    Some(std::array::from_fn(|i| std::array::from_fn(|j| a[i][4 + j] as f32)))
 }
 
 /// Zero mean and unit norm in place; false for a flat patch.
@@ -410,6 +538,15 @@ impl Plane {
             }
         }
         out
+    }
+
+    /// Bilinear sample at (x, y), borders replicated.
+    fn sample(&self, x: f32, y: f32) -> f32 {
+        let (fx, fy) = (x.floor(), y.floor());
+        let (ax, ay) = (x - fx, y - fy);
+        let (ix, iy) = (fx as isize, fy as isize);
+        let v = |dx: isize, dy: isize| self.v[self.idx(ix + dx, iy + dy)];
+        (1.0 - ay) * ((1.0 - ax) * v(0, 0) + ax * v(1, 0)) + ay * ((1.0 - ax) * v(0, 1) + ax * v(1, 1))
     }
 
     /// Bilinear samples of the (2r+1)^2 window centred on (cx, cy), row-major, with 1 in
@@ -528,7 +665,7 @@ mod tests {
 
     fn run(frames: &[RgbImage], queries: &[[f32; 2]], query_frame: usize) -> TrackResult {
         let mut tr = NativeTracker::new(NativeParams::default());
-        tr.track(&[TrackRequest { frames, queries, query_frame }]).unwrap().remove(0)
+        tr.track(&[TrackRequest { frames, queries, query_frame, prepared: None }]).unwrap().remove(0)
     }
 
     #[test]
@@ -663,7 +800,7 @@ mod tests {
                     .collect();
                 let start = std::time::Instant::now();
                 let res = one
-                    .install(|| tracker.track(&[TrackRequest { frames: &frames, queries: &grid, query_frame: 0 }]))
+                    .install(|| tracker.track(&[TrackRequest { frames: &frames, queries: &grid, query_frame: 0, prepared: None }]))
                     .unwrap()
                     .remove(0);
                 secs += start.elapsed().as_secs_f64();
