@@ -113,6 +113,27 @@ fn native_tracks_beat_zero_motion_on_every_metric() {
 }
 
 #[test]
+fn strong_camera_motion_visibility_is_pinned() {
+    // Zoom by 10-25% and a turn of 4-10 degrees per clip (mosic synth --camera strong).
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("synth");
+    let o = run(&["synth", "--out", data.to_str().unwrap(), "--videos", "3", "--frames", "100", "--camera", "strong", "--no-mp4"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let out = tmp.path().join("tracks");
+    let o = tracks(&data.join("JPEGImages"), &out, &[]);
+    assert!(o.status.success(), "{}", text(&o));
+    let o = run(&["tracks", "eval", "--pred", out.to_str().unwrap(), "--gt", data.join("gt").to_str().unwrap(), "--json"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let t = &v["tracker"];
+    let (recall, precision) = (t["visible_recall"].as_f64().unwrap(), t["visible_precision"].as_f64().unwrap());
+    // Measured on this set: recall 0.754, precision 0.971, <d_avg 0.778 (BENCHMARKS.md). The
+    // goal of recall 0.9 at precision 0.95 is not reached yet; these keep it from sliding back.
+    assert!(recall > 0.72 && precision > 0.95, "recall {recall}, precision {precision}");
+    assert!(t["average_position_accuracy"].as_f64().unwrap() > 0.75, "{t}");
+}
+
+#[test]
 fn video_files_and_frame_folders_give_the_same_clips() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("synth");

@@ -100,6 +100,10 @@ pub struct RunArgs {
     /// Decoding threads (0: one per core).
     #[arg(long, default_value_t = 0)]
     decoders: usize,
+    /// Settings of the native tracker as JSON, over its defaults (e.g. '{"ncc_threshold":0.5}');
+    /// they are recorded in every shard.
+    #[arg(long)]
+    native_params: Option<String>,
     /// Show every FFmpeg message (debug level), not only errors.
     #[arg(long)]
     verbose: bool,
@@ -161,6 +165,9 @@ impl RunArgs {
         if self.batch < 1 {
             bail!("--batch must be at least 1");
         }
+        if self.model.is_some() && self.native_params.is_some() {
+            bail!("--native-params is for the native tracker, not --model");
+        }
         if self.model.is_none() && self.batch != 1 {
             bail!("--batch is for the ONNX model (--model); the native tracker takes the clips as they come");
         }
@@ -194,7 +201,24 @@ impl RunArgs {
                 if self.device != Device::Cpu {
                     bail!("--device {} needs --model (the native tracker runs on the CPU)", self.device);
                 }
-                (Box::new(NativeTracker::new(NativeParams::default())), Vec::new())
+                let params: NativeParams = match &self.native_params {
+                    None => NativeParams::default(),
+                    Some(j) => {
+                        let mut v = serde_json::to_value(NativeParams::default())?;
+                        let over: serde_json::Value = serde_json::from_str(j).context("--native-params is not JSON")?;
+                        let (Some(base), Some(over)) = (v.as_object_mut(), over.as_object()) else {
+                            bail!("--native-params must be a JSON object");
+                        };
+                        for (k, x) in over {
+                            if !base.contains_key(k) {
+                                bail!("--native-params: no setting '{k}' (there are: {})", base.keys().cloned().collect::<Vec<_>>().join(", "));
+                            }
+                            base.insert(k.clone(), x.clone());
+                        }
+                        serde_json::from_value(v).context("--native-params")?
+                    }
+                };
+                (Box::new(NativeTracker::new(params)), Vec::new())
             }
         })
     }

@@ -495,9 +495,24 @@ mod tests {
     }
 
     #[test]
+    fn strong_camera_zooms_and_turns_the_background_only() {
+        for seed in 0..8 {
+            let strong = SceneConfig { camera: Camera::Strong, ..Default::default() };
+            let (d, s) = (Scene::generate(seed, &SceneConfig::default()), Scene::generate(seed, &strong));
+            let v = &s.background.view;
+            let (zoom, turn) = ((v.log_zoom_rate * STRONG_SPAN_S).abs().exp(), (v.spin * STRONG_SPAN_S).abs().to_degrees());
+            assert!((1.10..=1.25).contains(&zoom) && (4.0..=10.0).contains(&turn), "seed {seed}: zoom {zoom}, turn {turn}");
+            assert_eq!((d.background.view.log_zoom_rate, d.background.view.spin), (0.0, 0.0));
+            // Same objects, same background texture and pan: only the camera differs.
+            assert_eq!(format!("{:?}", d.objects), format!("{:?}", s.objects));
+            assert_eq!(format!("{:?}", d.background.view.pan), format!("{:?}", v.pan));
+        }
+    }
+
+    #[test]
     fn tracks_agree_with_rendering() {
-        let cfg = SceneConfig::default();
-        for seed in [1, 2] {
+        let strong = SceneConfig { camera: Camera::Strong, ..Default::default() };
+        for (seed, cfg) in [(1, SceneConfig::default()), (2, SceneConfig::default()), (3, strong.clone()), (4, strong)] {
             let s = Scene::generate(seed, &cfg);
             let pts = grid(&cfg, 24);
             let frames: Vec<u32> = (0..cfg.num_frames).step_by(12).collect();
