@@ -359,6 +359,16 @@ pub fn bench(a: BenchArgs) -> Result<ExitCode> {
         tracker.batch_size()
     );
     println!("ratio            {:.2}x of decode-only throughput", report.clips_per_second / decode_rate);
+    let bytes: u64 = mosic::Manifest::load(tmp.path())?.shards.iter().map(|s| s.bytes).sum();
+    println!(
+        "shards           {:.1} MB, {:.0} KB per clip ({} points x {} frames at {}x{})",
+        bytes as f64 / 1e6,
+        bytes as f64 / 1e3 / report.clips.max(1) as f64,
+        cfg.grid_size * cfg.grid_size,
+        cfg.plan.frames,
+        cfg.width,
+        cfg.height
+    );
     println!("tracker busy     {:.0}% of the stage's time", 100.0 * report.tracker_seconds / report.seconds.max(1e-9));
     match busy {
         Some(Ok(b)) => println!("GPU busy         {:.0}% (mean of {} nvidia-smi samples, every 100 ms)", b.0, b.1),
@@ -396,7 +406,7 @@ fn bench_scale(a: &BenchArgs) -> Result<ExitCode> {
     }
     println!("tracker          {} (batch {}), {} threads", tracker.info().name, tracker.batch_size(), cores());
     drop(tracker);
-    println!("{:>8}{:>8}{:>8}{:>10}{:>10}{:>12}{:>14}", "videos", "clips", "shards", "seconds", "clips/s", "peak RSS", "queue peak");
+    println!("{:>8}{:>8}{:>8}{:>10}{:>10}{:>12}{:>14}{:>12}", "videos", "clips", "shards", "seconds", "clips/s", "peak RSS", "queue peak", "KB/clip");
     let mut counts = a.synthetic.clone();
     counts.sort();
     for n in counts {
@@ -414,14 +424,16 @@ fn bench_scale(a: &BenchArgs) -> Result<ExitCode> {
         let reset = reset_peak_rss();
         let report = mosic_pipeline::run(&cfg, &run.options(), &out, tracker.as_mut(), &|_, _, _| {})?;
         let peak = peak_rss_bytes().filter(|_| reset);
+        let bytes: u64 = mosic::Manifest::load(&cfg.worker_dir(&out))?.shards.iter().map(|s| s.bytes).sum();
         println!(
-            "{n:>8}{:>8}{:>8}{:>10.1}{:>10.2}{:>12}{:>14}",
+            "{n:>8}{:>8}{:>8}{:>10.1}{:>10.2}{:>12}{:>14}{:>12.0}",
             report.clips,
             report.shards,
             report.seconds,
             report.clips_per_second,
             peak.map(|b| format!("{:.0} MB", b as f64 / 1048576.0)).unwrap_or_else(|| "n/a".into()),
-            format!("{} clips", report.queue_peak_clips)
+            format!("{} clips", report.queue_peak_clips),
+            bytes as f64 / 1e3 / report.clips.max(1) as f64
         );
         std::fs::remove_dir_all(&out).ok();
     }

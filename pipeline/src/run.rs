@@ -126,7 +126,7 @@ impl TracksConfig {
 }
 
 /// How a run behaves, as opposed to what it makes (which [`TracksConfig`] fixes).
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default)]
 pub struct RunOptions {
     /// A video that fails is recorded and skipped instead of ending the run.
     pub keep_going: bool,
@@ -140,12 +140,6 @@ pub struct RunOptions {
     pub queue_bytes: Option<usize>,
     /// Decoding threads; 0 for one per core.
     pub decoders: usize,
-}
-
-impl Default for RunOptions {
-    fn default() -> Self {
-        Self { keep_going: false, retry_failed: false, allow_changed_input: false, queue_bytes: None, decoders: 0 }
-    }
 }
 
 /// What happened to one group of videos; kept in `progress.json` for resumed runs.

@@ -133,10 +133,12 @@ fn ort_err(e: impl std::fmt::Display) -> anyhow::Error {
 /// placement check; None while nobody listens.
 static CAPTURE: Mutex<Option<Vec<(String, String)>>> = Mutex::new(None);
 /// Where ONNX Runtime's warnings and errors go (stderr until the program says otherwise).
-static LOG_SINK: Mutex<Option<Arc<dyn Fn(&str) + Send + Sync>>> = Mutex::new(None);
+static LOG_SINK: Mutex<Option<LogSink>> = Mutex::new(None);
+
+pub type LogSink = Arc<dyn Fn(&str) + Send + Sync>;
 
 /// Sends ONNX Runtime's warnings and errors to `sink` (e.g. above a progress bar).
-pub fn set_log_sink(sink: Arc<dyn Fn(&str) + Send + Sync>) {
+pub fn set_log_sink(sink: LogSink) {
     *LOG_SINK.lock().unwrap_or_else(|e| e.into_inner()) = Some(sink);
 }
 
@@ -195,7 +197,7 @@ impl Placement {
         let provider = |m: &str, key: &str| -> Option<(String, usize)> {
             let rest = &m[m.find(key)? + key.len()..];
             let (name, rest) = rest.split_once(']')?;
-            let count = rest.rsplit(':').next()?.trim().split_whitespace().next()?.parse().ok()?;
+            let count = rest.rsplit(':').next()?.split_whitespace().next()?.parse().ok()?;
             Some((name.to_string(), count))
         };
         let node = |line: &str| -> Option<(String, String)> {

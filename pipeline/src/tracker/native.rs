@@ -161,8 +161,13 @@ impl NativeTracker {
                 if let Some(tp) = template {
                     // A failed appearance check likely means the estimate latched onto an
                     // occluder, and the extrapolation is the better position.
-                    let (ncc, a, at) = tp.compare(&c.pyr[t][0], e, warp, p.warp_iterations, &mut s.app);
-                    if !(ncc > ncc_threshold) {
+                    // The warp is refined only where the patch as last seen no longer matches.
+                    let mut fit = tp.compare(&c.pyr[t][0], e, warp, 0, &mut s.app);
+                    if fit.0.is_nan() || fit.0 <= ncc_threshold {
+                        fit = tp.compare(&c.pyr[t][0], e, warp, p.warp_iterations, &mut s.app);
+                    }
+                    let (ncc, a, at) = fit;
+                    if ncc.is_nan() || ncc <= ncc_threshold {
                         return None;
                     }
                     // The fit to the query patch does not drift as frame-to-frame steps do.
