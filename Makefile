@@ -1,6 +1,6 @@
 # Entry points. With no arguments everything runs on the built-in synthetic dataset with
 # the native tracker and a tiny ViT on the CPU. Real use:
-#   make tracks INPUT=/data/ytvos/train_all_frames MODEL=cotracker3.onnx DEVICE=cuda TRACKS=data/ytvos-tracks
+#   make tracks INPUT=/data/ytvos/train_all_frames MODEL=cotracker3.onnx DEVICE=cuda:0 BATCH=4 TRACKS=data/ytvos-tracks
 #   make train CONFIG=configs/dinov2_s14_ytvos.toml WEIGHTS=dinov2_vits14.pth SHARDS=data/ytvos-tracks BACKEND=cuda
 
 CARGO    ?= cargo
@@ -11,6 +11,9 @@ INPUT    ?= $(SYNTH)/JPEGImages
 TRACKS   ?= $(DATA)/tracks
 MODEL    ?=
 DEVICE   ?= cpu
+BATCH    ?= 1
+# More `mosic tracks` options, e.g. TRACKS_ARGS="--keep-going --grid 16".
+TRACKS_ARGS ?=
 CONFIG   ?= configs/tiny_synth.toml
 SHARDS   ?= $(TRACKS)
 WEIGHTS  ?=
@@ -47,13 +50,13 @@ $(DATA)/synth-test/synth.json:
 	$(MAKE) build
 	$(MOSIC) synth --out $(DATA)/synth-test --first-video 2000 --videos 4 --no-mp4
 
-# Stage 1. Interrupted runs resume: run it again with the same arguments.
+# Stage 1. Interrupted or failed runs resume: run it again with the same arguments.
 ifeq ($(INPUT),$(SYNTH)/JPEGImages)
 tracks: build $(SYNTH)/synth.json
 else
 tracks: build
 endif
-	$(MOSIC) tracks --input $(INPUT) --out $(TRACKS) --device $(DEVICE) $(if $(MODEL),--model $(MODEL))
+	$(MOSIC) tracks --input $(INPUT) --out $(TRACKS) --device $(DEVICE) $(if $(MODEL),--model $(MODEL) --batch $(BATCH)) $(TRACKS_ARGS)
 	$(MOSIC) shards verify $(TRACKS)
 
 # Stage 2. Each run gets a new directory, runs/<config name>/<date-time> (or RUN=dir);

@@ -327,9 +327,43 @@ fn flat<'a, T: arrow::datatypes::ArrowPrimitiveType>(
     Ok(&values.values()[start..start + list.len() * len])
 }
 
+/// Where a row fails the checks of [`from_batch`]: the clip's id when its key columns are readable.
+fn row_name(batch: &RecordBatch, r: usize) -> String {
+    let key = |name: &str| batch.column_by_name(name).filter(|a| a.is_valid(r));
+    match (key(col::DATASET), key(col::VIDEO_ID), key(col::CLIP_INDEX)) {
+        (Some(d), Some(v), Some(c)) => match (d.as_string_opt::<i32>(), v.as_string_opt::<i32>(), c.as_primitive_opt::<UInt32Type>()) {
+            (Some(d), Some(v), Some(c)) => format!("clip {}/{}#{}", d.value(r), v.value(r), c.value(r)),
+            _ => format!("row {r}"),
+        },
+        _ => format!("row {r}"),
+    }
+}
+
+/// Nulls anywhere in a column (rows or list items): the schema's lists have nullable items
+/// for pyarrow's sake, but a shard never holds a null.
+fn check_nulls(batch: &RecordBatch) -> Result<(), String> {
+    for (field, array) in batch.schema().fields().iter().zip(batch.columns()) {
+        if let Some(r) = (0..array.len()).find(|&r| array.is_null(r)) {
+            return Err(format!("{}: column '{}' is null", row_name(batch, r), field.name()));
+        }
+        if let Some(list) = array.as_fixed_size_list_opt() {
+            let (values, len) = (list.values(), list.value_length().max(1) as usize);
+            if values.null_count() > 0 {
+                let start = list.offset() * len;
+                if let Some(i) = (start..start + list.len() * len).find(|&i| values.is_null(i)) {
+                    let r = (i - start) / len;
+                    return Err(format!("{}: column '{}' has a null at item {}", row_name(batch, r), field.name(), (i - start) % len));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
 fn from_batch(batch: &RecordBatch, spec: &ShardSpec) -> Result<Vec<Clip>, String> {
     let (t, n) = (spec.t(), spec.num_points());
     let rows = batch.num_rows();
+    check_nulls(batch)?;
     let strs = |name: &str| -> Result<&StringArray, String> {
         column(batch, name)?.as_string_opt::<i32>().ok_or_else(|| format!("column '{name}' is not a string column"))
     };
@@ -341,6 +375,17 @@ fn from_batch(batch: &RecordBatch, spec: &ShardSpec) -> Result<Vec<Clip>, String
     let queries = flat::<Float32Type>(batch, col::QUERIES, n * 2)?;
     let tracks = flat::<Float32Type>(batch, col::TRACKS, t * n * 2)?;
     let vis = flat::<UInt8Type>(batch, col::VISIBILITY, t * n)?;
+    // Anything but 0 and 1 is a writer's bug, not "visible".
+    if let Some(i) = vis.iter().position(|&v| v > 1) {
+        let (r, e) = (i / (t * n), i % (t * n));
+        return Err(format!(
+            "{}: visibility value {} at frame {}, point {} (only 0 and 1 are allowed)",
+            row_name(batch, r),
+            vis[i],
+            e / n,
+            e % n
+        ));
+    }
     let frames = match batch.column_by_name(col::FRAMES) {
         Some(a) => Some(a.as_fixed_size_list_opt().ok_or("frames is not a fixed-size list")?),
         None => None,
@@ -365,7 +410,7 @@ fn from_batch(batch: &RecordBatch, spec: &ShardSpec) -> Result<Vec<Clip>, String
             frames,
             queries: pairs(&queries[r * n * 2..(r + 1) * n * 2]),
             tracks: pairs(&tracks[r * t * n * 2..(r + 1) * t * n * 2]),
-            visibility: vis[r * t * n..(r + 1) * t * n].iter().map(|&v| v != 0).collect(),
+            visibility: vis[r * t * n..(r + 1) * t * n].iter().map(|&v| v == 1).collect(),
         });
     }
     Ok(out)

@@ -199,3 +199,76 @@ fn python_reads_shards_without_our_code() {
         assert!(text(&o).contains("ok: 2 shards, 5 clips"), "{}", text(&o));
     }
 }
+
+/// Rewrites `dir`'s first shard with column `name` replaced by `f(old column)`, keeping the file
+/// metadata, and updates the manifest's checksum so that only the content is at fault.
+fn rewrite_column(dir: &Path, name: &str, f: impl Fn(&arrow::array::ArrayRef) -> arrow::array::ArrayRef) {
+    use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+    use parquet::arrow::ArrowWriter;
+    use parquet::file::properties::WriterProperties;
+
+    let path = dir.join("shard-00000.parquet");
+    let b = ParquetRecordBatchReaderBuilder::try_new(std::fs::File::open(&path).unwrap()).unwrap();
+    let kv = b.metadata().file_metadata().key_value_metadata().cloned();
+    let schema = b.schema().clone();
+    let batches: Vec<_> = b.build().unwrap().map(|r| r.unwrap()).collect();
+    let idx = schema.index_of(name).unwrap();
+    let props = WriterProperties::builder().set_key_value_metadata(kv).build();
+    let mut w = ArrowWriter::try_new(std::fs::File::create(&path).unwrap(), schema.clone(), Some(props)).unwrap();
+    for batch in &batches {
+        let mut cols = batch.columns().to_vec();
+        cols[idx] = f(&cols[idx]);
+        w.write(&arrow::array::RecordBatch::try_new(schema.clone(), cols).unwrap()).unwrap();
+    }
+    w.close().unwrap();
+    let mut m = Manifest::load(dir).unwrap();
+    m.shards[0].sha256 = mosic::fsutil::sha256_file(&path).unwrap();
+    m.shards[0].bytes = std::fs::metadata(&path).unwrap().len();
+    m.save(dir).unwrap();
+}
+
+/// The fixed-size list `list` with its values replaced.
+fn with_values(list: &arrow::array::ArrayRef, values: arrow::array::ArrayRef) -> arrow::array::ArrayRef {
+    use arrow::array::{Array, AsArray};
+    let l = list.as_fixed_size_list();
+    let field = match l.data_type() {
+        arrow::datatypes::DataType::FixedSizeList(f, _) => f.clone(),
+        _ => unreachable!(),
+    };
+    std::sync::Arc::new(arrow::array::FixedSizeListArray::try_new(field, l.value_length(), values, None).unwrap())
+}
+
+#[test]
+fn visibility_other_than_0_or_1_is_reported_with_the_clip() {
+    use arrow::array::{AsArray, UInt8Array};
+    use arrow::datatypes::UInt8Type;
+    let tmp = tempfile::tempdir().unwrap();
+    let spec = spec(6, 4, 32);
+    write_dir(tmp.path(), &spec, 3, 1);
+    // Clip 1 (video_000#1), frame 2, point 5 becomes 2.
+    rewrite_column(tmp.path(), "visibility", |a| {
+        let mut v: Vec<u8> = a.as_fixed_size_list().values().as_primitive::<UInt8Type>().values().to_vec();
+        v[16 * 6 + 2 * 16 + 5] = 2;
+        with_values(a, std::sync::Arc::new(UInt8Array::from(v)))
+    });
+    let e = ShardReader::open(&tmp.path().join("shard-00000.parquet")).unwrap().read_all(false).unwrap_err().to_string();
+    assert!(e.contains("clip test/video_000#1: visibility value 2 at frame 2, point 5"), "{e}");
+    verify_fails_with(tmp.path(), &["shard-00000.parquet", "clip test/video_000#1", "visibility value 2"]);
+}
+
+#[test]
+fn nulls_inside_list_columns_are_reported_with_the_clip() {
+    use arrow::array::{AsArray, Float32Array};
+    use arrow::datatypes::Float32Type;
+    let tmp = tempfile::tempdir().unwrap();
+    let spec = spec(6, 4, 32);
+    write_dir(tmp.path(), &spec, 3, 1);
+    // One coordinate of clip 2 (video_001#0) becomes null.
+    rewrite_column(tmp.path(), "tracks", |a| {
+        let v = a.as_fixed_size_list().values().as_primitive::<Float32Type>();
+        let k = 2 * 6 * 16 * 2 + 7;
+        let vals: Float32Array = (0..v.len()).map(|i| (i != k).then(|| v.value(i))).collect();
+        with_values(a, std::sync::Arc::new(vals))
+    });
+    verify_fails_with(tmp.path(), &["shard-00000.parquet", "clip test/video_001#0: column 'tracks' has a null at item 7"]);
+}

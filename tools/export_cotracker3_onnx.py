@@ -1,9 +1,14 @@
 #!/usr/bin/env python3
 """Exports CoTracker3 offline to ONNX under the contract of schemas/cotracker3-onnx.md.
 
-The graph takes `video` [1, T, 3, 384, 512] (0..255 RGB) and `queries` [1, N, 3]
-(t, x, y in model pixels) and returns `tracks` [1, T, N, 2] and `visibility` [1, T, N]
-(sigmoid probabilities, before CoTrackerPredictor's 0.9 threshold). T and N are dynamic.
+The graph takes `video` [B, T, 3, 384, 512] (0..255 RGB) and `queries` [B, N, 3]
+(t, x, y in model pixels) and returns `tracks` [B, T, N, 2] and `visibility` [B, T, N]
+(sigmoid probabilities, before CoTrackerPredictor's 0.9 threshold). B (clips per call),
+T and N are dynamic. The public model fails with more than one clip per call (a `.view`
+on a non-contiguous tensor: the expanded initial coordinates); while exporting, `.view`
+calls become `.reshape`, which is the same where a view exists and copies where not.
+With --fp16 the graph computes in float16 (inputs and outputs stay float32); the float32
+graph it is made from is written beside it (NAME_fp32.onnx).
 
 CoTracker samples its feature maps with 5-D grid_sample, which TensorRT and ONNX Runtime's
 CUDA provider lack. During export the two 5-D call sites are replaced by 4-D sampling
@@ -18,6 +23,7 @@ PYTHONPATH=CHECKOUT). No model file is downloaded: pass --checkpoint or --random
 usage:
   python tools/export_cotracker3_onnx.py --checkpoint scaled_offline.pth --out cotracker3.onnx
   python tools/export_cotracker3_onnx.py --random-init --out /tmp/ct3.onnx --check
+  python tools/export_cotracker3_onnx.py --checkpoint scaled_offline.pth --fp16 --out ct3_fp16.onnx --check
 """
 import argparse
 import contextlib
@@ -36,6 +42,13 @@ CONTRACT = "cotracker3-offline-v1"
 MODEL_H, MODEL_W = 384, 512
 WINDOW_LEN = 60  # CoTrackerPredictor's offline window; sizes the time embedding in the checkpoint
 MAX_FRAMES = 200  # the model's forward chunks the encoder beyond 200 frames (fmaps_chunk_size)
+MAX_BATCH = 64  # clips per call the graph is traced for
+# --check: batched calls must match one clip per call this closely
+BATCH_TRACKS_TOL_PX = 1e-3
+BATCH_VIS_TOL = 1e-4
+# --fp16: ops kept in float32 (ONNX Runtime's CPU provider has no float16 kernel for them,
+# and --check runs on the CPU); extend with --fp16-keep
+FP16_KEEP = ["GridSample"]
 # --check fails above these (ORT vs PyTorch, and the 4-D rewrite vs the original)
 TRACKS_TOL_PX = 1e-2
 VIS_TOL = 1e-3
@@ -143,6 +156,28 @@ def four_d_sampling(guard=None):
          ct3_base.CoTrackerThreeBase.interpolate_time_embed, F.grid_sample) = saved
 
 
+@contextlib.contextmanager
+def view_as_reshape():
+    """`Tensor.view(shape)` as `Tensor.reshape(shape)`, so the model takes several clips per call.
+
+    Only the shape form is replaced (`view(dtype)` is left alone); reshape returns a view
+    wherever view would succeed, and the model never writes through one, so results at
+    B = 1 are unchanged.
+    """
+    original = torch.Tensor.view
+
+    def view(self, *shape, **kwargs):
+        if kwargs or (len(shape) == 1 and isinstance(shape[0], torch.dtype)):
+            return original(self, *shape, **kwargs)
+        return self.reshape(*shape)
+
+    torch.Tensor.view = view
+    try:
+        yield
+    finally:
+        torch.Tensor.view = original
+
+
 class TrackerForExport(torch.nn.Module):
     """(video, queries) -> (tracks, visibility), the model call inside CoTrackerPredictor.
 
@@ -186,38 +221,49 @@ def build_model(args):
     return TrackerForExport(model, args.iters).eval(), source
 
 
-def example_inputs(frames, points, seed):
-    """A seeded random clip and queries on frame 0 (a grid when `points` is a square)."""
-    g = torch.Generator().manual_seed(seed)
-    video = torch.rand(1, frames, 3, MODEL_H, MODEL_W, generator=g) * 255.0
-    side = math.isqrt(points)
-    if side * side == points and side > 1:
-        xy = model_utils.get_points_on_a_grid(side, (MODEL_H, MODEL_W))[0]
-    else:
-        xy = torch.rand(points, 2, generator=g) * torch.tensor([MODEL_W - 1, MODEL_H - 1])
-    queries = torch.cat([torch.zeros(points, 1), xy], dim=1)[None].float()
-    return video, queries
+def example_inputs(frames, points, seed, batch=1):
+    """`batch` seeded random clips with queries on frame 0 (a grid when `points` is a square)."""
+    videos, queries = [], []
+    for b in range(batch):
+        g = torch.Generator().manual_seed(seed + 1000 * b)
+        videos.append(torch.rand(1, frames, 3, MODEL_H, MODEL_W, generator=g) * 255.0)
+        side = math.isqrt(points)
+        if side * side == points and side > 1:
+            xy = model_utils.get_points_on_a_grid(side, (MODEL_H, MODEL_W))[0]
+        else:
+            xy = torch.rand(points, 2, generator=g) * torch.tensor([MODEL_W - 1, MODEL_H - 1])
+        queries.append(torch.cat([torch.zeros(points, 1), xy], dim=1)[None].float())
+    return torch.cat(videos), torch.cat(queries)
 
 
-def export(wrapper, args, source):
-    video, queries = example_inputs(args.frames, args.points, args.seed)
+def export(wrapper, args, source, out):
+    # Two clips: an example batch of one would be specialised to 1.
+    video, queries = example_inputs(args.frames, args.points, args.seed, batch=2)
+    B = torch.export.Dim("B", min=1, max=MAX_BATCH)
     T = torch.export.Dim("T", min=2, max=MAX_FRAMES)
     N = torch.export.Dim("N", min=1, max=100_000)
     calls = {}
     start = time.perf_counter()
-    with torch.no_grad(), four_d_sampling(grid_sample_guard(calls)):
+    with torch.no_grad(), four_d_sampling(grid_sample_guard(calls)), view_as_reshape():
         program = torch.onnx.export(
             wrapper, (video, queries), dynamo=True, opset_version=args.opset,
             input_names=["video", "queries"], output_names=["tracks", "visibility"],
-            dynamic_shapes={"video": {1: T}, "queries": {1: N}}, external_data=False)
+            dynamic_shapes={"video": {0: B, 1: T}, "queries": {0: B, 1: N}}, external_data=False)
     print(f"export: {time.perf_counter() - start:.1f} s; grid_sample calls while tracing "
           f"by input rank: {calls}")
     if set(calls) != {4}:
         sys.exit("FAIL: tracing did not go through 4-D grid_sample only")
 
-    import onnx
     model = program.model_proto
-    meta = {"mosic.contract": CONTRACT, "mosic.iters": str(args.iters), "mosic.source": source}
+    set_metadata(model, {"mosic.contract": CONTRACT, "mosic.iters": str(args.iters), "mosic.source": source,
+                         "mosic.max_batch": str(MAX_BATCH), "mosic.precision": "fp32"})
+    out.parent.mkdir(parents=True, exist_ok=True)
+    import onnx
+    onnx.save_model(model, str(out))
+    return inspect_graph(out)
+
+
+def set_metadata(model, meta):
     for key, value in meta.items():
         for prop in model.metadata_props:
             if prop.key == key:
@@ -225,9 +271,38 @@ def export(wrapper, args, source):
                 break
         else:
             model.metadata_props.add(key=key, value=value)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    onnx.save_model(model, str(args.out))
-    return inspect_graph(args.out)
+
+
+def to_fp16(fp32_path, out, keep):
+    """The fp32 graph computing in float16, inputs and outputs still float32."""
+    import onnx
+    from onnx import TensorProto
+    from onnxconverter_common import float16
+    start = time.perf_counter()
+    source = onnx.load(str(fp32_path))
+    # The exporter's shape annotations would contradict the converted types.
+    del source.graph.value_info[:]
+    original = {n.name for n in source.graph.node}
+    model = float16.convert_float_to_float16(source, keep_io_types=True, op_block_list=list(keep))
+    # The converter leaves the graph's own casts to float32 (e.g. frame indices to float)
+    # as they were, feeding float32 into float16 nodes; they now cast to float16, except
+    # where an op kept in float32 or a graph output takes them.
+    consumers = {}
+    for n in model.graph.node:
+        for i in n.input:
+            consumers.setdefault(i, []).append(n.op_type)
+    outputs = {o.name for o in model.graph.output}
+    for n in model.graph.node:
+        if n.op_type != "Cast" or n.name not in original:
+            continue
+        to = next(a for a in n.attribute if a.name == "to")
+        if to.i == TensorProto.FLOAT and n.output[0] not in outputs and \
+                not any(op in keep for op in consumers.get(n.output[0], [])):
+            to.i = TensorProto.FLOAT16
+    set_metadata(model, {"mosic.precision": f"fp16 (kept in fp32: {', '.join(keep) or 'nothing'})"})
+    onnx.save_model(model, str(out))
+    print(f"fp16: converted in {time.perf_counter() - start:.1f} s, ops kept in fp32: {list(keep)}")
+    return inspect_graph(out)
 
 
 def inspect_graph(path):
@@ -266,8 +341,9 @@ def inspect_graph(path):
     return model
 
 
-def check(wrapper, args):
-    """ORT vs original PyTorch, and patched vs original PyTorch, on a seeded random clip."""
+def check(wrapper, args, fp32_path):
+    """ORT vs original PyTorch, and patched vs original PyTorch, on a seeded random clip;
+    batched calls vs one clip per call; with --fp16, the fp16 graph vs the fp32 one."""
     import onnxruntime as ort
 
     # the dropped time-embedding shortcut: resizing to window_len must be the identity
@@ -278,7 +354,7 @@ def check(wrapper, args):
           f"{(same - emb).abs().max().item():.3g}")
 
     opts = ort.SessionOptions()
-    sess = ort.InferenceSession(str(args.out), opts, providers=["CPUExecutionProvider"])
+    sess = ort.InferenceSession(str(fp32_path), opts, providers=["CPUExecutionProvider"])
     failed = False
     for frames, points, label in [(args.frames, args.points, "main"), (5, 7, "other T/N")]:
         video, queries = example_inputs(frames, points, args.seed + 1)
@@ -317,9 +393,62 @@ def check(wrapper, args):
             print(f"[{label}] FAIL: above tolerance (tracks {TRACKS_TOL_PX} px, "
                   f"visibility {VIS_TOL})")
             failed = True
+    failed |= check_batches(sess, args)
+    if args.fp16:
+        check_fp16(sess, args)
     if failed:
         sys.exit(1)
-    print(f"check passed (tolerances: tracks {TRACKS_TOL_PX} px, visibility {VIS_TOL})")
+    print(f"check passed (tolerances: tracks {TRACKS_TOL_PX} px, visibility {VIS_TOL}; batched vs single "
+          f"{BATCH_TRACKS_TOL_PX} px, {BATCH_VIS_TOL})")
+
+
+def check_batches(sess, args):
+    """Several clips per call (ONNX Runtime) against each clip alone; True on failure."""
+    most = max(args.check_batches, default=0)
+    if most < 2:
+        return False
+    video, queries = example_inputs(args.frames, args.points, args.seed + 2, batch=most)
+    single, t_single = [], 0.0
+    for b in range(most):
+        start = time.perf_counter()
+        single.append(sess.run(["tracks", "visibility"], {"video": video[b:b + 1].numpy(),
+                                                          "queries": queries[b:b + 1].numpy()}))
+        t_single += time.perf_counter() - start
+    failed = False
+    for bsz in sorted(args.check_batches):
+        start = time.perf_counter()
+        tracks, vis = sess.run(["tracks", "visibility"], {"video": video[:bsz].numpy(),
+                                                          "queries": queries[:bsz].numpy()})
+        t_batch = time.perf_counter() - start
+        dt = max(np.abs(tracks[b] - single[b][0][0]).max() for b in range(bsz))
+        dv = max(np.abs(vis[b] - single[b][1][0]).max() for b in range(bsz))
+        print(f"[batch {bsz}] T={args.frames} N={args.points}: outputs {tracks.shape} {vis.shape}; max abs diff "
+              f"vs one clip per call: tracks {dt:.3g} px, visibility {dv:.3g}; ORT CPU {t_batch:.2f} s for "
+              f"{bsz} clips ({t_batch / bsz:.2f} s/clip; alone {t_single / most:.2f} s/clip)")
+        if dt > BATCH_TRACKS_TOL_PX or dv > BATCH_VIS_TOL:
+            print(f"[batch {bsz}] FAIL: above tolerance ({BATCH_TRACKS_TOL_PX} px, {BATCH_VIS_TOL})")
+            failed = True
+    return failed
+
+
+def check_fp16(sess32, args):
+    """How far the fp16 graph is from the fp32 one (measured, not a pass/fail check)."""
+    import onnxruntime as ort
+    sess16 = ort.InferenceSession(str(args.out), ort.SessionOptions(), providers=["CPUExecutionProvider"])
+    video, queries = example_inputs(args.frames, args.points, args.seed + 1)
+    feeds = {"video": video.numpy(), "queries": queries.numpy()}
+    start = time.perf_counter()
+    t32, v32 = sess32.run(["tracks", "visibility"], feeds)
+    s32 = time.perf_counter() - start
+    start = time.perf_counter()
+    t16, v16 = sess16.run(["tracks", "visibility"], feeds)
+    s16 = time.perf_counter() - start
+    d = np.sqrt(np.sum(np.square(t16 - t32), axis=-1))
+    flips = np.mean((v16 > 0.9) != (v32 > 0.9))
+    print(f"[fp16] T={args.frames} N={args.points}: track distance fp16 vs fp32 (model px): mean {d.mean():.3g}, "
+          f"p99 {np.quantile(d, 0.99):.3g}, max {d.max():.3g}; visibility max abs diff "
+          f"{np.abs(v16 - v32).max():.3g}; decisions at 0.9 that differ {100 * flips:.3f}%; "
+          f"ORT CPU {s16:.2f} s (fp32 {s32:.2f} s)")
 
 
 def main():
@@ -338,15 +467,26 @@ def main():
     ap.add_argument("--opset", type=int, default=18)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--check", action="store_true",
-                    help="compare ONNX Runtime (CPU) and the 4-D rewrite with PyTorch")
+                    help="compare ONNX Runtime (CPU) and the 4-D rewrite with PyTorch, batched calls "
+                         "with single ones, and (--fp16) the fp16 graph with the fp32 one")
+    ap.add_argument("--check-batches", type=lambda s: [int(x) for x in s.split(",") if x], default=[2, 4],
+                    help="batch sizes --check compares with one clip per call (default 2,4; empty: none)")
+    ap.add_argument("--fp16", action="store_true", help="write a graph that computes in float16")
+    ap.add_argument("--fp16-keep", default=",".join(FP16_KEEP),
+                    help=f"op types kept in float32 with --fp16 (default {','.join(FP16_KEEP)})")
     args = ap.parse_args()
     if not 2 <= args.frames <= MAX_FRAMES:
         ap.error(f"--frames must be in 2..{MAX_FRAMES}")
+    if any(not 2 <= b <= MAX_BATCH for b in args.check_batches):
+        ap.error(f"--check-batches must be in 2..{MAX_BATCH}")
 
     wrapper, source = build_model(args)
-    export(wrapper, args, source)
+    fp32_path = args.out.with_name(args.out.stem + "_fp32" + args.out.suffix) if args.fp16 else args.out
+    export(wrapper, args, source, fp32_path)
+    if args.fp16:
+        to_fp16(fp32_path, args.out, [k for k in args.fp16_keep.split(",") if k])
     if args.check:
-        check(wrapper, args)
+        check(wrapper, args, fp32_path)
 
 
 if __name__ == "__main__":

@@ -3,8 +3,10 @@
 
 It has the I/O contract of schemas/cotracker3-onnx.md (names, dtypes, ranks, dynamic
 B/T/N, metadata) but its outputs are a known function of the inputs, so the Rust
-runner's resizing, query scaling, thresholding, query-frame override and scaling back
-can be tested to the last digit:
+runner's resizing, query scaling, thresholding, query-frame override, scaling back and
+batching of several clips per call can be tested to the last digit. A second file,
+tiny_tracker_b1.onnx, is the same model with the batch dimension fixed at 1 (like an
+export without a dynamic batch), for the runner's --batch check:
 
     tracks[b, t, n]     = (x[b, n] + 2 * t, y[b, n])        (model pixels, 384x512)
     visibility[b, t, n] = 0.5                  if n is odd
@@ -17,6 +19,7 @@ Needs only the `onnx` package; when onnxruntime is importable it also runs the m
 on a random input and checks the outputs against the formula.
 
 usage: python3 tools/make_tiny_tracker_onnx.py [--out tests/fixtures/tiny_tracker.onnx]
+       (writes tiny_tracker_b1.onnx beside it)
 """
 import argparse
 import pathlib
@@ -41,7 +44,7 @@ def const(name, values, dtype=TensorProto.FLOAT, dims=None):
                                  arr.flatten().tolist()))
 
 
-def build():
+def build(batch="B"):
     nodes = [
         # frame index t as float, shaped [1, T, 1] to broadcast against [B, 1, N]
         helper.make_node("Shape", ["video"], ["video_shape"]),
@@ -116,12 +119,12 @@ def build():
     graph = helper.make_graph(
         nodes, "tiny_tracker",
         inputs=[
-            helper.make_tensor_value_info("video", TensorProto.FLOAT, ["B", "T", 3, H, W]),
-            helper.make_tensor_value_info("queries", TensorProto.FLOAT, ["B", "N", 3]),
+            helper.make_tensor_value_info("video", TensorProto.FLOAT, [batch, "T", 3, H, W]),
+            helper.make_tensor_value_info("queries", TensorProto.FLOAT, [batch, "N", 3]),
         ],
         outputs=[
-            helper.make_tensor_value_info("tracks", TensorProto.FLOAT, ["B", "T", "N", 2]),
-            helper.make_tensor_value_info("visibility", TensorProto.FLOAT, ["B", "T", "N"]),
+            helper.make_tensor_value_info("tracks", TensorProto.FLOAT, [batch, "T", "N", 2]),
+            helper.make_tensor_value_info("visibility", TensorProto.FLOAT, [batch, "T", "N"]),
         ],
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)],
@@ -148,7 +151,7 @@ def expected(queries, T):
     return tracks, np.broadcast_to(vis, (B, T, N))
 
 
-def run_check(path):
+def run_check(path, batches=((1, 12, 256), (2, 5, 7), (4, 3, 9))):
     try:
         import onnxruntime as ort
     except ImportError:
@@ -156,7 +159,7 @@ def run_check(path):
         return
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     rng = np.random.default_rng(0)
-    for B, T, N in [(1, 12, 256), (2, 5, 7)]:
+    for B, T, N in batches:
         video = rng.uniform(0, 255, (B, T, 3, H, W)).astype(np.float32)
         queries = np.stack([np.zeros((B, N)), rng.uniform(0, W - 1, (B, N)),
                             rng.uniform(0, H - 1, (B, N))], axis=-1).astype(np.float32)
@@ -184,12 +187,16 @@ def main():
     ap.add_argument("--out", type=pathlib.Path,
                     default=ROOT / "tests" / "fixtures" / "tiny_tracker.onnx")
     args = ap.parse_args()
-    model = build()
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    onnx.save(model, str(args.out))
-    print(f"wrote {args.out} ({args.out.stat().st_size} bytes, opset {OPSET}, "
-          f"IR {model.ir_version})")
-    run_check(args.out)
+    b1 = args.out.with_name(args.out.stem + "_b1" + args.out.suffix)
+    for path, batch, checks in [(args.out, "B", None), (b1, 1, ((1, 12, 256), (1, 5, 7)))]:
+        model = build(batch)
+        onnx.save(model, str(path))
+        print(f"wrote {path} ({path.stat().st_size} bytes, opset {OPSET}, IR {model.ir_version}, batch {batch})")
+        if checks is None:
+            run_check(path)
+        else:
+            run_check(path, checks)
 
 
 if __name__ == "__main__":

@@ -81,6 +81,19 @@ struct SynthArgs {
     /// Skip writing MP4 files.
     #[arg(long)]
     no_mp4: bool,
+    /// Query grid side of the ground truth (the grid `mosic tracks` stores by default).
+    #[arg(long, default_value_t = 32)]
+    grid: u32,
+    /// Camera motion: default (pan, zoom within 6%) or strong (also zoom by 10-25% and turn by
+    /// 4-10 degrees per 3.2 s).
+    #[arg(long, value_enum, default_value = "default")]
+    camera: CameraArg,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum CameraArg {
+    Default,
+    Strong,
 }
 
 #[derive(Subcommand)]
@@ -160,6 +173,17 @@ fn synth(a: SynthArgs) -> Result<ExitCode> {
     cfg.scene.num_frames = a.frames;
     cfg.scene.width = a.width;
     cfg.scene.height = a.height;
+    cfg.scene.camera = match a.camera {
+        CameraArg::Default => mosic_synth::scene::Camera::Default,
+        CameraArg::Strong => mosic_synth::scene::Camera::Strong,
+    };
+    if a.grid < 1 || a.grid > cfg.stored_width.min(cfg.stored_height) {
+        anyhow::bail!("--grid must be in 1..={} (got {})", cfg.stored_width.min(cfg.stored_height), a.grid);
+    }
+    if a.frames < 1 || a.width < 16 || a.height < 16 || a.videos < 1 {
+        anyhow::bail!("--videos and --frames must be positive, --width and --height at least 16");
+    }
+    cfg.grid_size = a.grid;
     let start = std::time::Instant::now();
     let done = std::sync::atomic::AtomicU32::new(0);
     let total = cfg.videos;

@@ -1,4 +1,5 @@
 //! A progress line on stderr: a redrawn bar on a terminal, a line every few seconds in logs.
+//! Messages printed through [`Progress::println`] appear above the bar, never inside it.
 
 use std::io::{IsTerminal, Write};
 use std::sync::Mutex;
@@ -8,23 +9,30 @@ pub struct Progress {
     label: String,
     start: Instant,
     tty: bool,
-    last: Mutex<Option<Instant>>,
+    state: Mutex<State>,
+}
+
+#[derive(Default)]
+struct State {
+    last: Option<Instant>,
+    /// The bar as last drawn (terminal only), redrawn under each message.
+    bar: Option<String>,
 }
 
 impl Progress {
     pub fn new(label: &str) -> Self {
-        Self { label: label.into(), start: Instant::now(), tty: std::io::stderr().is_terminal(), last: Mutex::new(None) }
+        Self { label: label.into(), start: Instant::now(), tty: std::io::stderr().is_terminal(), state: Mutex::new(State::default()) }
     }
 
     /// `done` of `total` units, `clips` written so far.
     pub fn update(&self, done: usize, total: usize, clips: u64) {
-        let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
+        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
         let now = Instant::now();
         let every = if self.tty { Duration::from_millis(200) } else { Duration::from_secs(10) };
-        if done < total && last.is_some_and(|l| now - l < every) {
+        if done < total && st.last.is_some_and(|l| now - l < every) {
             return;
         }
-        *last = Some(now);
+        st.last = Some(now);
         let secs = self.start.elapsed().as_secs_f64();
         let rate = clips as f64 / secs.max(1e-9);
         let eta = if done > 0 && done < total { secs / done as f64 * (total - done) as f64 } else { 0.0 };
@@ -41,9 +49,26 @@ impl Progress {
             let _ = write!(err, "\r{line}\x1b[K");
             if done >= total {
                 let _ = writeln!(err);
+                st.bar = None;
+            } else {
+                st.bar = Some(line);
             }
         } else {
             let _ = writeln!(err, "{line}");
+        }
+    }
+
+    /// A message on its own line above the bar.
+    pub fn println(&self, msg: &str) {
+        let st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let mut err = std::io::stderr().lock();
+        match (&st.bar, self.tty) {
+            (Some(bar), true) => {
+                let _ = write!(err, "\r\x1b[K{msg}\n{bar}\x1b[K");
+            }
+            _ => {
+                let _ = writeln!(err, "{msg}");
+            }
         }
     }
 }

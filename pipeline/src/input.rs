@@ -14,6 +14,9 @@ pub enum Source {
     Frames(Vec<(u32, PathBuf)>),
     /// A video file decoded with FFmpeg.
     File(PathBuf),
+    /// A folder that cannot be a video (no images, names that are not frame numbers), with
+    /// why; it stays in the list so that group membership does not depend on it.
+    Unusable(String),
 }
 
 #[derive(Clone, Debug)]
@@ -27,9 +30,18 @@ pub struct Video {
 #[derive(Clone, Debug)]
 pub struct Discovered {
     pub dataset: String,
+    /// Every entry of the input in path order, unusable folders included.
     pub videos: Vec<Video>,
-    /// Folders that cannot be videos (no images, names that are not frame numbers), with why.
-    pub rejected: Vec<(PathBuf, String)>,
+}
+
+impl Discovered {
+    /// The entries that cannot be videos, with why.
+    pub fn rejected(&self) -> impl Iterator<Item = (&Video, &str)> {
+        self.videos.iter().filter_map(|v| match &v.source {
+            Source::Unusable(why) => Some((v, why.as_str())),
+            _ => None,
+        })
+    }
 }
 
 fn ext_in(p: &Path, list: &[&str]) -> bool {
@@ -52,7 +64,6 @@ pub fn discover(input: &Path, dataset: Option<&str>) -> Result<Discovered> {
         return Ok(Discovered {
             dataset: ds,
             videos: vec![Video { id, source: Source::File(input.to_path_buf()), path: input.to_path_buf() }],
-            rejected: vec![],
         });
     }
     let mut root = input.to_path_buf();
@@ -75,22 +86,30 @@ pub fn discover(input: &Path, dataset: Option<&str>) -> Result<Discovered> {
         .filter(|p| !p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with('.')))
         .collect();
     entries.sort();
-    let mut videos = Vec::new();
-    let mut rejected = Vec::new();
+    let mut videos: Vec<Video> = Vec::new();
     for p in entries {
-        if p.is_dir() {
+        let source = if p.is_dir() {
             match frame_files(&p) {
-                Ok(frames) => videos.push(Video { id: stem(&p), source: Source::Frames(frames), path: p }),
-                Err(e) => rejected.push((p, format!("{e:#}"))),
+                Ok(frames) => Source::Frames(frames),
+                Err(e) => Source::Unusable(format!("{e:#}")),
             }
         } else if ext_in(&p, &VIDEO_EXTENSIONS) {
-            videos.push(Video { id: stem(&p), source: Source::File(p.clone()), path: p });
-        }
+            Source::File(p.clone())
+        } else {
+            continue;
+        };
+        videos.push(Video { id: stem(&p), source, path: p });
     }
-    if videos.is_empty() && rejected.is_empty() {
+    if videos.is_empty() {
         bail!("no videos in {}: expected frame folders or video files ({:?})", root.display(), VIDEO_EXTENSIONS);
     }
-    Ok(Discovered { dataset: ds, videos, rejected })
+    // Shards key clips by video id, so two entries may not share one (a.mp4 beside a.mkv or a/).
+    let mut by_id: Vec<&Video> = videos.iter().collect();
+    by_id.sort_by(|a, b| a.id.cmp(&b.id));
+    if let Some(w) = by_id.windows(2).find(|w| w[0].id == w[1].id) {
+        bail!("{} and {} would both be video '{}'; rename one of them", w[0].path.display(), w[1].path.display(), w[0].id);
+    }
+    Ok(Discovered { dataset: ds, videos })
 }
 
 fn stem(p: &Path) -> String {

@@ -5,7 +5,9 @@
 
 pub mod eval;
 pub mod input;
+pub mod lock;
+pub mod queue;
 pub mod run;
 pub mod tracker;
 
-pub use run::{run, Report, TracksConfig};
+pub use run::{run, Report, RunOptions, TracksConfig};

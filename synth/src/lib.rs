@@ -46,7 +46,8 @@ impl Default for SynthConfig {
             scene: SceneConfig::default(),
             stored_width: 224,
             stored_height: 224,
-            grid_size: 16,
+            // The grid `mosic tracks` stores by default, so tracks and ground truth compare.
+            grid_size: 32,
             plan: ClipPlan::default(),
             jpeg_quality: 90,
             mp4: true,

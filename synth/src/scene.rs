@@ -1,5 +1,7 @@
 //! Seeded procedural videos: textured shapes moving, rotating and scaling over a panning,
-//! slightly zooming textured background, with exact point tracks and instance masks.
+//! slightly zooming textured background, with exact point tracks and instance masks. The
+//! `strong` camera also zooms the background by up to about 25% and turns it by up to about
+//! 10 degrees over a 3.2-s clip (objects keep their own motion, which already turns and scales).
 //!
 //! Every motion is a closed-form function of time, so any frame renders independently and
 //! ground truth is the same transform the renderer uses. Motion magnitudes scale with the frame
@@ -18,13 +20,30 @@ pub struct SceneConfig {
     pub fps: f32,
     pub min_objects: u32,
     pub max_objects: u32,
+    #[serde(default)]
+    pub camera: Camera,
 }
 
 impl Default for SceneConfig {
     fn default() -> Self {
-        SceneConfig { width: 320, height: 180, num_frames: 192, fps: 30.0, min_objects: 3, max_objects: 5 }
+        SceneConfig { width: 320, height: 180, num_frames: 192, fps: 30.0, min_objects: 3, max_objects: 5, camera: Camera::Default }
     }
 }
+
+/// How the camera moves the background.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Camera {
+    /// Pan and sway, zoom within +-6 %.
+    #[default]
+    Default,
+    /// Pan and sway, a steady zoom of 10-25 % and a steady turn of 4-10 degrees per 3.2 s
+    /// (either way).
+    Strong,
+}
+
+/// Seconds the strong camera's zoom and turn are quoted over (the default clip span).
+pub const STRONG_SPAN_S: f64 = 3.2;
 
 /// Seed of video `index` in a dataset seeded with `seed`.
 pub fn video_seed(seed: u64, index: u64) -> u64 {
@@ -158,10 +177,20 @@ struct Object {
 #[derive(Clone, Debug)]
 struct Background {
     raster: Raster,
-    /// Offset of the view into the background, pixels.
+    view: View,
+}
+
+/// Where the camera looks at time t: an offset into the background, and a zoom and turn
+/// about the image centre.
+#[derive(Clone, Debug)]
+struct View {
     pan: Path,
-    /// Zoom about the image centre.
     zoom: Wave,
+    /// Steady zoom: the view scales by exp(rate * (t - mid)).
+    log_zoom_rate: f64,
+    /// Steady turn in radians per second, about `mid`.
+    spin: f64,
+    mid: f64,
 }
 
 /// One video: a background and objects drawn bottom to top; object `k` (1-based) has id `k`.
@@ -213,20 +242,7 @@ impl Scene {
             phase: [rng.range(0.0, TAU), rng.range(0.0, TAU)],
         };
         let zoom = Wave { amp: rng.range(0.0, 0.06), omega: TAU / rng.range(4.0, 10.0), phase: rng.range(0.0, TAU) };
-        // Bake only the region some frame shows; the map is axis-aligned, so corners bound it.
-        let mut lo = [f64::INFINITY; 2];
-        let mut hi = [f64::NEG_INFINITY; 2];
-        for f in 0..=config.num_frames {
-            let m = view_to_background(&pan, &zoom, f as f64 / config.fps as f64, [w, h]);
-            for p in [[-0.5, -0.5], [w - 0.5, h - 0.5]].map(|p| m.apply(p)) {
-                for k in 0..2 {
-                    (lo[k], hi[k]) = (lo[k].min(p[k]), hi[k].max(p[k]));
-                }
-            }
-        }
-        let size = |k: usize| (hi[k] - lo[k]).ceil() as usize + 5;
-        let raster = Raster::bake(&bg_tex, lo[0].floor() - 2.0, lo[1].floor() - 2.0, size(0), size(1));
-        let bg = Background { raster, pan, zoom };
+        let view = View { pan, zoom, log_zoom_rate: 0.0, spin: 0.0, mid: dur / 2.0 };
 
         // Ids are u8.
         let hi_n = config.max_objects.max(config.min_objects).min(255);
@@ -281,7 +297,30 @@ impl Scene {
                 scale: Wave { amp: rng.range(0.05, 0.3), omega: TAU / rng.range(5.0, 10.0), phase: rng.range(0.0, TAU) },
             });
         }
-        Scene { config: config.clone(), background: bg, objects }
+        // Drawn last, so the objects (and everything else) are those of the default camera.
+        let mut view = view;
+        if config.camera == Camera::Strong {
+            let sign = |rng: &mut Rng| if rng.chance(0.5) { 1.0 } else { -1.0 };
+            let zoom_per_span = rng.range(1.10f64, 1.25).ln() * sign(&mut rng);
+            let turn_per_span = rng.range(4.0f64, 10.0).to_radians() * sign(&mut rng);
+            view.log_zoom_rate = zoom_per_span / STRONG_SPAN_S;
+            view.spin = turn_per_span / STRONG_SPAN_S;
+            view.zoom.amp = 0.0;
+        }
+        // Bake only the region some frame shows: the map is affine, so the corners bound it.
+        let mut lo = [f64::INFINITY; 2];
+        let mut hi = [f64::NEG_INFINITY; 2];
+        for f in 0..=config.num_frames {
+            let m = view_to_background(&view, f as f64 / config.fps as f64, [w, h]);
+            for p in [[-0.5, -0.5], [w - 0.5, -0.5], [-0.5, h - 0.5], [w - 0.5, h - 0.5]].map(|p| m.apply(p)) {
+                for k in 0..2 {
+                    (lo[k], hi[k]) = (lo[k].min(p[k]), hi[k].max(p[k]));
+                }
+            }
+        }
+        let size = |k: usize| (hi[k] - lo[k]).ceil() as usize + 5;
+        let raster = Raster::bake(&bg_tex, lo[0].floor() - 2.0, lo[1].floor() - 2.0, size(0), size(1));
+        Scene { config: config.clone(), background: Background { raster, view }, objects }
     }
 
     pub fn num_objects(&self) -> usize {
@@ -309,7 +348,7 @@ impl Scene {
                 PlacedObject { to_local: to_screen.inverse(), to_screen, bbox: [c[0] - r, c[0] + r, c[1] - r, c[1] + r] }
             })
             .collect();
-        let bg_to_local = view_to_background(&self.background.pan, &self.background.zoom, t, [w, h]);
+        let bg_to_local = view_to_background(&self.background.view, t, [w, h]);
         Placed { bg_to_local, bg_to_screen: bg_to_local.inverse(), objects }
     }
 
@@ -394,11 +433,14 @@ impl Scene {
 }
 
 /// Screen to background-local map at time `t` for a `size` = [W, H] image: pan offset, zoom
-/// about the image centre.
-fn view_to_background(pan: &Path, zoom: &Wave, t: f64, size: [f64; 2]) -> Affine {
-    let (z, o) = (zoom.at(t), pan.at(t));
+/// and turn about the image centre.
+fn view_to_background(v: &View, t: f64, size: [f64; 2]) -> Affine {
+    let z = v.zoom.at(t) * (v.log_zoom_rate * (t - v.mid)).exp();
+    let (o, a) = (v.pan.at(t), -v.spin * (t - v.mid));
     let c = size.map(|s| (s - 1.0) / 2.0);
-    Affine { m: [1.0 / z, 0.0, 0.0, 1.0 / z], t: [c[0] + o[0] - c[0] / z, c[1] + o[1] - c[1] / z] }
+    // q = c + o + R(-angle) (p - c) / z
+    let m = Affine::similarity(1.0 / z, a, [0.0; 2]).m;
+    Affine { m, t: [c[0] + o[0] - (m[0] * c[0] + m[1] * c[1]), c[1] + o[1] - (m[2] * c[0] + m[3] * c[1])] }
 }
 
 #[cfg(test)]
@@ -453,9 +495,24 @@ mod tests {
     }
 
     #[test]
+    fn strong_camera_zooms_and_turns_the_background_only() {
+        for seed in 0..8 {
+            let strong = SceneConfig { camera: Camera::Strong, ..Default::default() };
+            let (d, s) = (Scene::generate(seed, &SceneConfig::default()), Scene::generate(seed, &strong));
+            let v = &s.background.view;
+            let (zoom, turn) = ((v.log_zoom_rate * STRONG_SPAN_S).abs().exp(), (v.spin * STRONG_SPAN_S).abs().to_degrees());
+            assert!((1.10..=1.25).contains(&zoom) && (4.0..=10.0).contains(&turn), "seed {seed}: zoom {zoom}, turn {turn}");
+            assert_eq!((d.background.view.log_zoom_rate, d.background.view.spin), (0.0, 0.0));
+            // Same objects, same background texture and pan: only the camera differs.
+            assert_eq!(format!("{:?}", d.objects), format!("{:?}", s.objects));
+            assert_eq!(format!("{:?}", d.background.view.pan), format!("{:?}", v.pan));
+        }
+    }
+
+    #[test]
     fn tracks_agree_with_rendering() {
-        let cfg = SceneConfig::default();
-        for seed in [1, 2] {
+        let strong = SceneConfig { camera: Camera::Strong, ..Default::default() };
+        for (seed, cfg) in [(1, SceneConfig::default()), (2, SceneConfig::default()), (3, strong.clone()), (4, strong)] {
             let s = Scene::generate(seed, &cfg);
             let pts = grid(&cfg, 24);
             let frames: Vec<u32> = (0..cfg.num_frames).step_by(12).collect();

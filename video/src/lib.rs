@@ -8,6 +8,7 @@
 mod decode;
 mod encode;
 mod error;
+pub mod log;
 mod render;
 
 pub use decode::{decode_all, decode_frames, probe, Decoder, VideoInfo};
