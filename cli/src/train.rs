@@ -182,7 +182,7 @@ struct Bench {
 }
 
 impl WithBackend for Bench {
-    type Output = (f64, f64);
+    type Output = mosic_trainer::train::BenchFigures;
     fn run<B: AutodiffBackend>(self, device: B::Device) -> Result<Self::Output> {
         mosic_trainer::train::bench::<B>(&self.cfg, &device, self.frames, self.points, self.warmup, self.steps)
     }
@@ -191,13 +191,14 @@ impl WithBackend for Bench {
 pub fn bench(a: BenchTrainArgs) -> Result<ExitCode> {
     let cfg = TrainConfig::load(a.config.as_deref(), &a.set)?;
     mosic_trainer::backend::check_precision(&a.backend, cfg.model.precision)?;
-    let (secs, rate) = dispatch(&a.backend, Bench { cfg: cfg.clone(), frames: a.frames, points: a.points, steps: a.steps, warmup: a.warmup })
+    let f = dispatch(&a.backend, Bench { cfg: cfg.clone(), frames: a.frames, points: a.points, steps: a.steps, warmup: a.warmup })
         .with_context(|| format!("bench on backend {}", a.backend))?;
     println!("backend          {}", a.backend);
     println!("model            {} at {} px, trainable blocks {:?}", cfg.model.preset, cfg.model.img_size, cfg.model.trainable_blocks);
     println!("batch            {} clips x {} frames x {} points, mask ratio {}", cfg.data.batch_size, a.frames, a.points, cfg.objective.mask_ratio);
-    println!("step             {:.1} ms (mean of {} after {} warm-up steps)", secs * 1e3, a.steps, a.warmup);
-    println!("throughput       {rate:.2} clips/s");
+    println!("step             {:.1} ms (mean of {} after {} warm-up steps)", f.step_s * 1e3, a.steps, a.warmup);
+    println!("throughput       {:.2} clips/s", f.clips_per_s);
+    println!("first step       {:.1} s (process start of the trainer to the end of step 1)", f.first_step_s);
     println!("peak memory      {} (resident set, host)", peak_rss());
     Ok(ExitCode::SUCCESS)
 }

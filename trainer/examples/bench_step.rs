@@ -10,7 +10,7 @@ use mosic_trainer::TrainConfig;
 struct Bench(TrainConfig);
 
 impl WithBackend for Bench {
-    type Output = (f64, f64);
+    type Output = mosic_trainer::train::BenchFigures;
     fn run<B: AutodiffBackend>(self, device: B::Device) -> Result<Self::Output> {
         mosic_trainer::train::bench::<B>(&self.0, &device, 12, 256, 3, 10)
     }
@@ -25,13 +25,17 @@ fn main() -> Result<()> {
     let cfg = TrainConfig::load(Some(config.as_ref()), &args[2..])?;
     mosic_trainer::backend::check_precision(&backend, cfg.model.precision)?;
     let t0 = std::time::Instant::now();
-    let (secs, rate) = dispatch(&backend, Bench(cfg.clone()))?;
+    let f = dispatch(&backend, Bench(cfg.clone()))?;
+    // One line that tools/bench-gpu.sh reads: keep the key=value fields.
     println!(
-        "{backend}: {} at {} px, batch {} x 12 frames x 256 points: step {:.1} ms (mean of 10 after 3 warm-up), {rate:.1} clips/s; {:.0} s in all",
+        "bench_step backend={backend} precision={} model={} size={} batch={} frames=12 points=256 step_ms={:.2} clips_per_s={:.1} first_step_s={:.1} total_s={:.0}",
+        format!("{:?}", cfg.model.precision).to_lowercase(),
         cfg.model.preset,
         cfg.model.img_size,
         cfg.data.batch_size,
-        secs * 1e3,
+        f.step_s * 1e3,
+        f.clips_per_s,
+        f.first_step_s,
         t0.elapsed().as_secs_f64()
     );
     Ok(())
