@@ -17,10 +17,10 @@ TRACKS_ARGS ?=
 CONFIG   ?= configs/tiny_synth.toml
 SHARDS   ?= $(TRACKS)
 WEIGHTS  ?=
-BACKEND  ?= ndarray
+BACKEND  ?= flex
 RUN      ?=
 RESUME   ?=
-FEATURES := $(if $(filter cuda tch flex candle,$(BACKEND)),--features $(BACKEND),)
+FEATURES := $(if $(filter cuda tch candle,$(BACKEND)),--features $(BACKEND),)
 MOSIC    := target/$(PROFILE)/mosic
 
 .PHONY: all setup build synth tracks train demo test clean-data

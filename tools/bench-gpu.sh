@@ -20,7 +20,7 @@
 # run from a folder with a Cargo.toml), so a second run on a warm machine skips compilation;
 # "first step" in the table is the time a cold process needs before its first update.
 # PROFILE=1 reruns the headline with CUBECL_DEBUG_OPTION=profile-medium and prints the
-# top kernels. With no GPU (BACKEND=ndarray DEVICE=cpu) the same script runs on the CPU as a
+# top kernels. With no GPU (BACKEND=flex DEVICE=cpu) the same script runs on the CPU as a
 # dry run.
 set -uo pipefail
 BENCH=${BENCH:-target/release/examples/bench_step}

@@ -17,7 +17,7 @@ pub struct BenchStepArgs {
     /// Python interpreter with torch and timm.
     #[arg(long, default_value = "python3")]
     python: String,
-    /// Our backend (ndarray, or cuda / tch / flex / candle when built in).
+    /// Our backend (flex or ndarray on the CPU, or cuda / tch / candle when built in).
     #[arg(long, default_value = mosic_trainer::backend::DEFAULT)]
     backend: String,
     /// The reference's device: cpu or cuda.

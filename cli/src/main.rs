@@ -134,7 +134,11 @@ enum ShardsCommand {
     },
 }
 
+#[global_allocator]
+static ALLOCATOR: mosic_trainer::backend::Allocator = mosic_trainer::backend::Allocator {};
+
 fn main() -> ExitCode {
+    mosic_trainer::backend::keep_freed_memory();
     let cli = Cli::parse();
     match run(cli.command) {
         Ok(code) => code,

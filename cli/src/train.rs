@@ -26,7 +26,7 @@ pub struct TrainArgs {
     /// Continue a run from its newest checkpoint (--out, or the config's newest run).
     #[arg(long)]
     resume: bool,
-    /// Burn backend: ndarray (CPU, always built), or cuda / tch / flex / candle when built with that feature.
+    /// Burn backend: flex or ndarray (CPU, always built), or cuda / tch / candle when built with that feature.
     #[arg(long, default_value = mosic_trainer::backend::DEFAULT)]
     backend: String,
     /// Stop (with a checkpoint) after this step; `--resume` continues the same schedule.

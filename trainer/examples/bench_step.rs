@@ -2,21 +2,27 @@
 //! Runtime dependencies, for GPU machines that lack those libraries:
 //!   cargo build --release -p mosic-trainer --example bench_step --features cuda
 //!   bench_step BACKEND CONFIG [KEY=VALUE ...]
+//! BENCH_WARMUP and BENCH_STEPS (default 3 and 10) set the untimed and timed steps.
 use anyhow::Result;
 use burn::tensor::backend::AutodiffBackend;
 use mosic_trainer::backend::{dispatch, WithBackend};
 use mosic_trainer::TrainConfig;
+
+#[global_allocator]
+static ALLOCATOR: mosic_trainer::backend::Allocator = mosic_trainer::backend::Allocator {};
 
 struct Bench(TrainConfig);
 
 impl WithBackend for Bench {
     type Output = mosic_trainer::train::BenchFigures;
     fn run<B: AutodiffBackend>(self, device: B::Device) -> Result<Self::Output> {
-        mosic_trainer::train::bench::<B>(&self.0, &device, 12, 256, 3, 10)
+        let n = |key: &str, default: usize| std::env::var(key).ok().and_then(|v| v.parse().ok()).unwrap_or(default);
+        mosic_trainer::train::bench::<B>(&self.0, &device, 12, 256, n("BENCH_WARMUP", 3), n("BENCH_STEPS", 10))
     }
 }
 
 fn main() -> Result<()> {
+    mosic_trainer::backend::keep_freed_memory();
     let args: Vec<String> = std::env::args().skip(1).collect();
     let (backend, config) = match args.as_slice() {
         [b, c, ..] => (b.clone(), c.clone()),

@@ -294,7 +294,20 @@ impl<B: Backend> Attention<B> {
         let h = self.num_heads;
         let hd = d / h;
         // [B, N, 3D] → [3, B, H, N, hd], the layout of timm's qkv.
-        let qkv = linear_in(&self.qkv, x, p).reshape([b, n, 3, h, hd]).permute([2, 0, 3, 1, 4]);
+        let qkv = linear_in(&self.qkv, x, p);
+        let device = qkv.device();
+        if crate::backend::is_cpu::<B>(&device) && !B::ad_enabled(&device) {
+            // The CPU backends copy a permuted 4D tensor element by element but 2D slices at
+            // memory speed: heads are cut out one by one and stacked (same values).
+            let head = |t: &Tensor<B, 3>, j: usize| t.clone().narrow(2, j * hd, hd).reshape([b, 1, n, hd]);
+            let part = |i: usize| Tensor::cat((0..h).map(|j| head(&qkv, i * h + j)).collect(), 1);
+            let scale = 1.0 / (hd as f64).sqrt();
+            let w = burn::tensor::activation::softmax((part(0) * scale).matmul(part(1).swap_dims(2, 3)), 3);
+            let out = w.matmul(part(2));
+            let heads = (0..h).map(|j| out.clone().narrow(1, j, 1).reshape([b, n, hd])).collect();
+            return to_f32(linear_in(&self.proj, Tensor::cat(heads, 2), p), p);
+        }
+        let qkv = qkv.reshape([b, n, 3, h, hd]).permute([2, 0, 3, 1, 4]);
         let part = |i: usize| qkv.clone().narrow(0, i, 1).reshape([b, h, n, hd]);
         let (q, k, v) = (part(0), part(1), part(2));
         let out = attention(q, k, v, None, None, AttentionModuleOptions::default());
@@ -311,9 +324,13 @@ pub struct Mlp<B: Backend> {
     pub swiglu: bool,
 }
 
-/// Exact GELU built from erf so autodiff differentiates the exact function (Burn's fused GELU
-/// backward uses the tanh approximation's derivative).
+/// Exact GELU. Under autodiff it is built from erf so the exact function is differentiated
+/// (Burn's default GELU backward is the tanh approximation's derivative); without a gradient
+/// the backend's own GELU (exact erf, one pass where the backend fuses it) runs.
 fn gelu_erf<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
+    if !B::ad_enabled(&x.device()) {
+        return burn::tensor::activation::gelu(x);
+    }
     x.clone() * ((x * std::f64::consts::FRAC_1_SQRT_2).erf() + 1.0) * 0.5
 }
 
@@ -1732,7 +1749,7 @@ mod tests {
         read_safetensors(path).unwrap()
     }
 
-    fn to_tensor<const D: usize>(t: &HostTensor) -> Tensor<B, D> {
+    fn to_tensor<BB: Backend, const D: usize>(t: &HostTensor) -> Tensor<BB, D> {
         Tensor::from_data(
             TensorData::new(t.data.clone(), t.shape.clone()),
             &Default::default(),
@@ -1747,7 +1764,7 @@ mod tests {
             .fold(0.0, f32::max)
     }
 
-    fn host3(t: Tensor<B, 3>) -> (Vec<usize>, Vec<f32>) {
+    fn host3<BB: Backend>(t: Tensor<BB, 3>) -> (Vec<usize>, Vec<f32>) {
         (t.dims().to_vec(), t.into_data().into_vec::<f32>().unwrap())
     }
 
@@ -1784,9 +1801,17 @@ mod tests {
         v
     }
 
+    /// Every fixture case on ndarray and Flex (the CPU path: head slices, explicit softmax, the
+    /// backend's GELU) and under autodiff (the path the student trains through).
     #[test]
     fn model_matches_timm_patch_tokens() {
-        let device = Default::default();
+        timm_cases::<B>("ndarray");
+        timm_cases::<burn::backend::Flex>("flex");
+        timm_cases::<burn::backend::Autodiff<B>>("autodiff<ndarray>");
+    }
+
+    fn timm_cases<B: Backend>(backend: &str) {
+        let device: B::Device = Default::default();
         let inputs = st(&fixtures().join("inputs.safetensors"));
         for (dir, case) in cases() {
             let expected = st(&dir.join("expected.safetensors"));
@@ -1805,12 +1830,12 @@ mod tests {
             assert_eq!(shape, want.shape, "{}", case.case);
             let diff = max_abs_diff(&got, &want.data);
             println!(
-                "{:<22} ({}) max abs diff vs timm: {diff:.3e}  [{}]",
+                "{backend:<18} {:<22} ({}) max abs diff vs timm: {diff:.3e}  [{}]",
                 case.case,
                 case.timm_model,
                 report.note()
             );
-            assert!(diff < 1e-4, "{}: max abs diff {diff}", case.case);
+            assert!(diff < 1e-4, "{backend} {}: max abs diff {diff}", case.case);
 
             if let Some(mask) = expected.get("mask") {
                 assert!(report.mask_token_loaded);
@@ -1825,7 +1850,7 @@ mod tests {
                     "{:<22} masked: max abs diff vs DINOv2 masking: {diff:.3e}",
                     case.case
                 );
-                assert!(diff < 1e-4, "{} masked: max abs diff {diff}", case.case);
+                assert!(diff < 1e-4, "{backend} {} masked: max abs diff {diff}", case.case);
             }
 
             if let Some(keep) = expected.get("keep") {
@@ -1838,7 +1863,7 @@ mod tests {
                 assert_eq!(shape, want.shape, "{} dropped", case.case);
                 let diff = max_abs_diff(&got, &want.data);
                 println!("{:<22} dropped patches: max abs diff vs timm: {diff:.3e}", case.case);
-                assert!(diff < 1e-4, "{} dropped: max abs diff {diff}", case.case);
+                assert!(diff < 1e-4, "{backend} {} dropped: max abs diff {diff}", case.case);
             }
 
             // What load_state_dict(strict=True) in timm needs: same names, same order, same shapes.

@@ -15,7 +15,9 @@ use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{DType, ElementConversion, Int, Tensor, TensorData};
 use mosic::rng::SplitMix64;
 use serde::{Deserialize, Serialize};
+use rayon::prelude::*;
 use std::io::Write;
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -167,6 +169,27 @@ pub struct Trainer<B: AutodiffBackend> {
     pub total_steps: u64,
     /// On the device: the first step whose update was skipped (1-based), 0 while none was.
     bad_step: Option<Tensor<B::InnerBackend, 1>>,
+    /// Host threads the teacher's forward pass is split over ([`crate::backend::forward_chunks`]).
+    chunks: usize,
+}
+
+fn narrow<B: Backend, const D: usize>(x: Tensor<B, D>, r: Range<usize>) -> Tensor<B, D> {
+    x.narrow(0, r.start, r.len())
+}
+
+/// `f` over consecutive ranges of `0..rows` on up to `chunks` threads, joined along dim 0.
+/// Every range has fixed bounds, so the result does not depend on scheduling.
+fn in_chunks<B: Backend, const D: usize, F>(rows: usize, chunks: usize, f: F) -> Tensor<B, D>
+where
+    F: Fn(Range<usize>) -> Tensor<B, D> + Sync,
+{
+    let chunks = chunks.clamp(1, rows.max(1));
+    if chunks == 1 {
+        return f(0..rows);
+    }
+    let bounds: Vec<Range<usize>> = (0..chunks).map(|c| c * rows / chunks..(c + 1) * rows / chunks).collect();
+    let parts: Vec<Tensor<B, D>> = bounds.into_par_iter().map(&f).collect();
+    Tensor::cat(parts, 0)
 }
 
 impl<B: AutodiffBackend> Trainer<B> {
@@ -213,6 +236,7 @@ impl<B: AutodiffBackend> Trainer<B> {
             step: 0,
             total_steps: cfg.run.steps.unwrap_or(1).max(1),
             bad_step: None,
+            chunks: crate::backend::forward_chunks::<B::InnerBackend>(device),
         })
     }
 
@@ -299,42 +323,60 @@ impl<B: AutodiffBackend> Trainer<B> {
 
         // Teacher: every frame, unmasked, features at the tracked positions.
         let tb = &teacher.backbone;
-        let prefix = tb.blocks(tb.embed(images.clone(), None), 0..self.frozen);
-        let tokens = tb.patch_tokens(tb.blocks(prefix.clone(), self.frozen..depth));
-        let tf = gather_points(tokens.reshape([bsz * t * hw, d]), &inputs.teacher);
-        let teacher_scores = teacher.prototypes.scores(teacher.head.forward(tf)).reshape([bsz, t, n, k]);
+        let frozen = self.frozen;
+        // Frames, then points, in independent chunks (threads on a CPU backend).
+        let prefix = in_chunks(bsz * t, self.chunks, |r| tb.blocks(tb.embed(narrow(images.clone(), r), None), 0..frozen));
+        let teacher_tail = || {
+            let tokens = in_chunks(bsz * t, self.chunks, |r| tb.patch_tokens(tb.blocks(narrow(prefix.clone(), r), frozen..depth)));
+            let tf = gather_points(tokens.reshape([bsz * t * hw, d]), &inputs.teacher);
+            in_chunks(bsz * t * n, self.chunks, |r| teacher.prototypes.scores(teacher.head.forward(narrow(tf.clone(), r))))
+                .reshape([bsz, t, n, k])
+        };
 
         // Student: frame 0 only (its prediction is compared with every frame's target).
-        let first = || images.clone().reshape([bsz, t, 3 * s * s]).narrow(1, 0, 1).reshape([bsz, 3, s, s]);
-        let token_mask = inputs
-            .token_mask
-            .as_ref()
-            .map(|f| Tensor::<I<B>, 2, Int>::from_data(TensorData::new(f.clone(), [bsz, hw]), dev).equal_elem(1));
-        let x = if self.frozen > 0 {
-            // The embedding and the first blocks are frozen, equal in both copies: computed
-            // once, without autodiff (in the teacher's precision).
-            let x = match (&inputs.keep, token_mask) {
-                (Some(keep), _) => tb.blocks(tb.keep_patches(tb.embed(first(), None), keep), 0..self.frozen),
-                (None, Some(mask)) => tb.blocks(tb.embed(first(), Some(mask)), 0..self.frozen),
-                (None, None) => {
-                    let len = prefix.dims()[1];
-                    prefix.reshape([bsz, t, len, d]).narrow(1, 0, 1).reshape([bsz, len, d])
-                }
+        let student_forward = || {
+            let first = || images.clone().reshape([bsz, t, 3 * s * s]).narrow(1, 0, 1).reshape([bsz, 3, s, s]);
+            let token_mask = inputs
+                .token_mask
+                .as_ref()
+                .map(|f| Tensor::<I<B>, 2, Int>::from_data(TensorData::new(f.clone(), [bsz, hw]), dev).equal_elem(1));
+            let x = if frozen > 0 {
+                // The embedding and the first blocks are frozen, equal in both copies: computed
+                // once, without autodiff (in the teacher's precision).
+                let x = match (&inputs.keep, token_mask) {
+                    (Some(keep), _) => tb.blocks(tb.keep_patches(tb.embed(first(), None), keep), 0..frozen),
+                    (None, Some(mask)) => tb.blocks(tb.embed(first(), Some(mask)), 0..frozen),
+                    (None, None) => {
+                        let len = prefix.dims()[1];
+                        prefix.clone().reshape([bsz, t, len, d]).narrow(1, 0, 1).reshape([bsz, len, d])
+                    }
+                };
+                student.backbone.blocks(Tensor::from_inner(x), frozen..depth)
+            } else {
+                let sb = &student.backbone;
+                let x = sb.embed(Tensor::from_inner(first()), token_mask.map(Tensor::from_inner));
+                let x = match &inputs.keep {
+                    Some(keep) => sb.keep_patches(x, keep),
+                    None => x,
+                };
+                sb.blocks(x, 0..depth)
             };
-            student.backbone.blocks(Tensor::from_inner(x), self.frozen..depth)
-        } else {
-            let sb = &student.backbone;
-            let x = sb.embed(Tensor::from_inner(first()), token_mask.map(Tensor::from_inner));
-            let x = match &inputs.keep {
-                Some(keep) => sb.keep_patches(x, keep),
-                None => x,
-            };
-            sb.blocks(x, 0..depth)
+            let tokens = student.backbone.patch_tokens(x);
+            let l = tokens.dims()[1];
+            let sf = gather_points(tokens.reshape([bsz * l, d]), &inputs.student);
+            student.prototypes.scores(student.head.forward(sf)).reshape([bsz, n, k])
         };
-        let tokens = student.backbone.patch_tokens(x);
-        let l = tokens.dims()[1];
-        let sf = gather_points(tokens.reshape([bsz * l, d]), &inputs.student);
-        let student_scores = student.prototypes.scores(student.head.forward(sf)).reshape([bsz, n, k]);
+        // On a CPU backend the teacher's last blocks and head run beside the student's forward
+        // pass, whose ops would otherwise leave cores idle; the values are the same either way.
+        let (teacher_scores, student_scores) = if self.chunks > 1 {
+            std::thread::scope(|scope| {
+                let teacher = scope.spawn(teacher_tail);
+                let student = student_forward();
+                (teacher.join().unwrap_or_else(|e| std::panic::resume_unwind(e)), student)
+            })
+        } else {
+            (teacher_tail(), student_forward())
+        };
 
         let weights = Tensor::<B, 3>::from_data(TensorData::new(inputs.weights.clone(), [bsz, t, n]), dev);
         let rows = Tensor::<B, 1>::from_data(TensorData::new(inputs.rows.clone(), [bsz * t * n]), dev);
