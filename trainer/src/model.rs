@@ -294,20 +294,26 @@ impl<B: Backend> Attention<B> {
         let h = self.num_heads;
         let hd = d / h;
         // [B, N, 3D] → [3, B, H, N, hd], the layout of timm's qkv.
-        let qkv = linear_in(&self.qkv, x, p);
-        let device = qkv.device();
+        let device = x.device();
         if crate::backend::is_cpu::<B>(&device) && !B::ad_enabled(&device) {
-            // The CPU backends copy a permuted 4D tensor element by element but 2D slices at
-            // memory speed: heads are cut out one by one and stacked (same values).
-            let head = |t: &Tensor<B, 3>, j: usize| t.clone().narrow(2, j * hd, hd).reshape([b, 1, n, hd]);
-            let part = |i: usize| Tensor::cat((0..h).map(|j| head(&qkv, i * h + j)).collect(), 1);
+            // On the CPU backends: q, k and v stay strided views of qkv (their products read
+            // strides; a permuted 4D copy goes element by element), the products and the
+            // softmax run on all cores (Flex's fused kernel is one thread per call), and the
+            // heads are stacked back from 2D slices. Same values as the fused op.
+            // The softmax scale is folded into q's weights (a pass over d x d, not B x H x N x N).
             let scale = 1.0 / (hd as f64).sqrt();
-            let w = burn::tensor::activation::softmax((part(0) * scale).matmul(part(1).swap_dims(2, 3)), 3);
-            let out = w.matmul(part(2));
+            let scaled = |t: Tensor<B, 1>| Tensor::cat(vec![t.clone().narrow(0, 0, d) * scale, t.narrow(0, d, 2 * d)], 0);
+            let w = self.qkv.weight.val();
+            let w = Tensor::cat(vec![w.clone().narrow(1, 0, d) * scale, w.narrow(1, d, 2 * d)], 1);
+            let layer = Linear { weight: Param::from_tensor(w), bias: self.qkv.bias.as_ref().map(|b| Param::from_tensor(scaled(b.val()))) };
+            let qkv = linear_in(&layer, x, p).reshape([b, n, 3 * h, hd]).swap_dims(1, 2);
+            let part = |i: usize| qkv.clone().narrow(1, i * h, h);
+            let scores = part(0).matmul(part(1).swap_dims(2, 3));
+            let out = burn::tensor::activation::softmax(scores, 3).matmul(part(2));
             let heads = (0..h).map(|j| out.clone().narrow(1, j, 1).reshape([b, n, hd])).collect();
             return to_f32(linear_in(&self.proj, Tensor::cat(heads, 2), p), p);
         }
-        let qkv = qkv.reshape([b, n, 3, h, hd]).permute([2, 0, 3, 1, 4]);
+        let qkv = linear_in(&self.qkv, x, p).reshape([b, n, 3, h, hd]).permute([2, 0, 3, 1, 4]);
         let part = |i: usize| qkv.clone().narrow(0, i, 1).reshape([b, h, n, hd]);
         let (q, k, v) = (part(0), part(1), part(2));
         let out = attention(q, k, v, None, None, AttentionModuleOptions::default());
