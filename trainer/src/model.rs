@@ -286,21 +286,21 @@ pub struct Attention<B: Backend> {
 }
 
 impl<B: Backend> Attention<B> {
-    /// Scaled dot-product attention through Burn's attention op, which runs the backend's fused
-    /// kernel where there is one (flash attention on `cuda`, `scaled_dot_product_attention` on
-    /// `tch`) and is decomposed under autodiff.
+    /// Scaled dot-product attention. On GPUs and under autodiff through Burn's attention op,
+    /// which runs the backend's fused kernel where there is one (flash attention on `cuda`,
+    /// `scaled_dot_product_attention` on `tch`) and is decomposed under autodiff; without a
+    /// gradient on the CPU backends as batched products and a softmax (see below).
     pub fn forward(&self, x: Tensor<B, 3>, p: Precision) -> Tensor<B, 3> {
         let [b, n, d] = x.dims();
         let h = self.num_heads;
         let hd = d / h;
-        // [B, N, 3D] → [3, B, H, N, hd], the layout of timm's qkv.
         let device = x.device();
         if crate::backend::is_cpu::<B>(&device) && !B::ad_enabled(&device) {
             // On the CPU backends: q, k and v stay strided views of qkv (their products read
             // strides; a permuted 4D copy goes element by element), the products and the
             // softmax run on all cores (Flex's fused kernel is one thread per call), and the
-            // heads are stacked back from 2D slices. Same values as the fused op.
-            // The softmax scale is folded into q's weights (a pass over d x d, not B x H x N x N).
+            // heads are stacked back from 2D slices. The softmax scale is folded into q's
+            // weights (a pass over d x 3d, not B x H x N x N). Same values as the fused op.
             let scale = 1.0 / (hd as f64).sqrt();
             let scaled = |t: Tensor<B, 1>| Tensor::cat(vec![t.clone().narrow(0, 0, d) * scale, t.narrow(0, d, 2 * d)], 0);
             let w = self.qkv.weight.val();
@@ -313,6 +313,7 @@ impl<B: Backend> Attention<B> {
             let heads = (0..h).map(|j| out.clone().narrow(1, j, 1).reshape([b, n, hd])).collect();
             return to_f32(linear_in(&self.proj, Tensor::cat(heads, 2), p), p);
         }
+        // [B, N, 3D] → [3, B, H, N, hd], the layout of timm's qkv.
         let qkv = linear_in(&self.qkv, x, p).reshape([b, n, 3, h, hd]).permute([2, 0, 3, 1, 4]);
         let part = |i: usize| qkv.clone().narrow(0, i, 1).reshape([b, h, n, hd]);
         let (q, k, v) = (part(0), part(1), part(2));
