@@ -368,7 +368,8 @@ impl<B: AutodiffBackend> Trainer<B> {
         };
         // On a CPU backend the teacher's last blocks and head run beside the student's forward
         // pass, whose ops would otherwise leave cores idle; the values are the same either way.
-        let (teacher_scores, student_scores) = if self.chunks > 1 {
+        // Not from a pool worker: waiting there for the thread would hold a core its jobs need.
+        let (teacher_scores, student_scores) = if self.chunks > 1 && rayon::current_thread_index().is_none() {
             std::thread::scope(|scope| {
                 let teacher = scope.spawn(teacher_tail);
                 let student = student_forward();
@@ -892,6 +893,22 @@ mod tests {
 
     /// A step whose loss or gradients are not finite changes nothing, and the next read
     /// names it, however many steps were queued after it.
+    /// The teacher's forward in chunks (one per thread on the CPU) gives what one call gives,
+    /// rows in order, whatever the chunk count (uneven splits and more chunks than rows too).
+    #[test]
+    fn chunked_forward_equals_the_whole_forward() {
+        let dev = Default::default();
+        let vit = VitConfig { img_size: 28, ..VitConfig::preset("vit_tiny_test", 224).unwrap() };
+        let model = Vit::<Inner>::new_seeded(&vit, 5, &dev);
+        let images = Tensor::<Inner, 4>::random([5, 3, 28, 28], burn::tensor::Distribution::Normal(0.0, 1.0), &dev);
+        let f = |r: Range<usize>| model.forward_patch_tokens(narrow(images.clone(), r), None);
+        let whole = values(in_chunks(5, 1, f));
+        for chunks in [2, 3, 8] {
+            let parts = values(in_chunks(5, chunks, f));
+            assert!(max_diff(&whole, &parts) < 1e-6, "{chunks} chunks differ by {}", max_diff(&whole, &parts));
+        }
+    }
+
     #[test]
     fn a_non_finite_step_is_skipped_on_the_device_and_named_at_the_next_read() {
         let cfg = tiny(crate::model::Precision::Fp32);
