@@ -196,7 +196,7 @@ pub fn bench(a: BenchTrainArgs) -> Result<ExitCode> {
     println!("backend          {}", a.backend);
     println!("model            {} at {} px, trainable blocks {:?}", cfg.model.preset, cfg.model.img_size, cfg.model.trainable_blocks);
     println!("batch            {} clips x {} frames x {} points, mask ratio {}", cfg.data.batch_size, a.frames, a.points, cfg.objective.mask_ratio);
-    println!("step             {:.1} ms (mean of {} after {} warm-up steps)", f.step_s * 1e3, a.steps, a.warmup);
+    println!("step             {:.1} ms ({} of {} after {} warm-up steps)", f.step_s * 1e3, f.statistic, a.steps, a.warmup);
     println!("throughput       {:.2} clips/s", f.clips_per_s);
     println!("first step       {:.1} s (process start of the trainer to the end of step 1)", f.first_step_s);
     println!("peak memory      {} (resident set, host)", peak_rss());
