@@ -51,7 +51,8 @@ const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
 
 /// Keeps freed memory in the process instead of returning it to the kernel after a delay: a
 /// training step frees and allocates the same large buffers every time, and memory handed back
-/// costs a page fault per 4 KiB on reuse (up to a tenth of a CPU step). Peak memory is unchanged.
+/// costs a page fault per 4 KiB on reuse (0-12% of a CPU step, BENCHMARKS.md). The resident
+/// set then stays at its high-water mark.
 pub fn keep_freed_memory() {
     // SAFETY: sets an integer option; mimalloc reads it on its next purge.
     unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, -1) }
