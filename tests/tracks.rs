@@ -127,10 +127,11 @@ fn strong_camera_motion_visibility_is_pinned() {
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     let t = &v["tracker"];
     let (recall, precision) = (t["visible_recall"].as_f64().unwrap(), t["visible_precision"].as_f64().unwrap());
-    // Measured on this set: recall 0.754, precision 0.971, <d_avg 0.778 (BENCHMARKS.md). The
-    // goal of recall 0.9 at precision 0.95 is not reached yet; these keep it from sliding back.
-    assert!(recall > 0.72 && precision > 0.95, "recall {recall}, precision {precision}");
-    assert!(t["average_position_accuracy"].as_f64().unwrap() > 0.75, "{t}");
+    // Measured on this set: recall 0.771, precision 0.968, <d_avg 0.789 (0.763, 0.970, 0.782
+    // without the neighbours' second pass). The goal of recall 0.9 at precision 0.95 is not
+    // reached yet; these keep it from sliding back.
+    assert!(recall > 0.75 && precision > 0.95, "recall {recall}, precision {precision}");
+    assert!(t["average_position_accuracy"].as_f64().unwrap() > 0.77, "{t}");
 }
 
 #[test]

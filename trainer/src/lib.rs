@@ -1,5 +1,6 @@
 //! Stage 2: MoSiC post-training of a ViT on track shards, generic over the Burn backend.
 //!
+//! - [`host`]: the GELU and softmax kernels of the no-grad forward on the CPU backends.
 //! - [`model`]: the ViT (DINOv2 / DINO v1 families), weights loaded by timm or official names.
 //! - [`head`]: projection head and prototypes.
 //! - [`loss`]: features at track points, Sinkhorn-Knopp, propagated targets, the loss.
@@ -13,6 +14,7 @@ pub mod backend;
 pub mod config;
 pub mod features;
 pub mod head;
+pub mod host;
 pub mod loader;
 pub mod loss;
 pub mod model;

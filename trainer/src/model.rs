@@ -309,7 +309,8 @@ impl<B: Backend> Attention<B> {
             let qkv = linear_in(&layer, x, p).reshape([b, n, 3 * h, hd]).swap_dims(1, 2);
             let part = |i: usize| qkv.clone().narrow(1, i * h, h);
             let scores = part(0).matmul(part(1).swap_dims(2, 3));
-            let out = burn::tensor::activation::softmax(scores, 3).matmul(part(2));
+            let probs = if crate::host::applies(&scores) { crate::host::softmax_last(scores) } else { burn::tensor::activation::softmax(scores, 3) };
+            let out = probs.matmul(part(2));
             let heads = (0..h).map(|j| out.clone().narrow(1, j, 1).reshape([b, n, hd])).collect();
             return to_f32(linear_in(&self.proj, Tensor::cat(heads, 2), p), p);
         }
@@ -333,8 +334,12 @@ pub struct Mlp<B: Backend> {
 
 /// Exact GELU. Under autodiff it is built from erf so the exact function is differentiated
 /// (Burn's default GELU backward is the tanh approximation's derivative); without a gradient
-/// the backend's own GELU (exact erf, one pass where the backend fuses it) runs.
+/// the backend's own GELU (exact erf, one pass where the backend fuses it) runs, or on the CPU
+/// backends [`crate::host::gelu`].
 fn gelu_erf<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
+    if crate::host::applies(&x) {
+        return crate::host::gelu(x);
+    }
     if !B::ad_enabled(&x.device()) {
         return burn::tensor::activation::gelu(x);
     }

@@ -9,7 +9,8 @@
 //! and rotation do not hide a point. Every step searches from the last visible position,
 //! extrapolated with the point's last velocity or, failing that, with the clip's dominant
 //! (camera) motion, so a point hidden by a passing object is found again once the object
-//! has moved on.
+//! has moved on. A point lost somewhere is then followed a second time with one more guess,
+//! its grid neighbours' motion, which carries it with its own object.
 
 use super::{TrackRequest, TrackResult, Tracker};
 use anyhow::{ensure, Result};
@@ -51,6 +52,12 @@ pub struct NativeParams {
     /// frame-to-frame LK put it. Off by default: it removes the drift of a smooth zoom, but on
     /// the synthetic sets it places points less precisely (<1 px accuracy 0.78 against 0.80).
     pub anchor: bool,
+    /// Neighbours whose motion guides a second pass (0: no second pass). A point lost
+    /// somewhere in the first pass is followed again with one more guess wherever its own
+    /// fails: the median motion of its nearest query points that are visible at both frames,
+    /// which moves with the point's object (a fast object at the first step, a point found
+    /// again after the clip has zoomed or turned).
+    pub neighbours: usize,
 }
 
 impl Default for NativeParams {
@@ -71,6 +78,7 @@ impl Default for NativeParams {
             search_radius: 0,
             search_ncc_threshold: 0.8,
             anchor: false,
+            neighbours: 8,
         }
     }
 }
@@ -107,14 +115,27 @@ impl NativeTracker {
             Some(*g)
         }));
         let c = ClipCtx { glob: glob.collect(), w: w as f32, h: h as f32, pyr };
-        let per_point: Vec<Vec<([f32; 2], bool)>> = req
-            .queries
-            .par_iter()
-            .map_init(
-                || Scratch::new(self.params.window, self.params.ncc_window),
-                |s, &q| self.track_point(&c, req.query_frame, q, s),
-            )
-            .collect();
+        let scratch = || Scratch::new(self.params.window, self.params.ncc_window);
+        let mut per_point: Vec<Vec<([f32; 2], bool)>> =
+            req.queries.par_iter().map_init(scratch, |s, &q| self.track_point(&c, req.query_frame, q, None, s)).collect();
+        if self.params.neighbours > 0 {
+            let near = nearest(req.queries, self.params.neighbours);
+            let first = &per_point;
+            let again: Vec<Option<Vec<([f32; 2], bool)>>> = (0..n)
+                .into_par_iter()
+                .map_init(scratch, |s, i| {
+                    first[i].iter().any(|&(_, v)| !v).then(|| {
+                        let hint = |a: usize, b: usize, from: [f32; 2]| neighbour_motion(first, &near[i], a, b, from);
+                        self.track_point(&c, req.query_frame, req.queries[i], Some(&hint), s)
+                    })
+                })
+                .collect();
+            for (track, redo) in per_point.iter_mut().zip(again) {
+                if let Some(r) = redo {
+                    *track = r;
+                }
+            }
+        }
         let mut out = TrackResult { tracks: vec![[0.0; 2]; t * n], visibility: vec![false; t * n] };
         for (i, track) in per_point.into_iter().enumerate() {
             for (k, (p, v)) in track.into_iter().enumerate() {
@@ -124,13 +145,13 @@ impl NativeTracker {
         Ok(out)
     }
 
-    fn track_point(&self, c: &ClipCtx, qf: usize, q: [f32; 2], s: &mut Scratch) -> Vec<([f32; 2], bool)> {
+    fn track_point(&self, c: &ClipCtx, qf: usize, q: [f32; 2], hint: Option<&Hint<'_>>, s: &mut Scratch) -> Vec<([f32; 2], bool)> {
         let mut out = vec![(q, false); c.pyr.len()];
         out[qf].1 = true;
         // A flat query patch has no appearance to check, so only the round trip decides.
         let template = Template::new(&c.pyr[qf][0], q, self.params.ncc_window);
-        self.follow(c, qf, q, qf + 1..c.pyr.len(), template.as_ref(), &mut out, s);
-        self.follow(c, qf, q, (0..qf).rev(), template.as_ref(), &mut out, s);
+        self.follow(c, qf, q, qf + 1..c.pyr.len(), template.as_ref(), hint, &mut out, s);
+        self.follow(c, qf, q, (0..qf).rev(), template.as_ref(), hint, &mut out, s);
         out
     }
 
@@ -143,6 +164,7 @@ impl NativeTracker {
         q: [f32; 2],
         frames: impl Iterator<Item = usize>,
         template: Option<&Template>,
+        hint: Option<&Hint<'_>>,
         out: &mut [([f32; 2], bool)],
         s: &mut Scratch,
     ) {
@@ -186,6 +208,13 @@ impl NativeTracker {
                 Some(r) if r.1 || !retry => Some(r),
                 _ => step(global, usize::MAX, p.ncc_threshold).filter(|r| r.1).or(first),
             };
+            // The neighbours' motion, where it differs from what was tried.
+            if let Some(g) = hint.filter(|_| !found.is_some_and(|r| r.1)).and_then(|h| h(good_t, t, good)) {
+                let tried = |o: [f32; 2]| (o[0] - g[0]).hypot(o[1] - g[1]) <= 1.0;
+                if !tried(global) && !own.is_some_and(tried) {
+                    found = step(g, usize::MAX, p.ncc_threshold).filter(|r| r.1).or(found);
+                }
+            }
             // Neither extrapolation led to the point: look for it over a wider area (a fast
             // object seen for the first time, or one found again after an occlusion).
             if p.search_radius > 0 && !found.is_some_and(|r| r.1) {
@@ -271,6 +300,49 @@ impl NativeTracker {
         let e = [p[0] + d[0], p[1] + d[1]];
         (textured && e[0].is_finite() && e[1].is_finite()).then_some(e)
     }
+}
+
+/// Where the neighbours' motion from frame `a` to frame `b` takes a point at `from`.
+type Hint<'a> = dyn Fn(usize, usize, [f32; 2]) -> Option<[f32; 2]> + 'a;
+
+/// The `k` nearest other queries of each query.
+fn nearest(queries: &[[f32; 2]], k: usize) -> Vec<Vec<usize>> {
+    queries
+        .par_iter()
+        .enumerate()
+        .map(|(i, q)| {
+            let mut d: Vec<(f32, usize)> =
+                queries.iter().enumerate().filter(|&(j, _)| j != i).map(|(j, p)| ((p[0] - q[0]).hypot(p[1] - q[1]), j)).collect();
+            let k = k.min(d.len());
+            if k > 0 && k < d.len() {
+                d.select_nth_unstable_by(k - 1, |a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+            }
+            d.truncate(k);
+            d.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+            d.into_iter().map(|(_, j)| j).collect()
+        })
+        .collect()
+}
+
+/// `from` moved by the median motion from frame `a` to `b` of the neighbours visible at both
+/// in `tracks`; None with fewer than two such neighbours.
+fn neighbour_motion(tracks: &[Vec<([f32; 2], bool)>], near: &[usize], a: usize, b: usize, from: [f32; 2]) -> Option<[f32; 2]> {
+    let (mut dx, mut dy): (Vec<f32>, Vec<f32>) = near
+        .iter()
+        .filter_map(|&j| {
+            let ((pa, va), (pb, vb)) = (tracks[j][a], tracks[j][b]);
+            (va && vb).then_some((pb[0] - pa[0], pb[1] - pa[1]))
+        })
+        .unzip();
+    if dx.len() < 2 {
+        return None;
+    }
+    let median = |v: &mut Vec<f32>| {
+        v.sort_by(f32::total_cmp);
+        let m = v.len() / 2;
+        if v.len() % 2 == 1 { v[m] } else { 0.5 * (v[m - 1] + v[m]) }
+    };
+    Some([from[0] + median(&mut dx), from[1] + median(&mut dy)])
 }
 
 fn min_eig(xx: f32, xy: f32, yy: f32) -> f32 {
@@ -879,6 +951,22 @@ mod tests {
         assert!(with > 0.97 && err < 2.0, "visible {with} (worst error {err} px)");
         assert!(anchored > 0.97 && err_anchored < 0.25, "anchored: visible {anchored} (worst error {err_anchored} px)");
         assert!(without < 0.85, "an unwarped comparison should lose points here: {without} visible");
+    }
+
+    #[test]
+    fn neighbours_are_the_nearest_and_their_median_motion_guides() {
+        let grid: Vec<[f32; 2]> = (0..4).flat_map(|y| (0..4).map(move |x| [x as f32 * 10.0, y as f32 * 10.0])).collect();
+        let near = nearest(&grid, 4);
+        assert_eq!(near[0], vec![1, 4, 5, 2]); // (10,0) and (0,10) tie, then the diagonal, then (20,0)
+        assert!(near.iter().enumerate().all(|(i, n)| n.len() == 4 && !n.contains(&i)));
+        // Neighbours 1 and 4 move by (3, -1) and (5, 1) between frames 0 and 2, 5 is hidden at 2.
+        let mut tracks = vec![vec![([0.0f32; 2], true); 3]; 16];
+        tracks[1][2].0 = [3.0, -1.0];
+        tracks[4][2].0 = [5.0, 1.0];
+        tracks[5][2] = ([50.0, 50.0], false);
+        // Moves of (3,-1), (5,1) and (0,0) (neighbour 2 stayed): the median per axis.
+        assert_eq!(neighbour_motion(&tracks, &near[0], 0, 2, [100.0, 100.0]), Some([103.0, 100.0]));
+        assert_eq!(neighbour_motion(&tracks, &[1, 5], 0, 2, [0.0, 0.0]), None, "one visible neighbour is not enough");
     }
 
     #[test]
