@@ -309,7 +309,11 @@ impl<B: Backend> Attention<B> {
             let qkv = linear_in(&layer, x, p).reshape([b, n, 3 * h, hd]).swap_dims(1, 2);
             let part = |i: usize| qkv.clone().narrow(1, i * h, h);
             let scores = part(0).matmul(part(1).swap_dims(2, 3));
-            let probs = if crate::host::applies(&scores) { crate::host::softmax_last(scores) } else { burn::tensor::activation::softmax(scores, 3) };
+            let probs = if crate::host::applies(&scores) {
+                crate::host::softmax_last(scores)
+            } else {
+                burn::tensor::activation::softmax(scores, 3)
+            };
             let out = probs.matmul(part(2));
             let heads = (0..h).map(|j| out.clone().narrow(1, j, 1).reshape([b, n, hd])).collect();
             return to_f32(linear_in(&self.proj, Tensor::cat(heads, 2), p), p);
