@@ -127,11 +127,12 @@ fn strong_camera_motion_visibility_is_pinned() {
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     let t = &v["tracker"];
     let (recall, precision) = (t["visible_recall"].as_f64().unwrap(), t["visible_precision"].as_f64().unwrap());
-    // Measured on this set: recall 0.771, precision 0.968, <d_avg 0.789 (0.763, 0.970, 0.782
-    // without the neighbours' second pass). The goal of recall 0.9 at precision 0.95 is not
-    // reached yet; these keep it from sliding back.
-    assert!(recall > 0.75 && precision > 0.95, "recall {recall}, precision {precision}");
-    assert!(t["average_position_accuracy"].as_f64().unwrap() > 0.77, "{t}");
+    // Measured on this set: recall 0.849, precision 0.965, <d_avg 0.833 (0.771, 0.968, 0.789
+    // without the passes guided by the camera's and the neighbours' affine motion). On the
+    // 32-clip strong set recall is 0.905 at precision 0.968 (BENCHMARKS.md); these keep it
+    // from sliding back.
+    assert!(recall > 0.83 && precision > 0.95, "recall {recall}, precision {precision}");
+    assert!(t["average_position_accuracy"].as_f64().unwrap() > 0.81, "{t}");
 }
 
 #[test]
