@@ -56,18 +56,17 @@ pub struct NativeParams {
     /// frame-to-frame LK put it. Off by default: it removes the drift of a smooth zoom, but on
     /// the synthetic sets it places points less precisely (<1 px accuracy 0.78 against 0.80).
     pub anchor: bool,
-    /// Neighbours whose motion guides a second pass (0: no second pass). A point lost
-    /// somewhere in the first pass is followed again with one more guess wherever its own
-    /// fails: the median motion of its nearest query points that are visible at both frames,
+    /// Neighbours whose motion guides the guided passes (0: none). A point lost somewhere in
+    /// the pass before is followed again with one more guess wherever its own fails: the median motion of its nearest query points that are visible at both frames,
     /// which moves with the point's object (a fast object at the first step, a point found
     /// again after the clip has zoomed or turned).
     pub neighbours: usize,
-    /// In the second pass, also look for a lost point where the clip's dominant motion takes
-    /// it from the query frame: an affine map fitted per frame (RANSAC) to the first pass's
-    /// visible points, which finds background points again after the camera has zoomed or
+    /// In the guided passes, also look for a lost point where the clip's dominant motion
+    /// takes it from the query frame: an affine map fitted per frame (RANSAC) to the visible
+    /// points of the pass before, which finds background points again after the camera has zoomed or
     /// turned while they were hidden or lost.
     pub camera: bool,
-    /// Nearby query points whose affine motion (RANSAC) guides the second pass too (0: none).
+    /// Nearby query points whose affine motion (RANSAC) guides the guided passes too (0: none).
     pub local: usize,
     /// Guided passes after the first, each guided by the tracks of the one before.
     pub passes: usize,
@@ -372,7 +371,7 @@ impl NativeTracker {
     }
 }
 
-/// What the second pass knows about one point from the first.
+/// What a guided pass knows about one point from the pass before.
 struct Guide<'a> {
     first: &'a [Vec<([f32; 2], bool)>],
     near: &'a [usize],
@@ -1005,6 +1004,27 @@ mod tests {
             / 8.0
     }
 
+    /// The camera of the zoom tests at frame `t` of 12: a zoom by 25% and a turn by 10 degrees
+    /// about `c` over the clip, as (zoom, angle).
+    fn zoom_turn(t: usize) -> (f32, f32) {
+        let f = t as f32 / 11.0;
+        (1.25f32.powf(f), (10.0 * f).to_radians())
+    }
+
+    /// Where a scene point shows at frame `t`.
+    fn to_screen(c: f32, t: usize, q: [f32; 2]) -> [f32; 2] {
+        let (z, a) = zoom_turn(t);
+        let (dx, dy) = (q[0] - c, q[1] - c);
+        [c + z * (a.cos() * dx - a.sin() * dy), c + z * (a.sin() * dx + a.cos() * dy)]
+    }
+
+    /// The scene point a pixel of frame `t` shows: turned back and unzoomed about `c`.
+    fn to_scene(c: f32, t: usize, p: [f32; 2]) -> [f32; 2] {
+        let (z, a) = zoom_turn(t);
+        let (dx, dy) = (p[0] - c, p[1] - c);
+        [(a.cos() * dx + a.sin() * dy) / z + c, (-a.sin() * dx + a.cos() * dy) / z + c]
+    }
+
     /// Value noise over lattices of 4, 8 and 16 px: detail without the look-alikes of a
     /// periodic texture.
     fn noise(x: f32, y: f32) -> f32 {
@@ -1134,20 +1154,12 @@ mod tests {
 
     #[test]
     fn points_stay_visible_through_zoom_and_rotation() {
-        // 25% zoom and a 10-degree turn about the centre over 12 frames.
+        // Zoom and turn about the centre.
         let c = 111.5f32;
-        let warp = |t: usize| {
-            let f = t as f32 / 11.0;
-            let (z, a) = (1.25f32.powf(f), (10.0 * f).to_radians());
-            (z, a)
-        };
         let frames: Vec<RgbImage> = (0..12)
             .map(|t| {
-                let (z, a) = warp(t);
                 RgbImage::from_fn(224, 224, |x, y| {
-                    // Screen -> scene: rotate back and unzoom about the centre.
-                    let (dx, dy) = (x as f32 - c, y as f32 - c);
-                    let (sx, sy) = ((a.cos() * dx + a.sin() * dy) / z + c, (-a.sin() * dx + a.cos() * dy) / z + c);
+                    let [sx, sy] = to_scene(c, t, [x as f32, y as f32]);
                     // Fine detail (4-6 px) that an unwarped comparison cannot match once zoomed.
                     gray(0.5 * texture(sx, sy, 3) + 0.4 * (sx * 1.3 + 0.5 * sy).sin() * (sy * 1.1 - 0.3 * sx).sin())
                 })
@@ -1160,10 +1172,8 @@ mod tests {
             let res = tr.track(&[TrackRequest { frames: &frames, queries: &queries, query_frame: 0, prepared: None }]).unwrap().remove(0);
             let (mut vis, mut total, mut worst) = (0, 0, 0f32);
             for t in 1..12 {
-                let (z, a) = warp(t);
-                for (i, q) in queries.iter().enumerate() {
-                    let (dx, dy) = (q[0] - c, q[1] - c);
-                    let want = [c + z * (a.cos() * dx - a.sin() * dy), c + z * (a.sin() * dx + a.cos() * dy)];
+                for (i, &q) in queries.iter().enumerate() {
+                    let want = to_screen(c, t, q);
                     // Away from the border, where the window stays inside the frame.
                     if want.iter().all(|v| (16.0..208.0).contains(v)) {
                         total += 1;
@@ -1238,22 +1248,12 @@ mod tests {
         // it uncovers have moved much further than their last velocity or the clip's dominant
         // translation would take them.
         let c = 30.0f32;
-        let warp = |t: usize| {
-            let f = t as f32 / 11.0;
-            (1.25f32.powf(f), (10.0 * f).to_radians())
-        };
         let block = |t: usize, x: f32, y: f32, m: f32| (2..9).contains(&t) && [x, y].iter().all(|v| (70.0 - m..150.0 + m).contains(v));
-        let to_screen = |t: usize, q: [f32; 2]| {
-            let (z, a) = warp(t);
-            let (dx, dy) = (q[0] - c, q[1] - c);
-            [c + z * (a.cos() * dx - a.sin() * dy), c + z * (a.sin() * dx + a.cos() * dy)]
-        };
+        let to_screen = |t: usize, q: [f32; 2]| to_screen(c, t, q);
         let frames: Vec<RgbImage> = (0..12)
             .map(|t| {
-                let (z, a) = warp(t);
                 RgbImage::from_fn(224, 224, |x, y| {
-                    let (dx, dy) = (x as f32 - c, y as f32 - c);
-                    let (sx, sy) = ((a.cos() * dx + a.sin() * dy) / z + c, (-a.sin() * dx + a.cos() * dy) / z + c);
+                    let [sx, sy] = to_scene(c, t, [x as f32, y as f32]);
                     let v = noise(sx, sy);
                     gray(if block(t, x as f32, y as f32, 0.0) { 0.3 } else { v })
                 })
