@@ -57,14 +57,15 @@ pub struct NativeParams {
     /// the synthetic sets it places points less precisely (<1 px accuracy 0.78 against 0.80).
     pub anchor: bool,
     /// Neighbours whose motion guides the guided passes (0: none). A point lost somewhere in
-    /// the pass before is followed again with one more guess wherever its own fails: the median motion of its nearest query points that are visible at both frames,
-    /// which moves with the point's object (a fast object at the first step, a point found
-    /// again after the clip has zoomed or turned).
+    /// the pass before is followed again with one more guess wherever its own fails: the
+    /// median motion of its nearest query points that are visible at both frames, which moves
+    /// with the point's object (a fast object at the first step, a point found again after the
+    /// clip has zoomed or turned).
     pub neighbours: usize,
     /// In the guided passes, also look for a lost point where the clip's dominant motion
     /// takes it from the query frame: an affine map fitted per frame (RANSAC) to the visible
-    /// points of the pass before, which finds background points again after the camera has zoomed or
-    /// turned while they were hidden or lost.
+    /// points of the pass before, which finds background points again after the camera has
+    /// zoomed or turned while they were hidden or lost.
     pub camera: bool,
     /// Nearby query points whose affine motion (RANSAC) guides the guided passes too (0: none).
     pub local: usize,
