@@ -100,9 +100,7 @@ impl ClipPlan {
         if let Some(m) = self.max_clips {
             n = n.min(m as u64);
         }
-        (0..n)
-            .map(|c| (0..t).map(|k| (c * window + k * step) as u32).collect())
-            .collect()
+        (0..n).map(|c| (0..t).map(|k| (c * window + k * step) as u32).collect()).collect()
     }
 }
 

@@ -69,14 +69,22 @@ impl Manifest {
     pub fn load(dir: &Path) -> Result<Self> {
         let path = Self::path(dir);
         let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
-        let m: Manifest = serde_json::from_str(&text).map_err(|e| Error::invalid(&path, format!("malformed manifest: {e}")))?;
+        let m: Manifest = serde_json::from_str(&text)
+            .map_err(|e| Error::invalid(&path, format!("malformed manifest: {e}")))?;
         if m.format != FORMAT {
-            return Err(Error::invalid(&path, format!("format is '{}', expected '{FORMAT}'", m.format)));
+            return Err(Error::invalid(
+                &path,
+                format!("format is '{}', expected '{FORMAT}'", m.format),
+            ));
         }
         match schema::parse_version(&m.schema_version) {
             Some((major, _)) if major == schema::SCHEMA_MAJOR => {}
             _ => {
-                return Err(Error::Version { path, found: m.schema_version, supported: schema::SCHEMA_MAJOR });
+                return Err(Error::Version {
+                    path,
+                    found: m.schema_version,
+                    supported: schema::SCHEMA_MAJOR,
+                });
             }
         }
         for s in &m.shards {
@@ -88,7 +96,8 @@ impl Manifest {
     /// Writes the manifest atomically, so a crash leaves the previous one intact.
     pub fn save(&self, dir: &Path) -> Result<()> {
         let path = Self::path(dir);
-        let mut text = serde_json::to_string_pretty(self).map_err(|e| Error::invalid(&path, e.to_string()))?;
+        let mut text =
+            serde_json::to_string_pretty(self).map_err(|e| Error::invalid(&path, e.to_string()))?;
         text.push('\n');
         write_atomic(&path, text.as_bytes())
     }
@@ -113,12 +122,17 @@ pub fn merge(inputs: &[PathBuf], out: &Path) -> Result<Manifest> {
     for dir in inputs {
         let m = Manifest::load(dir)?;
         let dir_abs = dir.canonicalize().map_err(|e| Error::io(dir, e))?;
-        let target = merged.get_or_insert_with(|| Manifest::new(m.spec.clone(), serde_json::Value::Null));
+        let target =
+            merged.get_or_insert_with(|| Manifest::new(m.spec.clone(), serde_json::Value::Null));
         if m.spec != target.spec {
-            return Err(Error::invalid(Manifest::path(dir), "its spec (clip length, grid, size or tracker) differs from the other inputs'"));
+            return Err(Error::invalid(
+                Manifest::path(dir),
+                "its spec (clip length, grid, size or tracker) differs from the other inputs'",
+            ));
         }
         configs.push(serde_json::json!({ "dir": dir.display().to_string(), "config": m.config }));
-        let prefix = dir_abs.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let prefix =
+            dir_abs.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         for e in m.shards {
             let src = dir_abs.join(&e.file);
             let file = match dir_abs.strip_prefix(&out_abs) {
@@ -138,7 +152,8 @@ pub fn merge(inputs: &[PathBuf], out: &Path) -> Result<Manifest> {
             target.shards.push(ShardEntry { file, ..e });
         }
     }
-    let mut m = merged.ok_or_else(|| Error::invalid(out, "nothing to merge: no input directories given"))?;
+    let mut m = merged
+        .ok_or_else(|| Error::invalid(out, "nothing to merge: no input directories given"))?;
     m.config = serde_json::json!({ "merged_from": configs });
     m.save(out)?;
     Ok(m)

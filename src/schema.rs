@@ -50,7 +50,10 @@ fn tensor(name: &str, dt: DataType, shape: &[usize]) -> Field {
     let len = shape.iter().product();
     let meta = HashMap::from([
         ("ARROW:extension:name".to_string(), TENSOR_EXTENSION.to_string()),
-        ("ARROW:extension:metadata".to_string(), format!("{{\"shape\":{shape:?}}}").replace(' ', "")),
+        (
+            "ARROW:extension:metadata".to_string(),
+            format!("{{\"shape\":{shape:?}}}").replace(' ', ""),
+        ),
     ]);
     Field::new(name, fixed_list(dt, len), false).with_metadata(meta)
 }
@@ -96,7 +99,9 @@ pub fn parse_version(v: &str) -> Option<(u32, u32)> {
 /// `schemas/shard-v1.json`.
 pub fn type_name(dt: &DataType) -> String {
     match dt {
-        DataType::FixedSizeList(f, n) => format!("fixed_size_list<{}>[{n}]", type_name(f.data_type())),
+        DataType::FixedSizeList(f, n) => {
+            format!("fixed_size_list<{}>[{n}]", type_name(f.data_type()))
+        }
         DataType::Utf8 => "string".into(),
         DataType::Binary => "binary".into(),
         DataType::UInt8 => "uint8".into(),
@@ -119,7 +124,11 @@ mod tests {
             width: 224,
             height: 224,
             query_frame: 0,
-            tracker: TrackerInfo { name: "t".into(), model_sha256: String::new(), params: serde_json::json!({}) },
+            tracker: TrackerInfo {
+                name: "t".into(),
+                model_sha256: String::new(),
+                params: serde_json::json!({}),
+            },
         }
     }
 
@@ -149,10 +158,14 @@ mod tests {
                 })
                 .unwrap_or_default();
             let elem = c["type"].as_str().expect("type");
-            let expected =
-                if shape.is_empty() { elem.to_string() } else { format!("fixed_size_list<{elem}>[{}]", shape.iter().product::<usize>()) };
+            let expected = if shape.is_empty() {
+                elem.to_string()
+            } else {
+                format!("fixed_size_list<{elem}>[{}]", shape.iter().product::<usize>())
+            };
             assert_eq!(type_name(f.data_type()), expected, "column {}", f.name());
-            let is_tensor = f.metadata().get("ARROW:extension:name").map(String::as_str) == Some(TENSOR_EXTENSION);
+            let is_tensor = f.metadata().get("ARROW:extension:name").map(String::as_str)
+                == Some(TENSOR_EXTENSION);
             assert_eq!(c["tensor"].as_bool().unwrap_or(false), is_tensor, "column {}", f.name());
             if is_tensor {
                 let m = &f.metadata()["ARROW:extension:metadata"];

@@ -6,8 +6,8 @@ use crate::fsutil::{sync_dir, temp_path, HashingWriter};
 use crate::manifest::ShardEntry;
 use crate::schema::{self, col};
 use arrow::array::{
-    Array, ArrayRef, AsArray, BinaryArray, FixedSizeListArray, Float32Array, RecordBatch, StringArray, UInt16Array,
-    UInt32Array, UInt8Array,
+    Array, ArrayRef, AsArray, BinaryArray, FixedSizeListArray, Float32Array, RecordBatch,
+    StringArray, UInt16Array, UInt32Array, UInt8Array,
 };
 use arrow::datatypes::{Float32Type, SchemaRef, UInt32Type, UInt8Type};
 use parquet::arrow::arrow_reader::{ParquetRecordBatchReader, ParquetRecordBatchReaderBuilder};
@@ -50,8 +50,10 @@ impl ShardWriter {
         let tmp = temp_path(path);
         let file = File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
         let schema = Arc::new(schema::arrow_schema(spec));
-        let kv = schema::file_metadata(spec).into_iter().map(|(k, v)| KeyValue::new(k, v)).collect();
-        let level = ZstdLevel::try_new(opts.zstd_level).map_err(|e| Error::invalid(path, e.to_string()))?;
+        let kv =
+            schema::file_metadata(spec).into_iter().map(|(k, v)| KeyValue::new(k, v)).collect();
+        let level =
+            ZstdLevel::try_new(opts.zstd_level).map_err(|e| Error::invalid(path, e.to_string()))?;
         let props = WriterProperties::builder()
             .set_compression(Compression::ZSTD(level))
             .set_max_row_group_row_count(Some(opts.rows_per_group.max(1)))
@@ -80,7 +82,8 @@ impl ShardWriter {
     }
 
     pub fn write(&mut self, clip: Clip) -> Result<()> {
-        check_clip(&clip, &self.spec).map_err(|m| Error::invalid(&self.path, format!("clip {}: {m}", clip.id())))?;
+        check_clip(&clip, &self.spec)
+            .map_err(|m| Error::invalid(&self.path, format!("clip {}: {m}", clip.id())))?;
         self.pending.push(clip);
         if self.pending.len() >= self.rows_per_group {
             self.flush()?;
@@ -92,7 +95,8 @@ impl ShardWriter {
         if self.pending.is_empty() {
             return Ok(());
         }
-        let batch = to_batch(&self.pending, &self.spec, self.schema.clone()).map_err(|e| Error::parquet(&self.path, e))?;
+        let batch = to_batch(&self.pending, &self.spec, self.schema.clone())
+            .map_err(|e| Error::parquet(&self.path, e))?;
         let w = self.writer.as_mut().expect("writer open until finish");
         w.write(&batch).map_err(|e| Error::parquet(&self.path, e))?;
         w.flush().map_err(|e| Error::parquet(&self.path, e))?;
@@ -111,7 +115,8 @@ impl ShardWriter {
         drop(file);
         std::fs::rename(&self.tmp, &self.path).map_err(|e| Error::io(&self.path, e))?;
         sync_dir(&self.path);
-        let name = self.path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let name =
+            self.path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         Ok(ShardEntry { file: name, rows: self.rows as u64, sha256, bytes })
     }
 }
@@ -140,39 +145,72 @@ pub fn check_clip(c: &Clip, spec: &ShardSpec) -> Result<(), String> {
             return Err(format!("{what} has {got} entries, the shard spec needs {want}"));
         }
     }
-    if let Some(p) = c.tracks.iter().chain(&c.queries).find(|p| !p[0].is_finite() || !p[1].is_finite()) {
+    if let Some(p) =
+        c.tracks.iter().chain(&c.queries).find(|p| !p[0].is_finite() || !p[1].is_finite())
+    {
         return Err(format!("non-finite coordinate {p:?}"));
     }
     Ok(())
 }
 
-fn fixed<A: Array + 'static>(values: A, dt: arrow::datatypes::DataType, len: usize) -> std::result::Result<ArrayRef, arrow::error::ArrowError> {
+fn fixed<A: Array + 'static>(
+    values: A,
+    dt: arrow::datatypes::DataType,
+    len: usize,
+) -> std::result::Result<ArrayRef, arrow::error::ArrowError> {
     let field = Arc::new(arrow::datatypes::Field::new("item", dt, true));
     Ok(Arc::new(FixedSizeListArray::try_new(field, len as i32, Arc::new(values), None)?))
 }
 
-fn to_batch(clips: &[Clip], spec: &ShardSpec, schema: SchemaRef) -> std::result::Result<RecordBatch, arrow::error::ArrowError> {
+fn to_batch(
+    clips: &[Clip],
+    spec: &ShardSpec,
+    schema: SchemaRef,
+) -> std::result::Result<RecordBatch, arrow::error::ArrowError> {
     use arrow::datatypes::DataType as D;
     let (t, n) = (spec.t(), spec.num_points());
     let params = spec.tracker.params.to_string();
-    let strs = |f: &dyn Fn(&Clip) -> &str| -> ArrayRef { Arc::new(StringArray::from_iter_values(clips.iter().map(f))) };
-    let rep = |s: &str| -> ArrayRef { Arc::new(StringArray::from_iter_values(clips.iter().map(|_| s))) };
-    let u16s = |v: u32| -> ArrayRef { Arc::new(UInt16Array::from_iter_values(clips.iter().map(|_| v as u16))) };
-    let flat2 = |f: &dyn Fn(&Clip) -> &[[f32; 2]]| Float32Array::from_iter_values(clips.iter().flat_map(|c| f(c).iter().flatten().copied()));
+    let strs = |f: &dyn Fn(&Clip) -> &str| -> ArrayRef {
+        Arc::new(StringArray::from_iter_values(clips.iter().map(f)))
+    };
+    let rep =
+        |s: &str| -> ArrayRef { Arc::new(StringArray::from_iter_values(clips.iter().map(|_| s))) };
+    let u16s = |v: u32| -> ArrayRef {
+        Arc::new(UInt16Array::from_iter_values(clips.iter().map(|_| v as u16)))
+    };
+    let flat2 = |f: &dyn Fn(&Clip) -> &[[f32; 2]]| {
+        Float32Array::from_iter_values(clips.iter().flat_map(|c| f(c).iter().flatten().copied()))
+    };
     let columns: Vec<ArrayRef> = vec![
         strs(&|c| &c.dataset),
         strs(&|c| &c.video_id),
         Arc::new(UInt32Array::from_iter_values(clips.iter().map(|c| c.clip_index))),
-        fixed(UInt32Array::from_iter_values(clips.iter().flat_map(|c| c.frame_indices.iter().copied())), D::UInt32, t)?,
+        fixed(
+            UInt32Array::from_iter_values(
+                clips.iter().flat_map(|c| c.frame_indices.iter().copied()),
+            ),
+            D::UInt32,
+            t,
+        )?,
         Arc::new(Float32Array::from_iter_values(clips.iter().map(|c| c.source_fps))),
         u16s(spec.width),
         u16s(spec.height),
-        fixed(BinaryArray::from_iter_values(clips.iter().flat_map(|c| c.frames.iter())), D::Binary, t)?,
+        fixed(
+            BinaryArray::from_iter_values(clips.iter().flat_map(|c| c.frames.iter())),
+            D::Binary,
+            t,
+        )?,
         u16s(spec.query_frame),
         u16s(spec.grid_size),
         fixed(flat2(&|c| &c.queries), D::Float32, n * 2)?,
         fixed(flat2(&|c| &c.tracks), D::Float32, t * n * 2)?,
-        fixed(UInt8Array::from_iter_values(clips.iter().flat_map(|c| c.visibility.iter().map(|&v| v as u8))), D::UInt8, t * n)?,
+        fixed(
+            UInt8Array::from_iter_values(
+                clips.iter().flat_map(|c| c.visibility.iter().map(|&v| v as u8)),
+            ),
+            D::UInt8,
+            t * n,
+        )?,
         rep(&spec.tracker.name),
         rep(&spec.tracker.model_sha256),
         rep(&params),
@@ -191,24 +229,46 @@ impl ShardReader {
     /// Opens a shard and checks its schema version and spec before anything is decoded.
     pub fn open(path: &Path) -> Result<Self> {
         let file = File::open(path).map_err(|e| Error::io(path, e))?;
-        let builder = ParquetRecordBatchReaderBuilder::try_new(file).map_err(|e| Error::parquet(path, e))?;
+        let builder =
+            ParquetRecordBatchReaderBuilder::try_new(file).map_err(|e| Error::parquet(path, e))?;
         let kv = builder.metadata().file_metadata().key_value_metadata();
-        let get = |key: &str| kv.and_then(|kv| kv.iter().find(|e| e.key == key)).and_then(|e| e.value.clone());
-        let version = get(schema::KEY_VERSION)
-            .ok_or_else(|| Error::invalid(path, format!("no '{}' in the file metadata: not a mosic shard", schema::KEY_VERSION)))?;
+        let get = |key: &str| {
+            kv.and_then(|kv| kv.iter().find(|e| e.key == key)).and_then(|e| e.value.clone())
+        };
+        let version = get(schema::KEY_VERSION).ok_or_else(|| {
+            Error::invalid(
+                path,
+                format!("no '{}' in the file metadata: not a mosic shard", schema::KEY_VERSION),
+            )
+        })?;
         match schema::parse_version(&version) {
             Some((major, _)) if major == schema::SCHEMA_MAJOR => {}
-            _ => return Err(Error::Version { path: path.to_path_buf(), found: version, supported: schema::SCHEMA_MAJOR }),
+            _ => {
+                return Err(Error::Version {
+                    path: path.to_path_buf(),
+                    found: version,
+                    supported: schema::SCHEMA_MAJOR,
+                })
+            }
         }
-        let spec_json = get(schema::KEY_SPEC).ok_or_else(|| Error::invalid(path, format!("no '{}' in the file metadata", schema::KEY_SPEC)))?;
-        let spec: ShardSpec =
-            serde_json::from_str(&spec_json).map_err(|e| Error::invalid(path, format!("malformed '{}': {e}", schema::KEY_SPEC)))?;
+        let spec_json = get(schema::KEY_SPEC).ok_or_else(|| {
+            Error::invalid(path, format!("no '{}' in the file metadata", schema::KEY_SPEC))
+        })?;
+        let spec: ShardSpec = serde_json::from_str(&spec_json)
+            .map_err(|e| Error::invalid(path, format!("malformed '{}': {e}", schema::KEY_SPEC)))?;
         let want = schema::arrow_schema(&spec);
         let got = builder.schema();
         if got.fields().len() != want.fields().len()
-            || got.fields().iter().zip(want.fields()).any(|(a, b)| a.name() != b.name() || a.data_type() != b.data_type())
+            || got
+                .fields()
+                .iter()
+                .zip(want.fields())
+                .any(|(a, b)| a.name() != b.name() || a.data_type() != b.data_type())
         {
-            return Err(Error::invalid(path, "columns do not match schema v1 for the spec in the file metadata"));
+            return Err(Error::invalid(
+                path,
+                "columns do not match schema v1 for the spec in the file metadata",
+            ));
         }
         Ok(Self { path: path.to_path_buf(), spec, builder })
     }
@@ -235,7 +295,15 @@ impl ShardReader {
     pub fn clips_in(self, with_frames: bool, row_groups: Option<Vec<usize>>) -> Result<Clips> {
         let path = self.path.clone();
         let spec = self.spec.clone();
-        let batch = self.builder.metadata().row_groups().iter().map(|g| g.num_rows() as usize).max().unwrap_or(1).max(1);
+        let batch = self
+            .builder
+            .metadata()
+            .row_groups()
+            .iter()
+            .map(|g| g.num_rows() as usize)
+            .max()
+            .unwrap_or(1)
+            .max(1);
         let mut b = self.builder.with_batch_size(batch);
         if !with_frames {
             let frames = b.schema().index_of(col::FRAMES).map_err(|e| Error::parquet(&path, e))?;
@@ -258,25 +326,38 @@ impl ShardReader {
     /// `dataset/video_id` of every row, by row group; only those two columns are read.
     pub fn video_keys(self) -> Result<Vec<Vec<String>>> {
         let path = self.path.clone();
-        let groups: Vec<usize> = self.builder.metadata().row_groups().iter().map(|g| g.num_rows() as usize).collect();
+        let groups: Vec<usize> =
+            self.builder.metadata().row_groups().iter().map(|g| g.num_rows() as usize).collect();
         let schema = self.builder.schema().clone();
-        let roots = [col::DATASET, col::VIDEO_ID].map(|c| schema.index_of(c).map_err(|e| Error::parquet(&path, e)));
+        let roots = [col::DATASET, col::VIDEO_ID]
+            .map(|c| schema.index_of(c).map_err(|e| Error::parquet(&path, e)));
         let [ds, vid] = roots;
         let mask = ProjectionMask::roots(self.builder.parquet_schema(), [ds?, vid?]);
-        let reader = self.builder.with_projection(mask).build().map_err(|e| Error::parquet(&path, e))?;
+        let reader =
+            self.builder.with_projection(mask).build().map_err(|e| Error::parquet(&path, e))?;
         let mut keys = Vec::new();
         for batch in reader {
             let batch = batch.map_err(|e| Error::parquet(&path, e))?;
             let strs = |name: &str| -> Result<&StringArray> {
                 column(&batch, name)
-                    .and_then(|c| c.as_string_opt::<i32>().ok_or_else(|| format!("column '{name}' is not a string column")))
+                    .and_then(|c| {
+                        c.as_string_opt::<i32>()
+                            .ok_or_else(|| format!("column '{name}' is not a string column"))
+                    })
                     .map_err(|m| Error::invalid(&path, m))
             };
             let (d, v) = (strs(col::DATASET)?, strs(col::VIDEO_ID)?);
             keys.extend((0..batch.num_rows()).map(|r| format!("{}/{}", d.value(r), v.value(r))));
         }
         if keys.len() != groups.iter().sum::<usize>() {
-            return Err(Error::invalid(&path, format!("{} rows read, the row groups hold {}", keys.len(), groups.iter().sum::<usize>())));
+            return Err(Error::invalid(
+                &path,
+                format!(
+                    "{} rows read, the row groups hold {}",
+                    keys.len(),
+                    groups.iter().sum::<usize>()
+                ),
+            ));
         }
         let mut it = keys.into_iter();
         Ok(groups.iter().map(|&n| it.by_ref().take(n).collect()).collect())
@@ -318,11 +399,19 @@ fn flat<'a, T: arrow::datatypes::ArrowPrimitiveType>(
     name: &str,
     len: usize,
 ) -> Result<&'a [T::Native], String> {
-    let list = column(batch, name)?.as_fixed_size_list_opt().ok_or_else(|| format!("column '{name}' is not a fixed-size list"))?;
+    let list = column(batch, name)?
+        .as_fixed_size_list_opt()
+        .ok_or_else(|| format!("column '{name}' is not a fixed-size list"))?;
     if list.value_length() as usize != len {
-        return Err(format!("column '{name}' holds lists of {}, expected {len}", list.value_length()));
+        return Err(format!(
+            "column '{name}' holds lists of {}, expected {len}",
+            list.value_length()
+        ));
     }
-    let values = list.values().as_primitive_opt::<T>().ok_or_else(|| format!("column '{name}' has the wrong element type"))?;
+    let values = list
+        .values()
+        .as_primitive_opt::<T>()
+        .ok_or_else(|| format!("column '{name}' has the wrong element type"))?;
     let start = list.offset() * len;
     Ok(&values.values()[start..start + list.len() * len])
 }
@@ -331,8 +420,14 @@ fn flat<'a, T: arrow::datatypes::ArrowPrimitiveType>(
 fn row_name(batch: &RecordBatch, r: usize) -> String {
     let key = |name: &str| batch.column_by_name(name).filter(|a| a.is_valid(r));
     match (key(col::DATASET), key(col::VIDEO_ID), key(col::CLIP_INDEX)) {
-        (Some(d), Some(v), Some(c)) => match (d.as_string_opt::<i32>(), v.as_string_opt::<i32>(), c.as_primitive_opt::<UInt32Type>()) {
-            (Some(d), Some(v), Some(c)) => format!("clip {}/{}#{}", d.value(r), v.value(r), c.value(r)),
+        (Some(d), Some(v), Some(c)) => match (
+            d.as_string_opt::<i32>(),
+            v.as_string_opt::<i32>(),
+            c.as_primitive_opt::<UInt32Type>(),
+        ) {
+            (Some(d), Some(v), Some(c)) => {
+                format!("clip {}/{}#{}", d.value(r), v.value(r), c.value(r))
+            }
             _ => format!("row {r}"),
         },
         _ => format!("row {r}"),
@@ -352,7 +447,12 @@ fn check_nulls(batch: &RecordBatch) -> Result<(), String> {
                 let start = list.offset() * len;
                 if let Some(i) = (start..start + list.len() * len).find(|&i| values.is_null(i)) {
                     let r = (i - start) / len;
-                    return Err(format!("{}: column '{}' has a null at item {}", row_name(batch, r), field.name(), (i - start) % len));
+                    return Err(format!(
+                        "{}: column '{}' has a null at item {}",
+                        row_name(batch, r),
+                        field.name(),
+                        (i - start) % len
+                    ));
                 }
             }
         }
@@ -365,12 +465,18 @@ fn from_batch(batch: &RecordBatch, spec: &ShardSpec) -> Result<Vec<Clip>, String
     let rows = batch.num_rows();
     check_nulls(batch)?;
     let strs = |name: &str| -> Result<&StringArray, String> {
-        column(batch, name)?.as_string_opt::<i32>().ok_or_else(|| format!("column '{name}' is not a string column"))
+        column(batch, name)?
+            .as_string_opt::<i32>()
+            .ok_or_else(|| format!("column '{name}' is not a string column"))
     };
     let dataset = strs(col::DATASET)?;
     let video = strs(col::VIDEO_ID)?;
-    let clip_index = column(batch, col::CLIP_INDEX)?.as_primitive_opt::<UInt32Type>().ok_or("clip_index is not uint32")?;
-    let fps = column(batch, col::SOURCE_FPS)?.as_primitive_opt::<Float32Type>().ok_or("source_fps is not float32")?;
+    let clip_index = column(batch, col::CLIP_INDEX)?
+        .as_primitive_opt::<UInt32Type>()
+        .ok_or("clip_index is not uint32")?;
+    let fps = column(batch, col::SOURCE_FPS)?
+        .as_primitive_opt::<Float32Type>()
+        .ok_or("source_fps is not float32")?;
     let frame_indices = flat::<UInt32Type>(batch, col::FRAME_INDICES, t)?;
     let queries = flat::<Float32Type>(batch, col::QUERIES, n * 2)?;
     let tracks = flat::<Float32Type>(batch, col::TRACKS, t * n * 2)?;

@@ -48,7 +48,9 @@ pub fn verify_dir(dir: &Path) -> Result<VerifyReport> {
             .collect();
         extra.sort();
         for n in extra {
-            report.problems.push(Error::invalid(dir.join(&n), "shard file is not listed in the manifest"));
+            report
+                .problems
+                .push(Error::invalid(dir.join(&n), "shard file is not listed in the manifest"));
         }
     }
     Ok(report)
@@ -64,7 +66,11 @@ fn verify_shard(dir: &Path, entry: &ShardEntry, spec: &ShardSpec) -> (u64, Vec<E
     match sha256_file(&path) {
         Ok(sum) if sum == entry.sha256 => {}
         Ok(sum) => {
-            problems.push(Error::Checksum { path: path.clone(), expected: entry.sha256.clone(), actual: sum });
+            problems.push(Error::Checksum {
+                path: path.clone(),
+                expected: entry.sha256.clone(),
+                actual: sum,
+            });
             return (0, problems);
         }
         Err(e) => return (0, vec![e]),
@@ -74,10 +80,14 @@ fn verify_shard(dir: &Path, entry: &ShardEntry, spec: &ShardSpec) -> (u64, Vec<E
         Err(e) => return (0, vec![e]),
     };
     if reader.spec() != spec {
-        problems.push(Error::invalid(&path, "spec in the file metadata differs from the manifest's"));
+        problems
+            .push(Error::invalid(&path, "spec in the file metadata differs from the manifest's"));
     }
     if reader.num_rows() != entry.rows {
-        problems.push(Error::invalid(&path, format!("has {} rows, the manifest lists {}", reader.num_rows(), entry.rows)));
+        problems.push(Error::invalid(
+            &path,
+            format!("has {} rows, the manifest lists {}", reader.num_rows(), entry.rows),
+        ));
     }
     let spec = reader.spec().clone();
     let mut clips = 0;
@@ -108,9 +118,14 @@ pub fn check_clip_content(c: &Clip, spec: &ShardSpec) -> Result<(), String> {
     // Trackers may place a visible point a little past the border; a pixel of slack.
     let (w, h) = (spec.width as f32, spec.height as f32);
     let inside = |p: &[f32; 2]| p[0] >= -1.5 && p[0] <= w + 0.5 && p[1] >= -1.5 && p[1] <= h + 0.5;
-    if let Some((i, p)) = c.tracks.iter().enumerate().find(|(i, p)| c.visibility[*i] && !inside(p)) {
+    if let Some((i, p)) = c.tracks.iter().enumerate().find(|(i, p)| c.visibility[*i] && !inside(p))
+    {
         let n = spec.num_points();
-        return Err(format!("visible point {} at frame {} lies outside the {w}x{h} frame: {p:?}", i % n, i / n));
+        return Err(format!(
+            "visible point {} at frame {} lies outside the {w}x{h} frame: {p:?}",
+            i % n,
+            i / n
+        ));
     }
     if let Some(p) = c.queries.iter().find(|p| !inside(p)) {
         return Err(format!("query point {p:?} lies outside the frame"));
@@ -118,7 +133,13 @@ pub fn check_clip_content(c: &Clip, spec: &ShardSpec) -> Result<(), String> {
     for (k, jpeg) in c.frames.iter().enumerate() {
         let img = decode_jpeg(jpeg).map_err(|m| format!("frame {k}: {m}"))?;
         if (img.width(), img.height()) != (spec.width, spec.height) {
-            return Err(format!("frame {k} is {}x{}, the spec says {}x{}", img.width(), img.height(), spec.width, spec.height));
+            return Err(format!(
+                "frame {k} is {}x{}, the spec says {}x{}",
+                img.width(),
+                img.height(),
+                spec.width,
+                spec.height
+            ));
         }
     }
     Ok(())
@@ -241,7 +262,9 @@ impl Acc {
         self.videos.insert((c.dataset.clone(), c.video_id.clone()));
         self.visible += c.visibility.iter().filter(|&&v| v).count() as u64;
         self.entries += (t * n) as u64;
-        let dist = |a: [f32; 2], b: [f32; 2]| (((a[0] - b[0]).powi(2) + (a[1] - b[1]).powi(2)) as f64).sqrt();
+        let dist = |a: [f32; 2], b: [f32; 2]| {
+            (((a[0] - b[0]).powi(2) + (a[1] - b[1]).powi(2)) as f64).sqrt()
+        };
         for i in 0..n {
             self.points += 1;
             let vis = |k: usize| c.visibility[k * n + i];
@@ -317,7 +340,9 @@ pub fn find_clip(dir: &Path, id: &str) -> Result<(Clip, ShardSpec)> {
         Some((v, i)) => (v, i.parse::<u32>().ok()),
         None => (id, Some(0)),
     };
-    let index = index.ok_or_else(|| Error::invalid(Manifest::path(dir), format!("clip id '{id}' is not VIDEO#INDEX")))?;
+    let index = index.ok_or_else(|| {
+        Error::invalid(Manifest::path(dir), format!("clip id '{id}' is not VIDEO#INDEX"))
+    })?;
     for e in &m.shards {
         let reader = ShardReader::open(&Manifest::shard_path(dir, e))?;
         let spec = reader.spec().clone();

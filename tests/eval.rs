@@ -10,8 +10,20 @@ use std::path::Path;
 
 fn synth(out: &Path, first: u32) {
     let o = run(&[
-        "synth", "--out", out.to_str().unwrap(), "--videos", "2", "--frames", "24", "--width", "160", "--height", "96",
-        "--no-mp4", "--first-video", &first.to_string(),
+        "synth",
+        "--out",
+        out.to_str().unwrap(),
+        "--videos",
+        "2",
+        "--frames",
+        "24",
+        "--width",
+        "160",
+        "--height",
+        "96",
+        "--no-mp4",
+        "--first-video",
+        &first.to_string(),
     ]);
     assert!(o.status.success(), "{}", text(&o));
 }
@@ -20,13 +32,15 @@ fn synth(out: &Path, first: u32) {
 const MODEL: [&str; 5] = ["--random", "3", "--preset", "vit_tiny_test", "--batch=8"];
 
 fn scores(path: &Path) -> Vec<(String, f64, Vec<f64>)> {
-    let doc: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let doc: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
     doc["scores"]
         .as_array()
         .unwrap()
         .iter()
         .map(|s| {
-            let per = s["per_seed"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
+            let per =
+                s["per_seed"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
             (s["name"].as_str().unwrap().to_string(), s["mean"].as_f64().unwrap(), per)
         })
         .collect()
@@ -39,7 +53,15 @@ fn features_are_written_as_safetensors() {
     synth(&data, 0);
     let out = tmp.path().join("f.safetensors");
     let frames = data.join("JPEGImages");
-    let mut a = vec!["features", "--input", frames.to_str().unwrap(), "--out", out.to_str().unwrap(), "--size", "56"];
+    let mut a = vec![
+        "features",
+        "--input",
+        frames.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--size",
+        "56",
+    ];
     a.extend(MODEL);
     let o = run(&a);
     assert!(o.status.success(), "{}", text(&o));
@@ -56,26 +78,68 @@ fn features_are_written_as_safetensors() {
         &Default::default(),
     )
     .unwrap();
-    let img = mosic_trainer::features::read_image(&data.join("JPEGImages/synth_0000/00000.jpg")).unwrap();
+    let img =
+        mosic_trainer::features::read_image(&data.join("JPEGImages/synth_0000/00000.jpg")).unwrap();
     let direct = mosic_trainer::features::extract(&vit, &[img], 1);
-    let d = direct[0].data.iter().zip(&maps[0].data).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+    let d =
+        direct[0].data.iter().zip(&maps[0].data).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
     assert!(d < 1e-5, "{d}");
 
     // Video files: every n-th decoded frame, named FILE#FRAME.
     let vids = tmp.path().join("vids");
-    let o = run(&["synth", "--out", vids.to_str().unwrap(), "--videos", "1", "--frames", "24", "--width", "160", "--height", "96"]);
+    let o = run(&[
+        "synth",
+        "--out",
+        vids.to_str().unwrap(),
+        "--videos",
+        "1",
+        "--frames",
+        "24",
+        "--width",
+        "160",
+        "--height",
+        "96",
+    ]);
     assert!(o.status.success(), "{}", text(&o));
     let out2 = tmp.path().join("v.safetensors");
     let videos = vids.join("videos");
-    let mut a = vec!["features", "--input", videos.to_str().unwrap(), "--out", out2.to_str().unwrap(), "--size", "56", "--every", "6"];
+    let mut a = vec![
+        "features",
+        "--input",
+        videos.to_str().unwrap(),
+        "--out",
+        out2.to_str().unwrap(),
+        "--size",
+        "56",
+        "--every",
+        "6",
+    ];
     a.extend(MODEL);
     let o = run(&a);
     assert!(o.status.success(), "{}", text(&o));
     let (maps, names) = mosic_trainer::features::load_features(&out2).unwrap();
-    assert_eq!(names, ["synth_0000.mp4#00000", "synth_0000.mp4#00006", "synth_0000.mp4#00012", "synth_0000.mp4#00018"]);
+    assert_eq!(
+        names,
+        [
+            "synth_0000.mp4#00000",
+            "synth_0000.mp4#00006",
+            "synth_0000.mp4#00012",
+            "synth_0000.mp4#00018"
+        ]
+    );
     assert_eq!(maps.len(), 4);
 
-    let o = run(&["features", "--input", tmp.path().join("nothing").to_str().unwrap(), "--out", "x.safetensors", "--random", "0", "--preset", "vit_tiny_test"]);
+    let o = run(&[
+        "features",
+        "--input",
+        tmp.path().join("nothing").to_str().unwrap(),
+        "--out",
+        "x.safetensors",
+        "--random",
+        "0",
+        "--preset",
+        "vit_tiny_test",
+    ]);
     assert!(!o.status.success() && text(&o).contains("nothing"), "{}", text(&o));
 }
 
@@ -86,8 +150,24 @@ fn video_protocols_report_every_level() {
     synth(&data, 0);
     let json = tmp.path().join("video.json");
     let mut a = vec![
-        "eval", "video", "--data", data.to_str().unwrap(), "--size", "56", "--mask-size", "32", "--every", "4", "--seeds", "1,2",
-        "--over-dataset", "20", "--dataset-size", "28", "--json", json.to_str().unwrap(),
+        "eval",
+        "video",
+        "--data",
+        data.to_str().unwrap(),
+        "--size",
+        "56",
+        "--mask-size",
+        "32",
+        "--every",
+        "4",
+        "--seeds",
+        "1,2",
+        "--over-dataset",
+        "20",
+        "--dataset-size",
+        "28",
+        "--json",
+        json.to_str().unwrap(),
     ];
     a.extend(MODEL);
     let o = run(&a);
@@ -110,12 +190,18 @@ fn video_protocols_report_every_level() {
 
 /// The protocol card: protocol, reference (repository@commit), sizes and seeds.
 fn card(path: &Path, protocol: &str, input: u64, mask: u64, seeds: &[u64]) -> serde_json::Value {
-    let doc: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let doc: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
     let c = doc["card"].clone();
     assert!(c["protocol"].as_str().unwrap().contains(protocol), "{c}");
     assert!(c["reference"].as_str().unwrap().contains('@'), "{c}");
-    assert_eq!((c["input_size"].as_u64(), c["mask_size"].as_u64()), (Some(input), Some(mask)), "{c}");
-    let got: Vec<u64> = c["seeds"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap()).collect();
+    assert_eq!(
+        (c["input_size"].as_u64(), c["mask_size"].as_u64()),
+        (Some(input), Some(mask)),
+        "{c}"
+    );
+    let got: Vec<u64> =
+        c["seeds"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap()).collect();
     assert_eq!(got, seeds, "{c}");
     c
 }
@@ -130,8 +216,16 @@ fn image_set(root: &Path) {
     for v in ["synth_0050", "synth_0051"] {
         for f in (0..24).step_by(3) {
             let name = format!("{v}_{f:05}");
-            std::fs::copy(data.join(format!("JPEGImages/{v}/{f:05}.jpg")), root.join(format!("set/images/{name}.jpg"))).unwrap();
-            std::fs::copy(data.join(format!("Annotations/{v}/{f:05}.png")), root.join(format!("set/masks/{name}.png"))).unwrap();
+            std::fs::copy(
+                data.join(format!("JPEGImages/{v}/{f:05}.jpg")),
+                root.join(format!("set/images/{name}.jpg")),
+            )
+            .unwrap();
+            std::fs::copy(
+                data.join(format!("Annotations/{v}/{f:05}.png")),
+                root.join(format!("set/masks/{name}.png")),
+            )
+            .unwrap();
             let list = if v.ends_with('0') { &mut train } else { &mut val };
             list.push_str(&name);
             list.push('\n');
@@ -147,10 +241,19 @@ fn image_protocols_run_on_a_plain_layout() {
     image_set(tmp.path());
     let set = tmp.path().join("set");
     let common = |cmd: &'static str, json: &Path| -> Vec<String> {
-        let mut a: Vec<String> = ["eval", cmd, "--data", set.to_str().unwrap(), "--size", "56", "--json", json.to_str().unwrap()]
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
+        let mut a: Vec<String> = [
+            "eval",
+            cmd,
+            "--data",
+            set.to_str().unwrap(),
+            "--size",
+            "56",
+            "--json",
+            json.to_str().unwrap(),
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
         if cmd != "incontext" {
             a.extend(["--mask-size", "24"].map(String::from));
         }
@@ -169,10 +272,17 @@ fn image_protocols_run_on_a_plain_layout() {
 
     let json = tmp.path().join("linear.json");
     let mut a = common("linear", &json);
-    a.extend(["--epochs", "3", "--batch-size", "4", "--train-split", "train", "--lr-drops", "2"].map(String::from));
+    a.extend(
+        ["--epochs", "3", "--batch-size", "4", "--train-split", "train", "--lr-drops", "2"]
+            .map(String::from),
+    );
     let o = run(&a.iter().map(String::as_str).collect::<Vec<_>>());
     assert!(o.status.success(), "{}", text(&o));
-    assert!(text(&o).contains("linear probe epoch 3/3") && text(&o).contains("lr 1.0e-3"), "{}", text(&o));
+    assert!(
+        text(&o).contains("linear probe epoch 3/3") && text(&o).contains("lr 1.0e-3"),
+        "{}",
+        text(&o)
+    );
     let s = scores(&json);
     assert!(s[0].1 > 0.0 && s[0].1 <= 1.0, "{s:?}");
     let c = card(&json, "linear", 56, 24, &[0]);
@@ -185,11 +295,28 @@ fn image_protocols_run_on_a_plain_layout() {
 
     let json = tmp.path().join("incontext.json");
     let mut a = common("incontext", &json);
-    a.extend(["--fractions", "1,2", "--seeds", "3,4", "--neighbours", "5", "--train-split", "train", "--memory-size", "200"].map(String::from));
+    a.extend(
+        [
+            "--fractions",
+            "1,2",
+            "--seeds",
+            "3,4",
+            "--neighbours",
+            "5",
+            "--train-split",
+            "train",
+            "--memory-size",
+            "200",
+        ]
+        .map(String::from),
+    );
     let o = run(&a.iter().map(String::as_str).collect::<Vec<_>>());
     assert!(o.status.success(), "{}", text(&o));
     let s = scores(&json);
-    assert_eq!(s.iter().map(|x| x.0.as_str()).collect::<Vec<_>>(), ["fraction 1/1", "fraction 1/2"]);
+    assert_eq!(
+        s.iter().map(|x| x.0.as_str()).collect::<Vec<_>>(),
+        ["fraction 1/1", "fraction 1/2"]
+    );
     assert_eq!((s[0].2.len(), s[1].2.len()), (1, 2), "{s:?}");
     let c = card(&json, "Hummingbird", 56, 56, &[3, 4]);
     assert_eq!(c["bank_size"].as_str(), Some("200"), "{c}");
@@ -198,14 +325,38 @@ fn image_protocols_run_on_a_plain_layout() {
     // Published lists: names resolved in the training split, a missing list named.
     let sets = tmp.path().join("file_sets");
     std::fs::create_dir_all(sets.join("1_div_2")).unwrap();
-    std::fs::write(sets.join("1_div_2/train_2_3.txt"), "synth_0050_00000\nsynth_0050_00003\n").unwrap();
+    std::fs::write(sets.join("1_div_2/train_2_3.txt"), "synth_0050_00000\nsynth_0050_00003\n")
+        .unwrap();
     let mut a = common("incontext", &json);
-    a.extend(["--fractions", "2", "--seeds", "3", "--neighbours", "5", "--train-split", "train", "--no-augment", "--memory-size", "0", "--file-sets"].map(String::from));
+    a.extend(
+        [
+            "--fractions",
+            "2",
+            "--seeds",
+            "3",
+            "--neighbours",
+            "5",
+            "--train-split",
+            "train",
+            "--no-augment",
+            "--memory-size",
+            "0",
+            "--file-sets",
+        ]
+        .map(String::from),
+    );
     a.push(sets.to_str().unwrap().to_string());
     let o = run(&a.iter().map(String::as_str).collect::<Vec<_>>());
     assert!(o.status.success(), "{}", text(&o));
     // Two images of 4x4 patches, unbounded bank.
-    assert!(card(&json, "Hummingbird", 56, 56, &[3])["settings"]["bank"].as_str().unwrap().contains("1/2: 32"), "{}", text(&o));
+    assert!(
+        card(&json, "Hummingbird", 56, 56, &[3])["settings"]["bank"]
+            .as_str()
+            .unwrap()
+            .contains("1/2: 32"),
+        "{}",
+        text(&o)
+    );
     let last = a.len() - 1;
     a.insert(last - 1, "--seeds".into());
     a.insert(last, "4".into());
@@ -213,7 +364,14 @@ fn image_protocols_run_on_a_plain_layout() {
     assert!(!o.status.success() && text(&o).contains("_2_4.txt"), "{}", text(&o));
 
     // Bad input names the file.
-    let o = run(&["eval", "cluster", "--data", set.to_str().unwrap(), "--run", tmp.path().to_str().unwrap()]);
+    let o = run(&[
+        "eval",
+        "cluster",
+        "--data",
+        set.to_str().unwrap(),
+        "--run",
+        tmp.path().to_str().unwrap(),
+    ]);
     assert!(!o.status.success() && text(&o).contains("not a run directory"), "{}", text(&o));
     std::fs::remove_file(set.join("masks/synth_0051_00003.png")).unwrap();
     let mut a = common("cluster", &tmp.path().join("x.json"));
@@ -226,24 +384,71 @@ fn image_protocols_run_on_a_plain_layout() {
 fn training_validates_in_the_loop_and_evaluates_its_checkpoint() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("train");
-    let o = run(&["synth", "--out", data.to_str().unwrap(), "--videos", "2", "--frames", "100", "--width", "160", "--height", "96", "--no-mp4"]);
+    let o = run(&[
+        "synth",
+        "--out",
+        data.to_str().unwrap(),
+        "--videos",
+        "2",
+        "--frames",
+        "100",
+        "--width",
+        "160",
+        "--height",
+        "96",
+        "--no-mp4",
+    ]);
     assert!(o.status.success(), "{}", text(&o));
     let val = tmp.path().join("val");
     synth(&val, 100);
     let out = tmp.path().join("run");
     let o = run(&[
-        "train", "--out", out.to_str().unwrap(),
-        "--set", "model.preset=vit_tiny_test", "--set", "model.img_size=56", "--set", "head.hidden=[32]", "--set", "head.prototypes=8",
-        "--set", "data.batch_size=2", "--set", "data.workers=1", "--set", "data.shuffle_buffer=4", "--set", "run.steps=4",
-        "--set", &format!("data.shards={}", data.join("gt").display()), "--set", "objective.motion=identity",
-        "--set", "validation.every=2", "--set", &format!("validation.data={}", val.display()), "--set", "validation.max_images=8",
-        "--set", "validation.overclustering=6", "--set", "run.log_every=1",
+        "train",
+        "--out",
+        out.to_str().unwrap(),
+        "--set",
+        "model.preset=vit_tiny_test",
+        "--set",
+        "model.img_size=56",
+        "--set",
+        "head.hidden=[32]",
+        "--set",
+        "head.prototypes=8",
+        "--set",
+        "data.batch_size=2",
+        "--set",
+        "data.workers=1",
+        "--set",
+        "data.shuffle_buffer=4",
+        "--set",
+        "run.steps=4",
+        "--set",
+        &format!("data.shards={}", data.join("gt").display()),
+        "--set",
+        "objective.motion=identity",
+        "--set",
+        "validation.every=2",
+        "--set",
+        &format!("validation.data={}", val.display()),
+        "--set",
+        "validation.max_images=8",
+        "--set",
+        "validation.overclustering=6",
+        "--set",
+        "run.log_every=1",
     ]);
     assert!(o.status.success(), "{}", text(&o));
     assert!(text(&o).contains("validation mIoU"), "{}", text(&o));
-    let lines: Vec<serde_json::Value> =
-        std::fs::read_to_string(out.join("metrics.jsonl")).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
-    let validated: Vec<u64> = lines.iter().filter(|l| l.get("validation").is_some()).map(|l| l["step"].as_u64().unwrap()).collect();
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(out.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let validated: Vec<u64> = lines
+        .iter()
+        .filter(|l| l.get("validation").is_some())
+        .map(|l| l["step"].as_u64().unwrap())
+        .collect();
     assert_eq!(validated, [2, 4]);
     let v = lines[3]["validation"]["C hungarian"].as_f64().unwrap();
     assert!(v > 0.0 && v <= 1.0, "{v}");
@@ -252,17 +457,52 @@ fn training_validates_in_the_loop_and_evaluates_its_checkpoint() {
 
     // The run's checkpoint and its initial weights can be evaluated directly.
     for extra in [None, Some("--initial")] {
-        let mut a = vec!["eval", "video", "--data", val.to_str().unwrap(), "--run", out.to_str().unwrap(), "--size", "56", "--mask-size", "24", "--seeds", "1", "--over-dataset", "0"];
+        let mut a = vec![
+            "eval",
+            "video",
+            "--data",
+            val.to_str().unwrap(),
+            "--run",
+            out.to_str().unwrap(),
+            "--size",
+            "56",
+            "--mask-size",
+            "24",
+            "--seeds",
+            "1",
+            "--over-dataset",
+            "0",
+        ];
         a.extend(extra);
         let o = run(&a);
         assert!(o.status.success(), "{}", text(&o));
-        assert!(text(&o).contains(if extra.is_some() { "initial weights" } else { "newest checkpoint" }), "{}", text(&o));
+        assert!(
+            text(&o).contains(if extra.is_some() {
+                "initial weights"
+            } else {
+                "newest checkpoint"
+            }),
+            "{}",
+            text(&o)
+        );
     }
     // A missing validation set stops the run before training, naming it.
     let o = run(&[
-        "train", "--out", tmp.path().join("run2").to_str().unwrap(), "--set", "model.preset=vit_tiny_test", "--set", "model.img_size=56",
-        "--set", "data.batch_size=2", "--set", &format!("data.shards={}", data.join("gt").display()), "--set", "validation.every=2",
-        "--set", "validation.data=/nonexistent/val",
+        "train",
+        "--out",
+        tmp.path().join("run2").to_str().unwrap(),
+        "--set",
+        "model.preset=vit_tiny_test",
+        "--set",
+        "model.img_size=56",
+        "--set",
+        "data.batch_size=2",
+        "--set",
+        &format!("data.shards={}", data.join("gt").display()),
+        "--set",
+        "validation.every=2",
+        "--set",
+        "validation.data=/nonexistent/val",
     ]);
     assert!(!o.status.success() && text(&o).contains("/nonexistent/val"), "{}", text(&o));
 }

@@ -32,7 +32,10 @@ fn write_then_read_gives_back_every_clip() {
     assert_eq!(light[2].visibility, want[7].visibility);
 
     // Atomic writes leave no temporary files behind.
-    let names: Vec<String> = std::fs::read_dir(tmp.path()).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+    let names: Vec<String> = std::fs::read_dir(tmp.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
     assert!(names.iter().all(|n| !n.starts_with('.')), "{names:?}");
 }
 
@@ -45,7 +48,10 @@ fn writer_rejects_clips_that_do_not_fit_the_spec() {
     let mut c = clip(0, &spec);
     c.tracks.pop();
     let e = w.write(c).unwrap_err().to_string();
-    assert!(e.contains("s.parquet") && e.contains("tracks has 15 entries, the shard spec needs 16"), "{e}");
+    assert!(
+        e.contains("s.parquet") && e.contains("tracks has 15 entries, the shard spec needs 16"),
+        "{e}"
+    );
     let mut c = clip(0, &spec);
     c.tracks[3][1] = f32::NAN;
     assert!(w.write(c).unwrap_err().to_string().contains("non-finite"));
@@ -116,7 +122,11 @@ fn manifest_paths_may_not_leave_the_directory() {
     m.shards[0].file = "../outside.parquet".into();
     m.save(tmp.path()).unwrap();
     let e = Manifest::load(tmp.path()).unwrap_err().to_string();
-    assert!(e.contains("manifest.json") && e.contains("'../outside.parquet' leaves the manifest's directory"), "{e}");
+    assert!(
+        e.contains("manifest.json")
+            && e.contains("'../outside.parquet' leaves the manifest's directory"),
+        "{e}"
+    );
     verify_fails_with(tmp.path(), &["manifest.json", "leaves the manifest's directory"]);
 }
 
@@ -138,19 +148,29 @@ fn schema_major_version_from_the_future_is_refused() {
         .key_value_metadata()
         .unwrap()
         .iter()
-        .map(|e| if e.key == "mosic.schema_version" { KeyValue::new(e.key.clone(), "2.3".to_string()) } else { e.clone() })
+        .map(|e| {
+            if e.key == "mosic.schema_version" {
+                KeyValue::new(e.key.clone(), "2.3".to_string())
+            } else {
+                e.clone()
+            }
+        })
         .collect();
     let schema = b.schema().clone();
     let batches: Vec<_> = b.build().unwrap().map(|r| r.unwrap()).collect();
     let future = tmp.path().join("future.parquet");
     let props = WriterProperties::builder().set_key_value_metadata(Some(kv)).build();
-    let mut w = ArrowWriter::try_new(std::fs::File::create(&future).unwrap(), schema, Some(props)).unwrap();
+    let mut w =
+        ArrowWriter::try_new(std::fs::File::create(&future).unwrap(), schema, Some(props)).unwrap();
     for batch in &batches {
         w.write(batch).unwrap();
     }
     w.close().unwrap();
     let e = ShardReader::open(&future).err().unwrap().to_string();
-    assert!(e.contains("future.parquet") && e.contains("version 2.3") && e.contains("major version 1"), "{e}");
+    assert!(
+        e.contains("future.parquet") && e.contains("version 2.3") && e.contains("major version 1"),
+        "{e}"
+    );
 
     // The same refusal at the manifest level.
     let mut m2 = m.clone();
@@ -187,7 +207,10 @@ fn out_of_range_points_are_caught() {
     let mut m = Manifest::new(spec, serde_json::json!({}));
     m.shards.push(w.finish().unwrap());
     m.save(tmp.path()).unwrap();
-    verify_fails_with(tmp.path(), &["shard-00000.parquet", "visible point 4 at frame 1 lies outside the 32x32 frame"]);
+    verify_fails_with(
+        tmp.path(),
+        &["shard-00000.parquet", "visible point 4 at frame 1 lies outside the 32x32 frame"],
+    );
 }
 
 #[test]
@@ -202,7 +225,11 @@ fn python_reads_shards_without_our_code() {
 
 /// Rewrites `dir`'s first shard with column `name` replaced by `f(old column)`, keeping the file
 /// metadata, and updates the manifest's checksum so that only the content is at fault.
-fn rewrite_column(dir: &Path, name: &str, f: impl Fn(&arrow::array::ArrayRef) -> arrow::array::ArrayRef) {
+fn rewrite_column(
+    dir: &Path,
+    name: &str,
+    f: impl Fn(&arrow::array::ArrayRef) -> arrow::array::ArrayRef,
+) {
     use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
     use parquet::arrow::ArrowWriter;
     use parquet::file::properties::WriterProperties;
@@ -214,7 +241,9 @@ fn rewrite_column(dir: &Path, name: &str, f: impl Fn(&arrow::array::ArrayRef) ->
     let batches: Vec<_> = b.build().unwrap().map(|r| r.unwrap()).collect();
     let idx = schema.index_of(name).unwrap();
     let props = WriterProperties::builder().set_key_value_metadata(kv).build();
-    let mut w = ArrowWriter::try_new(std::fs::File::create(&path).unwrap(), schema.clone(), Some(props)).unwrap();
+    let mut w =
+        ArrowWriter::try_new(std::fs::File::create(&path).unwrap(), schema.clone(), Some(props))
+            .unwrap();
     for batch in &batches {
         let mut cols = batch.columns().to_vec();
         cols[idx] = f(&cols[idx]);
@@ -228,14 +257,19 @@ fn rewrite_column(dir: &Path, name: &str, f: impl Fn(&arrow::array::ArrayRef) ->
 }
 
 /// The fixed-size list `list` with its values replaced.
-fn with_values(list: &arrow::array::ArrayRef, values: arrow::array::ArrayRef) -> arrow::array::ArrayRef {
+fn with_values(
+    list: &arrow::array::ArrayRef,
+    values: arrow::array::ArrayRef,
+) -> arrow::array::ArrayRef {
     use arrow::array::{Array, AsArray};
     let l = list.as_fixed_size_list();
     let field = match l.data_type() {
         arrow::datatypes::DataType::FixedSizeList(f, _) => f.clone(),
         _ => unreachable!(),
     };
-    std::sync::Arc::new(arrow::array::FixedSizeListArray::try_new(field, l.value_length(), values, None).unwrap())
+    std::sync::Arc::new(
+        arrow::array::FixedSizeListArray::try_new(field, l.value_length(), values, None).unwrap(),
+    )
 }
 
 #[test]
@@ -247,13 +281,21 @@ fn visibility_other_than_0_or_1_is_reported_with_the_clip() {
     write_dir(tmp.path(), &spec, 3, 1);
     // Clip 1 (video_000#1), frame 2, point 5 becomes 2.
     rewrite_column(tmp.path(), "visibility", |a| {
-        let mut v: Vec<u8> = a.as_fixed_size_list().values().as_primitive::<UInt8Type>().values().to_vec();
+        let mut v: Vec<u8> =
+            a.as_fixed_size_list().values().as_primitive::<UInt8Type>().values().to_vec();
         v[16 * 6 + 2 * 16 + 5] = 2;
         with_values(a, std::sync::Arc::new(UInt8Array::from(v)))
     });
-    let e = ShardReader::open(&tmp.path().join("shard-00000.parquet")).unwrap().read_all(false).unwrap_err().to_string();
+    let e = ShardReader::open(&tmp.path().join("shard-00000.parquet"))
+        .unwrap()
+        .read_all(false)
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("clip test/video_000#1: visibility value 2 at frame 2, point 5"), "{e}");
-    verify_fails_with(tmp.path(), &["shard-00000.parquet", "clip test/video_000#1", "visibility value 2"]);
+    verify_fails_with(
+        tmp.path(),
+        &["shard-00000.parquet", "clip test/video_000#1", "visibility value 2"],
+    );
 }
 
 #[test]
@@ -270,5 +312,8 @@ fn nulls_inside_list_columns_are_reported_with_the_clip() {
         let vals: Float32Array = (0..v.len()).map(|i| (i != k).then(|| v.value(i))).collect();
         with_values(a, std::sync::Arc::new(vals))
     });
-    verify_fails_with(tmp.path(), &["shard-00000.parquet", "clip test/video_001#0: column 'tracks' has a null at item 7"]);
+    verify_fails_with(
+        tmp.path(),
+        &["shard-00000.parquet", "clip test/video_001#0: column 'tracks' has a null at item 7"],
+    );
 }

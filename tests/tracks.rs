@@ -43,7 +43,8 @@ fn read_clips(dir: &Path) -> BTreeMap<(String, u32), Clip> {
 const SHORT: [&str; 6] = ["--frames", "4", "--span", "0.4", "--size", "64"];
 
 fn tracks(input: &Path, out: &Path, extra: &[&str]) -> std::process::Output {
-    let mut args = vec!["tracks", "--input", input.to_str().unwrap(), "--out", out.to_str().unwrap()];
+    let mut args =
+        vec!["tracks", "--input", input.to_str().unwrap(), "--out", out.to_str().unwrap()];
     args.extend_from_slice(extra);
     run(&args)
 }
@@ -58,13 +59,19 @@ fn synth_layout_is_complete_and_deterministic() {
         assert_eq!(std::fs::read_dir(a.join("JPEGImages").join(v)).unwrap().count(), 100);
         assert_eq!(std::fs::read_dir(a.join("Annotations").join(v)).unwrap().count(), 100);
         let f = format!("{v}/00042.jpg");
-        assert_eq!(std::fs::read(a.join("JPEGImages").join(&f)).unwrap(), std::fs::read(b.join("JPEGImages").join(&f)).unwrap());
+        assert_eq!(
+            std::fs::read(a.join("JPEGImages").join(&f)).unwrap(),
+            std::fs::read(b.join("JPEGImages").join(&f)).unwrap()
+        );
         let info = mosic_video::probe(&a.join("videos").join(format!("{v}.mp4"))).unwrap();
         assert_eq!((info.width, info.height, info.fps), (160, 96, 30.0));
     }
     // Masks are palette PNGs whose indices are object ids.
     let mask = image::open(a.join("Annotations/synth_0000/00000.png")).unwrap();
-    assert!(matches!(mask.color(), image::ColorType::L8 | image::ColorType::Rgb8 | image::ColorType::Rgba8));
+    assert!(matches!(
+        mask.color(),
+        image::ColorType::L8 | image::ColorType::Rgb8 | image::ColorType::Rgba8
+    ));
     let o = run(&["shards", "verify", a.join("gt").to_str().unwrap()]);
     assert!(o.status.success(), "{}", text(&o));
     assert_eq!(read_clips(&a.join("gt")), read_clips(&b.join("gt")));
@@ -74,7 +81,15 @@ fn synth_layout_is_complete_and_deterministic() {
     // Rendering a clip of the ground truth works for both formats.
     for ext in ["gif", "mp4"] {
         let out = tmp.path().join(format!("clip.{ext}"));
-        let o = run(&["shards", "render", a.join("gt").to_str().unwrap(), "--clip", "synth_0001#0", "--out", out.to_str().unwrap()]);
+        let o = run(&[
+            "shards",
+            "render",
+            a.join("gt").to_str().unwrap(),
+            "--clip",
+            "synth_0001#0",
+            "--out",
+            out.to_str().unwrap(),
+        ]);
         assert!(o.status.success(), "{}", text(&o));
         assert!(std::fs::metadata(&out).unwrap().len() > 1000);
     }
@@ -99,7 +114,15 @@ fn native_tracks_beat_zero_motion_on_every_metric() {
         assert_eq!(c.queries, gt[k].queries);
         assert_eq!(c.dataset, "synth");
     }
-    let o = run(&["tracks", "eval", "--pred", out.to_str().unwrap(), "--gt", data.join("gt").to_str().unwrap(), "--json"]);
+    let o = run(&[
+        "tracks",
+        "eval",
+        "--pred",
+        out.to_str().unwrap(),
+        "--gt",
+        data.join("gt").to_str().unwrap(),
+        "--json",
+    ]);
     assert!(o.status.success(), "{}", text(&o));
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     let (t, z) = (&v["tracker"], &v["zero_motion"]);
@@ -108,7 +131,10 @@ fn native_tracks_beat_zero_motion_on_every_metric() {
         assert!(a > b + 0.05, "{key}: native {a} vs zero motion {b}");
     }
     for j in 0..5 {
-        assert!(t["position_accuracy"][j].as_f64().unwrap() > z["position_accuracy"][j].as_f64().unwrap());
+        assert!(
+            t["position_accuracy"][j].as_f64().unwrap()
+                > z["position_accuracy"][j].as_f64().unwrap()
+        );
     }
 }
 
@@ -117,16 +143,36 @@ fn strong_camera_motion_visibility_is_pinned() {
     // Zoom by 10-25% and a turn of 4-10 degrees per clip (mosic synth --camera strong).
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("synth");
-    let o = run(&["synth", "--out", data.to_str().unwrap(), "--videos", "3", "--frames", "100", "--camera", "strong", "--no-mp4"]);
+    let o = run(&[
+        "synth",
+        "--out",
+        data.to_str().unwrap(),
+        "--videos",
+        "3",
+        "--frames",
+        "100",
+        "--camera",
+        "strong",
+        "--no-mp4",
+    ]);
     assert!(o.status.success(), "{}", text(&o));
     let out = tmp.path().join("tracks");
     let o = tracks(&data.join("JPEGImages"), &out, &[]);
     assert!(o.status.success(), "{}", text(&o));
-    let o = run(&["tracks", "eval", "--pred", out.to_str().unwrap(), "--gt", data.join("gt").to_str().unwrap(), "--json"]);
+    let o = run(&[
+        "tracks",
+        "eval",
+        "--pred",
+        out.to_str().unwrap(),
+        "--gt",
+        data.join("gt").to_str().unwrap(),
+        "--json",
+    ]);
     assert!(o.status.success(), "{}", text(&o));
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     let t = &v["tracker"];
-    let (recall, precision) = (t["visible_recall"].as_f64().unwrap(), t["visible_precision"].as_f64().unwrap());
+    let (recall, precision) =
+        (t["visible_recall"].as_f64().unwrap(), t["visible_precision"].as_f64().unwrap());
     // Measured on this set: recall 0.849, precision 0.965, <d_avg 0.833 (0.771, 0.968, 0.789
     // without the passes guided by the camera's and the neighbours' affine motion). On the
     // 32-clip strong set recall is 0.905 at precision 0.968 (BENCHMARKS.md); these keep it
@@ -219,7 +265,14 @@ fn workers_partition_and_merge_to_the_single_run() {
     let w1 = out.join("worker-001-of-002");
     assert_eq!(read_clips(&w0).len(), 9); // videos 0, 2, 4
     assert_eq!(read_clips(&w1).len(), 6); // videos 1, 3
-    let o = run(&["shards", "merge", "--out", out.to_str().unwrap(), w0.to_str().unwrap(), w1.to_str().unwrap()]);
+    let o = run(&[
+        "shards",
+        "merge",
+        "--out",
+        out.to_str().unwrap(),
+        w0.to_str().unwrap(),
+        w1.to_str().unwrap(),
+    ]);
     assert!(o.status.success(), "{}", text(&o));
     assert_eq!(read_clips(&out), read_clips(&single));
     let o = run(&["shards", "verify", out.to_str().unwrap()]);
@@ -245,9 +298,15 @@ fn bad_frame_folders_are_refused_or_skipped_and_odd_formats_are_read() {
     let png = |p: &Path, i: &image::RgbImage| i.save(p).unwrap();
     frames(&root.join("good"), 12, 64, 48, png);
     frames(&root.join("odd_size"), 12, 63, 47, png);
-    frames(&root.join("gray"), 12, 64, 48, |p, i| image::DynamicImage::ImageRgb8(i.clone()).to_luma8().save(p).unwrap());
-    frames(&root.join("rgba"), 12, 64, 48, |p, i| image::DynamicImage::ImageRgb8(i.clone()).to_rgba8().save(p).unwrap());
-    frames(&root.join("png16"), 12, 64, 48, |p, i| image::DynamicImage::ImageRgb8(i.clone()).to_rgb16().save(p).unwrap());
+    frames(&root.join("gray"), 12, 64, 48, |p, i| {
+        image::DynamicImage::ImageRgb8(i.clone()).to_luma8().save(p).unwrap()
+    });
+    frames(&root.join("rgba"), 12, 64, 48, |p, i| {
+        image::DynamicImage::ImageRgb8(i.clone()).to_rgba8().save(p).unwrap()
+    });
+    frames(&root.join("png16"), 12, 64, 48, |p, i| {
+        image::DynamicImage::ImageRgb8(i.clone()).to_rgb16().save(p).unwrap()
+    });
     frames(&root.join("short"), 5, 64, 48, png);
     frames(&root.join("bad_jpeg"), 12, 64, 48, png);
     std::fs::write(root.join("bad_jpeg/00006.jpg"), b"\xff\xd8\xff\xe0 not really a jpeg").unwrap();
@@ -282,7 +341,9 @@ fn bad_frame_folders_are_refused_or_skipped_and_odd_formats_are_read() {
     let videos: std::collections::BTreeSet<&str> = clips.keys().map(|k| k.0.as_str()).collect();
     assert_eq!(videos, ["good", "gray", "odd_size", "png16", "rgba"].into_iter().collect());
     // Converted formats track like the original: same frames up to rounding.
-    let d = |a: &Clip, b: &Clip| a.tracks.iter().zip(&b.tracks).map(|(p, q)| (p[0] - q[0]).abs()).fold(0f32, f32::max);
+    let d = |a: &Clip, b: &Clip| {
+        a.tracks.iter().zip(&b.tracks).map(|(p, q)| (p[0] - q[0]).abs()).fold(0f32, f32::max)
+    };
     assert!(d(&clips[&("rgba".into(), 0)], &clips[&("good".into(), 0)]) < 1e-3);
     assert!(d(&clips[&("png16".into(), 0)], &clips[&("good".into(), 0)]) < 1e-3);
     // The failures are recorded: a later run without --keep-going says so and fails.
@@ -305,7 +366,7 @@ fn bad_video_files_are_skipped_with_keep_going() {
     std::fs::write(dir.join("empty.mkv"), b"").unwrap();
     let w = mosic_video::Mp4Writer::create(&dir.join("zero_frames.mp4"), 64, 48, 30).unwrap();
     let _ = w.finish(); // a container without frames, if the muxer allows it
-    // Frame data scrambled, headers intact: the decoder complains through FFmpeg's log.
+                        // Frame data scrambled, headers intact: the decoder complains through FFmpeg's log.
     let mut scrambled = bytes.clone();
     let n = scrambled.len();
     let mut x = 0x9e37_79b9u32;
@@ -323,7 +384,10 @@ fn bad_video_files_are_skipped_with_keep_going() {
     assert!(!msg.contains("panicked"), "{msg}");
     // FFmpeg's own lines come through our output, each naming the video.
     assert!(msg.lines().any(|l| l.starts_with("ffmpeg: scrambled: [")), "{msg}");
-    assert!(msg.lines().filter(|l| l.contains("ffmpeg: ")).all(|l| l.starts_with("ffmpeg: ")), "{msg}");
+    assert!(
+        msg.lines().filter(|l| l.contains("ffmpeg: ")).all(|l| l.starts_with("ffmpeg: ")),
+        "{msg}"
+    );
     for v in ["truncated", "empty"] {
         assert!(msg.contains(&format!("failed: {v}: ")), "{msg}");
     }
@@ -365,10 +429,14 @@ fn tiny_videos(root: &Path, n: usize, len: u32) {
         std::fs::create_dir_all(&dir).unwrap();
         for k in 0..len {
             let img = image::RgbImage::from_fn(32, 32, |x, y| {
-                let c = (((x + 2 * k + v as u32) / 3 + y / 3) % 2 * 180 + (x * 5 + y * 3) % 60) as u8;
+                let c =
+                    (((x + 2 * k + v as u32) / 3 + y / 3) % 2 * 180 + (x * 5 + y * 3) % 60) as u8;
                 image::Rgb([c, c / 2 + 20, 255 - c])
             });
-            mosic::imageio::encode_jpeg(&img, 90).map(|j| std::fs::write(dir.join(format!("{k:05}.jpg")), j)).unwrap().unwrap();
+            mosic::imageio::encode_jpeg(&img, 90)
+                .map(|j| std::fs::write(dir.join(format!("{k:05}.jpg")), j))
+                .unwrap()
+                .unwrap();
         }
     }
 }
@@ -382,14 +450,28 @@ fn one_group_of_two_hundred_videos_through_a_tiny_queue() {
     let input = tmp.path().join("JPEGImages");
     tiny_videos(&input, 200, 10);
     let out = tmp.path().join("out");
-    let mut args = vec!["tracks", "--input", input.to_str().unwrap(), "--out", out.to_str().unwrap()];
+    let mut args =
+        vec!["tracks", "--input", input.to_str().unwrap(), "--out", out.to_str().unwrap()];
     // 0.05 MB holds about two clips of 4 x 32 x 32 frames.
-    args.extend(TINY.iter().chain(&["--grid", "4", "--videos-per-shard", "256", "--queue-mb", "0.05"]));
+    args.extend(TINY.iter().chain(&[
+        "--grid",
+        "4",
+        "--videos-per-shard",
+        "256",
+        "--queue-mb",
+        "0.05",
+    ]));
     let o = run_within(&args, 120);
     let msg = text(&o);
     assert!(o.status.success(), "{msg}");
     assert!(msg.contains("200 videos, 200 clips in 1 shards"), "{msg}");
-    let waits: u64 = msg.split("decoding waited for room ").nth(1).and_then(|r| r.split(' ').next()).unwrap().parse().unwrap();
+    let waits: u64 = msg
+        .split("decoding waited for room ")
+        .nth(1)
+        .and_then(|r| r.split(' ').next())
+        .unwrap()
+        .parse()
+        .unwrap();
     assert!(waits > 0, "the queue never filled: {msg}");
     assert_eq!(read_clips(&out).len(), 200);
     assert!(run(&["shards", "verify", out.to_str().unwrap()]).status.success());
@@ -400,7 +482,8 @@ fn a_decoding_failure_ends_the_run_or_is_retried_later() {
     let tmp = tempfile::tempdir().unwrap();
     let input = tmp.path().join("JPEGImages");
     tiny_videos(&input, 9, 10);
-    let common: Vec<&str> = TINY.iter().copied().chain(["--grid", "4", "--videos-per-shard", "3"]).collect();
+    let common: Vec<&str> =
+        TINY.iter().copied().chain(["--grid", "4", "--videos-per-shard", "3"]).collect();
     let straight = tmp.path().join("straight");
     assert!(tracks(&input, &straight, &common).status.success());
     let bad = input.join("v004/00003.jpg");
@@ -409,15 +492,29 @@ fn a_decoding_failure_ends_the_run_or_is_retried_later() {
 
     // Without --keep-going: the run stops in the second group, naming the video and frame.
     let out = tmp.path().join("out");
-    let o = run_within(&[&["tracks", "--input", input.to_str().unwrap(), "--out", out.to_str().unwrap()][..], &common].concat(), 60);
+    let o = run_within(
+        &[
+            &["tracks", "--input", input.to_str().unwrap(), "--out", out.to_str().unwrap()][..],
+            &common,
+        ]
+        .concat(),
+        60,
+    );
     let msg = text(&o);
     assert!(!o.status.success(), "{msg}");
     assert!(msg.contains("video v004") && msg.contains("v004/00003.jpg"), "{msg}");
     let m = Manifest::load(&out).unwrap();
-    assert_eq!(m.shards.iter().map(|s| s.file.as_str()).collect::<Vec<_>>(), ["shard-00000.parquet"]);
+    assert_eq!(
+        m.shards.iter().map(|s| s.file.as_str()).collect::<Vec<_>>(),
+        ["shard-00000.parquet"]
+    );
     std::fs::write(&bad, &good).unwrap();
     let o = tracks(&input, &out, &common);
-    assert!(o.status.success() && text(&o).contains("1 shard groups from an earlier run"), "{}", text(&o));
+    assert!(
+        o.status.success() && text(&o).contains("1 shard groups from an earlier run"),
+        "{}",
+        text(&o)
+    );
     assert_eq!(read_clips(&out), read_clips(&straight));
 
     // With --keep-going: the video is recorded and skipped; --retry-failed redoes its group.
@@ -425,7 +522,12 @@ fn a_decoding_failure_ends_the_run_or_is_retried_later() {
     let out = tmp.path().join("kept");
     let o = tracks(&input, &out, &[&common[..], &["--keep-going"]].concat());
     let msg = text(&o);
-    assert!(o.status.success() && msg.contains("failed: v004: ") && msg.contains("1 video(s) failed and were skipped"), "{msg}");
+    assert!(
+        o.status.success()
+            && msg.contains("failed: v004: ")
+            && msg.contains("1 video(s) failed and were skipped"),
+        "{msg}"
+    );
     assert_eq!(read_clips(&out).len(), 8);
     std::fs::write(&bad, &good).unwrap();
     let o = tracks(&input, &out, &[&common[..], &["--retry-failed"]].concat());
@@ -434,7 +536,8 @@ fn a_decoding_failure_ends_the_run_or_is_retried_later() {
     let o = run(&["shards", "verify", out.to_str().unwrap()]);
     assert!(o.status.success(), "{}", text(&o));
     // The retried group's old shard is gone; its new one has its own name.
-    let files: Vec<String> = Manifest::load(&out).unwrap().shards.into_iter().map(|s| s.file).collect();
+    let files: Vec<String> =
+        Manifest::load(&out).unwrap().shards.into_iter().map(|s| s.file).collect();
     assert_eq!(files, ["shard-00000.parquet", "shard-00001-1.parquet", "shard-00002.parquet"]);
     assert!(!out.join("shard-00001.parquet").exists());
 }
@@ -450,7 +553,10 @@ fn arguments_are_checked_before_the_input_is_listed() {
         (&["--span", "-2"], "--span must be a positive number"),
         (&["--jpeg-quality", "0"], "--jpeg-quality must be in 1..=100"),
         (&["--jpeg-quality", "101"], "--jpeg-quality must be in 1..=100"),
-        (&["--num-workers", "2", "--worker-index", "2"], "--worker-index 2 is not below --num-workers 2"),
+        (
+            &["--num-workers", "2", "--worker-index", "2"],
+            "--worker-index 2 is not below --num-workers 2",
+        ),
         (&["--queue-mb", "0"], "--queue-mb must be positive"),
     ];
     let tmp = tempfile::tempdir().unwrap();
@@ -476,7 +582,11 @@ fn one_writer_per_output_directory() {
     let out = tmp.path().join("out");
     let lock = out.join("tracks.lock");
     // A shard per video and many points, so that the first run lasts a while.
-    let args: Vec<&str> = TINY.iter().copied().chain(["--videos-per-shard", "1", "--grid", "32", "--decoders", "1"]).collect();
+    let args: Vec<&str> = TINY
+        .iter()
+        .copied()
+        .chain(["--videos-per-shard", "1", "--grid", "32", "--decoders", "1"])
+        .collect();
 
     // A second run while the first one runs is refused, naming the first.
     let mut first = mosic()
@@ -498,7 +608,10 @@ fn one_writer_per_output_directory() {
     if running {
         let msg = text(&o);
         assert!(!o.status.success(), "{msg}");
-        assert!(msg.contains(&format!("process {}", first.id())) && msg.contains(&hostname()), "{msg}");
+        assert!(
+            msg.contains(&format!("process {}", first.id())) && msg.contains(&hostname()),
+            "{msg}"
+        );
     }
     assert!(!lock.exists(), "the finished run leaves no lock");
 
@@ -520,7 +633,10 @@ fn one_writer_per_output_directory() {
     let o = tracks(&input, &out, &args);
     let msg = text(&o);
     assert!(!o.status.success(), "{msg}");
-    assert!(msg.contains("process 4242 on host node-17") && msg.contains("remove the lock file"), "{msg}");
+    assert!(
+        msg.contains("process 4242 on host node-17") && msg.contains("remove the lock file"),
+        "{msg}"
+    );
 }
 
 #[test]
@@ -529,7 +645,8 @@ fn a_changed_input_is_refused_on_resume() {
     let input = tmp.path().join("JPEGImages");
     tiny_videos(&input, 4, 10);
     let out = tmp.path().join("out");
-    let args: Vec<&str> = TINY.iter().copied().chain(["--grid", "4", "--videos-per-shard", "1"]).collect();
+    let args: Vec<&str> =
+        TINY.iter().copied().chain(["--grid", "4", "--videos-per-shard", "1"]).collect();
     assert!(tracks(&input, &out, &args).status.success());
     let before = read_clips(&out);
     tiny_videos(&tmp.path().join("more"), 6, 10);
@@ -538,7 +655,12 @@ fn a_changed_input_is_refused_on_resume() {
     let o = tracks(&input, &out, &args);
     let msg = text(&o);
     assert!(!o.status.success(), "{msg}");
-    assert!(msg.contains("video list changed") && msg.contains("added 1: v005") && msg.contains("removed 1: v001"), "{msg}");
+    assert!(
+        msg.contains("video list changed")
+            && msg.contains("added 1: v005")
+            && msg.contains("removed 1: v001"),
+        "{msg}"
+    );
     assert!(msg.contains("--allow-changed-input"), "{msg}");
     // Going on with the original list: nothing is redone, nothing added.
     let o = tracks(&input, &out, &[&args[..], &["--allow-changed-input"]].concat());
@@ -549,7 +671,8 @@ fn a_changed_input_is_refused_on_resume() {
 
 /// Whether ONNX Runtime can be loaded from python3's onnxruntime wheel (required in CI).
 fn have_onnxruntime() -> bool {
-    let probe = std::process::Command::new("python3").args(["-c", "import onnxruntime"]).output().unwrap();
+    let probe =
+        std::process::Command::new("python3").args(["-c", "import onnxruntime"]).output().unwrap();
     if !probe.status.success() {
         assert!(std::env::var("MOSIC_REQUIRE_PYTHON").is_err(), "onnxruntime is required in CI");
         eprintln!("skipping: python3 -c 'import onnxruntime' failed");
@@ -579,7 +702,10 @@ fn onnx_tracker_follows_the_cotracker_contract() {
             for t in 0..t_len {
                 for i in 0..n {
                     let (p, q) = (c.tracks[t * n + i], c.queries[i]);
-                    assert!((p[0] - (q[0] + t as f32 * step_px)).abs() < 1e-4, "t {t} i {i}: {p:?} vs {q:?}");
+                    assert!(
+                        (p[0] - (q[0] + t as f32 * step_px)).abs() < 1e-4,
+                        "t {t} i {i}: {p:?} vs {q:?}"
+                    );
                     assert!((p[1] - q[1]).abs() < 1e-4);
                     // Points the model moves past the right border are invisible there.
                     let want = (t == 0 || (t % 2 == 0 && i % 2 == 0)) && p[0] <= 63.5;
@@ -603,7 +729,13 @@ fn onnx_tracker_follows_the_cotracker_contract() {
     let one = tmp.path().join("one");
     let o = tracks(&data.join("JPEGImages"), &one, &long);
     assert!(o.status.success(), "{}", text(&o));
-    assert!(text(&o).contains("visible points the tracker placed outside the frame were stored as invisible"), "{}", text(&o));
+    assert!(
+        text(&o).contains(
+            "visible points the tracker placed outside the frame were stored as invisible"
+        ),
+        "{}",
+        text(&o)
+    );
     let a = check(&one, 12, 25);
     // Three videos so that a batch holds several clips.
     for v in ["synth_0001", "synth_0002"] {
@@ -619,9 +751,18 @@ fn onnx_tracker_follows_the_cotracker_contract() {
     // A model whose batch dimension is fixed at 1 (like the public export) refuses --batch 2
     // before any input is listed.
     let b1 = repo_root().join("tests/fixtures/tiny_tracker_b1.onnx");
-    let o = tracks(&tmp.path().join("missing"), &tmp.path().join("x"), &["--model", b1.to_str().unwrap(), "--batch", "2"]);
+    let o = tracks(
+        &tmp.path().join("missing"),
+        &tmp.path().join("x"),
+        &["--model", b1.to_str().unwrap(), "--batch", "2"],
+    );
     let msg = text(&o);
-    assert!(!o.status.success() && msg.contains("--batch 2") && msg.contains("at most 1 clip(s) per call"), "{msg}");
+    assert!(
+        !o.status.success()
+            && msg.contains("--batch 2")
+            && msg.contains("at most 1 clip(s) per call"),
+        "{msg}"
+    );
     assert!(!msg.contains("does not exist"), "{msg}");
 }
 
@@ -642,7 +783,11 @@ fn a_gpu_device_without_its_provider_is_a_cpu_fallback_and_refused() {
     let data = tmp.path().join("synth");
     synth(&data, 1, 40, (160, 96));
     let model = repo_root().join("tests/fixtures/tiny_tracker.onnx");
-    let args: Vec<&str> = SHORT.iter().copied().chain(["--model", model.to_str().unwrap(), "--grid", "4", "--device", "cuda:1"]).collect();
+    let args: Vec<&str> = SHORT
+        .iter()
+        .copied()
+        .chain(["--model", model.to_str().unwrap(), "--grid", "4", "--device", "cuda:1"])
+        .collect();
     let cuda_here = {
         let o = std::process::Command::new("python3")
             .args(["-c", "import onnxruntime as o; print('CUDAExecutionProvider' in o.get_available_providers())"])
@@ -658,9 +803,14 @@ fn a_gpu_device_without_its_provider_is_a_cpu_fallback_and_refused() {
     let msg = text(&o);
     assert!(!o.status.success(), "{msg}");
     assert!(msg.contains("--device cuda:1") && msg.contains("no CUDA execution provider"), "{msg}");
-    assert!(msg.contains("nodes of the model would run on the CPU") && msg.contains("--allow-cpu-fallback"), "{msg}");
+    assert!(
+        msg.contains("nodes of the model would run on the CPU")
+            && msg.contains("--allow-cpu-fallback"),
+        "{msg}"
+    );
     let out = tmp.path().join("allowed");
-    let o = tracks(&data.join("JPEGImages"), &out, &[&args[..], &["--allow-cpu-fallback"]].concat());
+    let o =
+        tracks(&data.join("JPEGImages"), &out, &[&args[..], &["--allow-cpu-fallback"]].concat());
     let msg = text(&o);
     assert!(o.status.success(), "{msg}");
     assert!(msg.contains("allowed by --allow-cpu-fallback"), "{msg}");

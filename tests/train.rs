@@ -7,7 +7,20 @@ use common::*;
 use std::path::Path;
 
 fn synth(out: &Path) {
-    let o = run(&["synth", "--out", out.to_str().unwrap(), "--videos", "2", "--frames", "100", "--width", "160", "--height", "96", "--no-mp4"]);
+    let o = run(&[
+        "synth",
+        "--out",
+        out.to_str().unwrap(),
+        "--videos",
+        "2",
+        "--frames",
+        "100",
+        "--width",
+        "160",
+        "--height",
+        "96",
+        "--no-mp4",
+    ]);
     assert!(o.status.success(), "{}", text(&o));
 }
 
@@ -66,7 +79,11 @@ fn resume_continues_exactly() {
     assert!(text(&o).contains("train: 2 steps"), "{}", text(&o));
     let o = run(&args(&shards, split.to_str().unwrap(), &["--resume"]));
     assert!(o.status.success(), "{}", text(&o));
-    assert!(text(&o).contains("resumed from") && text(&o).contains("train: 4 steps"), "{}", text(&o));
+    assert!(
+        text(&o).contains("resumed from") && text(&o).contains("train: 4 steps"),
+        "{}",
+        text(&o)
+    );
 
     for f in ["student.safetensors", "teacher.safetensors", "optimizer.safetensors"] {
         let a = read(&straight.join("checkpoints/step-00000004").join(f));
@@ -83,7 +100,9 @@ fn resume_continues_exactly() {
         std::fs::read_to_string(dir.join("metrics.jsonl"))
             .unwrap()
             .lines()
-            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["loss"].as_f64().unwrap())
+            .map(|l| {
+                serde_json::from_str::<serde_json::Value>(l).unwrap()["loss"].as_f64().unwrap()
+            })
             .collect()
     };
     assert_eq!(metrics(&straight), metrics(&split));
@@ -97,7 +116,8 @@ fn resume_continues_exactly() {
     let exported = read(&out);
     let cfg = mosic_trainer::model::VitConfig::preset("vit_tiny_test", 112).unwrap();
     let want: Vec<(String, Vec<usize>)> = cfg.timm_shapes();
-    let got: Vec<(String, Vec<usize>)> = exported.iter().map(|(k, (s, _))| (k.clone(), s.clone())).collect();
+    let got: Vec<(String, Vec<usize>)> =
+        exported.iter().map(|(k, (s, _))| (k.clone(), s.clone())).collect();
     let mut want_sorted = want.clone();
     want_sorted.sort();
     assert_eq!(got, want_sorted);
@@ -113,7 +133,11 @@ fn a_non_finite_loss_stops_and_keeps_the_last_good_checkpoint() {
     synth(&data);
     let shards = format!("data.shards={}", data.join("gt").display());
     let run_dir = tmp.path().join("run");
-    let o = run(&args(&shards, run_dir.to_str().unwrap(), &["--set", "optim.lr=1e30", "--set", "optim.grad_clip=0", "--set", "run.steps=20"]));
+    let o = run(&args(
+        &shards,
+        run_dir.to_str().unwrap(),
+        &["--set", "optim.lr=1e30", "--set", "optim.grad_clip=0", "--set", "run.steps=20"],
+    ));
     let msg = text(&o);
     assert!(!o.status.success(), "{msg}");
     assert!(msg.contains("the loss or a gradient is not finite at step"), "{msg}");
@@ -136,7 +160,11 @@ fn shards_of_another_schema_version_or_frame_count_are_refused() {
     let run_dir = tmp.path().join("run");
     let o = run(&args(&shards, run_dir.to_str().unwrap(), &["--set", "data.frames=8"]));
     assert!(!o.status.success());
-    assert!(text(&o).contains("12 frames per clip, expected 8") && text(&o).contains("gt"), "{}", text(&o));
+    assert!(
+        text(&o).contains("12 frames per clip, expected 8") && text(&o).contains("gt"),
+        "{}",
+        text(&o)
+    );
     assert!(!run_dir.exists(), "a refused run leaves no directory");
 
     let mut m = mosic::Manifest::load(&gt).unwrap();
@@ -152,8 +180,13 @@ fn shards_of_another_schema_version_or_frame_count_are_refused() {
 fn bad_config_values_are_refused_before_any_work() {
     let tmp = tempfile::tempdir().unwrap();
     let run_dir = tmp.path().join("run");
-    for (set, key) in [("optim.lr=-1", "optim.lr"), ("objective.epsilon=0", "objective.epsilon"), ("data.crop_scale=[0.9, 0.1]", "data.crop_scale")] {
-        let o = run(&args("data.shards=/no/such/shards", run_dir.to_str().unwrap(), &["--set", set]));
+    for (set, key) in [
+        ("optim.lr=-1", "optim.lr"),
+        ("objective.epsilon=0", "objective.epsilon"),
+        ("data.crop_scale=[0.9, 0.1]", "data.crop_scale"),
+    ] {
+        let o =
+            run(&args("data.shards=/no/such/shards", run_dir.to_str().unwrap(), &["--set", set]));
         assert!(!o.status.success());
         assert!(text(&o).contains(key), "{set}: {}", text(&o));
         assert!(!run_dir.exists());
@@ -172,11 +205,25 @@ fn each_run_gets_a_new_directory_and_resume_takes_the_newest() {
     std::fs::write(&config, "[run]\nepochs = 2\ncheckpoint_every = 1\n").unwrap();
     let shards = format!("data.shards={}", data.join("gt").display());
     let go = |extra: &[&str]| {
-        let mut a = vec!["train", "--config", config.to_str().unwrap(), "--runs", runs.to_str().unwrap()];
-        for set in ["model.preset=vit_tiny_test", "model.img_size=112", "head.hidden=[64]", "head.prototypes=16", "data.batch_size=2"] {
+        let mut a =
+            vec!["train", "--config", config.to_str().unwrap(), "--runs", runs.to_str().unwrap()];
+        for set in [
+            "model.preset=vit_tiny_test",
+            "model.img_size=112",
+            "head.hidden=[64]",
+            "head.prototypes=16",
+            "data.batch_size=2",
+        ] {
             a.extend(["--set", set]);
         }
-        a.extend(["--set", shards.as_str(), "--set", "data.workers=1", "--set", "data.shuffle_buffer=4"]);
+        a.extend([
+            "--set",
+            shards.as_str(),
+            "--set",
+            "data.workers=1",
+            "--set",
+            "data.shuffle_buffer=4",
+        ]);
         a.extend_from_slice(extra);
         run(&a)
     };
@@ -187,7 +234,8 @@ fn each_run_gets_a_new_directory_and_resume_takes_the_newest() {
     let o = go(&["--stop-after", "1"]);
     assert!(o.status.success(), "{}", text(&o));
     let dirs = |_: ()| {
-        let mut d: Vec<_> = std::fs::read_dir(runs.join("tiny")).unwrap().flatten().map(|e| e.path()).collect();
+        let mut d: Vec<_> =
+            std::fs::read_dir(runs.join("tiny")).unwrap().flatten().map(|e| e.path()).collect();
         d.sort();
         d
     };
@@ -195,9 +243,16 @@ fn each_run_gets_a_new_directory_and_resume_takes_the_newest() {
     assert_eq!(made.len(), 2, "{made:?}");
     let o = go(&["--resume"]);
     assert!(o.status.success(), "{}", text(&o));
-    assert!(text(&o).contains("resumed from") && text(&o).contains(made[1].to_str().unwrap()), "{}", text(&o));
+    assert!(
+        text(&o).contains("resumed from") && text(&o).contains(made[1].to_str().unwrap()),
+        "{}",
+        text(&o)
+    );
     assert_eq!(dirs(()).len(), 2, "resume makes no new run");
-    assert_eq!(mosic_trainer::train::checkpoints(&made[1]).last().unwrap().file_name().unwrap(), "step-00000002");
+    assert_eq!(
+        mosic_trainer::train::checkpoints(&made[1]).last().unwrap().file_name().unwrap(),
+        "step-00000002"
+    );
 }
 
 /// While the backbone is frozen, a run's features at any size are exactly those of the weights
@@ -211,16 +266,30 @@ fn a_frozen_backbone_gives_its_baseline_features_at_other_sizes() {
     // Weights with a 10 x 10 position grid (140 px); the run trains at 112 px (8 x 8).
     let weights = tmp.path().join("w.safetensors");
     let cfg = mosic_trainer::model::VitConfig::preset("vit_tiny_test", 140).unwrap();
-    mosic_trainer::model::Vit::<NdArray<f32>>::new_seeded(&cfg, 3, &Default::default()).save_safetensors(&weights).unwrap();
+    mosic_trainer::model::Vit::<NdArray<f32>>::new_seeded(&cfg, 3, &Default::default())
+        .save_safetensors(&weights)
+        .unwrap();
     let shards = format!("data.shards={}", data.join("gt").display());
     let run_dir = tmp.path().join("run");
     let w = format!("model.weights={}", weights.display());
-    let o = run(&args(&shards, run_dir.to_str().unwrap(), &["--set", &w, "--set", "model.trainable_blocks=none", "--set", "run.steps=2"]));
+    let o = run(&args(
+        &shards,
+        run_dir.to_str().unwrap(),
+        &["--set", &w, "--set", "model.trainable_blocks=none", "--set", "run.steps=2"],
+    ));
     assert!(o.status.success(), "{}", text(&o));
     let frames = data.join("JPEGImages/synth_0000");
     let feats = |name: &str, src: &[&str], size: &str| {
         let out = tmp.path().join(name);
-        let mut a = vec!["features", "--input", frames.to_str().unwrap(), "--out", out.to_str().unwrap(), "--size", size];
+        let mut a = vec![
+            "features",
+            "--input",
+            frames.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+            "--size",
+            size,
+        ];
         a.extend_from_slice(src);
         let o = run(&a);
         assert!(o.status.success(), "{}", text(&o));
@@ -228,7 +297,11 @@ fn a_frozen_backbone_gives_its_baseline_features_at_other_sizes() {
     };
     for size in ["224", "112"] {
         let a = feats("run.safetensors", &["--run", run_dir.to_str().unwrap()], size);
-        let b = feats("file.safetensors", &["--weights", weights.to_str().unwrap(), "--preset", "vit_tiny_test"], size);
+        let b = feats(
+            "file.safetensors",
+            &["--weights", weights.to_str().unwrap(), "--preset", "vit_tiny_test"],
+            size,
+        );
         assert_eq!(a.len(), b.len());
         for (x, y) in a.iter().zip(&b) {
             assert_eq!(x.data, y.data, "features at {size} px");
@@ -243,8 +316,20 @@ fn bad_weights_are_listed() {
     let mut t = std::collections::BTreeMap::new();
     t.insert("cls_token".to_string(), (vec![1, 1, 7], vec![0f32; 7]));
     mosic_trainer::params::save_safetensors(&w, &t).unwrap();
-    let o = run(&["bench", "train", "--set", "model.preset=vit_tiny_test", "--set", &format!("model.weights={}", w.display()), "--steps", "1"]);
+    let o = run(&[
+        "bench",
+        "train",
+        "--set",
+        "model.preset=vit_tiny_test",
+        "--set",
+        &format!("model.weights={}", w.display()),
+        "--steps",
+        "1",
+    ]);
     let msg = text(&o);
     assert!(!o.status.success());
-    assert!(msg.contains("w.safetensors") && msg.contains("pos_embed") && msg.contains("cls_token"), "{msg}");
+    assert!(
+        msg.contains("w.safetensors") && msg.contains("pos_embed") && msg.contains("cls_token"),
+        "{msg}"
+    );
 }

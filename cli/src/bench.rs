@@ -82,7 +82,11 @@ struct Measured {
 fn run_measured(cmd: &mut Command, what: &str) -> Result<(String, f64, f64)> {
     use std::io::Read;
     let t0 = Instant::now();
-    let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().with_context(|| format!("cannot start {what}"))?;
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("cannot start {what}"))?;
     let pid = child.id() as libc::pid_t;
     let drain = |mut r: Box<dyn Read + Send>| {
         std::thread::spawn(move || {
@@ -104,7 +108,10 @@ fn run_measured(cmd: &mut Command, what: &str) -> Result<(String, f64, f64)> {
     let code = std::process::ExitStatus::from_raw(status);
     if !code.success() {
         let tail: Vec<&str> = stderr.lines().rev().take(20).collect();
-        bail!("{what} failed ({code}):\n{stdout}{}", tail.into_iter().rev().collect::<Vec<_>>().join("\n"));
+        bail!(
+            "{what} failed ({code}):\n{stdout}{}",
+            tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+        );
     }
     Ok((stdout, usage.ru_maxrss as f64 / (1024.0 * 1024.0), t0.elapsed().as_secs_f64()))
 }
@@ -114,21 +121,36 @@ fn run_measured(cmd: &mut Command, what: &str) -> Result<(String, f64, f64)> {
 fn number_after(text: &str, line: &str, key: &str) -> Option<f64> {
     let l = text.lines().find(|l| l.contains(line))?;
     let rest = l[l.find(key)? + key.len()..].trim_start();
-    let end = rest.find(|c: char| !(c.is_ascii_digit() || c == '.' || c == '-' || c == 'e' || c == 'n' || c == 'a')).unwrap_or(rest.len());
+    let end = rest
+        .find(|c: char| {
+            !(c.is_ascii_digit() || c == '.' || c == '-' || c == 'e' || c == 'n' || c == 'a')
+        })
+        .unwrap_or(rest.len());
     rest[..end].parse().ok()
 }
 
 pub fn step(a: BenchStepArgs) -> Result<ExitCode> {
     if !a.reference.is_file() {
-        bail!("--reference {}: no such file (the PyTorch step to compare with, torch_step.py)", a.reference.display());
+        bail!(
+            "--reference {}: no such file (the PyTorch step to compare with, torch_step.py)",
+            a.reference.display()
+        );
     }
-    let batches: Vec<usize> = a.batch.split(',').map(|b| b.trim().parse().with_context(|| format!("--batch {b}"))).collect::<Result<_>>()?;
+    let batches: Vec<usize> = a
+        .batch
+        .split(',')
+        .map(|b| b.trim().parse().with_context(|| format!("--batch {b}")))
+        .collect::<Result<_>>()?;
     let precisions: Vec<String> = a.precision.split(',').map(|p| p.trim().to_string()).collect();
     if let Some(p) = precisions.iter().find(|p| !matches!(p.as_str(), "fp32" | "bf16")) {
         bail!("--precision {p}: fp32 or bf16");
     }
     let exe = std::env::current_exe()?;
-    let threads = if a.threads > 0 { a.threads } else { std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) };
+    let threads = if a.threads > 0 {
+        a.threads
+    } else {
+        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+    };
     let head: Vec<String> = a.hidden.iter().map(|h| h.to_string()).collect();
     println!(
         "settings (both sides): {} at {} px, {} frames x {} points (direct gather, nearest for teacher and student), last {} \
@@ -155,9 +177,23 @@ pub fn step(a: BenchStepArgs) -> Result<ExitCode> {
     for p in &precisions {
         for &b in &batches {
             let mut ours = Command::new(&exe);
-            ours.args(["bench", "train", "--backend", &a.backend, "--frames", &a.frames.to_string()])
-                .args(["--points", &(a.grid * a.grid).to_string(), "--steps", &a.steps.to_string(), "--warmup", &a.warmup.to_string()])
-                .env("RAYON_NUM_THREADS", threads.to_string());
+            ours.args([
+                "bench",
+                "train",
+                "--backend",
+                &a.backend,
+                "--frames",
+                &a.frames.to_string(),
+            ])
+            .args([
+                "--points",
+                &(a.grid * a.grid).to_string(),
+                "--steps",
+                &a.steps.to_string(),
+                "--warmup",
+                &a.warmup.to_string(),
+            ])
+            .env("RAYON_NUM_THREADS", threads.to_string());
             for s in [
                 format!("model.preset={}", a.model),
                 format!("model.img_size={}", a.size),
@@ -181,23 +217,75 @@ pub fn step(a: BenchStepArgs) -> Result<ExitCode> {
                 ours.args(["--set", &s]);
             }
             let (text, rss, secs) = run_measured(&mut ours, "our step (mosic bench train)")?;
-            let ms = number_after(&text, " ms (m", "step").context("no step time in `mosic bench train`'s output")?;
-            let ours = Measured { ms, clips_per_s: b as f64 * 1e3 / ms, peak_rss: rss, peak_device: None, seconds: secs };
+            let ms = number_after(&text, " ms (m", "step")
+                .context("no step time in `mosic bench train`'s output")?;
+            let ours = Measured {
+                ms,
+                clips_per_s: b as f64 * 1e3 / ms,
+                peak_rss: rss,
+                peak_device: None,
+                seconds: secs,
+            };
 
             let mut reference = Command::new(&a.python);
             reference
                 .arg(&a.reference)
-                .args(["--device", &a.device, "--precision", p, "--batch", &b.to_string(), "--model", &a.model])
-                .args(["--size", &a.size.to_string(), "--frames", &a.frames.to_string(), "--grid", &a.grid.to_string()])
+                .args([
+                    "--device",
+                    &a.device,
+                    "--precision",
+                    p,
+                    "--batch",
+                    &b.to_string(),
+                    "--model",
+                    &a.model,
+                ])
+                .args([
+                    "--size",
+                    &a.size.to_string(),
+                    "--frames",
+                    &a.frames.to_string(),
+                    "--grid",
+                    &a.grid.to_string(),
+                ])
                 .args(["--trainable", &a.trainable.to_string(), "--hidden"])
                 .args(&head)
-                .args(["--out-dim", &a.out_dim.to_string(), "--prototypes", &a.prototypes.to_string()])
-                .args(["--eps", &a.eps.to_string(), "--iters", &a.iters.to_string(), "--ema", &a.ema.to_string()])
-                .args(["--steps", &a.steps.to_string(), "--warmup", &a.warmup.to_string(), "--threads", &threads.to_string()]);
-            let (text, rss, secs) = run_measured(&mut reference, &format!("the reference step ({})", a.reference.display()))?;
-            let ms = number_after(&text, "ms/step", ":").context("no ms/step in the reference's output")?;
+                .args([
+                    "--out-dim",
+                    &a.out_dim.to_string(),
+                    "--prototypes",
+                    &a.prototypes.to_string(),
+                ])
+                .args([
+                    "--eps",
+                    &a.eps.to_string(),
+                    "--iters",
+                    &a.iters.to_string(),
+                    "--ema",
+                    &a.ema.to_string(),
+                ])
+                .args([
+                    "--steps",
+                    &a.steps.to_string(),
+                    "--warmup",
+                    &a.warmup.to_string(),
+                    "--threads",
+                    &threads.to_string(),
+                ]);
+            let (text, rss, secs) = run_measured(
+                &mut reference,
+                &format!("the reference step ({})", a.reference.display()),
+            )?;
+            let ms = number_after(&text, "ms/step", ":")
+                .context("no ms/step in the reference's output")?;
             let peak = number_after(&text, "ms/step", "peak").filter(|v| v.is_finite());
-            let torch = Measured { ms, clips_per_s: b as f64 * 1e3 / ms, peak_rss: rss, peak_device: peak, seconds: secs };
+            let torch = Measured {
+                ms,
+                clips_per_s: b as f64 * 1e3 / ms,
+                peak_rss: rss,
+                peak_device: peak,
+                seconds: secs,
+            };
             println!(
                 "| {p} | {b} | {:.1} | {:.1} | {:.2}x | {:.2} | {:.2} | {:.2} GiB | {:.2} GiB | {} |",
                 ours.ms,
@@ -240,7 +328,11 @@ pub struct BenchLoaderArgs {
 /// point selection (normalisation runs on the trainer's device).
 pub fn loader(a: BenchLoaderArgs) -> Result<ExitCode> {
     use mosic_trainer::loader::{Loader, LoaderConfig, LoaderState};
-    let threads: Vec<usize> = a.threads.split(',').map(|t| t.trim().parse().with_context(|| format!("--threads {t}"))).collect::<Result<_>>()?;
+    let threads: Vec<usize> = a
+        .threads
+        .split(',')
+        .map(|t| t.trim().parse().with_context(|| format!("--threads {t}")))
+        .collect::<Result<_>>()?;
     let manifest = mosic::Manifest::load(&a.shards)?;
     println!(
         "shards {} ({} clips, {} frames of {} x {}, stored grid {}), batch {}, output {} px, {}x{} points",
@@ -258,7 +350,15 @@ pub fn loader(a: BenchLoaderArgs) -> Result<ExitCode> {
     println!("| decode threads | clips/s | frames/s | ms per batch |\n|---|---|---|---|");
     for &t in &threads {
         // Every stored clip an epoch, so short sets still fill the timed batches.
-        let cfg = LoaderConfig { batch_size: a.batch, input_size: a.size, grid: a.grid, clips_per_video: 0, workers: t, prefetch: 2, ..Default::default() };
+        let cfg = LoaderConfig {
+            batch_size: a.batch,
+            input_size: a.size,
+            grid: a.grid,
+            clips_per_video: 0,
+            workers: t,
+            prefetch: 2,
+            ..Default::default()
+        };
         let mut l = Loader::open(&a.shards, cfg, LoaderState::default())?;
         let frames = l.spec().frames_per_clip as f64;
         l.next_batch()?;
@@ -268,7 +368,11 @@ pub fn loader(a: BenchLoaderArgs) -> Result<ExitCode> {
         }
         let secs = t0.elapsed().as_secs_f64();
         let clips = (a.batches * a.batch) as f64 / secs;
-        println!("| {t} | {clips:.1} | {:.0} | {:.1} |", clips * frames, secs * 1e3 / a.batches as f64);
+        println!(
+            "| {t} | {clips:.1} | {:.0} | {:.1} |",
+            clips * frames,
+            secs * 1e3 / a.batches as f64
+        );
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -7,9 +7,11 @@ use anyhow::{Context, Result};
 use burn::tensor::backend::AutodiffBackend;
 use clap::Args;
 use image::{Rgb, RgbImage};
-use mosic_eval::cluster::{assign_pixels, cluster_videos, num_classes, stack_tokens, Score, VideoConfig, VideoSample};
-use mosic_eval::segmentation::{hungarian_score, Confusion};
+use mosic_eval::cluster::{
+    assign_pixels, cluster_videos, num_classes, stack_tokens, Score, VideoConfig, VideoSample,
+};
 use mosic_eval::consistency::{track_consistency, Consistency, TrackedClip};
+use mosic_eval::segmentation::{hungarian_score, Confusion};
 use mosic_eval::{kmeans, FeatureMap, Mask};
 use mosic_trainer::backend::{dispatch, WithBackend};
 use mosic_trainer::features::{extract, load_backbone, Weights};
@@ -71,7 +73,9 @@ impl WithBackend for TrainRun {
     fn run<B: AutodiffBackend>(self, device: B::Device) -> Result<Self::Output> {
         let resume = !mosic_trainer::train::checkpoints(&self.dir).is_empty();
         let name = self.dir.file_name().unwrap_or_default().to_string_lossy().into_owned();
-        mosic_trainer::train::train::<B>(&self.cfg, &self.dir, resume, None, &device, &|l| eprintln!("[{name}] {l}"))
+        mosic_trainer::train::train::<B>(&self.cfg, &self.dir, resume, None, &device, &|l| {
+            eprintln!("[{name}] {l}")
+        })
     }
 }
 
@@ -97,7 +101,8 @@ impl WithBackend for EvalFeatures {
 
 pub fn demo(a: DemoArgs) -> Result<ExitCode> {
     let start = Instant::now();
-    std::fs::create_dir_all(&a.out).with_context(|| format!("cannot create {}", a.out.display()))?;
+    std::fs::create_dir_all(&a.out)
+        .with_context(|| format!("cannot create {}", a.out.display()))?;
     let seeds: Vec<u64> = (0..a.seeds).collect();
 
     // 1. Training runs (resumed when interrupted, skipped when finished).
@@ -115,7 +120,14 @@ pub fn demo(a: DemoArgs) -> Result<ExitCode> {
             let cfg = TrainConfig::load(Some(&a.config), &set)?;
             let t0 = Instant::now();
             let s = dispatch(&a.backend, TrainRun { cfg, dir: dir.clone() })?;
-            eprintln!("demo: {} done: {} steps, loss {:?} -> {:?} ({:.0} s)", dir.display(), s.steps, s.first_loss, s.last_loss, t0.elapsed().as_secs_f64());
+            eprintln!(
+                "demo: {} done: {} steps, loss {:?} -> {:?} ({:.0} s)",
+                dir.display(),
+                s.steps,
+                s.first_loss,
+                s.last_loss,
+                t0.elapsed().as_secs_f64()
+            );
             summaries.insert((variant, seed), s);
         }
     }
@@ -140,8 +152,13 @@ pub fn demo(a: DemoArgs) -> Result<ExitCode> {
     let mut videos: Vec<Vec<RgbImage>> = test.iter().map(|v| v.frames.clone()).collect();
     videos.extend(tracked.iter().map(|(frames, _)| frames.clone()));
     let mut feats = dispatch(&a.backend, EvalFeatures { backbones, videos, size: a.eval_size })?;
-    let track_feats: Vec<Vec<Vec<FeatureMap>>> = feats.iter_mut().map(|f| f.split_off(test.len())).collect();
-    eprintln!("demo: features of {} backbones in {:.1} s", labels.len(), t0.elapsed().as_secs_f64());
+    let track_feats: Vec<Vec<Vec<FeatureMap>>> =
+        feats.iter_mut().map(|f| f.split_off(test.len())).collect();
+    eprintln!(
+        "demo: features of {} backbones in {:.1} s",
+        labels.len(),
+        t0.elapsed().as_secs_f64()
+    );
 
     // Track consistency along the held-out ground-truth tracks, k-means at a fixed K.
     let mut consistency: BTreeMap<&str, Vec<Consistency>> = BTreeMap::new();
@@ -157,14 +174,27 @@ pub fn demo(a: DemoArgs) -> Result<ExitCode> {
                 height: c.height,
             })
             .collect();
-        consistency.entry(label).or_default().push(track_consistency(&clips, a.consistency_k, seed, 100));
+        consistency.entry(label).or_default().push(track_consistency(
+            &clips,
+            a.consistency_k,
+            seed,
+            100,
+        ));
     }
     let mut per: BTreeMap<(&str, String), Vec<f64>> = BTreeMap::new();
     let mut order: Vec<String> = Vec::new();
     for (&(label, seed), f) in labels.iter().zip(&feats) {
-        let samples: Vec<VideoSample> =
-            test.iter().zip(f).map(|(v, f)| VideoSample { name: v.name.clone(), frames: f.clone(), masks: v.masks.clone() }).collect();
-        let cfg = VideoConfig { seeds: vec![seed], iters: 100, over_k_local: 10, over_k_dataset: 0 };
+        let samples: Vec<VideoSample> = test
+            .iter()
+            .zip(f)
+            .map(|(v, f)| VideoSample {
+                name: v.name.clone(),
+                frames: f.clone(),
+                masks: v.masks.clone(),
+            })
+            .collect();
+        let cfg =
+            VideoConfig { seeds: vec![seed], iters: 100, over_k_local: 10, over_k_dataset: 0 };
         for s in cluster_videos(&samples, &cfg) {
             if !order.contains(&s.name) {
                 order.push(s.name.clone());
@@ -174,7 +204,15 @@ pub fn demo(a: DemoArgs) -> Result<ExitCode> {
     }
     let table: Vec<(&str, Vec<Score>)> = ["initial", "mosic", "no-motion"]
         .into_iter()
-        .map(|l| (l, order.iter().map(|n| Score::new(n.clone(), 0, "", per[&(l, n.clone())].clone())).collect()))
+        .map(|l| {
+            (
+                l,
+                order
+                    .iter()
+                    .map(|n| Score::new(n.clone(), 0, "", per[&(l, n.clone())].clone()))
+                    .collect(),
+            )
+        })
         .collect();
 
     // 3. Figures.
@@ -187,7 +225,15 @@ pub fn demo(a: DemoArgs) -> Result<ExitCode> {
     draw_cluster_maps(&test, &seed0, &maps)?;
 
     // 4. Report.
-    let report = write_report(&a, &table, &consistency, &summaries, &test, tracked.len(), start.elapsed().as_secs_f64())?;
+    let report = write_report(
+        &a,
+        &table,
+        &consistency,
+        &summaries,
+        &test,
+        tracked.len(),
+        start.elapsed().as_secs_f64(),
+    )?;
     println!("{report}");
     println!("demo: report in {}", a.out.join("report.md").display());
     Ok(ExitCode::SUCCESS)
@@ -203,7 +249,8 @@ struct GtClip {
 
 /// Every clip of the ground-truth shards in `gt` with its decoded frames.
 fn tracked_clips(gt: &Path) -> Result<Vec<(Vec<RgbImage>, GtClip)>> {
-    let manifest = mosic::Manifest::load(gt).with_context(|| format!("held-out ground-truth tracks in {}", gt.display()))?;
+    let manifest = mosic::Manifest::load(gt)
+        .with_context(|| format!("held-out ground-truth tracks in {}", gt.display()))?;
     let mut out = Vec::new();
     for e in &manifest.shards {
         let path = mosic::Manifest::shard_path(gt, e);
@@ -211,10 +258,16 @@ fn tracked_clips(gt: &Path) -> Result<Vec<(Vec<RgbImage>, GtClip)>> {
             let frames = c
                 .frames
                 .iter()
-                .map(|j| mosic::imageio::decode_jpeg(j).map_err(|m| anyhow::anyhow!("{}: clip {}: {m}", path.display(), c.id())))
+                .map(|j| {
+                    mosic::imageio::decode_jpeg(j)
+                        .map_err(|m| anyhow::anyhow!("{}: clip {}: {m}", path.display(), c.id()))
+                })
                 .collect::<Result<Vec<_>>>()?;
             let (width, height) = (manifest.spec.width, manifest.spec.height);
-            out.push((frames, GtClip { tracks: c.tracks, visibility: c.visibility, width, height }));
+            out.push((
+                frames,
+                GtClip { tracks: c.tracks, visibility: c.visibility, width, height },
+            ));
         }
     }
     Ok(out)
@@ -224,16 +277,28 @@ fn draw_tracks(shards: &Path, out: &Path) -> Result<()> {
     let manifest = mosic::Manifest::load(shards)?;
     let first = manifest.shards.first().context("no shards")?;
     let path = shards.join(&first.file);
-    let clip = mosic::ShardReader::open(&path)?.clips_in(true, Some(vec![0]))?.next().context("empty shard")??;
+    let clip = mosic::ShardReader::open(&path)?
+        .clips_in(true, Some(vec![0]))?
+        .next()
+        .context("empty shard")??;
     let frames = clip
         .frames
         .iter()
-        .map(|j| mosic::imageio::decode_jpeg(j).map_err(|m| anyhow::anyhow!("{}: {m}", path.display())))
+        .map(|j| {
+            mosic::imageio::decode_jpeg(j).map_err(|m| anyhow::anyhow!("{}: {m}", path.display()))
+        })
         .collect::<Result<Vec<_>>>()?;
     let tracks: Vec<f32> = clip.tracks.iter().flatten().copied().collect();
     let vis: Vec<u8> = clip.visibility.iter().map(|&v| v as u8).collect();
     let n = clip.tracks.len() / frames.len().max(1);
-    mosic_video::render(&frames, &tracks, &vis, n, out, &mosic_video::RenderOptions { upscale: 2, ..Default::default() })?;
+    mosic_video::render(
+        &frames,
+        &tracks,
+        &vis,
+        n,
+        out,
+        &mosic_video::RenderOptions { upscale: 2, ..Default::default() },
+    )?;
     Ok(())
 }
 
@@ -250,15 +315,21 @@ fn draw_curves(out: &Path, png: &Path) -> Result<()> {
     let mut series = Vec::new();
     for (variant, _) in VARIANTS {
         let h = history(&out.join(format!("{variant}-seed0")));
-        let loss: Vec<(f64, f64)> = h.iter().filter_map(|v| Some((v["step"].as_f64()?, v["loss"].as_f64()?))).collect();
-        let val: Vec<(f64, f64)> =
-            h.iter().filter_map(|v| Some((v["step"].as_f64()?, 100.0 * v["validation"]["C hungarian"].as_f64()?))).collect();
+        let loss: Vec<(f64, f64)> =
+            h.iter().filter_map(|v| Some((v["step"].as_f64()?, v["loss"].as_f64()?))).collect();
+        let val: Vec<(f64, f64)> = h
+            .iter()
+            .filter_map(|v| {
+                Some((v["step"].as_f64()?, 100.0 * v["validation"]["C hungarian"].as_f64()?))
+            })
+            .collect();
         titles.push(format!("{variant} seed 0: loss"));
         series.push(loss);
         titles.push(format!("{variant} seed 0: validation miou % (c hungarian)"));
         series.push(val);
     }
-    let s: Vec<(&str, &[(f64, f64)])> = titles.iter().zip(&series).map(|(t, v)| (t.as_str(), v.as_slice())).collect();
+    let s: Vec<(&str, &[(f64, f64)])> =
+        titles.iter().zip(&series).map(|(t, v)| (t.as_str(), v.as_slice())).collect();
     plot::save(png, &s)
 }
 
@@ -271,12 +342,24 @@ fn class_colour(c: Option<usize>) -> Rgb<u8> {
 
 /// Per clip: k-means (K = classes, seed 0) over the clip's frames, Hungarian-matched to the
 /// clip's ids; the middle frame is drawn for image, ground truth and each backbone.
-fn draw_cluster_maps(test: &[LoadedVideo], feats: &[&Vec<Vec<FeatureMap>>], out: &Path) -> Result<()> {
+fn draw_cluster_maps(
+    test: &[LoadedVideo],
+    feats: &[&Vec<Vec<FeatureMap>>],
+    out: &Path,
+) -> Result<()> {
     let rows = test.len().min(3);
     let (cell, pad, head) = (200u32, 6u32, 24u32);
     let cols = 2 + feats.len() as u32;
-    let mut img = RgbImage::from_pixel(cols * (cell + pad) + pad, head + rows as u32 * (cell + pad) + pad, Rgb([255, 255, 255]));
-    for (c, t) in ["frame", "ground truth", "initial", "mosic", "no-motion"].iter().enumerate().take(cols as usize) {
+    let mut img = RgbImage::from_pixel(
+        cols * (cell + pad) + pad,
+        head + rows as u32 * (cell + pad) + pad,
+        Rgb([255, 255, 255]),
+    );
+    for (c, t) in ["frame", "ground truth", "initial", "mosic", "no-motion"]
+        .iter()
+        .enumerate()
+        .take(cols as usize)
+    {
         plot::text(&mut img, pad + c as u32 * (cell + pad), 6, t, 3, Rgb([0, 0, 0]));
     }
     let blit = |img: &mut RgbImage, tile: &RgbImage, col: u32, row: u32| {
@@ -286,7 +369,9 @@ fn draw_cluster_maps(test: &[LoadedVideo], feats: &[&Vec<Vec<FeatureMap>>], out:
         }
     };
     let paint = |labels: &[u32], m: &Mask, map: &dyn Fn(u32) -> Option<usize>| {
-        let small = RgbImage::from_fn(m.width as u32, m.height as u32, |x, y| class_colour(map(labels[y as usize * m.width + x as usize])));
+        let small = RgbImage::from_fn(m.width as u32, m.height as u32, |x, y| {
+            class_colour(map(labels[y as usize * m.width + x as usize]))
+        });
         image::imageops::resize(&small, cell, cell, image::imageops::FilterType::Nearest)
     };
     for (r, v) in test.iter().take(rows).enumerate() {
@@ -302,7 +387,11 @@ fn draw_cluster_maps(test: &[LoadedVideo], feats: &[&Vec<Vec<FeatureMap>>], out:
             let dim = frames[0].dim;
             let km = kmeans(&data, data.len() / dim, dim, classes, 0, 100);
             let mut conf = Confusion::new(classes, classes);
-            let preds: Vec<Vec<u32>> = frames.iter().zip(&v.masks).map(|(f, m)| assign_pixels(f, &km.centroids, m.height, m.width)).collect();
+            let preds: Vec<Vec<u32>> = frames
+                .iter()
+                .zip(&v.masks)
+                .map(|(f, m)| assign_pixels(f, &km.centroids, m.height, m.width))
+                .collect();
             for (p, m) in preds.iter().zip(&v.masks) {
                 conf.add(p, &m.as_u32());
             }
@@ -354,7 +443,11 @@ fn write_report(
         a.mask_size,
         a.mask_size
     )?;
-    writeln!(r, "## Held-out video segmentation by clustering (mIoU %, mean ± std over {} seeds)\n", a.seeds)?;
+    writeln!(
+        r,
+        "## Held-out video segmentation by clustering (mIoU %, mean ± std over {} seeds)\n",
+        a.seeds
+    )?;
     let names: Vec<&str> = table[0].1.iter().map(|s| s.name.as_str()).collect();
     writeln!(r, "| weights | {} |", names.join(" | "))?;
     writeln!(r, "|---|{}", "---|".repeat(names.len()))?;
@@ -374,23 +467,49 @@ fn write_report(
          matching per clip (D); \"over K=10\" clusters into 10 and matches many-to-one by precision. \
          Each seed is one training run and the same k-means seed.\n"
     )?;
-    let get = |label: &str, name: &str| table.iter().find(|t| t.0 == label).and_then(|t| t.1.iter().find(|s| s.name == name)).cloned();
-    if let (Some(init), Some(tr), Some(nm)) = (get("initial", "C hungarian"), get("mosic", "C hungarian"), get("no-motion", "C hungarian")) {
+    let get = |label: &str, name: &str| {
+        table
+            .iter()
+            .find(|t| t.0 == label)
+            .and_then(|t| t.1.iter().find(|s| s.name == name))
+            .cloned()
+    };
+    if let (Some(init), Some(tr), Some(nm)) = (
+        get("initial", "C hungarian"),
+        get("mosic", "C hungarian"),
+        get("no-motion", "C hungarian"),
+    ) {
         let verdict = |x: &Score, y: &Score| {
             let d = 100.0 * (x.mean - y.mean);
             let spread = 100.0 * (x.std.powi(2) + y.std.powi(2)).sqrt();
             if x.per_seed.len() < 2 {
-                return format!("{d:+.1} points (one seed: no estimate of the spread, so no conclusion)");
+                return format!(
+                    "{d:+.1} points (one seed: no estimate of the spread, so no conclusion)"
+                );
             }
-            let size = if d.abs() > 2.0 * spread { "larger than twice the seed spread" } else { "within twice the seed spread, so not a clear difference" };
+            let size = if d.abs() > 2.0 * spread {
+                "larger than twice the seed spread"
+            } else {
+                "within twice the seed spread, so not a clear difference"
+            };
             format!("{d:+.1} points ({size}; spread {spread:.1})")
         };
         writeln!(r, "## Result\n")?;
         writeln!(r, "- MoSiC vs initial weights, per-clip mIoU: {}.", verdict(&tr, &init))?;
         writeln!(r, "- MoSiC vs no-motion ablation, per-clip mIoU: {}.", verdict(&tr, &nm))?;
-        writeln!(r, "- Per seed (C, %): initial {:?}, MoSiC {:?}, no-motion {:?}.\n", per_seed(&init), per_seed(&tr), per_seed(&nm))?;
+        writeln!(
+            r,
+            "- Per seed (C, %): initial {:?}, MoSiC {:?}, no-motion {:?}.\n",
+            per_seed(&init),
+            per_seed(&tr),
+            per_seed(&nm)
+        )?;
     }
-    writeln!(r, "## Track consistency on held-out ground-truth tracks (mean ± std over {} seeds)\n", a.seeds)?;
+    writeln!(
+        r,
+        "## Track consistency on held-out ground-truth tracks (mean ± std over {} seeds)\n",
+        a.seeds
+    )?;
     writeln!(
         r,
         "Patch tokens of the {tracked} held-out clips clustered by k-means at K = {}; a track point visible at \
@@ -402,7 +521,11 @@ fn write_report(
     writeln!(r, "| weights | consistency % | clusters in use (effective) |\n|---|---|---|")?;
     let stats = |v: &[f64]| -> (f64, f64) {
         let m = v.iter().sum::<f64>() / v.len().max(1) as f64;
-        let sd = if v.len() > 1 { (v.iter().map(|x| (x - m).powi(2)).sum::<f64>() / (v.len() - 1) as f64).sqrt() } else { 0.0 };
+        let sd = if v.len() > 1 {
+            (v.iter().map(|x| (x - m).powi(2)).sum::<f64>() / (v.len() - 1) as f64).sqrt()
+        } else {
+            0.0
+        };
         (m, sd)
     };
     let mut cons = BTreeMap::new();
@@ -417,19 +540,37 @@ fn write_report(
     if let (Some(t), Some(n)) = (cons.get("mosic"), cons.get("no-motion")) {
         let d = t.0 - n.0;
         let spread = (t.1.powi(2) + n.1.powi(2)).sqrt();
-        let size = if d > 2.0 * spread { "more than twice the seed spread" } else { "not more than twice the seed spread" };
+        let size = if d > 2.0 * spread {
+            "more than twice the seed spread"
+        } else {
+            "not more than twice the seed spread"
+        };
         writeln!(r, "\n- MoSiC vs no-motion ablation, consistency: {d:+.1} points ({size}; spread {spread:.1}); per seed MoSiC {:?}, no-motion {:?}.\n", round1(&t.2), round1(&n.2))?;
     }
     writeln!(r, "## Training\n")?;
-    writeln!(r, "| run | steps | first loss | last loss | clips/s | seconds |\n|---|---|---|---|---|---|")?;
+    writeln!(
+        r,
+        "| run | steps | first loss | last loss | clips/s | seconds |\n|---|---|---|---|---|---|"
+    )?;
     for ((variant, seed), s) in summaries {
         let f = |v: Option<f64>| v.map(|v| format!("{v:.3}")).unwrap_or("-".into());
-        writeln!(r, "| {variant}-seed{seed} | {} | {} | {} | {:.1} | {:.0} |", s.steps, f(s.first_loss), f(s.last_loss), s.clips_per_second, s.seconds)?;
+        writeln!(
+            r,
+            "| {variant}-seed{seed} | {} | {} | {} | {:.1} | {:.0} |",
+            s.steps,
+            f(s.first_loss),
+            f(s.last_loss),
+            s.clips_per_second,
+            s.seconds
+        )?;
     }
     writeln!(r, "\n(Steps already done by an earlier, interrupted demo are not timed again.)\n")?;
     writeln!(r, "## Figures\n")?;
     writeln!(r, "- `tracks.png`: tracks of the first training clip over its last frame (filled: visible, ring: occluded).")?;
-    writeln!(r, "- `curves.png`: loss and validation mIoU (C) during training, seed 0, both variants.")?;
+    writeln!(
+        r,
+        "- `curves.png`: loss and validation mIoU (C) during training, seed 0, both variants."
+    )?;
     writeln!(r, "- `clusters.png`: middle frame of held-out clips; ground truth; per-clip clusters of each backbone (seed 0), coloured by their matched id.\n")?;
     writeln!(r, "![tracks](tracks.png)\n\n![curves](curves.png)\n\n![clusters](clusters.png)\n")?;
     writeln!(r, "Total demo time (this invocation): {seconds:.0} s.")?;
@@ -441,7 +582,10 @@ fn write_report(
         "consistency_k": a.consistency_k,
         "track_consistency": consistency,
     });
-    mosic::fsutil::write_atomic(&a.out.join("report.json"), serde_json::to_string_pretty(&json)?.as_bytes())?;
+    mosic::fsutil::write_atomic(
+        &a.out.join("report.json"),
+        serde_json::to_string_pretty(&json)?.as_bytes(),
+    )?;
     Ok(r)
 }
 

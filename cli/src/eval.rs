@@ -9,7 +9,9 @@ use image::RgbImage;
 use mosic::rng::SplitMix64;
 use mosic_eval::card::{self, ProtocolCard};
 use mosic_eval::cluster::{leopart_clustering, ImageProtocol, Score};
-use mosic_eval::data::{hummingbird_file_set, open_image_set, video_set, LabelledImage, Mask, SetInfo};
+use mosic_eval::data::{
+    hummingbird_file_set, open_image_set, video_set, LabelledImage, Mask, SetInfo,
+};
 use mosic_eval::incontext::{self, Bank, InContextConfig};
 use mosic_eval::linear::{self, LinearConfig, LinearProbe};
 use mosic_eval::segmentation::{reference_score, Confusion, RefMatching};
@@ -76,16 +78,29 @@ impl WithBackend for Extract {
     fn run<B: AutodiffBackend>(self, device: B::Device) -> Result<Self::Output> {
         let vit = load_backbone::<B::InnerBackend>(&self.weights, self.size, &device)?;
         let size = vit.config().img_size;
-        Ok((self.sets.iter().map(|s| extract::<B::InnerBackend>(&vit, s, self.batch)).collect(), size))
+        Ok((
+            self.sets.iter().map(|s| extract::<B::InnerBackend>(&vit, s, self.batch)).collect(),
+            size,
+        ))
     }
 }
 
-fn features_of(m: &ModelArgs, size: Option<usize>, sets: Vec<Vec<RgbImage>>) -> Result<(Vec<Vec<FeatureMap>>, usize)> {
+fn features_of(
+    m: &ModelArgs,
+    size: Option<usize>,
+    sets: Vec<Vec<RgbImage>>,
+) -> Result<(Vec<Vec<FeatureMap>>, usize)> {
     let weights = m.weights()?;
     let n: usize = sets.iter().map(Vec::len).sum();
     let t0 = Instant::now();
-    let out = dispatch(&m.backend, Extract { weights: weights.clone(), size, batch: m.batch, sets })?;
-    eprintln!("features: {n} images from {} at {} px in {:.1} s", weights.describe(), out.1, t0.elapsed().as_secs_f64());
+    let out =
+        dispatch(&m.backend, Extract { weights: weights.clone(), size, batch: m.batch, sets })?;
+    eprintln!(
+        "features: {n} images from {} at {} px in {:.1} s",
+        weights.describe(),
+        out.1,
+        t0.elapsed().as_secs_f64()
+    );
     Ok(out)
 }
 
@@ -110,19 +125,26 @@ pub struct FeaturesArgs {
 const VIDEO_EXTS: [&str; 5] = ["mp4", "webm", "mkv", "avi", "mov"];
 
 fn has_ext(p: &Path, exts: &[&str]) -> bool {
-    p.extension().and_then(|e| e.to_str()).is_some_and(|e| exts.contains(&e.to_ascii_lowercase().as_str()))
+    p.extension()
+        .and_then(|e| e.to_str())
+        .is_some_and(|e| exts.contains(&e.to_ascii_lowercase().as_str()))
 }
 
 /// Image and video files under `input` (or `input` itself), sorted, with names relative to it.
 fn list_inputs(input: &Path) -> Result<Vec<(String, PathBuf)>> {
     let wanted = |p: &Path| has_ext(p, &["jpg", "jpeg", "png", "bmp"]) || has_ext(p, &VIDEO_EXTS);
     if input.is_file() {
-        return Ok(vec![(input.file_name().unwrap_or_default().to_string_lossy().into_owned(), input.to_path_buf())]);
+        return Ok(vec![(
+            input.file_name().unwrap_or_default().to_string_lossy().into_owned(),
+            input.to_path_buf(),
+        )]);
     }
     let mut out = Vec::new();
     let mut stack = vec![input.to_path_buf()];
     while let Some(dir) = stack.pop() {
-        for e in std::fs::read_dir(&dir).with_context(|| format!("cannot list {}", dir.display()))? {
+        for e in
+            std::fs::read_dir(&dir).with_context(|| format!("cannot list {}", dir.display()))?
+        {
             let p = e?.path();
             if p.file_name().is_some_and(|n| n.to_string_lossy().starts_with('.')) {
                 continue;
@@ -147,7 +169,8 @@ fn read_inputs(input: &Path, every: usize) -> Result<(Vec<String>, Vec<RgbImage>
     let (mut names, mut images) = (Vec::new(), Vec::new());
     for (name, path) in list_inputs(input)? {
         if has_ext(&path, &VIDEO_EXTS) {
-            let (_, frames) = mosic_video::decode_all(&path).with_context(|| format!("decoding {}", path.display()))?;
+            let (_, frames) = mosic_video::decode_all(&path)
+                .with_context(|| format!("decoding {}", path.display()))?;
             for (i, f) in frames.into_iter().enumerate().step_by(every.max(1)) {
                 names.push(format!("{name}#{i:05}"));
                 images.push(f);
@@ -167,10 +190,21 @@ pub fn features(a: FeaturesArgs) -> Result<ExitCode> {
     let mut meta = BTreeMap::new();
     meta.insert("source".to_string(), a.model.weights()?.describe());
     meta.insert("img_size".to_string(), size.to_string());
-    meta.insert("layout".to_string(), "features[n, y, x, channel]: final-norm patch tokens".to_string());
+    meta.insert(
+        "layout".to_string(),
+        "features[n, y, x, channel]: final-norm patch tokens".to_string(),
+    );
     save_features(&a.out, &maps, &names, &meta)?;
     let m = &maps[0];
-    println!("features: {} images -> {} ([{}, {}, {}, {}] float32)", names.len(), a.out.display(), maps.len(), m.height, m.width, m.dim);
+    println!(
+        "features: {} images -> {} ([{}, {}, {}, {}] float32)",
+        names.len(),
+        a.out.display(),
+        maps.len(),
+        m.height,
+        m.width,
+        m.dim
+    );
     Ok(ExitCode::SUCCESS)
 }
 
@@ -378,7 +412,13 @@ fn print_scores(c: &Common, card: &ProtocolCard, scores: &[Score]) -> Result<()>
     println!("{:<28} {:>8} {:>8}  per seed", "score", "mIoU %", "std");
     for s in scores {
         let per: Vec<String> = s.per_seed.iter().map(|v| format!("{:.1}", 100.0 * v)).collect();
-        println!("{:<28} {:>8.2} {:>8.2}  {}", s.name, 100.0 * s.mean, 100.0 * s.std, per.join(" "));
+        println!(
+            "{:<28} {:>8.2} {:>8.2}  {}",
+            s.name,
+            100.0 * s.mean,
+            100.0 * s.std,
+            per.join(" ")
+        );
     }
     if let Some(path) = &c.json {
         let doc = serde_json::json!({
@@ -394,7 +434,10 @@ fn print_scores(c: &Common, card: &ProtocolCard, scores: &[Score]) -> Result<()>
 
 /// Classes: `--classes`, else the layout's, else the largest label + 1; labels beyond are refused.
 fn resolve_classes(c: &Common, info: &SetInfo, masks: &[&Mask], names: &[&str]) -> Result<usize> {
-    let classes = c.classes.or(info.classes).unwrap_or_else(|| mosic_eval::cluster::num_classes(masks.iter().copied()));
+    let classes = c
+        .classes
+        .or(info.classes)
+        .unwrap_or_else(|| mosic_eval::cluster::num_classes(masks.iter().copied()));
     for (m, n) in masks.iter().zip(names) {
         if let Some(l) = m.labels.iter().copied().find(|&l| l != 255 && l as usize >= classes) {
             bail!("{n}: label {l} is not below the {classes} classes (set --classes)");
@@ -412,8 +455,17 @@ fn load_item(it: &LabelledImage, size: usize, mask_size: usize) -> Result<(RgbIm
     Ok((img, m))
 }
 
-fn load_items(items: &[LabelledImage], size: usize, mask_size: usize) -> Result<(Vec<RgbImage>, Vec<Mask>)> {
-    Ok(items.par_iter().map(|it| load_item(it, size, mask_size)).collect::<Result<Vec<_>>>()?.into_iter().unzip())
+fn load_items(
+    items: &[LabelledImage],
+    size: usize,
+    mask_size: usize,
+) -> Result<(Vec<RgbImage>, Vec<Mask>)> {
+    Ok(items
+        .par_iter()
+        .map(|it| load_item(it, size, mask_size))
+        .collect::<Result<Vec<_>>>()?
+        .into_iter()
+        .unzip())
 }
 
 fn spread(len: usize, n: usize) -> Vec<usize> {
@@ -433,19 +485,51 @@ fn cluster(a: &ClusterArgs) -> Result<(Vec<Score>, ProtocolCard)> {
     let (images, masks) = load_items(&items, size, mask_size)?;
     let names: Vec<&str> = items.iter().map(|i| i.mask.to_str().unwrap_or("")).collect();
     let classes = resolve_classes(c, &info, &masks.iter().collect::<Vec<_>>(), &names)?;
-    let p = ImageProtocol { ks: a.k.clone(), seeds: (0..a.seeds).collect(), niter: a.niter, nredo: a.nredo, pca_dim: a.pca_dim, precision: !a.match_by_iou };
+    let p = ImageProtocol {
+        ks: a.k.clone(),
+        seeds: (0..a.seeds).collect(),
+        niter: a.niter,
+        nredo: a.nredo,
+        pca_dim: a.pca_dim,
+        precision: !a.match_by_iou,
+    };
     let (mut feats, _) = features_of(&c.model, Some(size), vec![images])?;
     let t0 = Instant::now();
     let scores = leopart_clustering(&feats.pop().unwrap(), &masks, classes, &p);
-    eprintln!("clustering: {} images, {classes} classes, {:.1} s", items.len(), t0.elapsed().as_secs_f64());
-    let card = ProtocolCard::new("image clustering / overclustering (Leopart)", format!("{} experiments/overcluster/sup_overcluster.py, experiments/utils.py", card::LEOPART), size, mask_size, p.seeds.clone())
-        .set("data", &info.layout)
-        .set("classes", classes)
-        .set("images", items.len())
-        .set("features", format!("patch tokens, standardised, PCA to {}", p.pca_dim))
-        .set("k-means", format!("FAISS-style, {} iterations, best of {} starts, <= 256 points per centroid", p.niter, p.nredo))
-        .set("matching", format!("K = classes: Hungarian on IoU; other K: many-to-one by {}", if p.precision { "precision" } else { "IoU" }))
-        .set("upsampling", "cluster ids nearest to the mask size");
+    eprintln!(
+        "clustering: {} images, {classes} classes, {:.1} s",
+        items.len(),
+        t0.elapsed().as_secs_f64()
+    );
+    let card = ProtocolCard::new(
+        "image clustering / overclustering (Leopart)",
+        format!(
+            "{} experiments/overcluster/sup_overcluster.py, experiments/utils.py",
+            card::LEOPART
+        ),
+        size,
+        mask_size,
+        p.seeds.clone(),
+    )
+    .set("data", &info.layout)
+    .set("classes", classes)
+    .set("images", items.len())
+    .set("features", format!("patch tokens, standardised, PCA to {}", p.pca_dim))
+    .set(
+        "k-means",
+        format!(
+            "FAISS-style, {} iterations, best of {} starts, <= 256 points per centroid",
+            p.niter, p.nredo
+        ),
+    )
+    .set(
+        "matching",
+        format!(
+            "K = classes: Hungarian on IoU; other K: many-to-one by {}",
+            if p.precision { "precision" } else { "IoU" }
+        ),
+    )
+    .set("upsampling", "cluster ids nearest to the mask size");
     Ok((scores, card))
 }
 
@@ -474,7 +558,14 @@ fn video(a: &VideoArgs) -> Result<(Vec<Score>, ProtocolCard)> {
             .par_iter()
             .map(|&i| -> Result<(RgbImage, Mask)> {
                 let m = v.read_mask(i)?.resize_nearest(size, size);
-                Ok((read_image(&v.frames[i].0)?, if mask_size == size { m } else { m.resize_nearest_torch(mask_size, mask_size) }))
+                Ok((
+                    read_image(&v.frames[i].0)?,
+                    if mask_size == size {
+                        m
+                    } else {
+                        m.resize_nearest_torch(mask_size, mask_size)
+                    },
+                ))
             })
             .collect::<Result<Vec<_>>>()
             .with_context(|| format!("video {}", v.name))?;
@@ -499,7 +590,12 @@ fn video(a: &VideoArgs) -> Result<(Vec<Score>, ProtocolCard)> {
     };
     let t0 = Instant::now();
     let scores = timet_clustering(&clips, &p);
-    eprintln!("clustering: {} videos, {} frames, {:.1} s", clips.len(), clips.iter().map(|s| s.frames.len()).sum::<usize>(), t0.elapsed().as_secs_f64());
+    eprintln!(
+        "clustering: {} videos, {} frames, {:.1} s",
+        clips.len(),
+        clips.iter().map(|s| s.frames.len()).sum::<usize>(),
+        t0.elapsed().as_secs_f64()
+    );
     let card = ProtocolCard::new("unsupervised video segmentation (TimeT)", format!("{} evaluation.py, clustering.py, metrics.py", card::TIMET), size, mask_size, p.seeds.clone())
         .set("clips", clips.len())
         .set("frames", if a.frames_per_clip > 0 { format!("{} drawn per clip (seed {seed0})", a.frames_per_clip) } else { "every annotated frame".into() })
@@ -534,29 +630,55 @@ impl WithBackend for LinearJob {
         let probe = if self.augment {
             let seed = self.cfg.seed;
             let train = &self.train;
-            linear::train_probe_batches(probe, train.len(), &self.cfg, &mut |epoch, idx| {
-                let pairs: Vec<(RgbImage, Mask)> = idx
-                    .par_iter()
-                    .map(|&i| -> Result<(RgbImage, Mask)> {
-                        let img = read_image(&train[i].image)?;
-                        let m = train[i].read_mask()?;
-                        let mut rng = SplitMix64::stream(seed ^ 0x11ea7, (epoch * train.len() + i) as u64);
-                        let (img, m) = augment::leopart_train(&img, &m, &mut rng);
-                        Ok((img, m.resize_nearest(size, size).resize_nearest_torch(ms, ms)))
-                    })
-                    .collect::<Result<_>>()?;
-                let (imgs, masks): (Vec<RgbImage>, Vec<Mask>) = pairs.into_iter().unzip();
-                Ok(extract::<B::InnerBackend>(&vit, &imgs, self.batch).into_iter().zip(masks).collect())
-            }, &log)?
+            linear::train_probe_batches(
+                probe,
+                train.len(),
+                &self.cfg,
+                &mut |epoch, idx| {
+                    let pairs: Vec<(RgbImage, Mask)> = idx
+                        .par_iter()
+                        .map(|&i| -> Result<(RgbImage, Mask)> {
+                            let img = read_image(&train[i].image)?;
+                            let m = train[i].read_mask()?;
+                            let mut rng = SplitMix64::stream(
+                                seed ^ 0x11ea7,
+                                (epoch * train.len() + i) as u64,
+                            );
+                            let (img, m) = augment::leopart_train(&img, &m, &mut rng);
+                            Ok((img, m.resize_nearest(size, size).resize_nearest_torch(ms, ms)))
+                        })
+                        .collect::<Result<_>>()?;
+                    let (imgs, masks): (Vec<RgbImage>, Vec<Mask>) = pairs.into_iter().unzip();
+                    Ok(extract::<B::InnerBackend>(&vit, &imgs, self.batch)
+                        .into_iter()
+                        .zip(masks)
+                        .collect())
+                },
+                &log,
+            )?
         } else {
             let (imgs, masks) = load_items(&self.train, size, ms)?;
-            let pairs: Vec<(FeatureMap, Mask)> = extract::<B::InnerBackend>(&vit, &imgs, self.batch).into_iter().zip(masks).collect();
-            linear::train_probe_batches(probe, pairs.len(), &self.cfg, &mut |_, idx| Ok(idx.iter().map(|&i| pairs[i].clone()).collect()), &log)?
+            let pairs: Vec<(FeatureMap, Mask)> =
+                extract::<B::InnerBackend>(&vit, &imgs, self.batch)
+                    .into_iter()
+                    .zip(masks)
+                    .collect();
+            linear::train_probe_batches(
+                probe,
+                pairs.len(),
+                &self.cfg,
+                &mut |_, idx| Ok(idx.iter().map(|&i| pairs[i].clone()).collect()),
+                &log,
+            )?
         };
         let mut total = Confusion::new(self.classes, self.classes);
         for chunk in self.val.chunks(256) {
             let (imgs, masks) = load_items(chunk, size, ms)?;
-            let pairs: Vec<(FeatureMap, Mask)> = extract::<B::InnerBackend>(&vit, &imgs, self.batch).into_iter().zip(masks).collect();
+            let pairs: Vec<(FeatureMap, Mask)> =
+                extract::<B::InnerBackend>(&vit, &imgs, self.batch)
+                    .into_iter()
+                    .zip(masks)
+                    .collect();
             let conf = linear::evaluate_probe(&probe, &pairs);
             total.counts.iter_mut().zip(&conf.counts).for_each(|(a, b)| *a += b);
         }
@@ -572,7 +694,8 @@ fn linear_probe(a: &LinearArgs) -> Result<(Vec<Score>, ProtocolCard)> {
     let classes = match c.classes.or(info.classes) {
         Some(k) => k,
         None => {
-            let masks: Vec<Mask> = train.iter().chain(&val).map(|i| i.read_mask()).collect::<Result<_>>()?;
+            let masks: Vec<Mask> =
+                train.iter().chain(&val).map(|i| i.read_mask()).collect::<Result<_>>()?;
             mosic_eval::cluster::num_classes(&masks)
         }
     };
@@ -588,9 +711,24 @@ fn linear_probe(a: &LinearArgs) -> Result<(Vec<Score>, ProtocolCard)> {
         seed: a.seed,
     };
     let t0 = Instant::now();
-    let job = LinearJob { weights: c.model.weights()?, size, mask_size, batch: c.model.batch, train: train.clone(), val: val.clone(), classes, cfg: cfg.clone(), augment: !a.no_augment };
+    let job = LinearJob {
+        weights: c.model.weights()?,
+        size,
+        mask_size,
+        batch: c.model.batch,
+        train: train.clone(),
+        val: val.clone(),
+        classes,
+        cfg: cfg.clone(),
+        augment: !a.no_augment,
+    };
     let conf = dispatch(&c.model.backend, job)?;
-    eprintln!("linear probe: {} train, {} val images, {:.1} s", train.len(), val.len(), t0.elapsed().as_secs_f64());
+    eprintln!(
+        "linear probe: {} train, {} val images, {:.1} s",
+        train.len(),
+        val.len(),
+        t0.elapsed().as_secs_f64()
+    );
     let v = reference_score(&conf, RefMatching::Identity).miou;
     let card = ProtocolCard::new("linear segmentation probe (Leopart)", format!("{} experiments/linear_probing/linear_finetune.py (Pascal config)", card::LEOPART), size, mask_size, vec![a.seed])
         .set("data", format!("{} -> {}", info.layout, a.splits.val_split))
@@ -598,7 +736,15 @@ fn linear_probe(a: &LinearArgs) -> Result<(Vec<Score>, ProtocolCard)> {
         .set("training", format!("{} epochs, batch {} (last partial dropped), SGD lr {} momentum {} wd {}, x0.1 at {:?}", cfg.epochs, cfg.batch_size, cfg.lr, cfg.momentum, cfg.weight_decay, cfg.lr_drops))
         .set("augment", if a.no_augment { "none (features computed once)".to_string() } else { "RandomResizedCrop(scale 0.8-1) + flip, features recomputed every epoch".to_string() })
         .set("score", "mIoU over all classes (absent ones 0), label 255 ignored, on the whole val split after the last epoch");
-    Ok((vec![Score::new(format!("linear ({} train, {} val)", train.len(), val.len()), classes, "supervised", vec![v])], card))
+    Ok((
+        vec![Score::new(
+            format!("linear ({} train, {} val)", train.len(), val.len()),
+            classes,
+            "supervised",
+            vec![v],
+        )],
+        card,
+    ))
 }
 
 /// One memory bank per training subset, scored on the validation set.
@@ -620,7 +766,8 @@ impl WithBackend for InContextJob {
         let dim = vit.config().embed_dim;
         let s = self.size;
         let (vi, vm) = load_items(&self.val, s, s)?;
-        let val: Vec<(FeatureMap, Mask)> = extract::<B::InnerBackend>(&vit, &vi, self.batch).into_iter().zip(vm).collect();
+        let val: Vec<(FeatureMap, Mask)> =
+            extract::<B::InnerBackend>(&vit, &vi, self.batch).into_iter().zip(vm).collect();
         let mut out = Vec::new();
         for (label, items) in &self.subsets {
             let t0 = Instant::now();
@@ -636,7 +783,10 @@ impl WithBackend for InContextJob {
                             let img = read_image(&it.image)?;
                             let m = it.read_mask()?;
                             let (img, m) = if self.augment {
-                                let mut rng = SplitMix64::stream(0x4b1d, (pass * items.len() + ci * 64 + j) as u64);
+                                let mut rng = SplitMix64::stream(
+                                    0x4b1d,
+                                    (pass * items.len() + ci * 64 + j) as u64,
+                                );
                                 augment::hummingbird_train(&img, &m, &mut rng)
                             } else {
                                 (img, m)
@@ -645,14 +795,26 @@ impl WithBackend for InContextJob {
                         })
                         .collect::<Result<_>>()?;
                     let (imgs, masks): (Vec<RgbImage>, Vec<Mask>) = pairs.into_iter().unzip();
-                    for (j, (f, m)) in extract::<B::InnerBackend>(&vit, &imgs, self.batch).iter().zip(&masks).enumerate() {
-                        let mut rng = SplitMix64::stream(0x5a3e, (pass * items.len() + ci * 64 + j) as u64);
-                        bank.add(f, m, per, &mut rng).with_context(|| format!("bank image {}", chunk[j].name))?;
+                    for (j, (f, m)) in extract::<B::InnerBackend>(&vit, &imgs, self.batch)
+                        .iter()
+                        .zip(&masks)
+                        .enumerate()
+                    {
+                        let mut rng =
+                            SplitMix64::stream(0x5a3e, (pass * items.len() + ci * 64 + j) as u64);
+                        bank.add(f, m, per, &mut rng)
+                            .with_context(|| format!("bank image {}", chunk[j].name))?;
                     }
                 }
             }
             let v = incontext::evaluate(&bank, &val, &self.cfg);
-            eprintln!("in-context {label}: {} images, {} bank patches, mIoU {:.4} ({:.1} s)", items.len(), bank.len(), v, t0.elapsed().as_secs_f64());
+            eprintln!(
+                "in-context {label}: {} images, {} bank patches, mIoU {:.4} ({:.1} s)",
+                items.len(),
+                bank.len(),
+                v,
+                t0.elapsed().as_secs_f64()
+            );
             out.push((label.clone(), v, bank.len()));
         }
         Ok(out)
@@ -673,18 +835,23 @@ fn in_context(a: &InContextArgs) -> Result<(Vec<Score>, ProtocolCard)> {
         Some(k) if ade => k + 1,
         Some(k) => k,
         None => {
-            let masks: Vec<Mask> = train.iter().chain(&val).map(|i| i.read_mask()).collect::<Result<_>>()?;
+            let masks: Vec<Mask> =
+                train.iter().chain(&val).map(|i| i.read_mask()).collect::<Result<_>>()?;
             mosic_eval::cluster::num_classes(&masks)
         }
     };
     let (train, val) = if ade {
         // Hummingbird reads ADE20K's raw ids (0 = other, ignored).
-        (train.into_iter().map(|i| LabelledImage { labels: None, ..i }).collect::<Vec<_>>(), val.into_iter().map(|i| LabelledImage { labels: None, ..i }).collect::<Vec<_>>())
+        (
+            train.into_iter().map(|i| LabelledImage { labels: None, ..i }).collect::<Vec<_>>(),
+            val.into_iter().map(|i| LabelledImage { labels: None, ..i }).collect::<Vec<_>>(),
+        )
     } else {
         (train, val)
     };
     let ignore = a.ignore.unwrap_or(if ade { 0 } else { 255 });
-    let by_name: std::collections::HashMap<&str, &LabelledImage> = train.iter().map(|i| (i.name.as_str(), i)).collect();
+    let by_name: std::collections::HashMap<&str, &LabelledImage> =
+        train.iter().map(|i| (i.name.as_str(), i)).collect();
     let mut subsets = Vec::new();
     for &n in &a.fractions {
         ensure!(n >= 1, "--fractions are denominators (1, 8, 64, 128), not {n}");
@@ -706,24 +873,82 @@ fn in_context(a: &InContextArgs) -> Result<(Vec<Score>, ProtocolCard)> {
             subsets.push((format!("1/{n}#{seed}"), items));
         }
     }
-    let cfg = InContextConfig { neighbours: a.neighbours, temperature: a.temperature, memory_size: (a.memory_size > 0).then_some(a.memory_size), passes: a.passes, ignore };
-    let job = InContextJob { weights: c.model.weights()?, size, batch: c.model.batch, subsets, val: val.clone(), classes, cfg: cfg.clone(), augment: !a.no_augment };
+    let cfg = InContextConfig {
+        neighbours: a.neighbours,
+        temperature: a.temperature,
+        memory_size: (a.memory_size > 0).then_some(a.memory_size),
+        passes: a.passes,
+        ignore,
+    };
+    let job = InContextJob {
+        weights: c.model.weights()?,
+        size,
+        batch: c.model.batch,
+        subsets,
+        val: val.clone(),
+        classes,
+        cfg: cfg.clone(),
+        augment: !a.no_augment,
+    };
     let results = dispatch(&c.model.backend, job)?;
     let mut scores = Vec::new();
     let mut banks = Vec::new();
     for &n in &a.fractions {
         let prefix = format!("1/{n}#");
-        let part: Vec<&(String, f64, usize)> = results.iter().filter(|r| r.0.starts_with(&prefix)).collect();
-        banks.push(format!("1/{n}: {}", part.iter().map(|r| r.2.to_string()).collect::<Vec<_>>().join(",")));
-        scores.push(Score::new(format!("fraction 1/{n}"), classes, "nearest-neighbour", part.iter().map(|r| r.1).collect()));
+        let part: Vec<&(String, f64, usize)> =
+            results.iter().filter(|r| r.0.starts_with(&prefix)).collect();
+        banks.push(format!(
+            "1/{n}: {}",
+            part.iter().map(|r| r.2.to_string()).collect::<Vec<_>>().join(",")
+        ));
+        scores.push(Score::new(
+            format!("fraction 1/{n}"),
+            classes,
+            "nearest-neighbour",
+            part.iter().map(|r| r.1).collect(),
+        ));
     }
-    let mut card = ProtocolCard::new("in-context retrieval (Hummingbird)", format!("{} hbird/hbird_eval.py; settings of {} hummingbird_eval.sh", card::HUMMINGBIRD, card::MOSIC), size, size, a.seeds.clone())
-        .set("data", format!("{} -> {}", info.layout, a.splits.val_split))
-        .set("classes", format!("{classes} (label {ignore} ignored)"))
-        .set("subsets", if a.file_sets.is_some() { "published file lists".to_string() } else { "seeded random subsets".to_string() })
-        .set("bank", format!("{} pass(es){}, per-image class-aware sampling; filled: {}", if a.no_augment { 1 } else { a.passes }, if a.no_augment { "" } else { " with colour jitter + RandomResizedCrop(0.5-2)" }, banks.join("; ")))
-        .set("retrieval", format!("exact cosine top-{}, softmax(sim / {}), labels bilinearly upsampled to the input", a.neighbours, a.temperature))
-        .set("score", "mIoU over all classes (absent ones 0) after Hungarian matching, at input resolution");
+    let mut card = ProtocolCard::new(
+        "in-context retrieval (Hummingbird)",
+        format!(
+            "{} hbird/hbird_eval.py; settings of {} hummingbird_eval.sh",
+            card::HUMMINGBIRD,
+            card::MOSIC
+        ),
+        size,
+        size,
+        a.seeds.clone(),
+    )
+    .set("data", format!("{} -> {}", info.layout, a.splits.val_split))
+    .set("classes", format!("{classes} (label {ignore} ignored)"))
+    .set(
+        "subsets",
+        if a.file_sets.is_some() {
+            "published file lists".to_string()
+        } else {
+            "seeded random subsets".to_string()
+        },
+    )
+    .set(
+        "bank",
+        format!(
+            "{} pass(es){}, per-image class-aware sampling; filled: {}",
+            if a.no_augment { 1 } else { a.passes },
+            if a.no_augment { "" } else { " with colour jitter + RandomResizedCrop(0.5-2)" },
+            banks.join("; ")
+        ),
+    )
+    .set(
+        "retrieval",
+        format!(
+            "exact cosine top-{}, softmax(sim / {}), labels bilinearly upsampled to the input",
+            a.neighbours, a.temperature
+        ),
+    )
+    .set(
+        "score",
+        "mIoU over all classes (absent ones 0) after Hungarian matching, at input resolution",
+    );
     card.bank_size = Some(cfg.memory_size.map_or("unbounded".to_string(), |m| m.to_string()));
     Ok((scores, card))
 }

@@ -13,7 +13,11 @@ mod tracks;
 mod train;
 
 #[derive(Parser)]
-#[command(name = "mosic", version, about = "Motion-guided Sinkhorn clustering: track shards and dense post-training of ViTs")]
+#[command(
+    name = "mosic",
+    version,
+    about = "Motion-guided Sinkhorn clustering: track shards and dense post-training of ViTs"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -182,7 +186,11 @@ fn synth(a: SynthArgs) -> Result<ExitCode> {
         CameraArg::Strong => mosic_synth::scene::Camera::Strong,
     };
     if a.grid < 1 || a.grid > cfg.stored_width.min(cfg.stored_height) {
-        anyhow::bail!("--grid must be in 1..={} (got {})", cfg.stored_width.min(cfg.stored_height), a.grid);
+        anyhow::bail!(
+            "--grid must be in 1..={} (got {})",
+            cfg.stored_width.min(cfg.stored_height),
+            a.grid
+        );
     }
     if a.frames < 1 || a.width < 16 || a.height < 16 || a.videos < 1 {
         anyhow::bail!("--videos and --frames must be positive, --width and --height at least 16");
@@ -216,10 +224,21 @@ fn shards(c: ShardsCommand) -> Result<ExitCode> {
                 eprintln!("problem: {p}");
             }
             if report.ok() {
-                println!("ok: {} shards, {} clips in {}", report.shards, report.clips, dir.display());
+                println!(
+                    "ok: {} shards, {} clips in {}",
+                    report.shards,
+                    report.clips,
+                    dir.display()
+                );
                 Ok(ExitCode::SUCCESS)
             } else {
-                eprintln!("{} problem(s) in {} ({} shards, {} clips read)", report.problems.len(), dir.display(), report.shards, report.clips);
+                eprintln!(
+                    "{} problem(s) in {} ({} shards, {} clips read)",
+                    report.problems.len(),
+                    dir.display(),
+                    report.shards,
+                    report.clips
+                );
                 Ok(ExitCode::FAILURE)
             }
         }
@@ -233,10 +252,20 @@ fn shards(c: ShardsCommand) -> Result<ExitCode> {
                 println!("clips              {}", s.clips);
                 println!("videos             {}", s.videos);
                 println!("datasets           {}", s.datasets.join(", "));
-                println!("clip shape         {} frames x {} points at {}x{}", s.frames_per_clip, s.points_per_clip, s.width, s.height);
+                println!(
+                    "clip shape         {} frames x {} points at {}x{}",
+                    s.frames_per_clip, s.points_per_clip, s.width, s.height
+                );
                 println!("tracker            {}", s.tracker);
-                println!("visible            {:.1}% of entries, {:.1}% of points always visible", 100.0 * s.visible_fraction, 100.0 * s.always_visible_fraction);
-                for (name, d) in [("step displacement", &s.step_displacement_px), ("clip displacement", &s.clip_displacement_px)] {
+                println!(
+                    "visible            {:.1}% of entries, {:.1}% of points always visible",
+                    100.0 * s.visible_fraction,
+                    100.0 * s.always_visible_fraction
+                );
+                for (name, d) in [
+                    ("step displacement", &s.step_displacement_px),
+                    ("clip displacement", &s.clip_displacement_px),
+                ] {
                     println!(
                         "{name:<18} mean {:.2} px, p50 {:.2}, p90 {:.2}, p99 {:.2}, max {:.2} (n = {})",
                         d.mean, d.p50, d.p90, d.p99, d.max, d.count
@@ -247,7 +276,13 @@ fn shards(c: ShardsCommand) -> Result<ExitCode> {
         }
         ShardsCommand::Merge { out, inputs } => {
             let m = mosic::manifest::merge(&inputs, &out)?;
-            println!("merged {} directories: {} shards, {} clips -> {}", inputs.len(), m.shards.len(), m.total_rows(), mosic::manifest::Manifest::path(&out).display());
+            println!(
+                "merged {} directories: {} shards, {} clips -> {}",
+                inputs.len(),
+                m.shards.len(),
+                m.total_rows(),
+                mosic::manifest::Manifest::path(&out).display()
+            );
             Ok(ExitCode::SUCCESS)
         }
         ShardsCommand::Render { dir, clip, out, scale, fps } => {
@@ -256,14 +291,22 @@ fn shards(c: ShardsCommand) -> Result<ExitCode> {
                 .frames
                 .iter()
                 .enumerate()
-                .map(|(k, j)| mosic::imageio::decode_jpeg(j).map_err(|m| anyhow::anyhow!("clip {clip}, frame {k}: {m}")))
+                .map(|(k, j)| {
+                    mosic::imageio::decode_jpeg(j)
+                        .map_err(|m| anyhow::anyhow!("clip {clip}, frame {k}: {m}"))
+                })
                 .collect::<Result<Vec<_>>>()?;
             let tracks: Vec<f32> = c.tracks.iter().flatten().copied().collect();
             let vis: Vec<u8> = c.visibility.iter().map(|&v| v as u8).collect();
             let opts = mosic_video::RenderOptions { upscale: scale, fps, ..Default::default() };
             mosic_video::render(&frames, &tracks, &vis, spec.num_points(), &out, &opts)
                 .with_context(|| format!("rendering clip {clip}"))?;
-            println!("wrote {} ({} frames, {} points)", out.display(), frames.len(), spec.num_points());
+            println!(
+                "wrote {} ({} frames, {} points)",
+                out.display(),
+                frames.len(),
+                spec.num_points()
+            );
             Ok(ExitCode::SUCCESS)
         }
     }

@@ -21,7 +21,12 @@ struct State {
 
 impl Progress {
     pub fn new(label: &str) -> Self {
-        Self { label: label.into(), start: Instant::now(), tty: std::io::stderr().is_terminal(), state: Mutex::new(State::default()) }
+        Self {
+            label: label.into(),
+            start: Instant::now(),
+            tty: std::io::stderr().is_terminal(),
+            state: Mutex::new(State::default()),
+        }
     }
 
     /// `done` of `total` units, `clips` written so far.
@@ -35,10 +40,21 @@ impl Progress {
         st.last = Some(now);
         let secs = self.start.elapsed().as_secs_f64();
         let rate = clips as f64 / secs.max(1e-9);
-        let eta = if done > 0 && done < total { secs / done as f64 * (total - done) as f64 } else { 0.0 };
+        let eta =
+            if done > 0 && done < total { secs / done as f64 * (total - done) as f64 } else { 0.0 };
         let width = 24;
         let filled = if total > 0 { done * width / total } else { width };
-        let bar: String = (0..width).map(|i| if i < filled { '=' } else if i == filled { '>' } else { ' ' }).collect();
+        let bar: String = (0..width)
+            .map(|i| {
+                if i < filled {
+                    '='
+                } else if i == filled {
+                    '>'
+                } else {
+                    ' '
+                }
+            })
+            .collect();
         let line = format!(
             "{} [{bar}] {done}/{total} videos, {clips} clips, {rate:.1} clips/s, ETA {}",
             self.label,

@@ -132,13 +132,18 @@ pub struct BenchArgs {
 impl RunArgs {
     /// The run's settings, checked before anything is loaded or listed.
     fn config(&self) -> Result<TracksConfig> {
-        let input = self.input.clone().context("--input is required (a dataset folder, a folder of videos, or a video file)")?;
+        let input = self.input.clone().context(
+            "--input is required (a dataset folder, a folder of videos, or a video file)",
+        )?;
         let worker_index = match self.worker_index {
             Some(i) => i,
             None => match std::env::var("SLURM_ARRAY_TASK_ID") {
                 Ok(id) => {
                     let id: u32 = id.parse().context("SLURM_ARRAY_TASK_ID is not a number")?;
-                    let min: u32 = std::env::var("SLURM_ARRAY_TASK_MIN").ok().and_then(|m| m.parse().ok()).unwrap_or(0);
+                    let min: u32 = std::env::var("SLURM_ARRAY_TASK_MIN")
+                        .ok()
+                        .and_then(|m| m.parse().ok())
+                        .unwrap_or(0);
                     id.saturating_sub(min)
                 }
                 Err(_) => 0,
@@ -192,26 +197,37 @@ impl RunArgs {
     fn tracker(&self) -> Result<(Box<dyn Tracker>, Vec<String>)> {
         Ok(match &self.model {
             Some(model) => {
-                let params = CoTrackerParams { batch: self.batch, allow_cpu_fallback: self.allow_cpu_fallback, ..Default::default() };
+                let params = CoTrackerParams {
+                    batch: self.batch,
+                    allow_cpu_fallback: self.allow_cpu_fallback,
+                    ..Default::default()
+                };
                 let t = CoTracker::load(model, self.device, params)?;
                 let notes = t.notes.clone();
                 (Box::new(t), notes)
             }
             None => {
                 if self.device != Device::Cpu {
-                    bail!("--device {} needs --model (the native tracker runs on the CPU)", self.device);
+                    bail!(
+                        "--device {} needs --model (the native tracker runs on the CPU)",
+                        self.device
+                    );
                 }
                 let params: NativeParams = match &self.native_params {
                     None => NativeParams::default(),
                     Some(j) => {
                         let mut v = serde_json::to_value(NativeParams::default())?;
-                        let over: serde_json::Value = serde_json::from_str(j).context("--native-params is not JSON")?;
+                        let over: serde_json::Value =
+                            serde_json::from_str(j).context("--native-params is not JSON")?;
                         let (Some(base), Some(over)) = (v.as_object_mut(), over.as_object()) else {
                             bail!("--native-params must be a JSON object");
                         };
                         for (k, x) in over {
                             if !base.contains_key(k) {
-                                bail!("--native-params: no setting '{k}' (there are: {})", base.keys().cloned().collect::<Vec<_>>().join(", "));
+                                bail!(
+                                    "--native-params: no setting '{k}' (there are: {})",
+                                    base.keys().cloned().collect::<Vec<_>>().join(", ")
+                                );
                             }
                             base.insert(k.clone(), x.clone());
                         }
@@ -225,7 +241,11 @@ impl RunArgs {
 
     /// FFmpeg's and ONNX Runtime's messages go above the progress bar.
     fn route_logs(&self, bar: &Arc<Progress>) {
-        let level = if self.verbose { mosic_video::log::Level::Debug } else { mosic_video::log::Level::Error };
+        let level = if self.verbose {
+            mosic_video::log::Level::Debug
+        } else {
+            mosic_video::log::Level::Error
+        };
         let b = bar.clone();
         mosic_video::log::set_sink(
             level,
@@ -243,7 +263,12 @@ pub fn tracks(a: TracksArgs) -> Result<ExitCode> {
     if let Some(TracksCommand::Eval { pred, gt, json }) = a.command {
         let (m, z) = mosic_pipeline::eval::evaluate_dirs(&pred, &gt)?;
         if json {
-            println!("{}", serde_json::to_string_pretty(&serde_json::json!({ "tracker": m, "zero_motion": z }))?);
+            println!(
+                "{}",
+                serde_json::to_string_pretty(
+                    &serde_json::json!({ "tracker": m, "zero_motion": z })
+                )?
+            );
         } else {
             println!("{} clips; TAP-Vid metrics at 256x256 (each clip a video, query mode \"first\"), averaged over clips", m.clips);
             println!(
@@ -251,10 +276,15 @@ pub fn tracks(a: TracksArgs) -> Result<ExitCode> {
                 "", "<1", "<2", "<4", "<8", "<16", "<d_avg", "OA", "AJ", "vis.rec", "vis.prec"
             );
             for (name, x) in [("tracks", &m), ("zero motion", &z)] {
-                let pa: String = x.position_accuracy.iter().map(|v| format!("{:>8.3}", v)).collect();
+                let pa: String =
+                    x.position_accuracy.iter().map(|v| format!("{:>8.3}", v)).collect();
                 println!(
                     "{name:<14}{pa}{:>10.3}{:>8.3}{:>8.3}{:>10.3}{:>10.3}",
-                    x.average_position_accuracy, x.occlusion_accuracy, x.average_jaccard, x.visible_recall, x.visible_precision
+                    x.average_position_accuracy,
+                    x.occlusion_accuracy,
+                    x.average_jaccard,
+                    x.visible_recall,
+                    x.visible_precision
                 );
             }
         }
@@ -270,7 +300,9 @@ pub fn tracks(a: TracksArgs) -> Result<ExitCode> {
         eprintln!("note: {n}");
     }
     let b = bar.clone();
-    let report = mosic_pipeline::run(&cfg, &opts, &args.out, tracker.as_mut(), &move |d, t, c| b.update(d, t, c))?;
+    let report = mosic_pipeline::run(&cfg, &opts, &args.out, tracker.as_mut(), &move |d, t, c| {
+        b.update(d, t, c)
+    })?;
     print_report(&report, &cfg.worker_dir(&args.out));
     if !report.failed.is_empty() {
         if args.keep_going {
@@ -317,10 +349,17 @@ fn print_report(report: &Report, dir: &Path) {
         100.0 * report.tracker_seconds / report.seconds.max(1e-9)
     );
     if report.hidden_outside > 0 {
-        println!("{} visible points the tracker placed outside the frame were stored as invisible", report.hidden_outside);
+        println!(
+            "{} visible points the tracker placed outside the frame were stored as invisible",
+            report.hidden_outside
+        );
     }
     if !report.too_short.is_empty() {
-        println!("skipped, too short for one clip: {} ({})", report.too_short.len(), report.too_short.join(", "));
+        println!(
+            "skipped, too short for one clip: {} ({})",
+            report.too_short.len(),
+            report.too_short.join(", ")
+        );
     }
     for (v, e) in &report.failed {
         eprintln!("failed: {v}: {e}");
@@ -345,7 +384,8 @@ pub fn bench(a: BenchArgs) -> Result<ExitCode> {
         Device::Cuda(i) => Some(GpuMonitor::start(i)),
         Device::Cpu => None,
     };
-    let report = mosic_pipeline::run(&cfg, &a.run.options(), tmp.path(), tracker.as_mut(), &|_, _, _| {})?;
+    let report =
+        mosic_pipeline::run(&cfg, &a.run.options(), tmp.path(), tracker.as_mut(), &|_, _, _| {})?;
     let busy = gpu.map(GpuMonitor::stop);
     let decode_rate = clips as f64 / decode_s;
     println!("input            {}", cfg.input.display());
@@ -358,7 +398,10 @@ pub fn bench(a: BenchArgs) -> Result<ExitCode> {
         report.clips_per_second,
         tracker.batch_size()
     );
-    println!("ratio            {:.2}x of decode-only throughput", report.clips_per_second / decode_rate);
+    println!(
+        "ratio            {:.2}x of decode-only throughput",
+        report.clips_per_second / decode_rate
+    );
     let bytes: u64 = mosic::Manifest::load(tmp.path())?.shards.iter().map(|s| s.bytes).sum();
     println!(
         "shards           {:.1} MB, {:.0} KB per clip ({} points x {} frames at {}x{})",
@@ -369,9 +412,15 @@ pub fn bench(a: BenchArgs) -> Result<ExitCode> {
         cfg.width,
         cfg.height
     );
-    println!("tracker busy     {:.0}% of the stage's time", 100.0 * report.tracker_seconds / report.seconds.max(1e-9));
+    println!(
+        "tracker busy     {:.0}% of the stage's time",
+        100.0 * report.tracker_seconds / report.seconds.max(1e-9)
+    );
     match busy {
-        Some(Ok(b)) => println!("GPU busy         {:.0}% (mean of {} nvidia-smi samples, every 100 ms)", b.0, b.1),
+        Some(Ok(b)) => println!(
+            "GPU busy         {:.0}% (mean of {} nvidia-smi samples, every 100 ms)",
+            b.0, b.1
+        ),
         Some(Err(e)) => println!("GPU busy         not measured: {e}"),
         None => {}
     }
@@ -385,7 +434,9 @@ fn bench_scale(a: &BenchArgs) -> Result<ExitCode> {
         .split_once('x')
         .and_then(|(w, h)| Some((w.parse::<u32>().ok()?, h.parse::<u32>().ok()?)))
         .filter(|&(w, h)| w >= 16 && h >= 16)
-        .with_context(|| format!("--synthetic-size '{}' is not WIDTHxHEIGHT (at least 16x16)", a.synthetic_size))?;
+        .with_context(|| {
+            format!("--synthetic-size '{}' is not WIDTHxHEIGHT (at least 16x16)", a.synthetic_size)
+        })?;
     if a.synthetic.contains(&0) {
         bail!("--synthetic counts must be positive");
     }
@@ -399,14 +450,26 @@ fn bench_scale(a: &BenchArgs) -> Result<ExitCode> {
     (sc.scene.num_frames, sc.scene.width, sc.scene.height) = (a.synthetic_frames, w, h);
     let start = std::time::Instant::now();
     mosic_synth::generate(&sc, &data, &|_| {})?;
-    println!("synthetic set    {most} videos of {} frames at {w}x{h} in {:.1} s", a.synthetic_frames, start.elapsed().as_secs_f64());
+    println!(
+        "synthetic set    {most} videos of {} frames at {w}x{h} in {:.1} s",
+        a.synthetic_frames,
+        start.elapsed().as_secs_f64()
+    );
     let (tracker, notes) = a.run.tracker()?;
     for n in &notes {
         eprintln!("note: {n}");
     }
-    println!("tracker          {} (batch {}), {} threads", tracker.info().name, tracker.batch_size(), cores());
+    println!(
+        "tracker          {} (batch {}), {} threads",
+        tracker.info().name,
+        tracker.batch_size(),
+        cores()
+    );
     drop(tracker);
-    println!("{:>8}{:>8}{:>8}{:>10}{:>10}{:>12}{:>14}{:>12}", "videos", "clips", "shards", "seconds", "clips/s", "peak RSS", "queue peak", "KB/clip");
+    println!(
+        "{:>8}{:>8}{:>8}{:>10}{:>10}{:>12}{:>14}{:>12}",
+        "videos", "clips", "shards", "seconds", "clips/s", "peak RSS", "queue peak", "KB/clip"
+    );
     let mut counts = a.synthetic.clone();
     counts.sort();
     for n in counts {
@@ -422,9 +485,11 @@ fn bench_scale(a: &BenchArgs) -> Result<ExitCode> {
         let (mut tracker, _) = run.tracker()?;
         let out = tmp.path().join(format!("out-{n}"));
         let reset = reset_peak_rss();
-        let report = mosic_pipeline::run(&cfg, &run.options(), &out, tracker.as_mut(), &|_, _, _| {})?;
+        let report =
+            mosic_pipeline::run(&cfg, &run.options(), &out, tracker.as_mut(), &|_, _, _| {})?;
         let peak = peak_rss_bytes().filter(|_| reset);
-        let bytes: u64 = mosic::Manifest::load(&cfg.worker_dir(&out))?.shards.iter().map(|s| s.bytes).sum();
+        let bytes: u64 =
+            mosic::Manifest::load(&cfg.worker_dir(&out))?.shards.iter().map(|s| s.bytes).sum();
         println!(
             "{n:>8}{:>8}{:>8}{:>10.1}{:>10.2}{:>12}{:>14}{:>12.0}",
             report.clips,
@@ -464,7 +529,14 @@ struct GpuMonitor {
 impl GpuMonitor {
     fn start(index: u32) -> Self {
         let child = std::process::Command::new("nvidia-smi")
-            .args(["--query-gpu=utilization.gpu", "--format=csv,noheader,nounits", "-lms", "100", "-i", &index.to_string()])
+            .args([
+                "--query-gpu=utilization.gpu",
+                "--format=csv,noheader,nounits",
+                "-lms",
+                "100",
+                "-i",
+                &index.to_string(),
+            ])
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::null())
             .spawn();
@@ -476,7 +548,8 @@ impl GpuMonitor {
         let mut child = self.child.context("nvidia-smi could not be started")?;
         let _ = child.kill();
         let out = child.wait_with_output()?;
-        mean_utilisation(&String::from_utf8_lossy(&out.stdout)).context("nvidia-smi printed no samples")
+        mean_utilisation(&String::from_utf8_lossy(&out.stdout))
+            .context("nvidia-smi printed no samples")
     }
 }
 

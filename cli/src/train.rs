@@ -44,19 +44,34 @@ struct Train {
 impl WithBackend for Train {
     type Output = mosic_trainer::train::Summary;
     fn run<B: AutodiffBackend>(self, device: B::Device) -> Result<Self::Output> {
-        mosic_trainer::train::train::<B>(&self.cfg, &self.out, self.resume, self.stop_after, &device, &|l| eprintln!("{l}"))
+        mosic_trainer::train::train::<B>(
+            &self.cfg,
+            &self.out,
+            self.resume,
+            self.stop_after,
+            &device,
+            &|l| eprintln!("{l}"),
+        )
     }
 }
 
 /// The runs of a config live in `runs/<config file stem>/`.
 fn config_runs(runs: &Path, config: Option<&Path>) -> PathBuf {
-    let name = config.and_then(|c| c.file_stem()).map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "default".into());
+    let name = config
+        .and_then(|c| c.file_stem())
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "default".into());
     runs.join(name)
 }
 
 /// The newest run directory (by its date-time name) under `dir` that has a config.
 fn newest_run(dir: &Path) -> Option<PathBuf> {
-    let mut runs: Vec<PathBuf> = std::fs::read_dir(dir).ok()?.flatten().map(|e| e.path()).filter(|p| p.join("config.toml").is_file()).collect();
+    let mut runs: Vec<PathBuf> = std::fs::read_dir(dir)
+        .ok()?
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.join("config.toml").is_file())
+        .collect();
     runs.sort();
     runs.pop()
 }
@@ -99,7 +114,12 @@ pub fn train(a: TrainArgs) -> Result<ExitCode> {
         (Some(o), _) => o.clone(),
         (None, true) => {
             let dir = config_runs(&a.runs, a.config.as_deref());
-            newest_run(&dir).with_context(|| format!("--resume: no run of this config in {} (name one with --out)", dir.display()))?
+            newest_run(&dir).with_context(|| {
+                format!(
+                    "--resume: no run of this config in {} (name one with --out)",
+                    dir.display()
+                )
+            })?
         }
         (None, false) => PathBuf::new(),
     };
@@ -112,9 +132,16 @@ pub fn train(a: TrainArgs) -> Result<ExitCode> {
     // Every value is checked before a run directory is made.
     let cfg = TrainConfig::load(config.as_deref(), &a.set)?;
     mosic_trainer::backend::check_precision(&a.backend, cfg.model.precision)?;
-    let out = if out.as_os_str().is_empty() { new_run_dir(&config_runs(&a.runs, a.config.as_deref()))? } else { out };
+    let out = if out.as_os_str().is_empty() {
+        new_run_dir(&config_runs(&a.runs, a.config.as_deref()))?
+    } else {
+        out
+    };
     eprintln!("run directory {}", out.display());
-    let s = dispatch(&a.backend, Train { cfg, out: out.clone(), resume: a.resume, stop_after: a.stop_after })?;
+    let s = dispatch(
+        &a.backend,
+        Train { cfg, out: out.clone(), resume: a.resume, stop_after: a.stop_after },
+    )?;
     println!(
         "train: {} steps, loss {} -> {}, {:.2} clips/s, run in {}{}",
         s.steps,
@@ -146,9 +173,20 @@ pub struct ExportArgs {
 pub fn export(a: ExportArgs) -> Result<ExitCode> {
     use burn::backend::NdArray;
     let cfg = mosic_trainer::features::run_config(&a.run)?;
-    let ckpt = mosic_trainer::train::export::<NdArray<f32>>(&a.run, a.checkpoint.as_deref(), a.img_size, &a.out, &Default::default())?;
+    let ckpt = mosic_trainer::train::export::<NdArray<f32>>(
+        &a.run,
+        a.checkpoint.as_deref(),
+        a.img_size,
+        &a.out,
+        &Default::default(),
+    )?;
     let size = a.img_size.unwrap_or(cfg.model.img_size);
-    println!("wrote {} (teacher backbone of {}, timm model {} at img_size={size})", a.out.display(), ckpt.display(), cfg.model.preset);
+    println!(
+        "wrote {} (teacher backbone of {}, timm model {} at img_size={size})",
+        a.out.display(),
+        ckpt.display(),
+        cfg.model.preset
+    );
     Ok(ExitCode::SUCCESS)
 }
 
@@ -184,21 +222,52 @@ struct Bench {
 impl WithBackend for Bench {
     type Output = mosic_trainer::train::BenchFigures;
     fn run<B: AutodiffBackend>(self, device: B::Device) -> Result<Self::Output> {
-        mosic_trainer::train::bench::<B>(&self.cfg, &device, self.frames, self.points, self.warmup, self.steps)
+        mosic_trainer::train::bench::<B>(
+            &self.cfg,
+            &device,
+            self.frames,
+            self.points,
+            self.warmup,
+            self.steps,
+        )
     }
 }
 
 pub fn bench(a: BenchTrainArgs) -> Result<ExitCode> {
     let cfg = TrainConfig::load(a.config.as_deref(), &a.set)?;
     mosic_trainer::backend::check_precision(&a.backend, cfg.model.precision)?;
-    let f = dispatch(&a.backend, Bench { cfg: cfg.clone(), frames: a.frames, points: a.points, steps: a.steps, warmup: a.warmup })
-        .with_context(|| format!("bench on backend {}", a.backend))?;
+    let f = dispatch(
+        &a.backend,
+        Bench {
+            cfg: cfg.clone(),
+            frames: a.frames,
+            points: a.points,
+            steps: a.steps,
+            warmup: a.warmup,
+        },
+    )
+    .with_context(|| format!("bench on backend {}", a.backend))?;
     println!("backend          {}", a.backend);
-    println!("model            {} at {} px, trainable blocks {:?}", cfg.model.preset, cfg.model.img_size, cfg.model.trainable_blocks);
-    println!("batch            {} clips x {} frames x {} points, mask ratio {}", cfg.data.batch_size, a.frames, a.points, cfg.objective.mask_ratio);
-    println!("step             {:.1} ms ({} of {} after {} warm-up steps)", f.step_s * 1e3, f.statistic, a.steps, a.warmup);
+    println!(
+        "model            {} at {} px, trainable blocks {:?}",
+        cfg.model.preset, cfg.model.img_size, cfg.model.trainable_blocks
+    );
+    println!(
+        "batch            {} clips x {} frames x {} points, mask ratio {}",
+        cfg.data.batch_size, a.frames, a.points, cfg.objective.mask_ratio
+    );
+    println!(
+        "step             {:.1} ms ({} of {} after {} warm-up steps)",
+        f.step_s * 1e3,
+        f.statistic,
+        a.steps,
+        a.warmup
+    );
     println!("throughput       {:.2} clips/s", f.clips_per_s);
-    println!("first step       {:.1} s (process start of the trainer to the end of step 1)", f.first_step_s);
+    println!(
+        "first step       {:.1} s (process start of the trainer to the end of step 1)",
+        f.first_step_s
+    );
     println!("peak memory      {} (resident set, host)", peak_rss());
     Ok(ExitCode::SUCCESS)
 }
@@ -206,6 +275,10 @@ pub fn bench(a: BenchTrainArgs) -> Result<ExitCode> {
 fn peak_rss() -> String {
     std::fs::read_to_string("/proc/self/status")
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM:")).map(|l| l["VmHWM:".len()..].trim().to_string()))
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .map(|l| l["VmHWM:".len()..].trim().to_string())
+        })
         .unwrap_or_else(|| "unknown".into())
 }

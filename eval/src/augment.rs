@@ -21,7 +21,13 @@ pub struct Crop {
 
 /// torchvision's `RandomResizedCrop.get_params`: up to 10 tries of an area share in `scale`
 /// and a log-uniform aspect ratio in `ratio` that fit the image, else a central crop.
-pub fn random_resized_crop(width: u32, height: u32, scale: (f64, f64), ratio: (f64, f64), rng: &mut SplitMix64) -> Crop {
+pub fn random_resized_crop(
+    width: u32,
+    height: u32,
+    scale: (f64, f64),
+    ratio: (f64, f64),
+    rng: &mut SplitMix64,
+) -> Crop {
     let area = (width * height) as f64;
     let (lr0, lr1) = (ratio.0.ln(), ratio.1.ln());
     for _ in 0..10 {
@@ -52,7 +58,9 @@ pub fn crop_image(img: &RgbImage, c: Crop) -> RgbImage {
 
 pub fn crop_mask(m: &Mask, c: Crop) -> Mask {
     let (x0, y0, w, h) = (c.x as usize, c.y as usize, c.w as usize, c.h as usize);
-    let labels = (y0..y0 + h).flat_map(|y| m.labels[y * m.width + x0..y * m.width + x0 + w].iter().copied()).collect();
+    let labels = (y0..y0 + h)
+        .flat_map(|y| m.labels[y * m.width + x0..y * m.width + x0 + w].iter().copied())
+        .collect();
     Mask { width: w, height: h, labels }
 }
 
@@ -92,8 +100,19 @@ fn blend(a: f32, b: f32, f: f32) -> f32 {
 }
 
 /// torchvision's `ColorJitter` factors, each adjustment applied with probability `p`.
-pub fn color_jitter(img: &RgbImage, b: f64, c: f64, s: f64, h: f64, p: f64, rng: &mut SplitMix64) -> RgbImage {
-    let mut px: Vec<[f32; 3]> = img.pixels().map(|q| [q.0[0] as f32 / 255.0, q.0[1] as f32 / 255.0, q.0[2] as f32 / 255.0]).collect();
+pub fn color_jitter(
+    img: &RgbImage,
+    b: f64,
+    c: f64,
+    s: f64,
+    h: f64,
+    p: f64,
+    rng: &mut SplitMix64,
+) -> RgbImage {
+    let mut px: Vec<[f32; 3]> = img
+        .pixels()
+        .map(|q| [q.0[0] as f32 / 255.0, q.0[1] as f32 / 255.0, q.0[2] as f32 / 255.0])
+        .collect();
     if rng.next_f64() < p {
         let f = rng.uniform((1.0 - b).max(0.0), 1.0 + b) as f32;
         px.iter_mut().for_each(|q| q.iter_mut().for_each(|v| *v = blend(*v, 0.0, f)));
@@ -174,7 +193,11 @@ mod tests {
     #[test]
     fn mask_and_image_are_cut_alike() {
         let img = RgbImage::from_fn(4, 3, |x, y| image::Rgb([(x * 10 + y) as u8, 0, 0]));
-        let m = Mask { width: 4, height: 3, labels: (0..12).map(|i| ((i % 4) * 10 + i / 4) as u8).collect() };
+        let m = Mask {
+            width: 4,
+            height: 3,
+            labels: (0..12).map(|i| ((i % 4) * 10 + i / 4) as u8).collect(),
+        };
         let c = Crop { x: 1, y: 1, w: 2, h: 2 };
         let (ci, cm) = (flip_image(&crop_image(&img, c)), flip_mask(&crop_mask(&m, c)));
         let from_img: Vec<u8> = ci.pixels().map(|p| p.0[0]).collect();

@@ -7,7 +7,8 @@ use std::collections::BTreeMap;
 /// The reference implementations the protocols follow (the versions read and run for the goldens).
 pub const LEOPART: &str = "MkuuWaUjinga/leopart@7835701338d477c70d581c0a10e594257dcac198";
 pub const TIMET: &str = "SMSD75/Timetuning@94550b57ab51a6e249eea56378dab621223b1fb1";
-pub const HUMMINGBIRD: &str = "vpariza/open-hummingbird-eval@5e79da292730edded800a89828b84f38469f5476";
+pub const HUMMINGBIRD: &str =
+    "vpariza/open-hummingbird-eval@5e79da292730edded800a89828b84f38469f5476";
 pub const MOSIC: &str = "SMSD75/MoSiC@fed4637bdac1982910d28f10d4f1fa4b8a9e67bd";
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -26,8 +27,22 @@ pub struct ProtocolCard {
 }
 
 impl ProtocolCard {
-    pub fn new(protocol: &str, reference: String, input_size: usize, mask_size: usize, seeds: Vec<u64>) -> Self {
-        Self { protocol: protocol.into(), reference, input_size, mask_size, bank_size: None, seeds, settings: BTreeMap::new() }
+    pub fn new(
+        protocol: &str,
+        reference: String,
+        input_size: usize,
+        mask_size: usize,
+        seeds: Vec<u64>,
+    ) -> Self {
+        Self {
+            protocol: protocol.into(),
+            reference,
+            input_size,
+            mask_size,
+            bank_size: None,
+            seeds,
+            settings: BTreeMap::new(),
+        }
     }
 
     pub fn set(mut self, key: &str, value: impl ToString) -> Self {
@@ -40,12 +55,18 @@ impl ProtocolCard {
         let mut out = vec![
             format!("protocol   {}", self.protocol),
             format!("reference  {}", self.reference),
-            format!("input      {} px   masks {}x{}", self.input_size, self.mask_size, self.mask_size),
+            format!(
+                "input      {} px   masks {}x{}",
+                self.input_size, self.mask_size, self.mask_size
+            ),
         ];
         if let Some(b) = &self.bank_size {
             out.push(format!("bank       {b} patches"));
         }
-        out.push(format!("seeds      {}", self.seeds.iter().map(|s| s.to_string()).collect::<Vec<_>>().join(",")));
+        out.push(format!(
+            "seeds      {}",
+            self.seeds.iter().map(|s| s.to_string()).collect::<Vec<_>>().join(",")
+        ));
         for (k, v) in &self.settings {
             out.push(format!("{k:<10} {v}"));
         }

@@ -12,7 +12,10 @@
 use crate::data::Mask;
 use crate::dense::FeatureMap;
 use crate::kmeans::{faiss_kmeans, kmeans, nearest_centroids, FaissParams};
-use crate::segmentation::{hungarian_score, miou, overclustering_score, reference_score, Confusion, RefMatching, RefScore, SegScore, IGNORE};
+use crate::segmentation::{
+    hungarian_score, miou, overclustering_score, reference_score, Confusion, RefMatching, RefScore,
+    SegScore, IGNORE,
+};
 use rayon::prelude::*;
 
 /// One protocol's result over seeds.
@@ -33,7 +36,11 @@ impl Score {
     pub fn new(name: String, k: usize, matching: &str, per_seed: Vec<f64>) -> Self {
         let n = per_seed.len() as f64;
         let mean = per_seed.iter().sum::<f64>() / n;
-        let std = if per_seed.len() > 1 { (per_seed.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (n - 1.0)).sqrt() } else { 0.0 };
+        let std = if per_seed.len() > 1 {
+            (per_seed.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (n - 1.0)).sqrt()
+        } else {
+            0.0
+        };
         Self { name, k, matching: matching.into(), per_seed, mean, std }
     }
 }
@@ -53,7 +60,14 @@ pub const MAX_POINTS_PER_CENTROID: usize = 256;
 
 /// k-means centroids of `n` points, fitted on a seeded sample of at most
 /// [`MAX_POINTS_PER_CENTROID`] x k of them.
-pub fn fit_centroids(data: &[f32], n: usize, dim: usize, k: usize, seed: u64, iters: usize) -> Vec<f32> {
+pub fn fit_centroids(
+    data: &[f32],
+    n: usize,
+    dim: usize,
+    k: usize,
+    seed: u64,
+    iters: usize,
+) -> Vec<f32> {
     let cap = MAX_POINTS_PER_CENTROID * k;
     if n <= cap {
         return kmeans(data, n, dim, k, seed, iters).centroids;
@@ -62,7 +76,8 @@ pub fn fit_centroids(data: &[f32], n: usize, dim: usize, k: usize, seed: u64, it
     mosic::rng::SplitMix64::stream(seed, 0x5a4d).shuffle(&mut idx);
     idx.truncate(cap);
     idx.sort_unstable();
-    let sample: Vec<f32> = idx.iter().flat_map(|&i| data[i * dim..(i + 1) * dim].iter().copied()).collect();
+    let sample: Vec<f32> =
+        idx.iter().flat_map(|&i| data[i * dim..(i + 1) * dim].iter().copied()).collect();
     kmeans(&sample, cap, dim, k, seed, iters).centroids
 }
 
@@ -94,7 +109,12 @@ pub fn stack_tokens(maps: &[&FeatureMap]) -> Vec<f32> {
 
 /// Nearest centroid of every pixel of `mask_h x mask_w`, from the map's features upsampled
 /// (after normalisation) to that size.
-pub fn assign_pixels(map: &FeatureMap, centroids: &[f32], mask_h: usize, mask_w: usize) -> Vec<u32> {
+pub fn assign_pixels(
+    map: &FeatureMap,
+    centroids: &[f32],
+    mask_h: usize,
+    mask_w: usize,
+) -> Vec<u32> {
     let dim = map.dim;
     let up = map.normalized().upsample(mask_h, mask_w);
     let norms: Vec<f32> = centroids.chunks(dim).map(|c| c.iter().map(|v| v * v).sum()).collect();
@@ -120,7 +140,12 @@ pub fn num_classes<'a>(masks: impl IntoIterator<Item = &'a Mask>) -> usize {
 }
 
 /// Clustering mIoU of an image set: `features[i]` and `masks[i]` (already at the mask size).
-pub fn cluster_images(features: &[FeatureMap], masks: &[Mask], classes: usize, cfg: &ClusterConfig) -> Vec<Score> {
+pub fn cluster_images(
+    features: &[FeatureMap],
+    masks: &[Mask],
+    classes: usize,
+    cfg: &ClusterConfig,
+) -> Vec<Score> {
     assert_eq!(features.len(), masks.len());
     let maps: Vec<&FeatureMap> = features.iter().collect();
     let data = stack_tokens(&maps);
@@ -176,7 +201,8 @@ pub struct VideoConfig {
 /// Per-unit mIoU averages the classes present in its ground truth or prediction.
 pub fn cluster_videos(videos: &[VideoSample], cfg: &VideoConfig) -> Vec<Score> {
     let classes: Vec<usize> = videos.iter().map(|v| num_classes(&v.masks)).collect();
-    let gts: Vec<Vec<Vec<u32>>> = videos.iter().map(|v| v.masks.iter().map(Mask::as_u32).collect()).collect();
+    let gts: Vec<Vec<Vec<u32>>> =
+        videos.iter().map(|v| v.masks.iter().map(Mask::as_u32).collect()).collect();
     let max_classes = classes.iter().copied().max().unwrap_or(1);
     let mut out = Vec::new();
 
@@ -187,7 +213,11 @@ pub fn cluster_videos(videos: &[VideoSample], cfg: &VideoConfig) -> Vec<Score> {
             .enumerate()
             .flat_map_iter(|(v, vid)| {
                 let c = classes[v];
-                vid.frames.iter().zip(&vid.masks).enumerate().map(move |(i, (f, m))| (v, c, i, f, m))
+                vid.frames
+                    .iter()
+                    .zip(&vid.masks)
+                    .enumerate()
+                    .map(move |(i, (f, m))| (v, c, i, f, m))
             })
             .map(|(v, c, i, f, m)| {
                 let k = over.unwrap_or(c).min(f.len());
@@ -200,32 +230,33 @@ pub fn cluster_videos(videos: &[VideoSample], cfg: &VideoConfig) -> Vec<Score> {
             .collect();
         scores.iter().sum::<f64>() / scores.len().max(1) as f64
     };
-    let clip_level = |over: Option<usize>, seed: u64, shared: Option<&[f32]>, shared_k: usize| -> f64 {
-        let scores: Vec<f64> = videos
-            .par_iter()
-            .enumerate()
-            .map(|(v, vid)| {
-                let c = classes[v];
-                let (centroids, k) = match shared {
-                    Some(cent) => (cent.to_vec(), shared_k),
-                    None => {
-                        let maps: Vec<&FeatureMap> = vid.frames.iter().collect();
-                        let data = stack_tokens(&maps);
-                        let n = data.len() / vid.frames[0].dim;
-                        let k = over.unwrap_or(c).min(n);
-                        (fit_centroids(&data, n, vid.frames[0].dim, k, seed, cfg.iters), k)
+    let clip_level =
+        |over: Option<usize>, seed: u64, shared: Option<&[f32]>, shared_k: usize| -> f64 {
+            let scores: Vec<f64> = videos
+                .par_iter()
+                .enumerate()
+                .map(|(v, vid)| {
+                    let c = classes[v];
+                    let (centroids, k) = match shared {
+                        Some(cent) => (cent.to_vec(), shared_k),
+                        None => {
+                            let maps: Vec<&FeatureMap> = vid.frames.iter().collect();
+                            let data = stack_tokens(&maps);
+                            let n = data.len() / vid.frames[0].dim;
+                            let k = over.unwrap_or(c).min(n);
+                            (fit_centroids(&data, n, vid.frames[0].dim, k, seed, cfg.iters), k)
+                        }
+                    };
+                    let mut conf = Confusion::new(k, c);
+                    for (i, (f, m)) in vid.frames.iter().zip(&vid.masks).enumerate() {
+                        conf.add(&assign_pixels(f, &centroids, m.height, m.width), &gts[v][i]);
                     }
-                };
-                let mut conf = Confusion::new(k, c);
-                for (i, (f, m)) in vid.frames.iter().zip(&vid.masks).enumerate() {
-                    conf.add(&assign_pixels(f, &centroids, m.height, m.width), &gts[v][i]);
-                }
-                match_score(&conf).miou
-            })
-            .filter(|v| !v.is_nan())
-            .collect();
-        scores.iter().sum::<f64>() / scores.len().max(1) as f64
-    };
+                    match_score(&conf).miou
+                })
+                .filter(|v| !v.is_nan())
+                .collect();
+            scores.iter().sum::<f64>() / scores.len().max(1) as f64
+        };
     let all: Vec<&FeatureMap> = videos.iter().flat_map(|v| &v.frames).collect();
     let dataset = stack_tokens(&all);
     let dim = all[0].dim;
@@ -239,15 +270,40 @@ pub fn cluster_videos(videos: &[VideoSample], cfg: &VideoConfig) -> Vec<Score> {
     let seeds = &cfg.seeds;
     let run = |f: &dyn Fn(u64) -> f64| -> Vec<f64> { seeds.iter().map(|&s| f(s)).collect() };
     out.push(Score::new("F hungarian".into(), 0, "hungarian", run(&|s| frame_level(None, s))));
-    out.push(Score::new("C hungarian".into(), 0, "hungarian", run(&|s| clip_level(None, s, None, 0))));
-    out.push(Score::new(format!("D hungarian (K={max_classes})"), max_classes, "hungarian", run(&|s| dataset_level(max_classes, s))));
+    out.push(Score::new(
+        "C hungarian".into(),
+        0,
+        "hungarian",
+        run(&|s| clip_level(None, s, None, 0)),
+    ));
+    out.push(Score::new(
+        format!("D hungarian (K={max_classes})"),
+        max_classes,
+        "hungarian",
+        run(&|s| dataset_level(max_classes, s)),
+    ));
     let (kl, kd) = (cfg.over_k_local, cfg.over_k_dataset);
     if kl > 0 {
-        out.push(Score::new(format!("F over K={kl}"), kl, "overclustering", run(&|s| frame_level(Some(kl), s))));
-        out.push(Score::new(format!("C over K={kl}"), kl, "overclustering", run(&|s| clip_level(Some(kl), s, None, 0))));
+        out.push(Score::new(
+            format!("F over K={kl}"),
+            kl,
+            "overclustering",
+            run(&|s| frame_level(Some(kl), s)),
+        ));
+        out.push(Score::new(
+            format!("C over K={kl}"),
+            kl,
+            "overclustering",
+            run(&|s| clip_level(Some(kl), s, None, 0)),
+        ));
     }
     if kd > 0 {
-        out.push(Score::new(format!("D over K={kd}"), kd, "overclustering", run(&|s| dataset_level(kd, s))));
+        out.push(Score::new(
+            format!("D over K={kd}"),
+            kd,
+            "overclustering",
+            run(&|s| dataset_level(kd, s)),
+        ));
     }
     out
 }
@@ -280,7 +336,14 @@ pub struct ImageProtocol {
 
 impl Default for ImageProtocol {
     fn default() -> Self {
-        Self { ks: vec![0, 100, 300, 500], seeds: (0..5).collect(), niter: 100, nredo: 5, pca_dim: crate::pca::PCA_DIM, precision: true }
+        Self {
+            ks: vec![0, 100, 300, 500],
+            seeds: (0..5).collect(),
+            niter: 100,
+            nredo: 5,
+            pca_dim: crate::pca::PCA_DIM,
+            precision: true,
+        }
     }
 }
 
@@ -310,7 +373,14 @@ pub fn image_matching(k: usize, classes: usize, precision: bool) -> RefMatching 
 
 /// Scores per-token cluster ids (`labels`, the images' patch grids in order) against the
 /// masks: grid maps nearest-upsampled (PyTorch's `interpolate(mode="nearest")`) to each mask.
-pub fn score_cluster_maps(labels: &[u32], grids: &[(usize, usize)], masks: &[Mask], k: usize, classes: usize, matching: RefMatching) -> RefScore {
+pub fn score_cluster_maps(
+    labels: &[u32],
+    grids: &[(usize, usize)],
+    masks: &[Mask],
+    k: usize,
+    classes: usize,
+    matching: RefMatching,
+) -> RefScore {
     let mut conf = Confusion::new(k, classes);
     let mut at = 0;
     for (&(gh, gw), m) in grids.iter().zip(masks) {
@@ -333,7 +403,12 @@ pub fn score_cluster_maps(labels: &[u32], grids: &[(usize, usize)], masks: &[Mas
 
 /// Leopart's protocol ([`ImageProtocol`]) on an image set: `features[i]` and `masks[i]` (at the
 /// evaluation size, e.g. 100 x 100).
-pub fn leopart_clustering(features: &[FeatureMap], masks: &[Mask], classes: usize, p: &ImageProtocol) -> Vec<Score> {
+pub fn leopart_clustering(
+    features: &[FeatureMap],
+    masks: &[Mask],
+    classes: usize,
+    p: &ImageProtocol,
+) -> Vec<Score> {
     assert_eq!(features.len(), masks.len());
     let maps: Vec<&FeatureMap> = features.iter().collect();
     let (tokens, dim) = protocol_tokens(&maps, p.pca_dim);
@@ -347,7 +422,8 @@ pub fn leopart_clustering(features: &[FeatureMap], masks: &[Mask], classes: usiz
                 .seeds
                 .iter()
                 .map(|&seed| {
-                    let km = faiss_kmeans(&tokens, dim, k, &FaissParams::new(p.niter, p.nredo, seed));
+                    let km =
+                        faiss_kmeans(&tokens, dim, k, &FaissParams::new(p.niter, p.nredo, seed));
                     let (labels, _) = nearest_centroids(&tokens, dim, &km.centroids);
                     score_cluster_maps(&labels, &grids, masks, k, classes, matching).miou
                 })
@@ -377,7 +453,14 @@ mod tests {
 
     /// Features whose direction encodes the label of the patch (plus noise): clustering must
     /// recover the labels exactly; pure noise must not.
-    fn toy(labels: &[u8], g: usize, dim: usize, noise: f64, signal: bool, rng: &mut SplitMix64) -> FeatureMap {
+    fn toy(
+        labels: &[u8],
+        g: usize,
+        dim: usize,
+        noise: f64,
+        signal: bool,
+        rng: &mut SplitMix64,
+    ) -> FeatureMap {
         let mut data = Vec::new();
         for &l in labels {
             for c in 0..dim {
@@ -390,7 +473,8 @@ mod tests {
 
     fn image(rng: &mut SplitMix64, classes: u8, g: usize) -> Vec<u8> {
         // Quadrants: every class once (shuffled), the rest random.
-        let mut q: Vec<u8> = (0..4).map(|i| if i < classes { i } else { rng.below(classes as u64) as u8 }).collect();
+        let mut q: Vec<u8> =
+            (0..4).map(|i| if i < classes { i } else { rng.below(classes as u64) as u8 }).collect();
         rng.shuffle(&mut q);
         (0..g * g).map(|i| q[(i / g >= g / 2) as usize * 2 + (i % g >= g / 2) as usize]).collect()
     }
@@ -407,7 +491,9 @@ mod tests {
             feats.push(toy(&labels, g, dim, 0.05, true, &mut rng));
             noise.push(toy(&labels, g, dim, 1.0, false, &mut rng));
             // Masks at 2x the patch grid: every patch covers 2x2 pixels of its label.
-            masks.push(Mask { width: g, height: g, labels: labels.clone() }.resize_nearest(2 * g, 2 * g));
+            masks.push(
+                Mask { width: g, height: g, labels: labels.clone() }.resize_nearest(2 * g, 2 * g),
+            );
         }
         let cfg = ClusterConfig { ks: vec![0, 10], seeds: vec![0, 1, 2], iters: 50 };
         let good = cluster_images(&feats, &masks, classes as usize, &cfg);
@@ -439,7 +525,17 @@ mod tests {
         let cfg = VideoConfig { seeds: vec![0, 1], iters: 50, over_k_local: 5, over_k_dataset: 6 };
         let scores = cluster_videos(&videos, &cfg);
         let names: Vec<&str> = scores.iter().map(|s| s.name.as_str()).collect();
-        assert_eq!(names, ["F hungarian", "C hungarian", "D hungarian (K=3)", "F over K=5", "C over K=5", "D over K=6"]);
+        assert_eq!(
+            names,
+            [
+                "F hungarian",
+                "C hungarian",
+                "D hungarian (K=3)",
+                "F over K=5",
+                "C over K=5",
+                "D over K=6"
+            ]
+        );
         for s in &scores {
             assert!(s.mean > 0.9, "{s:?}");
         }
@@ -449,10 +545,12 @@ mod tests {
     fn large_sets_are_fitted_on_a_sample() {
         // 2 well-separated blobs of 600 points each: a 512-point sample still finds both.
         let mut rng = SplitMix64::new(8);
-        let data: Vec<f32> = (0..1200).flat_map(|i| {
-            let c = if i % 2 == 0 { 5.0 } else { -5.0 };
-            [c + rng.uniform(-0.5, 0.5) as f32, rng.uniform(-0.5, 0.5) as f32]
-        }).collect();
+        let data: Vec<f32> = (0..1200)
+            .flat_map(|i| {
+                let c = if i % 2 == 0 { 5.0 } else { -5.0 };
+                [c + rng.uniform(-0.5, 0.5) as f32, rng.uniform(-0.5, 0.5) as f32]
+            })
+            .collect();
         let mut c = fit_centroids(&data, 1200, 2, 2, 1, 50);
         if c[0] > c[2] {
             c = vec![c[2], c[3], c[0], c[1]];

@@ -37,8 +37,12 @@ pub struct Consistency {
 
 /// The cluster under a point of a `width` x `height` image on an `h` x `w` patch map.
 fn patch_at(p: [f32; 2], map: &FeatureMap, width: u32, height: u32) -> usize {
-    let c = ((p[0] + 0.5) * map.width as f32 / width as f32).floor().clamp(0.0, (map.width - 1) as f32) as usize;
-    let r = ((p[1] + 0.5) * map.height as f32 / height as f32).floor().clamp(0.0, (map.height - 1) as f32) as usize;
+    let c = ((p[0] + 0.5) * map.width as f32 / width as f32)
+        .floor()
+        .clamp(0.0, (map.width - 1) as f32) as usize;
+    let r = ((p[1] + 0.5) * map.height as f32 / height as f32)
+        .floor()
+        .clamp(0.0, (map.height - 1) as f32) as usize;
     r * map.width + c
 }
 
@@ -46,7 +50,8 @@ fn patch_at(p: [f32; 2], map: &FeatureMap, width: u32, height: u32) -> usize {
 /// Lloyd iterations).
 pub fn track_consistency(clips: &[TrackedClip], k: usize, seed: u64, iters: usize) -> Consistency {
     let dim = clips.iter().flat_map(|c| &c.frames).map(|f| f.dim).next().unwrap_or(1);
-    let mut data: Vec<f32> = clips.iter().flat_map(|c| &c.frames).flat_map(|f| f.data.iter().copied()).collect();
+    let mut data: Vec<f32> =
+        clips.iter().flat_map(|c| &c.frames).flat_map(|f| f.data.iter().copied()).collect();
     normalize_rows(&mut data, dim);
     let n = data.len() / dim;
     let km = kmeans(&data, n, dim, k.min(n).max(1), seed, iters);
@@ -93,7 +98,11 @@ mod tests {
     /// Two-frame clips on a 4 x 4 map of a 56 px image: features are one-hot by region, so
     /// k-means finds the regions; a point that stays in its region is consistent, one that
     /// crosses into another is not.
-    fn clip(region_of: impl Fn(usize, usize) -> usize, tracks: Vec<[f32; 2]>, visibility: Vec<bool>) -> TrackedClip {
+    fn clip(
+        region_of: impl Fn(usize, usize) -> usize,
+        tracks: Vec<[f32; 2]>,
+        visibility: Vec<bool>,
+    ) -> TrackedClip {
         let frames = (0..2)
             .map(|f| {
                 let mut data = vec![0.0f32; 16 * 4];
@@ -112,7 +121,8 @@ mod tests {
         let quadrant = |_f: usize, p: usize| (p / 4 / 2) * 2 + (p % 4) / 2;
         // Points (pixels; 14 px patches): 0 stays in the top-left quadrant, 1 moves from the
         // top-left to the top-right quadrant, 2 is hidden at frame 1.
-        let tracks = vec![[3.0, 3.0], [10.0, 10.0], [40.0, 40.0], [20.0, 5.0], [45.0, 10.0], [41.0, 41.0]];
+        let tracks =
+            vec![[3.0, 3.0], [10.0, 10.0], [40.0, 40.0], [20.0, 5.0], [45.0, 10.0], [41.0, 41.0]];
         let vis = vec![true, true, true, true, true, false];
         let c = track_consistency(&[clip(quadrant, tracks, vis)], 4, 0, 50);
         assert_eq!(c.pairs, 2);

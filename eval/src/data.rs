@@ -16,7 +16,9 @@ pub struct Mask {
 impl Mask {
     /// Nearest-neighbour resize (pixel-centre sampling, as PIL's NEAREST); labels are never blended.
     pub fn resize_nearest(&self, width: usize, height: usize) -> Mask {
-        let src = |out: usize, inp: usize, i: usize| (((i as f64 + 0.5) * inp as f64 / out as f64) as usize).min(inp - 1);
+        let src = |out: usize, inp: usize, i: usize| {
+            (((i as f64 + 0.5) * inp as f64 / out as f64) as usize).min(inp - 1)
+        };
         let mut labels = Vec::with_capacity(width * height);
         for y in 0..height {
             let sy = src(height, self.height, y);
@@ -32,7 +34,10 @@ impl Mask {
     pub fn resize_nearest_torch(&self, width: usize, height: usize) -> Mask {
         let ys = torch_nearest_index(self.height, height);
         let xs = torch_nearest_index(self.width, width);
-        let labels = ys.iter().flat_map(|&y| xs.iter().map(move |&x| self.labels[y * self.width + x])).collect();
+        let labels = ys
+            .iter()
+            .flat_map(|&y| xs.iter().map(move |&x| self.labels[y * self.width + x]))
+            .collect();
         Mask { width, height, labels }
     }
 
@@ -57,10 +62,12 @@ pub fn torch_nearest_index(inp: usize, out: usize) -> Vec<usize> {
 /// values of an 8-bit (or lower) grayscale PNG. Colour-coded RGB masks are refused: their
 /// colours would have to be mapped to classes by a palette we do not have.
 pub fn read_mask(path: &Path) -> Result<Mask> {
-    let file = std::fs::File::open(path).with_context(|| format!("cannot open mask {}", path.display()))?;
+    let file = std::fs::File::open(path)
+        .with_context(|| format!("cannot open mask {}", path.display()))?;
     let mut dec = png::Decoder::new(std::io::BufReader::new(file));
     dec.set_transformations(png::Transformations::IDENTITY);
-    let mut reader = dec.read_info().with_context(|| format!("{}: not a readable PNG", path.display()))?;
+    let mut reader =
+        dec.read_info().with_context(|| format!("{}: not a readable PNG", path.display()))?;
     let info = reader.info();
     let (width, height) = (info.width as usize, info.height as usize);
     let (color, depth) = (info.color_type, info.bit_depth);
@@ -77,7 +84,9 @@ pub fn read_mask(path: &Path) -> Result<Mask> {
         path.display()
     );
     let mut buf = vec![0; reader.output_buffer_size().context("PNG too large")?];
-    let frame = reader.next_frame(&mut buf).with_context(|| format!("{}: truncated or corrupt PNG", path.display()))?;
+    let frame = reader
+        .next_frame(&mut buf)
+        .with_context(|| format!("{}: truncated or corrupt PNG", path.display()))?;
     let stride = frame.line_size;
     let mut labels = Vec::with_capacity(width * height);
     for y in 0..height {
@@ -136,26 +145,41 @@ pub struct SetInfo {
 const IMAGE_EXTS: [&str; 4] = ["jpg", "jpeg", "png", "bmp"];
 
 fn is_image(p: &Path) -> bool {
-    p.extension().and_then(|e| e.to_str()).is_some_and(|e| IMAGE_EXTS.contains(&e.to_ascii_lowercase().as_str()))
+    p.extension()
+        .and_then(|e| e.to_str())
+        .is_some_and(|e| IMAGE_EXTS.contains(&e.to_ascii_lowercase().as_str()))
 }
 
 fn sorted_files(dir: &Path) -> Result<Vec<PathBuf>> {
     let mut out: Vec<PathBuf> = std::fs::read_dir(dir)
         .with_context(|| format!("cannot list {}", dir.display()))?
         .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.is_file() && is_image(p) && !p.file_name().is_some_and(|n| n.to_string_lossy().starts_with('.')))
+        .filter(|p| {
+            p.is_file()
+                && is_image(p)
+                && !p.file_name().is_some_and(|n| n.to_string_lossy().starts_with('.'))
+        })
         .collect();
     out.sort();
     Ok(out)
 }
 
 fn find_image(dir: &Path, stem: &str) -> Option<PathBuf> {
-    IMAGE_EXTS.iter().flat_map(|e| [e.to_string(), e.to_uppercase()]).map(|e| dir.join(format!("{stem}.{e}"))).find(|p| p.is_file())
+    IMAGE_EXTS
+        .iter()
+        .flat_map(|e| [e.to_string(), e.to_uppercase()])
+        .map(|e| dir.join(format!("{stem}.{e}")))
+        .find(|p| p.is_file())
 }
 
 fn read_split(path: &Path) -> Result<Vec<String>> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read split file {}", path.display()))?;
-    let names: Vec<String> = text.lines().map(|l| l.split_whitespace().next().unwrap_or("").to_string()).filter(|l| !l.is_empty()).collect();
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read split file {}", path.display()))?;
+    let names: Vec<String> = text
+        .lines()
+        .map(|l| l.split_whitespace().next().unwrap_or("").to_string())
+        .filter(|l| !l.is_empty())
+        .collect();
     ensure!(!names.is_empty(), "split file {} lists no images", path.display());
     Ok(names)
 }
@@ -165,12 +189,19 @@ pub fn image_set(root: &Path, split: Option<&str>) -> Result<Vec<LabelledImage>>
     Ok(open_image_set(root, split)?.0)
 }
 
-fn pairs(images: &Path, masks: &Path, names: Vec<String>, root: &Path, labels: &LabelMap) -> Result<Vec<LabelledImage>> {
+fn pairs(
+    images: &Path,
+    masks: &Path,
+    names: Vec<String>,
+    root: &Path,
+    labels: &LabelMap,
+) -> Result<Vec<LabelledImage>> {
     ensure!(images.is_dir(), "{}: no image folder {}", root.display(), images.display());
     ensure!(masks.is_dir(), "{}: no mask folder {}", root.display(), masks.display());
     let mut out = Vec::with_capacity(names.len());
     for name in names {
-        let image = find_image(images, &name).with_context(|| format!("{}: no image {name}", images.display()))?;
+        let image = find_image(images, &name)
+            .with_context(|| format!("{}: no image {name}", images.display()))?;
         let mask = masks.join(format!("{name}.png"));
         ensure!(mask.is_file(), "{}: image {name} has no mask {}", root.display(), mask.display());
         out.push(LabelledImage { name, image, mask, labels: labels.clone() });
@@ -180,7 +211,10 @@ fn pairs(images: &Path, masks: &Path, names: Vec<String>, root: &Path, labels: &
 }
 
 fn stems(dir: &Path) -> Result<Vec<String>> {
-    Ok(sorted_files(dir)?.iter().filter_map(|p| p.file_stem().map(|s| s.to_string_lossy().into_owned())).collect())
+    Ok(sorted_files(dir)?
+        .iter()
+        .filter_map(|p| p.file_stem().map(|s| s.to_string_lossy().into_owned()))
+        .collect())
 }
 
 /// The labelled images of `root` for `split`, and what the layout implies. Layouts:
@@ -209,10 +243,23 @@ pub fn open_image_set(root: &Path, split: Option<&str>) -> Result<(Vec<LabelledI
         let sets = root.join("ImageSets/Segmentation");
         let (masks, list, layout) = if split == "trainaug" {
             let aug = root.join("SegmentationClassAug");
-            ensure!(aug.is_dir(), "{}: split trainaug needs the SBD masks in {} (SegmentationClassAug)", root.display(), aug.display());
-            let list = [sets.join("trainaug.txt"), root.join("trainaug.txt")].into_iter().find(|p| p.is_file()).with_context(|| {
-                format!("{}: split trainaug needs {} or {}", root.display(), sets.join("trainaug.txt").display(), root.join("trainaug.txt").display())
-            })?;
+            ensure!(
+                aug.is_dir(),
+                "{}: split trainaug needs the SBD masks in {} (SegmentationClassAug)",
+                root.display(),
+                aug.display()
+            );
+            let list = [sets.join("trainaug.txt"), root.join("trainaug.txt")]
+                .into_iter()
+                .find(|p| p.is_file())
+                .with_context(|| {
+                    format!(
+                        "{}: split trainaug needs {} or {}",
+                        root.display(),
+                        sets.join("trainaug.txt").display(),
+                        root.join("trainaug.txt").display()
+                    )
+                })?;
             (aug, list, "Pascal VOC 2012 + SBD (trainaug)")
         } else {
             (root.join("SegmentationClass"), sets.join(format!("{split}.txt")), "Pascal VOC 2012")
@@ -220,11 +267,27 @@ pub fn open_image_set(root: &Path, split: Option<&str>) -> Result<(Vec<LabelledI
         let items = pairs(&root.join("JPEGImages"), &masks, read_split(&list)?, root, &None)?;
         return Ok((items, SetInfo { layout: format!("{layout}, {split}"), classes: Some(21) }));
     }
-    if root.join("images").is_dir() && root.join("sets").is_dir() && root.join("SegmentationClass").is_dir() {
+    if root.join("images").is_dir()
+        && root.join("sets").is_dir()
+        && root.join("SegmentationClass").is_dir()
+    {
         let split = split.unwrap_or("val");
-        let masks = if split == "val" { root.join("SegmentationClass") } else { root.join("SegmentationClassAug") };
-        let items = pairs(&root.join("images"), &masks, read_split(&root.join("sets").join(format!("{split}.txt")))?, root, &None)?;
-        return Ok((items, SetInfo { layout: format!("Pascal VOC (VOCSegmentation), {split}"), classes: Some(21) }));
+        let masks = if split == "val" {
+            root.join("SegmentationClass")
+        } else {
+            root.join("SegmentationClassAug")
+        };
+        let items = pairs(
+            &root.join("images"),
+            &masks,
+            read_split(&root.join("sets").join(format!("{split}.txt")))?,
+            root,
+            &None,
+        )?;
+        return Ok((
+            items,
+            SetInfo { layout: format!("Pascal VOC (VOCSegmentation), {split}"), classes: Some(21) },
+        ));
     }
     if root.join("images/validation").is_dir() || root.join("images/training").is_dir() {
         let dir = match split.unwrap_or("val") {
@@ -237,28 +300,67 @@ pub fn open_image_set(root: &Path, split: Option<&str>) -> Result<(Vec<LabelledI
             *l = (v - 1) as u8;
         }
         let images = root.join("images").join(dir);
-        let items = pairs(&images, &root.join("annotations").join(dir), stems(&images)?, root, &Some(std::sync::Arc::new(t)))?;
-        return Ok((items, SetInfo { layout: format!("ADE20K (ADEChallengeData2016), {dir}, label 0 ignored"), classes: Some(150) }));
+        let items = pairs(
+            &images,
+            &root.join("annotations").join(dir),
+            stems(&images)?,
+            root,
+            &Some(std::sync::Arc::new(t)),
+        )?;
+        return Ok((
+            items,
+            SetInfo {
+                layout: format!("ADE20K (ADEChallengeData2016), {dir}, label 0 ignored"),
+                classes: Some(150),
+            },
+        ));
     }
     if root.join("coco/images").is_dir() && root.join("annotations").is_dir() {
         let split = split.unwrap_or("things-val");
-        let (kind, part) = split.split_once('-').with_context(|| format!("{}: COCO splits are things-train, things-val, stuff-train, stuff-val", root.display()))?;
-        ensure!(matches!(part, "train" | "val"), "{}: COCO split {split}: use train or val", root.display());
+        let (kind, part) = split.split_once('-').with_context(|| {
+            format!(
+                "{}: COCO splits are things-train, things-val, stuff-train, stuff-val",
+                root.display()
+            )
+        })?;
+        ensure!(
+            matches!(part, "train" | "val"),
+            "{}: COCO split {split}: use train or val",
+            root.display()
+        );
         let (maps, table) = match kind {
             "things" => (
-                root.join(format!("annotations/panoptic_annotations/semantic_segmentation_{part}2017")),
+                root.join(format!(
+                    "annotations/panoptic_annotations/semantic_segmentation_{part}2017"
+                )),
                 coco_things(&root.join("annotations/panoptic_annotations/panoptic_val2017.json"))?,
             ),
             "stuff" => (
-                root.join(format!("annotations/annotations/stuff_annotations/stuff_{part}2017_pixelmaps")),
-                coco_stuff(&root.join("annotations/annotations/stuff_annotations/stuff_val2017.json"))?,
+                root.join(format!(
+                    "annotations/annotations/stuff_annotations/stuff_{part}2017_pixelmaps"
+                )),
+                coco_stuff(
+                    &root.join("annotations/annotations/stuff_annotations/stuff_val2017.json"),
+                )?,
             ),
-            other => bail!("{}: COCO split {split}: {other} is neither things nor stuff", root.display()),
+            other => {
+                bail!("{}: COCO split {split}: {other} is neither things nor stuff", root.display())
+            }
         };
         let images = root.join(format!("coco/images/{part}2017"));
         let classes = if kind == "things" { 12 } else { 15 };
-        let items = pairs(&images, &maps, stems(&images)?, root, &Some(std::sync::Arc::new(table)))?;
-        return Ok((items, SetInfo { layout: format!("COCO-{} (Leopart), {part}2017", if kind == "things" { "Things" } else { "Stuff" }), classes: Some(classes) }));
+        let items =
+            pairs(&images, &maps, stems(&images)?, root, &Some(std::sync::Arc::new(table)))?;
+        return Ok((
+            items,
+            SetInfo {
+                layout: format!(
+                    "COCO-{} (Leopart), {part}2017",
+                    if kind == "things" { "Things" } else { "Stuff" }
+                ),
+                classes: Some(classes),
+            },
+        ));
     }
     if root.join("images").is_dir() && root.join("masks").is_dir() {
         let names = match split {
@@ -266,7 +368,16 @@ pub fn open_image_set(root: &Path, split: Option<&str>) -> Result<(Vec<LabelledI
             None => stems(&root.join("images"))?,
         };
         let items = pairs(&root.join("images"), &root.join("masks"), names, root, &None)?;
-        return Ok((items, SetInfo { layout: format!("images/ + masks/{}", split.map(|s| format!(", {s}")).unwrap_or_default()), classes: None }));
+        return Ok((
+            items,
+            SetInfo {
+                layout: format!(
+                    "images/ + masks/{}",
+                    split.map(|s| format!(", {s}")).unwrap_or_default()
+                ),
+                classes: None,
+            },
+        ));
     }
     bail!(
         "{}: not a labelled image set (expected Pascal VOC's JPEGImages/ + SegmentationClass/, VOCSegmentation's images/ + sets/, \
@@ -277,13 +388,22 @@ pub fn open_image_set(root: &Path, split: Option<&str>) -> Result<(Vec<LabelledI
 
 /// COCO categories of a JSON file: (id, supercategory, isthing).
 fn coco_categories(json: &Path) -> Result<Vec<(usize, String, Option<bool>)>> {
-    let text = std::fs::read_to_string(json).with_context(|| format!("COCO needs its categories in {}", json.display()))?;
-    let doc: serde_json::Value = serde_json::from_str(&text).with_context(|| format!("{}: not JSON", json.display()))?;
-    let cats = doc["categories"].as_array().with_context(|| format!("{}: no categories", json.display()))?;
+    let text = std::fs::read_to_string(json)
+        .with_context(|| format!("COCO needs its categories in {}", json.display()))?;
+    let doc: serde_json::Value =
+        serde_json::from_str(&text).with_context(|| format!("{}: not JSON", json.display()))?;
+    let cats = doc["categories"]
+        .as_array()
+        .with_context(|| format!("{}: no categories", json.display()))?;
     cats.iter()
         .map(|c| {
-            let id = c["id"].as_u64().with_context(|| format!("{}: category without id", json.display()))? as usize;
-            let sup = c["supercategory"].as_str().with_context(|| format!("{}: category {id} without supercategory", json.display()))?;
+            let id = c["id"]
+                .as_u64()
+                .with_context(|| format!("{}: category without id", json.display()))?
+                as usize;
+            let sup = c["supercategory"].as_str().with_context(|| {
+                format!("{}: category {id} without supercategory", json.display())
+            })?;
             ensure!(id < 256, "{}: category id {id} does not fit a label PNG", json.display());
             Ok((id, sup.to_string(), c["isthing"].as_u64().map(|v| v == 1)))
         })
@@ -311,7 +431,8 @@ fn coco_things(json: &Path) -> Result<[u8; 256]> {
 /// 255; 0 (things) is read as 183 ("other").
 fn coco_stuff(json: &Path) -> Result<[u8; 256]> {
     let cats = coco_categories(json)?;
-    let mut sups: Vec<&String> = cats.iter().map(|c| &c.1).filter(|s| s.as_str() != "other").collect();
+    let mut sups: Vec<&String> =
+        cats.iter().map(|c| &c.1).filter(|s| s.as_str() != "other").collect();
     sups.sort();
     sups.dedup();
     let mut t = [255u8; 256];
@@ -328,17 +449,33 @@ fn coco_stuff(json: &Path) -> Result<[u8; 256]> {
 /// given by path): `1_div_<n>/<name>_<n>_<seed>.txt` for the fraction 1/n, `full/<name>.txt`
 /// for n = 1 (seed ignored). Returns the image names.
 pub fn hummingbird_file_set(dir: &Path, denominator: usize, seed: u64) -> Result<Vec<String>> {
-    ensure!(dir.is_dir(), "{}: no such directory (the file_sets/<dataset> folder of open-hummingbird-eval)", dir.display());
-    let (sub, suffix) = if denominator <= 1 { (dir.join("full"), None) } else { (dir.join(format!("1_div_{denominator}")), Some(format!("_{denominator}_{seed}"))) };
+    ensure!(
+        dir.is_dir(),
+        "{}: no such directory (the file_sets/<dataset> folder of open-hummingbird-eval)",
+        dir.display()
+    );
+    let (sub, suffix) = if denominator <= 1 {
+        (dir.join("full"), None)
+    } else {
+        (dir.join(format!("1_div_{denominator}")), Some(format!("_{denominator}_{seed}")))
+    };
     let mut files: Vec<PathBuf> = std::fs::read_dir(&sub)
-        .with_context(|| format!("{}: no {} for the fraction 1/{denominator}", dir.display(), sub.display()))?
+        .with_context(|| {
+            format!("{}: no {} for the fraction 1/{denominator}", dir.display(), sub.display())
+        })?
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| p.extension().is_some_and(|e| e == "txt"))
-        .filter(|p| suffix.as_ref().is_none_or(|s| p.file_stem().is_some_and(|n| n.to_string_lossy().ends_with(s.as_str()))))
+        .filter(|p| {
+            suffix.as_ref().is_none_or(|s| {
+                p.file_stem().is_some_and(|n| n.to_string_lossy().ends_with(s.as_str()))
+            })
+        })
         .collect();
     files.sort();
     let file = files.first().with_context(|| match &suffix {
-        Some(s) => format!("{}: no list *{s}.txt (fraction 1/{denominator}, seed {seed})", sub.display()),
+        Some(s) => {
+            format!("{}: no list *{s}.txt (fraction 1/{denominator}, seed {seed})", sub.display())
+        }
         None => format!("{}: no list *.txt", sub.display()),
     })?;
     read_split(file)
@@ -364,22 +501,42 @@ impl LabelledVideo {
 
 /// Per video, the instance -> category table of a YouTube-VOS `meta.json`.
 fn ytvos_categories(meta: &Path) -> Result<std::collections::BTreeMap<String, [u8; 256]>> {
-    let text = std::fs::read_to_string(meta).with_context(|| format!("cannot read {}", meta.display()))?;
-    let doc: serde_json::Value = serde_json::from_str(&text).with_context(|| format!("{}: not JSON", meta.display()))?;
-    let videos = doc["videos"].as_object().with_context(|| format!("{}: no \"videos\"", meta.display()))?;
-    let mut names: Vec<&str> = videos.values().filter_map(|v| v["objects"].as_object()).flat_map(|o| o.values().filter_map(|x| x["category"].as_str())).collect();
+    let text =
+        std::fs::read_to_string(meta).with_context(|| format!("cannot read {}", meta.display()))?;
+    let doc: serde_json::Value =
+        serde_json::from_str(&text).with_context(|| format!("{}: not JSON", meta.display()))?;
+    let videos =
+        doc["videos"].as_object().with_context(|| format!("{}: no \"videos\"", meta.display()))?;
+    let mut names: Vec<&str> = videos
+        .values()
+        .filter_map(|v| v["objects"].as_object())
+        .flat_map(|o| o.values().filter_map(|x| x["category"].as_str()))
+        .collect();
     names.sort();
     names.dedup();
-    ensure!(names.len() < 255, "{}: {} categories do not fit label values", meta.display(), names.len());
+    ensure!(
+        names.len() < 255,
+        "{}: {} categories do not fit label values",
+        meta.display(),
+        names.len()
+    );
     let mut out = std::collections::BTreeMap::new();
     for (video, v) in videos {
         let mut t = [0u8; 256];
         t[255] = 255;
         if let Some(objs) = v["objects"].as_object() {
             for (id, o) in objs {
-                let id: usize = id.parse().with_context(|| format!("{}: object id {id} of {video}", meta.display()))?;
-                let cat = o["category"].as_str().with_context(|| format!("{}: object {id} of {video} has no category", meta.display()))?;
-                ensure!(id < 255, "{}: object id {id} of {video} does not fit a label PNG", meta.display());
+                let id: usize = id
+                    .parse()
+                    .with_context(|| format!("{}: object id {id} of {video}", meta.display()))?;
+                let cat = o["category"].as_str().with_context(|| {
+                    format!("{}: object {id} of {video} has no category", meta.display())
+                })?;
+                ensure!(
+                    id < 255,
+                    "{}: object id {id} of {video} does not fit a label PNG",
+                    meta.display()
+                );
                 t[id] = 1 + names.iter().position(|n| *n == cat).unwrap() as u8;
             }
         }
@@ -399,11 +556,22 @@ fn ytvos_categories(meta: &Path) -> Result<std::collections::BTreeMap<String, [u
 /// n-th annotated frame.
 pub fn video_set(root: &Path, split: Option<&str>, every: usize) -> Result<Vec<LabelledVideo>> {
     let (frames_root, masks_root, split_file) = if root.join("JPEGImages/480p").is_dir() {
-        (root.join("JPEGImages/480p"), root.join("Annotations/480p"), split.map(|s| root.join(format!("ImageSets/2017/{s}.txt"))))
+        (
+            root.join("JPEGImages/480p"),
+            root.join("Annotations/480p"),
+            split.map(|s| root.join(format!("ImageSets/2017/{s}.txt"))),
+        )
     } else if root.join("JPEGImages").is_dir() && root.join("Annotations").is_dir() {
-        (root.join("JPEGImages"), root.join("Annotations"), split.map(|s| root.join(format!("{s}.txt"))))
+        (
+            root.join("JPEGImages"),
+            root.join("Annotations"),
+            split.map(|s| root.join(format!("{s}.txt"))),
+        )
     } else {
-        bail!("{}: not a video set with masks (expected JPEGImages/ and Annotations/)", root.display());
+        bail!(
+            "{}: not a video set with masks (expected JPEGImages/ and Annotations/)",
+            root.display()
+        );
     };
     ensure!(masks_root.is_dir(), "{}: no {}", root.display(), masks_root.display());
     let names = match split_file {
@@ -426,14 +594,20 @@ pub fn video_set(root: &Path, split: Option<&str>, every: usize) -> Result<Vec<L
     for name in names {
         let (fdir, mdir) = (frames_root.join(&name), masks_root.join(&name));
         let labels = match &categories {
-            Some(c) => Some(std::sync::Arc::new(*c.get(&name).with_context(|| format!("{}: video {name} is not in meta.json", root.display()))?)),
+            Some(c) => Some(std::sync::Arc::new(*c.get(&name).with_context(|| {
+                format!("{}: video {name} is not in meta.json", root.display())
+            })?)),
             None => None,
         };
         let masks = sorted_files(&mdir)?;
         let mut frames = Vec::new();
-        for m in masks.iter().filter(|m| m.extension().is_some_and(|e| e.eq_ignore_ascii_case("png"))) {
+        for m in
+            masks.iter().filter(|m| m.extension().is_some_and(|e| e.eq_ignore_ascii_case("png")))
+        {
             let stem = m.file_stem().unwrap_or_default().to_string_lossy();
-            let img = find_image(&fdir, &stem).with_context(|| format!("{}: mask {} has no frame", fdir.display(), m.display()))?;
+            let img = find_image(&fdir, &stem).with_context(|| {
+                format!("{}: mask {} has no frame", fdir.display(), m.display())
+            })?;
             frames.push((img, m.clone()));
         }
         ensure!(!frames.is_empty(), "{}: no annotated frames", mdir.display());
@@ -448,7 +622,14 @@ pub fn video_set(root: &Path, split: Option<&str>, every: usize) -> Result<Vec<L
 mod tests {
     use super::*;
 
-    fn write_png(path: &Path, w: u32, h: u32, color: png::ColorType, depth: png::BitDepth, data: &[u8]) {
+    fn write_png(
+        path: &Path,
+        w: u32,
+        h: u32,
+        color: png::ColorType,
+        depth: png::BitDepth,
+        data: &[u8],
+    ) {
         let f = std::fs::File::create(path).unwrap();
         let mut enc = png::Encoder::new(f, w, h);
         enc.set_color(color);
@@ -498,7 +679,14 @@ mod tests {
         }
         for n in ["a", "b"] {
             std::fs::write(voc.join(format!("JPEGImages/{n}.jpg")), b"x").unwrap();
-            write_png(&voc.join(format!("SegmentationClass/{n}.png")), 1, 1, png::ColorType::Indexed, png::BitDepth::Eight, &[1]);
+            write_png(
+                &voc.join(format!("SegmentationClass/{n}.png")),
+                1,
+                1,
+                png::ColorType::Indexed,
+                png::BitDepth::Eight,
+                &[1],
+            );
         }
         std::fs::write(voc.join("ImageSets/Segmentation/val.txt"), "b\n").unwrap();
         std::fs::write(voc.join("ImageSets/Segmentation/train.txt"), "a\nc\n").unwrap();
@@ -514,7 +702,14 @@ mod tests {
         std::fs::create_dir_all(plain.join("masks")).unwrap();
         std::fs::write(plain.join("images/x.png"), b"x").unwrap();
         assert!(format!("{:#}", image_set(&plain, None).unwrap_err()).contains("has no mask"));
-        write_png(&plain.join("masks/x.png"), 1, 1, png::ColorType::Grayscale, png::BitDepth::Eight, &[0]);
+        write_png(
+            &plain.join("masks/x.png"),
+            1,
+            1,
+            png::ColorType::Grayscale,
+            png::BitDepth::Eight,
+            &[0],
+        );
         assert_eq!(image_set(&plain, None).unwrap().len(), 1);
 
         let vids = dir.path().join("vids");
@@ -525,7 +720,14 @@ mod tests {
                 std::fs::write(vids.join(format!("JPEGImages/{v}/{f:05}.jpg")), b"x").unwrap();
                 // Sparse annotation: every other frame has a mask.
                 if f % 2 == 0 {
-                    write_png(&vids.join(format!("Annotations/{v}/{f:05}.png")), 1, 1, png::ColorType::Indexed, png::BitDepth::Eight, &[0]);
+                    write_png(
+                        &vids.join(format!("Annotations/{v}/{f:05}.png")),
+                        1,
+                        1,
+                        png::ColorType::Indexed,
+                        png::BitDepth::Eight,
+                        &[0],
+                    );
                 }
             }
         }
@@ -572,7 +774,10 @@ mod tests {
         std::fs::write(vs.join("sets/val.txt"), "a\n").unwrap();
         std::fs::write(vs.join("sets/trainaug.txt"), "a\n").unwrap();
         assert_eq!(open_image_set(&vs, None).unwrap().0[0].read_mask().unwrap().labels, vec![3]);
-        assert_eq!(open_image_set(&vs, Some("trainaug")).unwrap().0[0].read_mask().unwrap().labels, vec![4]);
+        assert_eq!(
+            open_image_set(&vs, Some("trainaug")).unwrap().0[0].read_mask().unwrap().labels,
+            vec![4]
+        );
         // ADE20K: 0 ignored, 1..=150 shifted down.
         let ade = dir.path().join("ADEChallengeData2016");
         touch(&ade.join("images/validation/x.jpg"));
@@ -580,18 +785,27 @@ mod tests {
         let (items, info) = open_image_set(&ade, None).unwrap();
         assert_eq!(items[0].read_mask().unwrap().labels, vec![255, 0, 149]);
         assert_eq!(info.classes, Some(150));
-        assert!(format!("{:#}", open_image_set(&ade, Some("test")).unwrap_err()).contains("not test"));
+        assert!(
+            format!("{:#}", open_image_set(&ade, Some("test")).unwrap_err()).contains("not test")
+        );
         // COCO-Things as Leopart: thing super-categories sorted, stuff and unlabelled ignored.
         let coco = dir.path().join("cocoroot");
         touch(&coco.join("coco/images/val2017/i.jpg"));
         let cats = r#"{"categories":[{"id":1,"supercategory":"person","isthing":1},{"id":3,"supercategory":"animal","isthing":1},{"id":200,"supercategory":"wall","isthing":0}]}"#;
         touch(&coco.join("annotations/panoptic_annotations/panoptic_val2017.json"));
-        std::fs::write(coco.join("annotations/panoptic_annotations/panoptic_val2017.json"), cats).unwrap();
-        gray(&coco.join("annotations/panoptic_annotations/semantic_segmentation_val2017/i.png"), 4, 1, &[1, 3, 200, 0]);
+        std::fs::write(coco.join("annotations/panoptic_annotations/panoptic_val2017.json"), cats)
+            .unwrap();
+        gray(
+            &coco.join("annotations/panoptic_annotations/semantic_segmentation_val2017/i.png"),
+            4,
+            1,
+            &[1, 3, 200, 0],
+        );
         let (items, info) = open_image_set(&coco, None).unwrap();
         assert_eq!(items[0].read_mask().unwrap().labels, vec![1, 0, 255, 255]);
         assert_eq!(info.classes, Some(12));
-        assert!(format!("{:#}", open_image_set(&coco, Some("stuff-val")).unwrap_err()).contains("stuff_val2017.json"));
+        assert!(format!("{:#}", open_image_set(&coco, Some("stuff-val")).unwrap_err())
+            .contains("stuff_val2017.json"));
     }
 
     #[test]
@@ -618,6 +832,8 @@ mod tests {
         assert_eq!(hummingbird_file_set(&fs, 1, 0).unwrap().len(), 3);
         let e = format!("{:#}", hummingbird_file_set(&fs, 8, 400).unwrap_err());
         assert!(e.contains("_8_400"), "{e}");
-        assert!(format!("{:#}", hummingbird_file_set(&fs, 64, 42).unwrap_err()).contains("1_div_64"));
+        assert!(
+            format!("{:#}", hummingbird_file_set(&fs, 64, 42).unwrap_err()).contains("1_div_64")
+        );
     }
 }

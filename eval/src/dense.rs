@@ -34,7 +34,8 @@ impl FeatureMap {
 
     /// Bilinear resize to `height x width`, PyTorch's `interpolate(mode="bilinear", align_corners=False)`.
     pub fn upsample(&self, height: usize, width: usize) -> FeatureMap {
-        let data = Bilinear::new(self.height, self.width, height, width).apply(&self.data, self.dim);
+        let data =
+            Bilinear::new(self.height, self.width, height, width).apply(&self.data, self.dim);
         FeatureMap { height, width, dim: self.dim, data }
     }
 }
@@ -95,7 +96,12 @@ impl Bilinear {
         let (y, x) = (self.ys[o / self.xs.len()], self.xs[o % self.xs.len()]);
         let (wy0, wx0) = (1.0 - y.w1, 1.0 - x.w1);
         let w = self.in_w;
-        [(y.i0 * w + x.i0, wy0 * wx0), (y.i0 * w + x.i1, wy0 * x.w1), (y.i1 * w + x.i0, y.w1 * wx0), (y.i1 * w + x.i1, y.w1 * x.w1)]
+        [
+            (y.i0 * w + x.i0, wy0 * wx0),
+            (y.i0 * w + x.i1, wy0 * x.w1),
+            (y.i1 * w + x.i0, y.w1 * wx0),
+            (y.i1 * w + x.i1, y.w1 * x.w1),
+        ]
     }
 
     /// `input[in_h * in_w, dim]` -> `[out_h * out_w, dim]`.
@@ -135,7 +141,12 @@ impl Bilinear {
         let (wy1, wx1) = (y.w1_f64, x.w1_f64);
         let (wy0, wx0) = (1.0 - wy1, 1.0 - wx1);
         let w = self.in_w;
-        [(y.i0 * w + x.i0, wy0 * wx0), (y.i0 * w + x.i1, wy0 * wx1), (y.i1 * w + x.i0, wy1 * wx0), (y.i1 * w + x.i1, wy1 * wx1)]
+        [
+            (y.i0 * w + x.i0, wy0 * wx0),
+            (y.i0 * w + x.i1, wy0 * wx1),
+            (y.i1 * w + x.i0, wy1 * wx0),
+            (y.i1 * w + x.i1, wy1 * wx1),
+        ]
     }
 
     /// The transpose: `grad[out_h * out_w, dim]` -> `[in_h * in_w, dim]`.

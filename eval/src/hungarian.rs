@@ -28,7 +28,8 @@ pub fn linear_sum_assignment(cost: &[f64], rows: usize, cols: usize) -> Vec<(usi
             }
         }
         let col4row = solve(&t, cols, rows);
-        let mut pairs: Vec<(usize, usize)> = col4row.into_iter().enumerate().map(|(c, r)| (r, c)).collect();
+        let mut pairs: Vec<(usize, usize)> =
+            col4row.into_iter().enumerate().map(|(c, r)| (r, c)).collect();
         pairs.sort_unstable();
         pairs
     }
@@ -140,11 +141,7 @@ mod tests {
             i: usize,
             used: &mut Vec<bool>,
         ) -> f64 {
-            let (small, large) = if transpose {
-                (cols, rows)
-            } else {
-                (rows, cols)
-            };
+            let (small, large) = if transpose { (cols, rows) } else { (rows, cols) };
             if i == small {
                 return 0.0;
             }
@@ -154,11 +151,7 @@ mod tests {
                     continue;
                 }
                 used[j] = true;
-                let c = if transpose {
-                    cost[j * cols + i]
-                } else {
-                    cost[i * cols + j]
-                };
+                let c = if transpose { cost[j * cols + i] } else { cost[i * cols + j] };
                 best = best.min(c + go(cost, rows, cols, transpose, i + 1, used));
                 used[j] = false;
             }
@@ -171,10 +164,7 @@ mod tests {
 
     fn check_valid(pairs: &[(usize, usize)], rows: usize, cols: usize) {
         assert_eq!(pairs.len(), rows.min(cols));
-        assert!(
-            pairs.windows(2).all(|w| w[0].0 < w[1].0),
-            "rows sorted and distinct"
-        );
+        assert!(pairs.windows(2).all(|w| w[0].0 < w[1].0), "rows sorted and distinct");
         let mut seen = vec![false; cols];
         for &(r, c) in pairs {
             assert!(r < rows && c < cols);

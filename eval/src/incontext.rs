@@ -35,14 +35,25 @@ pub struct InContextConfig {
 
 impl Default for InContextConfig {
     fn default() -> Self {
-        Self { neighbours: 30, temperature: 0.02, memory_size: Some(10_240_000), passes: 2, ignore: 255 }
+        Self {
+            neighbours: 30,
+            temperature: 0.02,
+            memory_size: Some(10_240_000),
+            passes: 2,
+            ignore: 255,
+        }
     }
 }
 
 /// Patch labels as Hummingbird computes them: the mask (at input resolution, a multiple of the
 /// grid) cut into `grid_h x grid_w` patches, 255 turned into 0, class shares per patch
 /// (`one_hot(patch pixels).mean()`), row-major `[patch][class]`.
-pub fn patch_labels(mask: &Mask, grid_h: usize, grid_w: usize, classes: usize) -> anyhow::Result<Vec<f32>> {
+pub fn patch_labels(
+    mask: &Mask,
+    grid_h: usize,
+    grid_w: usize,
+    classes: usize,
+) -> anyhow::Result<Vec<f32>> {
     anyhow::ensure!(
         mask.height.is_multiple_of(grid_h) && mask.width.is_multiple_of(grid_w),
         "mask of {}x{} does not split into {grid_h}x{grid_w} patches",
@@ -96,8 +107,19 @@ impl Bank {
 
     /// Adds one (augmented) training image: its features and its mask at input resolution.
     /// `per_image` as [`Bank::per_image`]; `rng` breaks ties between equally rare patches.
-    pub fn add(&mut self, f: &FeatureMap, mask: &Mask, per_image: Option<usize>, rng: &mut SplitMix64) -> anyhow::Result<()> {
-        anyhow::ensure!(f.dim == self.dim, "features have {} channels, the bank {}", f.dim, self.dim);
+    pub fn add(
+        &mut self,
+        f: &FeatureMap,
+        mask: &Mask,
+        per_image: Option<usize>,
+        rng: &mut SplitMix64,
+    ) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            f.dim == self.dim,
+            "features have {} channels, the bank {}",
+            f.dim,
+            self.dim
+        );
         let c = self.classes;
         let labels = patch_labels(mask, f.height, f.width, c)?;
         let n = f.len();
@@ -105,11 +127,17 @@ impl Bank {
             Some(k) if k < n => {
                 // Class frequency = patches containing the class; a patch scores the summed
                 // frequencies of its classes, times uniform noise; the k lowest are kept.
-                let present: Vec<Vec<usize>> = labels.chunks(c).map(|l| (0..c).filter(|&j| l[j] > 0.0).collect()).collect();
+                let present: Vec<Vec<usize>> =
+                    labels.chunks(c).map(|l| (0..c).filter(|&j| l[j] > 0.0).collect()).collect();
                 let mut freq = vec![0f32; c];
                 present.iter().flatten().for_each(|&j| freq[j] += 1.0);
-                let mut scored: Vec<(f32, usize)> =
-                    present.iter().enumerate().map(|(i, p)| (p.iter().map(|&j| freq[j]).sum::<f32>() * rng.next_f64() as f32, i)).collect();
+                let mut scored: Vec<(f32, usize)> = present
+                    .iter()
+                    .enumerate()
+                    .map(|(i, p)| {
+                        (p.iter().map(|&j| freq[j]).sum::<f32>() * rng.next_f64() as f32, i)
+                    })
+                    .collect();
                 scored.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
                 scored[..k].iter().map(|s| s.1).collect()
             }
@@ -137,7 +165,22 @@ pub fn nearest(bank: &Bank, queries: &[f32], k: usize) -> Vec<Vec<(f32, usize)>>
         let rows = chunk.len() / dim;
         // dot[q x rows] = Q * chunk^T
         unsafe {
-            matrixmultiply::sgemm(q, dim, rows, 1.0, queries.as_ptr(), dim as isize, 1, chunk.as_ptr(), 1, dim as isize, 0.0, dot.as_mut_ptr(), rows as isize, 1);
+            matrixmultiply::sgemm(
+                q,
+                dim,
+                rows,
+                1.0,
+                queries.as_ptr(),
+                dim as isize,
+                1,
+                chunk.as_ptr(),
+                1,
+                dim as isize,
+                0.0,
+                dot.as_mut_ptr(),
+                rows as isize,
+                1,
+            );
         }
         best.par_iter_mut().enumerate().for_each(|(i, top)| {
             for (j, &s) in dot[i * rows..(i + 1) * rows].iter().enumerate() {
@@ -159,7 +202,13 @@ fn better(a: (f32, usize), b: (f32, usize)) -> bool {
 }
 
 /// Class per pixel of a query image at `out_h x out_w`.
-pub fn predict(bank: &Bank, query: &FeatureMap, out_h: usize, out_w: usize, cfg: &InContextConfig) -> Vec<u32> {
+pub fn predict(
+    bank: &Bank,
+    query: &FeatureMap,
+    out_h: usize,
+    out_w: usize,
+    cfg: &InContextConfig,
+) -> Vec<u32> {
     let c = bank.classes;
     let unit = query.normalized();
     let top = nearest(bank, &unit.data, cfg.neighbours);
@@ -175,7 +224,14 @@ pub fn predict(bank: &Bank, query: &FeatureMap, out_h: usize, out_w: usize, cfg:
         }
     }
     let up = Bilinear::new(query.height, query.width, out_h, out_w).apply(&dist, c);
-    up.chunks(c).map(|d| d.iter().enumerate().fold((0, f32::NEG_INFINITY), |b, (i, &v)| if v > b.1 { (i, v) } else { b }).0 as u32).collect()
+    up.chunks(c)
+        .map(|d| {
+            d.iter()
+                .enumerate()
+                .fold((0, f32::NEG_INFINITY), |b, (i, &v)| if v > b.1 { (i, v) } else { b })
+                .0 as u32
+        })
+        .collect()
 }
 
 /// Adds a prediction to the confusion, leaving out the ignore label and labels >= classes.
@@ -240,7 +296,11 @@ mod tests {
         let mut rng = SplitMix64::new(4);
         let make = |rng: &mut SplitMix64| {
             let labels: Vec<u8> = (0..9).map(|_| rng.below(3) as u8).collect();
-            let feats = labels.iter().flat_map(|&l| (0..4).map(move |c| (c == l as usize) as u8 as f32)).map(|v| v + rng.uniform(-0.1, 0.1) as f32).collect();
+            let feats = labels
+                .iter()
+                .flat_map(|&l| (0..4).map(move |c| (c == l as usize) as u8 as f32))
+                .map(|v| v + rng.uniform(-0.1, 0.1) as f32)
+                .collect();
             (FeatureMap::new(3, 3, 4, feats), Mask { width: 3, height: 3, labels })
         };
         let mut bank = Bank::new(4, 3);
@@ -254,8 +314,16 @@ mod tests {
         // The search returns the exact top-k in order.
         let q = bank.features[..4].to_vec();
         let top = &nearest(&bank, &q, 3)[0];
-        let mut all: Vec<(f32, usize)> = bank.features.chunks(4).enumerate().map(|(i, b)| (b.iter().zip(&q).map(|(x, y)| x * y).sum(), i)).collect();
+        let mut all: Vec<(f32, usize)> = bank
+            .features
+            .chunks(4)
+            .enumerate()
+            .map(|(i, b)| (b.iter().zip(&q).map(|(x, y)| x * y).sum(), i))
+            .collect();
         all.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
-        assert_eq!(top.iter().map(|t| t.1).collect::<Vec<_>>(), all[..3].iter().map(|t| t.1).collect::<Vec<_>>());
+        assert_eq!(
+            top.iter().map(|t| t.1).collect::<Vec<_>>(),
+            all[..3].iter().map(|t| t.1).collect::<Vec<_>>()
+        );
     }
 }

@@ -46,12 +46,7 @@ pub fn kmeans_with_tol(
     iters: usize,
     tol: f64,
 ) -> KMeans {
-    assert_eq!(
-        data.len(),
-        n * dim,
-        "data has {} values, not {n}x{dim}",
-        data.len()
-    );
+    assert_eq!(data.len(), n * dim, "data has {} values, not {n}x{dim}", data.len());
     assert!(dim > 0, "dim must be positive");
     assert!(k >= 1 && k <= n, "need 1 <= k <= n (k = {k}, n = {n})");
 
@@ -65,11 +60,8 @@ pub fn kmeans_with_tol(
         let (mut labels, d2) = assign(data, dim, &centroids, k);
         reseed_empty(data, dim, k, &mut centroids, &mut labels, &d2);
         let updated = update(data, dim, k, &labels, &centroids);
-        let shift: f64 = updated
-            .iter()
-            .zip(&centroids)
-            .map(|(a, b)| ((a - b) as f64).powi(2))
-            .sum();
+        let shift: f64 =
+            updated.iter().zip(&centroids).map(|(a, b)| ((a - b) as f64).powi(2)).sum();
         centroids = updated;
         if shift <= shift_tol {
             break;
@@ -79,12 +71,7 @@ pub fn kmeans_with_tol(
     // A final assignment so labels and inertia describe the returned centroids.
     let (labels, d2) = assign(data, dim, &centroids, k);
     let inertia = d2.iter().map(|&d| d as f64).sum();
-    KMeans {
-        centroids,
-        labels,
-        inertia,
-        iterations,
-    }
+    KMeans { centroids, labels, inertia, iterations }
 }
 
 fn point(data: &[f32], dim: usize, i: usize) -> &[f32] {
@@ -201,10 +188,7 @@ fn reseed_empty(
     let mut candidates = order.into_iter();
     for c in empty {
         // Skip points that are alone in their cluster: taking them would empty it instead.
-        let Some(p) = candidates
-            .by_ref()
-            .find(|&p| counts[labels[p] as usize] > 1)
-        else {
+        let Some(p) = candidates.by_ref().find(|&p| counts[labels[p] as usize] > 1) else {
             break;
         };
         counts[labels[p] as usize] -= 1;
@@ -287,10 +271,7 @@ mod tests {
         let mut blob_of_cluster = [None; 4];
         for (i, &l) in best.labels.iter().enumerate() {
             let slot = &mut blob_of_cluster[l as usize];
-            assert!(
-                slot.is_none() || *slot == Some(truth[i]),
-                "cluster {l} mixes blobs"
-            );
+            assert!(slot.is_none() || *slot == Some(truth[i]), "cluster {l} mixes blobs");
             *slot = Some(truth[i]);
         }
         assert!(blob_of_cluster.iter().all(Option::is_some));
@@ -311,10 +292,7 @@ mod tests {
         let b = kmeans(&data, n, 2, 6, 11, 50);
         assert_eq!(a, b);
         for threads in [1, 3] {
-            let pool = rayon::ThreadPoolBuilder::new()
-                .num_threads(threads)
-                .build()
-                .unwrap();
+            let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
             let c = pool.install(|| kmeans(&data, n, 2, 6, 11, 50));
             assert_eq!(a, c, "{threads} threads");
         }
@@ -403,7 +381,22 @@ pub fn nearest_centroids(data: &[f32], dim: usize, centroids: &[f32]) -> (Vec<u3
             let mut dot = vec![0.0f32; rows * k];
             // dot[rows x k] = x[rows x dim] * C^T
             unsafe {
-                matrixmultiply::sgemm(rows, dim, k, 1.0, x.as_ptr(), dim as isize, 1, centroids.as_ptr(), 1, dim as isize, 0.0, dot.as_mut_ptr(), k as isize, 1);
+                matrixmultiply::sgemm(
+                    rows,
+                    dim,
+                    k,
+                    1.0,
+                    x.as_ptr(),
+                    dim as isize,
+                    1,
+                    centroids.as_ptr(),
+                    1,
+                    dim as isize,
+                    0.0,
+                    dot.as_mut_ptr(),
+                    k as isize,
+                    1,
+                );
             }
             let mut labels = Vec::with_capacity(rows);
             let mut dists = Vec::with_capacity(rows);
@@ -454,7 +447,8 @@ pub fn faiss_kmeans(data: &[f32], dim: usize, k: usize, p: &FaissParams) -> Fais
     for redo in 0..p.nredo.max(1) {
         let mut perm: Vec<usize> = (0..n).collect();
         SplitMix64::stream(p.seed, 1 + redo as u64).shuffle(&mut perm);
-        let mut centroids: Vec<f32> = perm[..k].iter().flat_map(|&i| point(x, dim, i).iter().copied()).collect();
+        let mut centroids: Vec<f32> =
+            perm[..k].iter().flat_map(|&i| point(x, dim, i).iter().copied()).collect();
         let mut split_rng = SplitMix64::new(1234);
         let mut objective = 0.0f64;
         for _ in 0..p.niter {
@@ -495,14 +489,22 @@ fn means(x: &[f32], dim: usize, k: usize, labels: &[u32], centroids: &mut [f32])
     }
     for c in 0..k {
         for j in 0..dim {
-            centroids[c * dim + j] = if counts[c] > 0 { (sums[c * dim + j] / counts[c] as f64) as f32 } else { 0.0 };
+            centroids[c * dim + j] =
+                if counts[c] > 0 { (sums[c * dim + j] / counts[c] as f64) as f32 } else { 0.0 };
         }
     }
     counts
 }
 
 /// FAISS's `split_clusters`.
-fn split_empty(dim: usize, k: usize, n: usize, counts: Vec<usize>, centroids: &mut [f32], rng: &mut SplitMix64) {
+fn split_empty(
+    dim: usize,
+    k: usize,
+    n: usize,
+    counts: Vec<usize>,
+    centroids: &mut [f32],
+    rng: &mut SplitMix64,
+) {
     const EPS: f32 = 1.0 / 1024.0;
     let mut h: Vec<f64> = counts.iter().map(|&c| c as f64).collect();
     for ci in 0..k {
@@ -536,8 +538,16 @@ mod faiss_tests {
     #[test]
     fn faiss_kmeans_separates_blobs_and_is_deterministic() {
         let mut rng = SplitMix64::new(7);
-        let centres = [[0.0f32, 0.0, 0.0], [8.0, 0.0, 0.0], [0.0, 8.0, 0.0], [0.0, 0.0, 8.0], [8.0, 8.0, 8.0]];
-        let data: Vec<f32> = (0..5000).flat_map(|i| centres[i % 5].map(|c| c + rng.uniform(-1.0, 1.0) as f32)).collect();
+        let centres = [
+            [0.0f32, 0.0, 0.0],
+            [8.0, 0.0, 0.0],
+            [0.0, 8.0, 0.0],
+            [0.0, 0.0, 8.0],
+            [8.0, 8.0, 8.0],
+        ];
+        let data: Vec<f32> = (0..5000)
+            .flat_map(|i| centres[i % 5].map(|c| c + rng.uniform(-1.0, 1.0) as f32))
+            .collect();
         let p = FaissParams::new(20, 5, 1);
         let a = faiss_kmeans(&data, 3, 5, &p);
         assert_eq!(a, faiss_kmeans(&data, 3, 5, &p));

@@ -32,7 +32,17 @@ pub struct LinearConfig {
 
 impl Default for LinearConfig {
     fn default() -> Self {
-        Self { epochs: 25, lr: 0.01, momentum: 0.9, weight_decay: 1e-4, batch_size: 60, lr_drops: vec![20], drop_last: true, shuffle: true, seed: 0 }
+        Self {
+            epochs: 25,
+            lr: 0.01,
+            momentum: 0.9,
+            weight_decay: 1e-4,
+            batch_size: 60,
+            lr_drops: vec![20],
+            drop_last: true,
+            shuffle: true,
+            seed: 0,
+        }
     }
 }
 
@@ -65,7 +75,11 @@ impl LinearProbe {
 
     /// Patch logits `[h * w, classes]`.
     fn patch_logits(&self, f: &FeatureMap) -> Vec<f32> {
-        assert_eq!(f.dim, self.dim, "features have {} channels, the probe takes {}", f.dim, self.dim);
+        assert_eq!(
+            f.dim, self.dim,
+            "features have {} channels, the probe takes {}",
+            f.dim, self.dim
+        );
         let mut out = Vec::with_capacity(f.len() * self.classes);
         for x in f.data.chunks(self.dim) {
             for c in 0..self.classes {
@@ -78,9 +92,15 @@ impl LinearProbe {
 
     /// Class per pixel at the mask size.
     pub fn predict(&self, f: &FeatureMap, height: usize, width: usize) -> Vec<u32> {
-        let up = Bilinear::new(f.height, f.width, height, width).apply(&self.patch_logits(f), self.classes);
+        let up = Bilinear::new(f.height, f.width, height, width)
+            .apply(&self.patch_logits(f), self.classes);
         up.chunks(self.classes)
-            .map(|l| l.iter().enumerate().fold((0, f32::NEG_INFINITY), |b, (i, &v)| if v > b.1 { (i, v) } else { b }).0 as u32)
+            .map(|l| {
+                l.iter()
+                    .enumerate()
+                    .fold((0, f32::NEG_INFINITY), |b, (i, &v)| if v > b.1 { (i, v) } else { b })
+                    .0 as u32
+            })
             .collect()
     }
 
@@ -122,7 +142,12 @@ impl LinearProbe {
     /// `F.cross_entropy(F.interpolate(conv(x), size, mode="bilinear"), y, ignore_index=255)`.
     pub fn loss_and_grad(&self, batch: &[(&FeatureMap, &Mask)]) -> (f64, Vec<f32>, Vec<f32>) {
         let parts: Vec<Grad> = batch.par_iter().map(|(f, m)| self.grad_one(f, m)).collect();
-        let mut total = Grad { loss: 0.0, pixels: 0, weight: vec![0.0; self.weight.len()], bias: vec![0.0; self.classes] };
+        let mut total = Grad {
+            loss: 0.0,
+            pixels: 0,
+            weight: vec![0.0; self.weight.len()],
+            bias: vec![0.0; self.classes],
+        };
         for p in parts {
             total.loss += p.loss;
             total.pixels += p.pixels;
@@ -143,7 +168,15 @@ pub struct Sgd {
 }
 
 impl Sgd {
-    pub fn step(&mut self, probe: &mut LinearProbe, gw: &[f32], gb: &[f32], lr: f64, momentum: f64, wd: f64) {
+    pub fn step(
+        &mut self,
+        probe: &mut LinearProbe,
+        gw: &[f32],
+        gb: &[f32],
+        lr: f64,
+        momentum: f64,
+        wd: f64,
+    ) {
         let update = |p: &mut [f32], g: &[f32], buf: &mut Vec<f32>, fresh: bool| {
             for ((p, g), b) in p.iter_mut().zip(g).zip(buf.iter_mut()) {
                 let d = g + wd as f32 * *p;
@@ -152,7 +185,8 @@ impl Sgd {
             }
         };
         let fresh = self.buffers.is_none();
-        let (bw, bb) = self.buffers.get_or_insert_with(|| (vec![0.0; gw.len()], vec![0.0; gb.len()]));
+        let (bw, bb) =
+            self.buffers.get_or_insert_with(|| (vec![0.0; gw.len()], vec![0.0; gb.len()]));
         update(&mut probe.weight, gw, bw, fresh);
         update(&mut probe.bias, gb, bb, fresh);
     }
@@ -160,17 +194,35 @@ impl Sgd {
 
 /// Trains a probe on `train` (features, masks at the training label size), the same data
 /// every epoch; `log` gets one line per epoch with the mean loss.
-pub fn train_probe(train: &[(FeatureMap, Mask)], classes: usize, cfg: &LinearConfig, log: &dyn Fn(&str)) -> LinearProbe {
+pub fn train_probe(
+    train: &[(FeatureMap, Mask)],
+    classes: usize,
+    cfg: &LinearConfig,
+    log: &dyn Fn(&str),
+) -> LinearProbe {
     assert!(!train.is_empty(), "no training images");
     let probe = LinearProbe::new(train[0].0.dim, classes, cfg.seed);
-    train_probe_batches(probe, train.len(), cfg, &mut |_, idx| Ok(idx.iter().map(|&i| train[i].clone()).collect()), log).expect("data in memory")
+    train_probe_batches(
+        probe,
+        train.len(),
+        cfg,
+        &mut |_, idx| Ok(idx.iter().map(|&i| train[i].clone()).collect()),
+        log,
+    )
+    .expect("data in memory")
 }
 
 /// The training pairs of the images `indices` in epoch `epoch` (e.g. freshly augmented).
 pub type BatchData<'a> = dyn FnMut(usize, &[usize]) -> anyhow::Result<Vec<(FeatureMap, Mask)>> + 'a;
 
 /// Trains `probe` on `n` training images whose pairs `data` supplies batch by batch.
-pub fn train_probe_batches(mut probe: LinearProbe, n: usize, cfg: &LinearConfig, data: &mut BatchData<'_>, log: &dyn Fn(&str)) -> anyhow::Result<LinearProbe> {
+pub fn train_probe_batches(
+    mut probe: LinearProbe,
+    n: usize,
+    cfg: &LinearConfig,
+    data: &mut BatchData<'_>,
+    log: &dyn Fn(&str),
+) -> anyhow::Result<LinearProbe> {
     anyhow::ensure!(n > 0, "no training images");
     let mut sgd = Sgd::default();
     let mut rng = SplitMix64::new(cfg.seed ^ 0x5eed);
@@ -194,7 +246,12 @@ pub fn train_probe_batches(mut probe: LinearProbe, n: usize, cfg: &LinearConfig,
             sum += loss;
             batches += 1;
         }
-        log(&format!("linear probe epoch {}/{}  loss {:.4}  lr {lr:.1e}", epoch + 1, cfg.epochs, sum / batches as f64));
+        log(&format!(
+            "linear probe epoch {}/{}  loss {:.4}  lr {lr:.1e}",
+            epoch + 1,
+            cfg.epochs,
+            sum / batches as f64
+        ));
     }
     Ok(probe)
 }
@@ -205,7 +262,11 @@ pub fn evaluate_probe(probe: &LinearProbe, val: &[(FeatureMap, Mask)]) -> Confus
         .par_iter()
         .map(|(f, m)| {
             let mut c = Confusion::new(probe.classes, probe.classes);
-            let gt: Vec<u32> = m.labels.iter().map(|&l| if l as usize >= probe.classes { IGNORE } else { l as u32 }).collect();
+            let gt: Vec<u32> = m
+                .labels
+                .iter()
+                .map(|&l| if l as usize >= probe.classes { IGNORE } else { l as u32 })
+                .collect();
             c.add(&probe.predict(f, m.height, m.width), &gt);
             c
         })
@@ -234,13 +295,15 @@ mod tests {
             let (mut a, mut b) = (probe.clone(), probe.clone());
             a.weight[i] += eps;
             b.weight[i] -= eps;
-            let num = (a.loss_and_grad(&[(&f, &m)]).0 - b.loss_and_grad(&[(&f, &m)]).0) / (2.0 * eps as f64);
+            let num = (a.loss_and_grad(&[(&f, &m)]).0 - b.loss_and_grad(&[(&f, &m)]).0)
+                / (2.0 * eps as f64);
             assert!((num - gw[i] as f64).abs() < 1e-3, "w{i}: {num} vs {}", gw[i]);
         }
         let (mut a, mut b) = (probe.clone(), probe.clone());
         a.bias[2] += eps;
         b.bias[2] -= eps;
-        let num = (a.loss_and_grad(&[(&f, &m)]).0 - b.loss_and_grad(&[(&f, &m)]).0) / (2.0 * eps as f64);
+        let num =
+            (a.loss_and_grad(&[(&f, &m)]).0 - b.loss_and_grad(&[(&f, &m)]).0) / (2.0 * eps as f64);
         assert!((num - gb[2] as f64).abs() < 1e-3);
     }
 
@@ -258,7 +321,14 @@ mod tests {
                 (FeatureMap::new(4, 4, 5, feats), Mask { width: 4, height: 4, labels })
             })
             .collect();
-        let cfg = LinearConfig { epochs: 30, lr: 0.5, batch_size: 4, lr_drops: vec![], drop_last: false, ..Default::default() };
+        let cfg = LinearConfig {
+            epochs: 30,
+            lr: 0.5,
+            batch_size: 4,
+            lr_drops: vec![],
+            drop_last: false,
+            ..Default::default()
+        };
         let probe = train_probe(&data, 3, &cfg, &|_| {});
         let miou = crate::cluster::prediction_miou(&evaluate_probe(&probe, &data));
         assert!(miou > 0.99, "{miou}");

@@ -111,7 +111,8 @@ impl Pca {
             SplitMix64::new(1234).shuffle(&mut idx);
             idx.truncate(cap);
             idx.sort_unstable();
-            sample = idx.iter().flat_map(|&i| data[i * dim..(i + 1) * dim].iter().copied()).collect();
+            sample =
+                idx.iter().flat_map(|&i| data[i * dim..(i + 1) * dim].iter().copied()).collect();
             (&sample[..], cap)
         } else {
             (data, n)
@@ -141,31 +142,33 @@ impl Pca {
         assert_eq!(data.len(), n * self.dim_in, "rows are not {}-dim", self.dim_in);
         let mut out = vec![0.0f32; n * self.dim_out];
         let block = 8192;
-        out.par_chunks_mut(block * self.dim_out).zip(data.par_chunks(block * self.dim_in)).for_each(|(o, x)| {
-            let rows = x.len() / self.dim_in;
-            for r in o.chunks_exact_mut(self.dim_out) {
-                r.copy_from_slice(&self.bias);
-            }
-            // o[rows x out] += x[rows x in] * A^T
-            unsafe {
-                matrixmultiply::sgemm(
-                    rows,
-                    self.dim_in,
-                    self.dim_out,
-                    1.0,
-                    x.as_ptr(),
-                    self.dim_in as isize,
-                    1,
-                    self.matrix.as_ptr(),
-                    1,
-                    self.dim_in as isize,
-                    1.0,
-                    o.as_mut_ptr(),
-                    self.dim_out as isize,
-                    1,
-                );
-            }
-        });
+        out.par_chunks_mut(block * self.dim_out)
+            .zip(data.par_chunks(block * self.dim_in))
+            .for_each(|(o, x)| {
+                let rows = x.len() / self.dim_in;
+                for r in o.chunks_exact_mut(self.dim_out) {
+                    r.copy_from_slice(&self.bias);
+                }
+                // o[rows x out] += x[rows x in] * A^T
+                unsafe {
+                    matrixmultiply::sgemm(
+                        rows,
+                        self.dim_in,
+                        self.dim_out,
+                        1.0,
+                        x.as_ptr(),
+                        self.dim_in as isize,
+                        1,
+                        self.matrix.as_ptr(),
+                        1,
+                        self.dim_in as isize,
+                        1.0,
+                        o.as_mut_ptr(),
+                        self.dim_out as isize,
+                        1,
+                    );
+                }
+            });
         out
     }
 }
@@ -177,10 +180,28 @@ fn scatter(x: &[f32], dim: usize, mean: &[f64]) -> Vec<f64> {
         .map(|rows| {
             let n = rows.len() / dim;
             // Centre in f32 first: the scatter of centred data loses far less to rounding.
-            let c: Vec<f32> = rows.chunks_exact(dim).flat_map(|r| r.iter().zip(mean).map(|(&v, &m)| (v as f64 - m) as f32)).collect();
+            let c: Vec<f32> = rows
+                .chunks_exact(dim)
+                .flat_map(|r| r.iter().zip(mean).map(|(&v, &m)| (v as f64 - m) as f32))
+                .collect();
             let mut g = vec![0.0f32; dim * dim];
             unsafe {
-                matrixmultiply::sgemm(dim, n, dim, 1.0, c.as_ptr(), 1, dim as isize, c.as_ptr(), dim as isize, 1, 0.0, g.as_mut_ptr(), dim as isize, 1);
+                matrixmultiply::sgemm(
+                    dim,
+                    n,
+                    dim,
+                    1.0,
+                    c.as_ptr(),
+                    1,
+                    dim as isize,
+                    c.as_ptr(),
+                    dim as isize,
+                    1,
+                    0.0,
+                    g.as_mut_ptr(),
+                    dim as isize,
+                    1,
+                );
             }
             g.into_iter().map(|v| v as f64).collect()
         })
@@ -214,7 +235,9 @@ mod tests {
     #[test]
     fn standardised_columns_have_zero_mean_unit_std_and_constant_columns_stay() {
         let mut rng = SplitMix64::new(1);
-        let mut data: Vec<f32> = (0..300).flat_map(|_| [rng.uniform(-3.0, 5.0) as f32, 7.0, rng.uniform(0.0, 1.0) as f32]).collect();
+        let mut data: Vec<f32> = (0..300)
+            .flat_map(|_| [rng.uniform(-3.0, 5.0) as f32, 7.0, rng.uniform(0.0, 1.0) as f32])
+            .collect();
         let s = Standardizer::fit(&data, 3);
         assert_eq!(s.scale[1], 1.0);
         s.apply(&mut data);
@@ -233,14 +256,18 @@ mod tests {
         let mut rng = SplitMix64::new(2);
         let data: Vec<f32> = (0..2000)
             .flat_map(|_| {
-                let (a, b, e) = (rng.uniform(-10.0, 10.0), rng.uniform(-3.0, 3.0), rng.uniform(-0.1, 0.1));
+                let (a, b, e) =
+                    (rng.uniform(-10.0, 10.0), rng.uniform(-3.0, 3.0), rng.uniform(-0.1, 0.1));
                 [(a + e) as f32 + 1.0, (a - e) as f32, b as f32, (0.5 * e) as f32]
             })
             .collect();
         let p = Pca::fit(&data, 4, 2);
         let r = std::f32::consts::FRAC_1_SQRT_2;
         let a0 = &p.matrix[0..4];
-        assert!((a0[0].abs() - r).abs() < 1e-2 && (a0[1].abs() - r).abs() < 1e-2 && a0[2].abs() < 1e-2, "{a0:?}");
+        assert!(
+            (a0[0].abs() - r).abs() < 1e-2 && (a0[1].abs() - r).abs() < 1e-2 && a0[2].abs() < 1e-2,
+            "{a0:?}"
+        );
         assert!((p.matrix[6].abs() - 1.0).abs() < 1e-2, "{:?}", &p.matrix[4..8]);
         assert!(p.eigenvalues[0] > p.eigenvalues[1]);
         // Projected data are centred.

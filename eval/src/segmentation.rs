@@ -27,21 +27,13 @@ pub struct Confusion {
 
 impl Confusion {
     pub fn new(k: usize, classes: usize) -> Self {
-        Self {
-            k,
-            classes,
-            counts: vec![0; k * classes],
-        }
+        Self { k, classes, counts: vec![0; k * classes] }
     }
 
     /// Adds one label map (or a whole batch, flattened). Panics on a cluster id >= k or a
     /// class >= classes that is not [`IGNORE`].
     pub fn add(&mut self, pred: &[u32], gt: &[u32]) {
-        assert_eq!(
-            pred.len(),
-            gt.len(),
-            "prediction and ground truth differ in size"
-        );
+        assert_eq!(pred.len(), gt.len(), "prediction and ground truth differ in size");
         for (&p, &g) in pred.iter().zip(gt) {
             if g == IGNORE {
                 continue;
@@ -177,10 +169,9 @@ pub fn overclustering_score(conf: &Confusion) -> SegScore {
             }
             // Largest overlap == highest precision (same denominator); first on ties.
             let (best, _) =
-                row.iter().enumerate().fold(
-                    (0, 0u64),
-                    |acc, (g, &v)| if v > acc.1 { (g, v) } else { acc },
-                );
+                row.iter()
+                    .enumerate()
+                    .fold((0, 0u64), |acc, (g, &v)| if v > acc.1 { (g, v) } else { acc });
             Some(best)
         })
         .collect();
@@ -190,11 +181,7 @@ pub fn overclustering_score(conf: &Confusion) -> SegScore {
 fn score(conf: &Confusion, cluster_to_class: Vec<Option<usize>>) -> SegScore {
     let merged = conf.merge(&cluster_to_class);
     let (miou, per_class) = miou(&merged, conf.classes);
-    SegScore {
-        miou,
-        per_class,
-        cluster_to_class,
-    }
+    SegScore { miou, per_class, cluster_to_class }
 }
 
 /// How a reference implementation maps clusters to classes before scoring.
@@ -224,21 +211,37 @@ fn jaccard(tp: u64, predicted: u64, actual: u64) -> f64 {
 
 /// The `(class, cluster)` score matrix of `PredsmIoU.compute_score_matrix`, row-major
 /// `classes x clusters`, over the given subsets of rows (clusters) and columns (classes).
-fn score_matrix(conf: &Confusion, clusters: &[usize], classes: &[usize], precision: bool) -> Vec<f64> {
-    let size: Vec<u64> = clusters.iter().map(|&p| (0..conf.classes).map(|g| conf.get(p, g)).sum()).collect();
-    let actual: Vec<u64> = classes.iter().map(|&g| (0..conf.k).map(|p| conf.get(p, g)).sum()).collect();
+fn score_matrix(
+    conf: &Confusion,
+    clusters: &[usize],
+    classes: &[usize],
+    precision: bool,
+) -> Vec<f64> {
+    let size: Vec<u64> =
+        clusters.iter().map(|&p| (0..conf.classes).map(|g| conf.get(p, g)).sum()).collect();
+    let actual: Vec<u64> =
+        classes.iter().map(|&g| (0..conf.k).map(|p| conf.get(p, g)).sum()).collect();
     let mut m = Vec::with_capacity(classes.len() * clusters.len());
     for (gi, &g) in classes.iter().enumerate() {
         for (pi, &p) in clusters.iter().enumerate() {
             let tp = conf.get(p, g);
-            m.push(if precision { tp as f64 / (size[pi] as f64).max(1e-8) } else { jaccard(tp, size[pi], actual[gi]) });
+            m.push(if precision {
+                tp as f64 / (size[pi] as f64).max(1e-8)
+            } else {
+                jaccard(tp, size[pi], actual[gi])
+            });
         }
     }
     m
 }
 
 /// Position in `classes` each of `clusters` is mapped to (None: left unmatched by Hungarian).
-fn map_clusters(conf: &Confusion, clusters: &[usize], classes: &[usize], matching: RefMatching) -> Vec<Option<usize>> {
+fn map_clusters(
+    conf: &Confusion,
+    clusters: &[usize],
+    classes: &[usize],
+    matching: RefMatching,
+) -> Vec<Option<usize>> {
     let (np, ng) = (clusters.len(), classes.len());
     match matching {
         RefMatching::Identity => (0..np).map(Some).collect(),
@@ -278,7 +281,10 @@ pub fn reference_score(conf: &Confusion, matching: RefMatching) -> RefScore {
     let clusters: Vec<usize> = (0..conf.k).collect();
     let classes: Vec<usize> = (0..conf.classes).collect();
     // Unmatched clusters predict the background, class 0.
-    let map: Vec<usize> = map_clusters(conf, &clusters, &classes, matching).into_iter().map(|g| g.unwrap_or(0)).collect();
+    let map: Vec<usize> = map_clusters(conf, &clusters, &classes, matching)
+        .into_iter()
+        .map(|g| g.unwrap_or(0))
+        .collect();
     let merged = conf.merge(&map.iter().map(|&g| Some(g)).collect::<Vec<_>>());
     let n = conf.classes;
     let per_class: Vec<f64> = (0..n)
@@ -297,8 +303,10 @@ pub fn reference_score(conf: &Confusion, matching: RefMatching) -> RefScore {
 /// predict label 0; the mean runs over the labels present in the ground truth. `conf` has a
 /// column per label value (e.g. 256), so label values need not be contiguous.
 pub fn timet_score(conf: &Confusion, matching: RefMatching) -> f64 {
-    let clusters: Vec<usize> = (0..conf.k).filter(|&p| (0..conf.classes).any(|g| conf.get(p, g) > 0)).collect();
-    let labels: Vec<usize> = (0..conf.classes).filter(|&g| (0..conf.k).any(|p| conf.get(p, g) > 0)).collect();
+    let clusters: Vec<usize> =
+        (0..conf.k).filter(|&p| (0..conf.classes).any(|g| conf.get(p, g) > 0)).collect();
+    let labels: Vec<usize> =
+        (0..conf.classes).filter(|&g| (0..conf.k).any(|p| conf.get(p, g) > 0)).collect();
     if labels.is_empty() {
         return f64::NAN;
     }
@@ -445,13 +453,7 @@ mod tests {
             let (k, classes) = (2 + rng.below(12) as usize, 2 + rng.below(5) as usize);
             let len = 1 + rng.below(300) as usize;
             let gt: Vec<u32> = (0..len)
-                .map(|_| {
-                    if rng.below(10) == 0 {
-                        I
-                    } else {
-                        rng.below(classes as u64) as u32
-                    }
-                })
+                .map(|_| if rng.below(10) == 0 { I } else { rng.below(classes as u64) as u32 })
                 .collect();
             // Noisy clusters correlated with the classes.
             let pred: Vec<u32> = gt
@@ -464,10 +466,7 @@ mod tests {
             let conf = confusion(&pred, &gt, k, classes);
             let s = overclustering_score(&conf);
             let merged = conf.merge(&s.cluster_to_class);
-            let square: Vec<f64> = merged[..classes * classes]
-                .iter()
-                .map(|&c| c as f64)
-                .collect();
+            let square: Vec<f64> = merged[..classes * classes].iter().map(|&c| c as f64).collect();
             let best = hungarian::assignment_cost(
                 &square,
                 classes,

@@ -93,7 +93,13 @@ fn distinct_labels<'a>(masks: impl IntoIterator<Item = &'a Mask>) -> usize {
 }
 
 /// Cluster ids of every pixel of `maps` upsampled to `size x size`, with `k` clusters.
-fn cluster_pixels(maps: &[&FeatureMap], size: usize, k: usize, seed: u64, p: &VideoProtocol) -> Vec<u32> {
+fn cluster_pixels(
+    maps: &[&FeatureMap],
+    size: usize,
+    k: usize,
+    seed: u64,
+    p: &VideoProtocol,
+) -> Vec<u32> {
     let dim = maps[0].dim;
     let pixels: Vec<f32> = maps
         .par_iter()
@@ -106,8 +112,15 @@ fn cluster_pixels(maps: &[&FeatureMap], size: usize, k: usize, seed: u64, p: &Vi
 
 /// TimeT score of cluster ids against masks (concatenated in order), every label counted
 /// (`skip_ignore`: pixels labelled 255 left out, as D does).
-fn unit_score(clusters: &[u32], masks: &[&Mask], k: usize, matching: RefMatching, skip_ignore: bool) -> f64 {
-    let mut conf = Confusion::new(k.max(1 + clusters.iter().copied().max().unwrap_or(0) as usize), 256);
+fn unit_score(
+    clusters: &[u32],
+    masks: &[&Mask],
+    k: usize,
+    matching: RefMatching,
+    skip_ignore: bool,
+) -> f64 {
+    let mut conf =
+        Confusion::new(k.max(1 + clusters.iter().copied().max().unwrap_or(0) as usize), 256);
     let mut at = 0;
     for m in masks {
         for &g in &m.labels {
@@ -147,7 +160,8 @@ fn local(clips: &[Clip], level: Level, over: Option<usize>, seed: u64, p: &Video
                 let feats: Vec<&FeatureMap> = pca[at..at + c.frames.len()].iter().collect();
                 at += c.frames.len();
                 match level {
-                    Level::Frame => units.extend(feats.into_iter().zip(&c.masks).map(|(f, m)| (vec![f], vec![m]))),
+                    Level::Frame => units
+                        .extend(feats.into_iter().zip(&c.masks).map(|(f, m)| (vec![f], vec![m]))),
                     Level::Clip => units.push((feats, c.masks.iter().collect())),
                 }
             }
@@ -155,7 +169,10 @@ fn local(clips: &[Clip], level: Level, over: Option<usize>, seed: u64, p: &Video
                 .par_iter()
                 .map(|(f, m)| {
                     let size = m[0].width;
-                    assert!(m.iter().all(|m| m.width == size && m.height == size), "masks must be square and of one size");
+                    assert!(
+                        m.iter().all(|m| m.width == size && m.height == size),
+                        "masks must be square and of one size"
+                    );
                     let k = over.unwrap_or_else(|| distinct_labels(m.iter().copied()));
                     let ids = cluster_pixels(f, size, k, seed, p);
                     unit_score(&ids, m, k, matching, false)
@@ -172,7 +189,18 @@ fn dataset(clips: &[Clip], over: Option<usize>, seed: u64, p: &VideoProtocol) ->
     let maps: Vec<&FeatureMap> = clips.iter().flat_map(|c| &c.frames).collect();
     let pca = transform(&maps, p.pca_dim);
     let s = p.dataset_size;
-    let masks: Vec<Mask> = clips.iter().flat_map(|c| &c.masks).map(|m| if m.width == s && m.height == s { m.clone() } else { m.resize_nearest_torch(s, s) }).collect();
+    let masks: Vec<Mask> =
+        clips
+            .iter()
+            .flat_map(|c| &c.masks)
+            .map(|m| {
+                if m.width == s && m.height == s {
+                    m.clone()
+                } else {
+                    m.resize_nearest_torch(s, s)
+                }
+            })
+            .collect();
     let k = over.unwrap_or_else(|| distinct_labels(&masks));
     let refs: Vec<&FeatureMap> = pca.iter().collect();
     let ids = cluster_pixels(&refs, s, k, seed, p);
@@ -185,7 +213,11 @@ fn dataset(clips: &[Clip], over: Option<usize>, seed: u64, p: &VideoProtocol) ->
 
 /// Every level of the protocol, each a mean over `p.seeds`.
 pub fn timet_clustering(clips: &[Clip], p: &VideoProtocol) -> Vec<Score> {
-    assert!(!clips.is_empty() && clips.iter().all(|c| !c.frames.is_empty() && c.frames.len() == c.masks.len()), "empty clip");
+    assert!(
+        !clips.is_empty()
+            && clips.iter().all(|c| !c.frames.is_empty() && c.frames.len() == c.masks.len()),
+        "empty clip"
+    );
     let run = |f: &dyn Fn(u64) -> f64| -> Vec<f64> { p.seeds.iter().map(|&s| f(s)).collect() };
     let hung = crate::cluster::matching_label(RefMatching::Hungarian);
     let over = crate::cluster::matching_label(RefMatching::ManyToOne { precision: p.precision });
@@ -197,12 +229,27 @@ pub fn timet_clustering(clips: &[Clip], p: &VideoProtocol) -> Vec<Score> {
     out.push(Score::new("D hungarian".into(), dataset_k(clips, p), hung, d));
     if p.over_k_local > 0 {
         let k = p.over_k_local;
-        out.push(Score::new(format!("F over K={k}"), k, over, run(&|s| local(clips, Level::Frame, Some(k), s, p))));
-        out.push(Score::new(format!("C over K={k}"), k, over, run(&|s| local(clips, Level::Clip, Some(k), s, p))));
+        out.push(Score::new(
+            format!("F over K={k}"),
+            k,
+            over,
+            run(&|s| local(clips, Level::Frame, Some(k), s, p)),
+        ));
+        out.push(Score::new(
+            format!("C over K={k}"),
+            k,
+            over,
+            run(&|s| local(clips, Level::Clip, Some(k), s, p)),
+        ));
     }
     if p.over_k_dataset > 0 {
         let k = p.over_k_dataset;
-        out.push(Score::new(format!("D over K={k}"), k, over, run(&|s| dataset(clips, Some(k), s, p).0)));
+        out.push(Score::new(
+            format!("D over K={k}"),
+            k,
+            over,
+            run(&|s| dataset(clips, Some(k), s, p).0),
+        ));
     }
     out
 }
@@ -210,13 +257,25 @@ pub fn timet_clustering(clips: &[Clip], p: &VideoProtocol) -> Vec<Score> {
 /// K of the dataset-level clustering: distinct labels over all masks at the D size.
 fn dataset_k(clips: &[Clip], p: &VideoProtocol) -> usize {
     let s = p.dataset_size;
-    distinct_labels(&clips.iter().flat_map(|c| &c.masks).map(|m| m.resize_nearest_torch(s, s)).collect::<Vec<_>>())
+    distinct_labels(
+        &clips
+            .iter()
+            .flat_map(|c| &c.masks)
+            .map(|m| m.resize_nearest_torch(s, s))
+            .collect::<Vec<_>>(),
+    )
 }
 
 /// Scores of given per-pixel cluster ids under the protocol's rules, for checking against
 /// the reference with its own k-means output: F (one unit per mask), C (all masks one unit)
 /// or D (all masks, 255 left out).
-pub fn score_units(ids: &[u32], masks: &[&Mask], k: usize, matching: RefMatching, skip_ignore: bool) -> f64 {
+pub fn score_units(
+    ids: &[u32],
+    masks: &[&Mask],
+    k: usize,
+    matching: RefMatching,
+    skip_ignore: bool,
+) -> f64 {
     unit_score(ids, masks, k, matching, skip_ignore)
 }
 
@@ -232,7 +291,11 @@ mod tests {
         let mut masks = Vec::new();
         for _ in 0..3 {
             let grid: Vec<u8> = (0..g * g).map(|i| ((i % g) * labels as usize / g) as u8).collect();
-            let data = grid.iter().flat_map(|&l| (0..dim).map(move |c| (c == l as usize) as u8 as f32 * 4.0)).map(|v| v + rng.uniform(-0.1, 0.1) as f32).collect();
+            let data = grid
+                .iter()
+                .flat_map(|&l| (0..dim).map(move |c| (c == l as usize) as u8 as f32 * 4.0))
+                .map(|v| v + rng.uniform(-0.1, 0.1) as f32)
+                .collect();
             frames.push(FeatureMap::new(g, g, dim, data));
             masks.push(Mask { width: g, height: g, labels: grid }.resize_nearest(size, size));
         }
@@ -242,11 +305,28 @@ mod tests {
     #[test]
     fn separable_clips_score_high_at_every_level() {
         let mut rng = SplitMix64::new(4);
-        let clips: Vec<Clip> = (0..3).map(|i| clip(&mut rng, &format!("c{i}"), 2 + i as u8)).collect();
-        let p = VideoProtocol { over_k_dataset: 6, dataset_size: 8, pca_dim: 4, niter: 20, ..Default::default() };
+        let clips: Vec<Clip> =
+            (0..3).map(|i| clip(&mut rng, &format!("c{i}"), 2 + i as u8)).collect();
+        let p = VideoProtocol {
+            over_k_dataset: 6,
+            dataset_size: 8,
+            pca_dim: 4,
+            niter: 20,
+            ..Default::default()
+        };
         let s = timet_clustering(&clips, &p);
         let names: Vec<&str> = s.iter().map(|s| s.name.as_str()).collect();
-        assert_eq!(names, ["F hungarian", "C hungarian", "D hungarian", "F over K=10", "C over K=10", "D over K=6"]);
+        assert_eq!(
+            names,
+            [
+                "F hungarian",
+                "C hungarian",
+                "D hungarian",
+                "F over K=10",
+                "C over K=10",
+                "D over K=6"
+            ]
+        );
         for x in &s {
             assert!(x.mean > 0.9, "{x:?}");
         }

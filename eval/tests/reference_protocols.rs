@@ -10,7 +10,9 @@
 //!   weights (1e-5) and the same mIoU (1e-6). Hummingbird (unbounded bank, exact search): the
 //!   same mIoU to 1e-6.
 
-use mosic_eval::cluster::{image_matching, leopart_clustering, protocol_tokens, score_cluster_maps, ImageProtocol};
+use mosic_eval::cluster::{
+    image_matching, leopart_clustering, protocol_tokens, score_cluster_maps, ImageProtocol,
+};
 use mosic_eval::data::Mask;
 use mosic_eval::dense::{Bilinear, FeatureMap};
 use mosic_eval::incontext::{self, Bank, InContextConfig};
@@ -38,11 +40,22 @@ fn us(v: &Value) -> usize {
 }
 
 /// `n` feature maps of `g x g x dim` and `n` square masks of side `m` from flat lists.
-fn maps_and_masks(d: &Value, n: usize, g: usize, dim: usize, m: usize) -> (Vec<FeatureMap>, Vec<Mask>) {
+fn maps_and_masks(
+    d: &Value,
+    n: usize,
+    g: usize,
+    dim: usize,
+    m: usize,
+) -> (Vec<FeatureMap>, Vec<Mask>) {
     let f = floats(&d["features"]);
     let l = ints(&d["masks"]);
-    let maps = f.chunks(g * g * dim).take(n).map(|c| FeatureMap::new(g, g, dim, c.to_vec())).collect();
-    let masks = l.chunks(m * m).take(n).map(|c| Mask { width: m, height: m, labels: c.iter().map(|&v| v as u8).collect() }).collect();
+    let maps =
+        f.chunks(g * g * dim).take(n).map(|c| FeatureMap::new(g, g, dim, c.to_vec())).collect();
+    let masks = l
+        .chunks(m * m)
+        .take(n)
+        .map(|c| Mask { width: m, height: m, labels: c.iter().map(|&v| v as u8).collect() })
+        .collect();
     (maps, masks)
 }
 
@@ -50,7 +63,14 @@ fn maps_and_masks(d: &Value, n: usize, g: usize, dim: usize, m: usize) -> (Vec<F
 fn leopart_clustering_matches_the_reference() {
     let gd = golden();
     let d = &gd["leopart_clustering"];
-    let (n, g, dim, classes, m, pca_dim) = (us(&d["images"]), us(&d["grid"]), us(&d["dim"]), us(&d["classes"]), us(&d["mask_size"]), us(&d["pca_dim"]));
+    let (n, g, dim, classes, m, pca_dim) = (
+        us(&d["images"]),
+        us(&d["grid"]),
+        us(&d["dim"]),
+        us(&d["classes"]),
+        us(&d["mask_size"]),
+        us(&d["pca_dim"]),
+    );
     let (maps, masks) = maps_and_masks(d, n, g, dim, m);
     let grids = vec![(g, g); n];
     // Our standardisation + PCA against the reference's, up to the sign of each axis.
@@ -60,9 +80,17 @@ fn leopart_clustering_matches_the_reference() {
     let theirs = floats(&d["cases"][0]["pca_features"]);
     let mut worst = 0.0f32;
     for c in 0..pca_dim {
-        let dot: f32 = ours.iter().skip(c).step_by(pca_dim).zip(theirs.iter().skip(c).step_by(pca_dim)).map(|(a, b)| a * b).sum();
+        let dot: f32 = ours
+            .iter()
+            .skip(c)
+            .step_by(pca_dim)
+            .zip(theirs.iter().skip(c).step_by(pca_dim))
+            .map(|(a, b)| a * b)
+            .sum();
         let s = dot.signum();
-        for (a, b) in ours.iter().skip(c).step_by(pca_dim).zip(theirs.iter().skip(c).step_by(pca_dim)) {
+        for (a, b) in
+            ours.iter().skip(c).step_by(pca_dim).zip(theirs.iter().skip(c).step_by(pca_dim))
+        {
             worst = worst.max((s * a - b).abs());
         }
     }
@@ -72,18 +100,34 @@ fn leopart_clustering_matches_the_reference() {
     for case in d["cases"].as_array().unwrap() {
         let k = us(&case["k"]);
         let pca = floats(&case["pca_features"]);
-        let per_seed: Vec<f64> = case["per_seed"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
+        let per_seed: Vec<f64> =
+            case["per_seed"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
         // With the reference's centroids: the same score to 1e-6, seed by seed.
         for (c, &expect) in case["centroids"].as_array().unwrap().iter().zip(&per_seed) {
             let (labels, _) = nearest_centroids(&pca, pca_dim, &floats(c));
-            let got = score_cluster_maps(&labels, &grids, &masks, k, classes, image_matching(k, classes, true)).miou;
+            let got = score_cluster_maps(
+                &labels,
+                &grids,
+                &masks,
+                k,
+                classes,
+                image_matching(k, classes, true),
+            )
+            .miou;
             assert!((got - expect).abs() < 1e-6, "K={k}: {got} vs {expect}");
         }
         ks.push(if k == classes { 0 } else { k });
         want.push(per_seed.iter().sum::<f64>() / per_seed.len() as f64);
     }
     // End to end with our own PCA and k-means.
-    let p = ImageProtocol { ks, seeds: (0..5).collect(), niter: us(&d["niter"]), nredo: us(&d["nredo"]), pca_dim, precision: true };
+    let p = ImageProtocol {
+        ks,
+        seeds: (0..5).collect(),
+        niter: us(&d["niter"]),
+        nredo: us(&d["nredo"]),
+        pca_dim,
+        precision: true,
+    };
     for (s, w) in leopart_clustering(&maps, &masks, classes, &p).iter().zip(&want) {
         assert!((s.mean - w).abs() < 1e-4, "{}: {} vs {w}", s.name, s.mean);
     }
@@ -95,7 +139,11 @@ fn leopart_matching_rules_match_preds_miou() {
     for c in golden()["leopart_preds_miou"].as_array().unwrap() {
         let (np, ng) = (us(&c["num_pred"]), us(&c["num_gt"]));
         let conf = confusion(&ints(&c["pred"]), &ints(&c["gt"]), np, ng);
-        let matching = if c["many_to_one"].as_bool().unwrap() { RefMatching::ManyToOne { precision: c["precision"].as_bool().unwrap() } } else { RefMatching::Hungarian };
+        let matching = if c["many_to_one"].as_bool().unwrap() {
+            RefMatching::ManyToOne { precision: c["precision"].as_bool().unwrap() }
+        } else {
+            RefMatching::Hungarian
+        };
         let got = reference_score(&conf, matching).miou;
         let want = c["miou"].as_f64().unwrap();
         assert!((got - want).abs() < 1e-12, "{np}x{ng} {matching:?}: {got} vs {want}");
@@ -106,10 +154,19 @@ fn leopart_matching_rules_match_preds_miou() {
 fn leopart_linear_probe_matches_the_reference() {
     let gd = golden();
     let d = &gd["leopart_linear"];
-    let (nt, nv, g, dim, classes, ins, ms) = (us(&d["train"]), us(&d["val"]), us(&d["grid"]), us(&d["dim"]), us(&d["classes"]), us(&d["input_size"]), us(&d["mask_size"]));
+    let (nt, nv, g, dim, classes, ins, ms) = (
+        us(&d["train"]),
+        us(&d["val"]),
+        us(&d["grid"]),
+        us(&d["dim"]),
+        us(&d["classes"]),
+        us(&d["input_size"]),
+        us(&d["mask_size"]),
+    );
     let (maps, masks) = maps_and_masks(d, nt + nv, g, dim, ins);
     // Leopart brings masks from the input size to 100 (here `mask_size`) with torch's nearest.
-    let pairs: Vec<(FeatureMap, Mask)> = maps.into_iter().zip(masks.iter().map(|m| m.resize_nearest_torch(ms, ms))).collect();
+    let pairs: Vec<(FeatureMap, Mask)> =
+        maps.into_iter().zip(masks.iter().map(|m| m.resize_nearest_torch(ms, ms))).collect();
     let (train, val) = pairs.split_at(nt);
     let cfg = LinearConfig {
         epochs: us(&d["epochs"]),
@@ -123,8 +180,20 @@ fn leopart_linear_probe_matches_the_reference() {
         seed: 0,
     };
     let init = LinearProbe { dim, classes, weight: floats(&d["weight"]), bias: floats(&d["bias"]) };
-    let probe = linear::train_probe_batches(init, train.len(), &cfg, &mut |_, idx| Ok(idx.iter().map(|&i| train[i].clone()).collect()), &|_| {}).unwrap();
-    for (a, b) in probe.weight.iter().chain(&probe.bias).zip(floats(&d["weight_after"]).iter().chain(&floats(&d["bias_after"]))) {
+    let probe = linear::train_probe_batches(
+        init,
+        train.len(),
+        &cfg,
+        &mut |_, idx| Ok(idx.iter().map(|&i| train[i].clone()).collect()),
+        &|_| {},
+    )
+    .unwrap();
+    for (a, b) in probe
+        .weight
+        .iter()
+        .chain(&probe.bias)
+        .zip(floats(&d["weight_after"]).iter().chain(&floats(&d["bias_after"])))
+    {
         assert!((a - b).abs() < 1e-5, "{a} vs {b}");
     }
     let miou = reference_score(&linear::evaluate_probe(&probe, val), RefMatching::Identity).miou;
@@ -134,10 +203,15 @@ fn leopart_linear_probe_matches_the_reference() {
 }
 
 fn timet_clips(d: &Value) -> (Vec<Clip>, usize, usize) {
-    let (clips, frames, g, dim, m) = (us(&d["clips"]), us(&d["frames"]), us(&d["grid"]), us(&d["dim"]), us(&d["mask_size"]));
+    let (clips, frames, g, dim, m) =
+        (us(&d["clips"]), us(&d["frames"]), us(&d["grid"]), us(&d["dim"]), us(&d["mask_size"]));
     let (maps, masks) = maps_and_masks(d, clips * frames, g, dim, m);
     let out = (0..clips)
-        .map(|c| Clip { name: format!("c{c}"), frames: maps[c * frames..(c + 1) * frames].to_vec(), masks: masks[c * frames..(c + 1) * frames].to_vec() })
+        .map(|c| Clip {
+            name: format!("c{c}"),
+            frames: maps[c * frames..(c + 1) * frames].to_vec(),
+            masks: masks[c * frames..(c + 1) * frames].to_vec(),
+        })
         .collect();
     (out, frames, g)
 }
@@ -154,14 +228,26 @@ fn timet_video_levels_match_the_reference_with_its_centroids() {
         .as_array()
         .unwrap()
         .iter()
-        .map(|b| floats(b).chunks(g * g * pca_dim).map(|c| FeatureMap::new(g, g, pca_dim, c.to_vec())).collect())
+        .map(|b| {
+            floats(b)
+                .chunks(g * g * pca_dim)
+                .map(|c| FeatureMap::new(g, g, pca_dim, c.to_vec()))
+                .collect()
+        })
         .collect();
-    let all: Vec<FeatureMap> = floats(&d["pca_dataset"]).chunks(g * g * pca_dim).map(|c| FeatureMap::new(g, g, pca_dim, c.to_vec())).collect();
+    let all: Vec<FeatureMap> = floats(&d["pca_dataset"])
+        .chunks(g * g * pca_dim)
+        .map(|c| FeatureMap::new(g, g, pca_dim, c.to_vec()))
+        .collect();
     let up = |f: &FeatureMap, s: usize| Bilinear::new(g, g, s, s).apply_f64(&f.data, pca_dim);
     for r in d["results"].as_array().unwrap() {
         let protocol = r["protocol"].as_str().unwrap();
         let over = r["over_k"].as_u64();
-        let matching = if over.is_some() { RefMatching::ManyToOne { precision: true } } else { RefMatching::Hungarian };
+        let matching = if over.is_some() {
+            RefMatching::ManyToOne { precision: true }
+        } else {
+            RefMatching::Hungarian
+        };
         let cents: Vec<Vec<f32>> = r["centroids"].as_array().unwrap().iter().map(floats).collect();
         let ks: Vec<usize> = r["k"].as_array().unwrap().iter().map(us).collect();
         let want = r["score"].as_f64().unwrap();
@@ -169,7 +255,11 @@ fn timet_video_levels_match_the_reference_with_its_centroids() {
             "dataset-wise" => {
                 let px: Vec<f32> = all.iter().flat_map(|f| up(f, ds)).collect();
                 let ids = nearest_centroids(&px, pca_dim, &cents[0]).0;
-                let small: Vec<Mask> = clips.iter().flat_map(|c| &c.masks).map(|mk| mk.resize_nearest_torch(ds, ds)).collect();
+                let small: Vec<Mask> = clips
+                    .iter()
+                    .flat_map(|c| &c.masks)
+                    .map(|mk| mk.resize_nearest_torch(ds, ds))
+                    .collect();
                 score_units(&ids, &small.iter().collect::<Vec<_>>(), ks[0], matching, true)
             }
             _ => {
@@ -179,7 +269,11 @@ fn timet_video_levels_match_the_reference_with_its_centroids() {
                     let mut scores = Vec::new();
                     for (ci, c) in chunk.iter().enumerate() {
                         let feats = &batch_maps[b][ci * frames..(ci + 1) * frames];
-                        let groups: Vec<Vec<usize>> = if protocol == "frame-wise" { (0..frames).map(|f| vec![f]).collect() } else { vec![(0..frames).collect()] };
+                        let groups: Vec<Vec<usize>> = if protocol == "frame-wise" {
+                            (0..frames).map(|f| vec![f]).collect()
+                        } else {
+                            vec![(0..frames).collect()]
+                        };
                         for grp in groups {
                             let px: Vec<f32> = grp.iter().flat_map(|&f| up(&feats[f], m)).collect();
                             let ids = nearest_centroids(&px, pca_dim, &cents[unit]).0;
@@ -215,7 +309,8 @@ fn timet_video_end_to_end() {
         precision: true,
     };
     let ours = timet_clustering(&clips, &p);
-    let order = ["F hungarian", "F over K=10", "C hungarian", "C over K=10", "D hungarian", "D over K=8"];
+    let order =
+        ["F hungarian", "F over K=10", "C hungarian", "C over K=10", "D hungarian", "D over K=8"];
     for (r, name) in d["results"].as_array().unwrap().iter().zip(order) {
         let s = ours.iter().find(|s| s.name == name).unwrap();
         let want = r["score"].as_f64().unwrap();
@@ -232,16 +327,29 @@ fn timet_video_end_to_end() {
 fn hummingbird_matches_the_reference() {
     let gd = golden();
     let d = &gd["hbird"];
-    let (nt, nv, g, dim, classes, size) = (us(&d["train"]), us(&d["val"]), us(&d["grid"]), us(&d["dim"]), us(&d["classes"]), us(&d["input_size"]));
+    let (nt, nv, g, dim, classes, size) = (
+        us(&d["train"]),
+        us(&d["val"]),
+        us(&d["grid"]),
+        us(&d["dim"]),
+        us(&d["classes"]),
+        us(&d["input_size"]),
+    );
     let (maps, masks) = maps_and_masks(d, nt + nv, g, dim, size);
     let mut bank = Bank::new(dim, classes);
     let mut rng = mosic::rng::SplitMix64::new(0);
     for (f, m) in maps.iter().zip(&masks).take(nt) {
         bank.add(f, m, None, &mut rng).unwrap();
     }
-    let val: Vec<(FeatureMap, Mask)> = maps.iter().cloned().zip(masks.iter().cloned()).skip(nt).collect();
+    let val: Vec<(FeatureMap, Mask)> =
+        maps.iter().cloned().zip(masks.iter().cloned()).skip(nt).collect();
     for r in d["results"].as_array().unwrap() {
-        let cfg = InContextConfig { neighbours: us(&r["neighbours"]), memory_size: None, passes: 1, ..Default::default() };
+        let cfg = InContextConfig {
+            neighbours: us(&r["neighbours"]),
+            memory_size: None,
+            passes: 1,
+            ..Default::default()
+        };
         let got = incontext::evaluate(&bank, &val, &cfg);
         let want = r["miou"].as_f64().unwrap();
         assert!((got - want).abs() < 1e-6, "{} neighbours: {got} vs {want}", cfg.neighbours);

@@ -22,10 +22,7 @@ struct Case {
 
 #[test]
 fn matches_scipy() {
-    let path = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../tests/fixtures/eval/assignment.json"
-    );
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/fixtures/eval/assignment.json");
     let text = std::fs::read_to_string(path).expect("run tools/make_eval_golden.py");
     let golden: Golden = serde_json::from_str(&text).unwrap();
     assert!(golden.cases.len() >= 4);
@@ -36,10 +33,7 @@ fn matches_scipy() {
         assert_eq!(pairs.len(), case.rows.min(case.cols), "{name}");
         let mut used = vec![false; case.cols];
         for &(_, c) in &pairs {
-            assert!(
-                !std::mem::replace(&mut used[c], true),
-                "{name}: column {c} twice"
-            );
+            assert!(!std::mem::replace(&mut used[c], true), "{name}: column {c} twice");
         }
         let cost = assignment_cost(&case.cost, case.cols, &pairs);
         assert!(
@@ -54,8 +48,5 @@ fn matches_scipy() {
             compared_pairs += 1;
         }
     }
-    assert!(
-        compared_pairs >= 4,
-        "too few unique cases to compare assignments"
-    );
+    assert!(compared_pairs >= 4, "too few unique cases to compare assignments");
 }

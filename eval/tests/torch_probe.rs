@@ -50,7 +50,8 @@ struct Probe {
 
 fn golden() -> Golden {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/fixtures/eval/probe.json");
-    serde_json::from_str(&std::fs::read_to_string(path).expect("run tools/make_probe_golden.py")).unwrap()
+    serde_json::from_str(&std::fs::read_to_string(path).expect("run tools/make_probe_golden.py"))
+        .unwrap()
 }
 
 fn max_diff(a: &[f32], b: &[f32]) -> f32 {
@@ -72,10 +73,22 @@ fn probe_loss_gradients_and_sgd_match_torch() {
     let p = golden().probe;
     let per_img = p.grid_h * p.grid_w * p.dim;
     let per_mask = p.mask_h * p.mask_w;
-    let feats: Vec<FeatureMap> =
-        (0..p.images).map(|i| FeatureMap::new(p.grid_h, p.grid_w, p.dim, p.features[i * per_img..(i + 1) * per_img].to_vec())).collect();
+    let feats: Vec<FeatureMap> = (0..p.images)
+        .map(|i| {
+            FeatureMap::new(
+                p.grid_h,
+                p.grid_w,
+                p.dim,
+                p.features[i * per_img..(i + 1) * per_img].to_vec(),
+            )
+        })
+        .collect();
     let masks: Vec<Mask> = (0..p.images)
-        .map(|i| Mask { width: p.mask_w, height: p.mask_h, labels: p.labels[i * per_mask..(i + 1) * per_mask].to_vec() })
+        .map(|i| Mask {
+            width: p.mask_w,
+            height: p.mask_h,
+            labels: p.labels[i * per_mask..(i + 1) * per_mask].to_vec(),
+        })
         .collect();
     let batch: Vec<(&FeatureMap, &Mask)> = feats.iter().zip(&masks).collect();
     let mut probe = LinearProbe { dim: p.dim, classes: p.classes, weight: p.weight, bias: p.bias };
@@ -88,6 +101,14 @@ fn probe_loss_gradients_and_sgd_match_torch() {
         let (_, gw, gb) = probe.loss_and_grad(&batch);
         sgd.step(&mut probe, &gw, &gb, p.lr, p.momentum, p.weight_decay);
     }
-    assert!(max_diff(&probe.weight, &p.weight_after) < 1e-5, "weight after SGD {}", max_diff(&probe.weight, &p.weight_after));
-    assert!(max_diff(&probe.bias, &p.bias_after) < 1e-5, "bias after SGD {}", max_diff(&probe.bias, &p.bias_after));
+    assert!(
+        max_diff(&probe.weight, &p.weight_after) < 1e-5,
+        "weight after SGD {}",
+        max_diff(&probe.weight, &p.weight_after)
+    );
+    assert!(
+        max_diff(&probe.bias, &p.bias_after) < 1e-5,
+        "bias after SGD {}",
+        max_diff(&probe.bias, &p.bias_after)
+    );
 }

@@ -96,7 +96,8 @@ impl Counts {
 fn summarise(per_clip: &[Counts]) -> Metrics {
     // Mean over the clips where the metric is defined.
     let mean = |k: usize| {
-        let v: Vec<f64> = per_clip.iter().map(|c| c.clip_metrics()[k]).filter(|x| !x.is_nan()).collect();
+        let v: Vec<f64> =
+            per_clip.iter().map(|c| c.clip_metrics()[k]).filter(|x| !x.is_nan()).collect();
         if v.is_empty() {
             0.0
         } else {
@@ -121,14 +122,25 @@ fn summarise(per_clip: &[Counts]) -> Metrics {
 /// Metrics of `pred` against `gt` over the clips both hold (matched by video and clip
 /// index); their frame indices and query points must agree.
 pub fn evaluate_clips(pred: &[Clip], gt: &[Clip], spec: &ShardSpec) -> Result<Metrics> {
-    let gt_by_key: BTreeMap<(&str, u32), &Clip> = gt.iter().map(|c| ((c.video_id.as_str(), c.clip_index), c)).collect();
+    let gt_by_key: BTreeMap<(&str, u32), &Clip> =
+        gt.iter().map(|c| ((c.video_id.as_str(), c.clip_index), c)).collect();
     let mut per_clip = Vec::new();
     for p in pred {
         let Some(g) = gt_by_key.get(&(p.video_id.as_str(), p.clip_index)) else { continue };
         if p.frame_indices != g.frame_indices {
-            bail!("clip {}: frame indices differ from the ground truth ({:?} vs {:?})", p.id(), p.frame_indices, g.frame_indices);
+            bail!(
+                "clip {}: frame indices differ from the ground truth ({:?} vs {:?})",
+                p.id(),
+                p.frame_indices,
+                g.frame_indices
+            );
         }
-        let off = p.queries.iter().zip(&g.queries).map(|(a, b)| (a[0] - b[0]).abs().max((a[1] - b[1]).abs())).fold(0f32, f32::max);
+        let off = p
+            .queries
+            .iter()
+            .zip(&g.queries)
+            .map(|(a, b)| (a[0] - b[0]).abs().max((a[1] - b[1]).abs()))
+            .fold(0f32, f32::max);
         if off > 1e-3 {
             bail!("clip {}: query points differ from the ground truth by up to {off} px", p.id());
         }
@@ -137,7 +149,9 @@ pub fn evaluate_clips(pred: &[Clip], gt: &[Clip], spec: &ShardSpec) -> Result<Me
         per_clip.push(c);
     }
     if per_clip.is_empty() {
-        bail!("no clip of the predictions matches a ground-truth clip (by video id and clip index)");
+        bail!(
+            "no clip of the predictions matches a ground-truth clip (by video id and clip index)"
+        );
     }
     Ok(summarise(&per_clip))
 }
@@ -164,17 +178,26 @@ fn read_dir(dir: &Path) -> Result<(Vec<Clip>, ShardSpec)> {
 
 /// Evaluates a prediction directory and the zero-motion baseline against a ground-truth one.
 pub fn evaluate_dirs(pred: &Path, gt: &Path) -> Result<(Metrics, Metrics)> {
-    let (p, ps) = read_dir(pred).with_context(|| format!("reading predictions {}", pred.display()))?;
+    let (p, ps) =
+        read_dir(pred).with_context(|| format!("reading predictions {}", pred.display()))?;
     let (g, gs) = read_dir(gt).with_context(|| format!("reading ground truth {}", gt.display()))?;
     let same = (ps.frames_per_clip, ps.grid_size, ps.width, ps.height, ps.query_frame)
         == (gs.frames_per_clip, gs.grid_size, gs.width, gs.height, gs.query_frame);
     if !same {
-        bail!("{} and {} differ in clip length, grid, size or query frame", pred.display(), gt.display());
+        bail!(
+            "{} and {} differ in clip length, grid, size or query frame",
+            pred.display(),
+            gt.display()
+        );
     }
     let m = evaluate_clips(&p, &g, &gs)?;
-    let keys: std::collections::BTreeSet<(&str, u32)> = p.iter().map(|c| (c.video_id.as_str(), c.clip_index)).collect();
-    let zero: Vec<Clip> =
-        g.iter().filter(|c| keys.contains(&(c.video_id.as_str(), c.clip_index))).map(|c| zero_motion(c, &gs)).collect();
+    let keys: std::collections::BTreeSet<(&str, u32)> =
+        p.iter().map(|c| (c.video_id.as_str(), c.clip_index)).collect();
+    let zero: Vec<Clip> = g
+        .iter()
+        .filter(|c| keys.contains(&(c.video_id.as_str(), c.clip_index)))
+        .map(|c| zero_motion(c, &gs))
+        .collect();
     let z = evaluate_clips(&zero, &g, &gs)?;
     Ok((m, z))
 }
@@ -191,7 +214,11 @@ mod tests {
             width: 256,
             height: 256,
             query_frame: 0,
-            tracker: TrackerInfo { name: "gt".into(), model_sha256: String::new(), params: serde_json::json!({}) },
+            tracker: TrackerInfo {
+                name: "gt".into(),
+                model_sha256: String::new(),
+                params: serde_json::json!({}),
+            },
         }
     }
 
@@ -238,14 +265,20 @@ mod tests {
         // A: both later frames visible and exact. B: frame 1 visible but 20 px off, frame 2
         // occluded yet predicted visible.
         let a = clip(&[[10.0, 10.0], [12.0, 10.0], [14.0, 11.0]], &[true, true, true]);
-        let gb = Clip { clip_index: 1, ..clip(&[[50.0, 50.0], [52.0, 50.0], [54.0, 50.0]], &[true, true, false]) };
-        let pb = Clip { clip_index: 1, ..clip(&[[50.0, 50.0], [72.0, 50.0], [54.0, 50.0]], &[true, true, true]) };
+        let gb = Clip {
+            clip_index: 1,
+            ..clip(&[[50.0, 50.0], [52.0, 50.0], [54.0, 50.0]], &[true, true, false])
+        };
+        let pb = Clip {
+            clip_index: 1,
+            ..clip(&[[50.0, 50.0], [72.0, 50.0], [54.0, 50.0]], &[true, true, true])
+        };
         let m = evaluate_clips(&[a.clone(), pb], &[a, gb], &spec()).unwrap();
         // Per clip: A 1, B 0; pooled it would be 2/3.
         assert_eq!(m.position_accuracy[0], 0.5);
         assert_eq!(m.occlusion_accuracy, 0.75); // A 2/2, B 1/2
         assert_eq!(m.jaccard[4], 0.5); // A 2/2, B 0/(1 + 2)
-        // Pooled: 3 GT-visible entries, all predicted visible; 4 predicted visible.
+                                       // Pooled: 3 GT-visible entries, all predicted visible; 4 predicted visible.
         assert_eq!((m.visible_recall, m.visible_precision), (1.0, 0.75));
     }
 
@@ -253,7 +286,10 @@ mod tests {
     fn only_frames_after_the_query_count() {
         let mut s = spec();
         s.query_frame = 1;
-        let g = Clip { queries: vec![[12.0, 10.0]], ..clip(&[[10.0, 10.0], [12.0, 10.0], [14.0, 11.0]], &[true, true, true]) };
+        let g = Clip {
+            queries: vec![[12.0, 10.0]],
+            ..clip(&[[10.0, 10.0], [12.0, 10.0], [14.0, 11.0]], &[true, true, true])
+        };
         // Frame 0 is far off but comes before the query frame.
         let p = Clip { tracks: vec![[90.0, 90.0], [12.0, 10.0], [14.0, 11.0]], ..g.clone() };
         let m = evaluate_clips(&[p], &[g], &s).unwrap();
@@ -282,15 +318,26 @@ mod tests {
     /// TAP-Vid's own metric code on a seeded fixture (`tools/make_tapvid_golden.py`).
     #[test]
     fn tapvid_golden() {
-        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/tapvid/golden.json");
-        let g: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        let path =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/tapvid/golden.json");
+        let g: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
         let u = |k: &str| g[k].as_u64().unwrap() as u32;
         let floats = |v: &serde_json::Value| -> Vec<[f32; 2]> {
-            let f: Vec<f32> = v.as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect();
+            let f: Vec<f32> =
+                v.as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect();
             f.chunks(2).map(|p| [p[0], p[1]]).collect()
         };
-        let bools = |v: &serde_json::Value| -> Vec<bool> { v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() == 1).collect() };
-        let spec = ShardSpec { frames_per_clip: u("frames"), grid_size: u("grid_size"), width: u("width"), height: u("height"), ..spec() };
+        let bools = |v: &serde_json::Value| -> Vec<bool> {
+            v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() == 1).collect()
+        };
+        let spec = ShardSpec {
+            frames_per_clip: u("frames"),
+            grid_size: u("grid_size"),
+            width: u("width"),
+            height: u("height"),
+            ..spec()
+        };
         let queries = floats(&g["queries"]);
         let (mut preds, mut gts) = (Vec::new(), Vec::new());
         for (i, c) in g["clips"].as_array().unwrap().iter().enumerate() {
@@ -302,7 +349,11 @@ mod tests {
                 visibility: bools(&c["gt_visible"]),
                 ..clip(&[[0.0; 2]], &[true])
             };
-            preds.push(Clip { tracks: floats(&c["pred_tracks"]), visibility: bools(&c["pred_visible"]), ..base.clone() });
+            preds.push(Clip {
+                tracks: floats(&c["pred_tracks"]),
+                visibility: bools(&c["pred_visible"]),
+                ..base.clone()
+            });
             gts.push(base);
         }
         let m = evaluate_clips(&preds, &gts, &spec).unwrap();

@@ -45,7 +45,9 @@ impl Discovered {
 }
 
 fn ext_in(p: &Path, list: &[&str]) -> bool {
-    p.extension().and_then(|e| e.to_str()).is_some_and(|e| list.iter().any(|x| x.eq_ignore_ascii_case(e)))
+    p.extension()
+        .and_then(|e| e.to_str())
+        .is_some_and(|e| list.iter().any(|x| x.eq_ignore_ascii_case(e)))
 }
 
 /// Finds the videos under `input`: a video file, a folder of video files, a folder of frame
@@ -57,13 +59,21 @@ pub fn discover(input: &Path, dataset: Option<&str>) -> Result<Discovered> {
     }
     if input.is_file() {
         if !ext_in(input, &VIDEO_EXTENSIONS) {
-            bail!("input {} is not a video file (expected one of {:?})", input.display(), VIDEO_EXTENSIONS);
+            bail!(
+                "input {} is not a video file (expected one of {:?})",
+                input.display(),
+                VIDEO_EXTENSIONS
+            );
         }
         let id = stem(input);
         let ds = dataset.map(str::to_string).unwrap_or_else(|| "videos".into());
         return Ok(Discovered {
             dataset: ds,
-            videos: vec![Video { id, source: Source::File(input.to_path_buf()), path: input.to_path_buf() }],
+            videos: vec![Video {
+                id,
+                source: Source::File(input.to_path_buf()),
+                path: input.to_path_buf(),
+            }],
         });
     }
     let mut root = input.to_path_buf();
@@ -101,13 +111,22 @@ pub fn discover(input: &Path, dataset: Option<&str>) -> Result<Discovered> {
         videos.push(Video { id: stem(&p), source, path: p });
     }
     if videos.is_empty() {
-        bail!("no videos in {}: expected frame folders or video files ({:?})", root.display(), VIDEO_EXTENSIONS);
+        bail!(
+            "no videos in {}: expected frame folders or video files ({:?})",
+            root.display(),
+            VIDEO_EXTENSIONS
+        );
     }
     // Shards key clips by video id, so two entries may not share one (a.mp4 beside a.mkv or a/).
     let mut by_id: Vec<&Video> = videos.iter().collect();
     by_id.sort_by(|a, b| a.id.cmp(&b.id));
     if let Some(w) = by_id.windows(2).find(|w| w[0].id == w[1].id) {
-        bail!("{} and {} would both be video '{}'; rename one of them", w[0].path.display(), w[1].path.display(), w[0].id);
+        bail!(
+            "{} and {} would both be video '{}'; rename one of them",
+            w[0].path.display(),
+            w[1].path.display(),
+            w[0].id
+        );
     }
     Ok(Discovered { dataset: ds, videos })
 }
@@ -126,7 +145,11 @@ pub fn frame_files(dir: &Path) -> Result<Vec<(u32, PathBuf)>> {
         }
         let name = stem(&p);
         let n: u32 = name.parse().map_err(|_| {
-            anyhow::anyhow!("{}: file name '{}' is not a frame number (expected e.g. 00035.jpg)", dir.display(), name)
+            anyhow::anyhow!(
+                "{}: file name '{}' is not a frame number (expected e.g. 00035.jpg)",
+                dir.display(),
+                name
+            )
         })?;
         frames.push((n, p));
     }
@@ -135,7 +158,13 @@ pub fn frame_files(dir: &Path) -> Result<Vec<(u32, PathBuf)>> {
     }
     frames.sort();
     if let Some(w) = frames.windows(2).find(|w| w[0].0 == w[1].0) {
-        bail!("{}: two files for frame {} ({} and {})", dir.display(), w[0].0, w[0].1.display(), w[1].1.display());
+        bail!(
+            "{}: two files for frame {} ({} and {})",
+            dir.display(),
+            w[0].0,
+            w[0].1.display(),
+            w[1].1.display()
+        );
     }
     Ok(frames)
 }
@@ -143,15 +172,23 @@ pub fn frame_files(dir: &Path) -> Result<Vec<(u32, PathBuf)>> {
 /// Clips of a frame folder. Frame numbers give timing: YouTube-VOS' 6-fps `train` folders
 /// number frames at 30 fps in steps of 5, so the clip step is counted in available frames
 /// at the folder's effective rate, and the stored indices are the file numbers.
-pub fn folder_clips(frames: &[(u32, PathBuf)], numbering_fps: f64, plan: &ClipPlan) -> Vec<Vec<usize>> {
+pub fn folder_clips(
+    frames: &[(u32, PathBuf)],
+    numbering_fps: f64,
+    plan: &ClipPlan,
+) -> Vec<Vec<usize>> {
     let gap = frames.windows(2).map(|w| w[1].0 - w[0].0).min().unwrap_or(1).max(1);
     let fps = numbering_fps / gap as f64;
-    plan.clips(frames.len() as u64, fps).into_iter().map(|c| c.into_iter().map(|i| i as usize).collect()).collect()
+    plan.clips(frames.len() as u64, fps)
+        .into_iter()
+        .map(|c| c.into_iter().map(|i| i as usize).collect())
+        .collect()
 }
 
 /// Loads one frame image as RGB, whatever its colour type or bit depth.
 pub fn load_image(path: &Path) -> Result<RgbImage> {
-    let img = image::open(path).with_context(|| format!("cannot decode frame {}", path.display()))?;
+    let img =
+        image::open(path).with_context(|| format!("cannot decode frame {}", path.display()))?;
     Ok(img.to_rgb8())
 }
 
@@ -161,7 +198,8 @@ mod tests {
 
     #[test]
     fn six_fps_folders_keep_their_timing() {
-        let frames: Vec<(u32, PathBuf)> = (0..40).map(|i| (i * 5, PathBuf::from(format!("{:05}.jpg", i * 5)))).collect();
+        let frames: Vec<(u32, PathBuf)> =
+            (0..40).map(|i| (i * 5, PathBuf::from(format!("{:05}.jpg", i * 5)))).collect();
         let clips = folder_clips(&frames, 30.0, &ClipPlan::default());
         // 6 fps: step round(3.2*6/12) = 2 available frames = 10 numbers.
         assert_eq!(clips.len(), 1);

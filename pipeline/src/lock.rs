@@ -57,18 +57,27 @@ impl DirLock {
                     return Ok(Self { path, took_over });
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-                Err(e) => return Err(e).with_context(|| format!("cannot create the lock {}", path.display())),
+                Err(e) => {
+                    return Err(e)
+                        .with_context(|| format!("cannot create the lock {}", path.display()))
+                }
             }
             let text = match std::fs::read_to_string(&path) {
                 Ok(t) => t,
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue, // released meanwhile
-                Err(e) => return Err(e).with_context(|| format!("cannot read the lock {}", path.display())),
+                Err(e) => {
+                    return Err(e)
+                        .with_context(|| format!("cannot read the lock {}", path.display()))
+                }
             };
             let holder: Holder = match serde_json::from_str(&text) {
                 Ok(h) => h,
                 // Its writer died between creating and writing it.
                 Err(_) if text.is_empty() => Holder { host: me.host.clone(), pid: 0, start: None },
-                Err(e) => bail!("{}: not a lock file of mosic ({e}); remove it if no run uses this directory", path.display()),
+                Err(e) => bail!(
+                    "{}: not a lock file of mosic ({e}); remove it if no run uses this directory",
+                    path.display()
+                ),
             };
             if holder.host != me.host {
                 bail!(
@@ -91,7 +100,8 @@ impl DirLock {
                 );
             }
             // Stale: its process is gone.
-            std::fs::remove_file(&path).or_else(|e| if e.kind() == std::io::ErrorKind::NotFound { Ok(()) } else { Err(e) })
+            std::fs::remove_file(&path)
+                .or_else(|e| if e.kind() == std::io::ErrorKind::NotFound { Ok(()) } else { Err(e) })
                 .with_context(|| format!("cannot remove the stale lock {}", path.display()))?;
             took_over = Some(holder);
         }
@@ -143,7 +153,10 @@ mod tests {
         assert!(a.took_over.is_none());
         // Our own process holds it, so it is alive.
         let e = DirLock::acquire(tmp.path()).unwrap_err().to_string();
-        assert!(e.contains(&format!("process {}", std::process::id())) && e.contains(&hostname()), "{e}");
+        assert!(
+            e.contains(&format!("process {}", std::process::id())) && e.contains(&hostname()),
+            "{e}"
+        );
         drop(a);
         assert!(!tmp.path().join(LOCK_NAME).exists());
         DirLock::acquire(tmp.path()).unwrap();
@@ -170,7 +183,10 @@ mod tests {
         let foreign = Holder { host: "node-17".into(), pid: 4242, start: None };
         std::fs::write(&path, serde_json::to_string(&foreign).unwrap()).unwrap();
         let e = DirLock::acquire(tmp.path()).unwrap_err().to_string();
-        assert!(e.contains("process 4242 on host node-17") && e.contains("remove the lock file"), "{e}");
+        assert!(
+            e.contains("process 4242 on host node-17") && e.contains("remove the lock file"),
+            "{e}"
+        );
         assert!(path.exists());
     }
 }

@@ -88,10 +88,16 @@ impl TracksConfig {
             ));
         }
         if self.plan.frames < 2 {
-            bad.push(format!("--frames must be at least 2 (got {}): a clip needs a frame to track to", self.plan.frames));
+            bad.push(format!(
+                "--frames must be at least 2 (got {}): a clip needs a frame to track to",
+                self.plan.frames
+            ));
         }
         if !(self.plan.span_seconds > 0.0 && self.plan.span_seconds.is_finite()) {
-            bad.push(format!("--span must be a positive number of seconds (got {})", self.plan.span_seconds));
+            bad.push(format!(
+                "--span must be a positive number of seconds (got {})",
+                self.plan.span_seconds
+            ));
         }
         if self.plan.max_clips == Some(0) {
             bad.push("--clips-per-video must be positive (0 means all)".into());
@@ -193,7 +199,13 @@ pub struct Report {
 pub type ProgressFn<'a> = dyn Fn(usize, usize, u64) + Sync + 'a;
 
 /// Tracks every video of this worker's share and writes shards into `out`.
-pub fn run(cfg: &TracksConfig, opts: &RunOptions, out: &Path, tracker: &mut dyn Tracker, progress: &ProgressFn) -> Result<Report> {
+pub fn run(
+    cfg: &TracksConfig,
+    opts: &RunOptions,
+    out: &Path,
+    tracker: &mut dyn Tracker,
+    progress: &ProgressFn,
+) -> Result<Report> {
     cfg.validate()?;
     if opts.queue_bytes == Some(0) {
         bail!("the queue size must be positive");
@@ -204,11 +216,16 @@ pub fn run(cfg: &TracksConfig, opts: &RunOptions, out: &Path, tracker: &mut dyn 
     let lock = DirLock::acquire(&dir)?;
     let mut report = Report::default();
     if let Some(h) = &lock.took_over {
-        report.notes.push(format!("took over the lock of process {} on {}, which no longer runs", h.pid, h.host));
+        report.notes.push(format!(
+            "took over the lock of process {} on {}, which no longer runs",
+            h.pid, h.host
+        ));
     }
     let removed = remove_temp_files(&dir)?;
     if removed > 0 {
-        report.notes.push(format!("removed {removed} temporary file(s) left by an interrupted run"));
+        report
+            .notes
+            .push(format!("removed {removed} temporary file(s) left by an interrupted run"));
     }
 
     let spec = ShardSpec {
@@ -234,11 +251,14 @@ pub fn run(cfg: &TracksConfig, opts: &RunOptions, out: &Path, tracker: &mut dyn 
     };
     let progress_path = dir.join("progress.json");
     let mut done: ProgressFile = match std::fs::read_to_string(&progress_path) {
-        Ok(t) => serde_json::from_str(&t).with_context(|| format!("{}: malformed", progress_path.display()))?,
+        Ok(t) => serde_json::from_str(&t)
+            .with_context(|| format!("{}: malformed", progress_path.display()))?,
         Err(_) => ProgressFile::default(),
     };
     // A group counts as done only if its shard made it into the manifest.
-    done.groups.retain(|_, g| g.shard.as_ref().is_none_or(|s| manifest.shards.iter().any(|e| &e.file == s)));
+    done.groups.retain(|_, g| {
+        g.shard.as_ref().is_none_or(|s| manifest.shards.iter().any(|e| &e.file == s))
+    });
 
     let found = discover(&cfg.input, cfg.dataset.as_deref())?;
     let listed: Vec<String> = found.videos.iter().map(|v| v.id.clone()).collect();
@@ -260,8 +280,12 @@ pub fn run(cfg: &TracksConfig, opts: &RunOptions, out: &Path, tracker: &mut dyn 
     let input_videos = done.input_videos.clone();
     let entries: Vec<(&str, Option<&Video>)> =
         input_videos.iter().map(|id| (id.as_str(), by_id.get(id.as_str()).copied())).collect();
-    let mine: Vec<(&str, Option<&Video>)> =
-        entries.into_iter().enumerate().filter(|(i, _)| *i as u32 % cfg.num_workers == cfg.worker_index).map(|(_, e)| e).collect();
+    let mine: Vec<(&str, Option<&Video>)> = entries
+        .into_iter()
+        .enumerate()
+        .filter(|(i, _)| *i as u32 % cfg.num_workers == cfg.worker_index)
+        .map(|(_, e)| e)
+        .collect();
     let groups: Vec<&[(&str, Option<&Video>)]> = mine.chunks(cfg.videos_per_shard).collect();
     let todo: Vec<usize> = (0..groups.len())
         .filter(|k| match done.groups.get(k) {
@@ -269,7 +293,8 @@ pub fn run(cfg: &TracksConfig, opts: &RunOptions, out: &Path, tracker: &mut dyn 
             Some(g) => opts.retry_failed && !g.failed.is_empty(),
         })
         .collect();
-    report.resumed_groups = done.groups.len() - todo.iter().filter(|k| done.groups.contains_key(k)).count();
+    report.resumed_groups =
+        done.groups.len() - todo.iter().filter(|k| done.groups.contains_key(k)).count();
     report.retried_groups = todo.iter().filter(|k| done.groups.contains_key(k)).count();
 
     // Entries that cannot be tracked end the run before any work unless they may be skipped.
@@ -298,7 +323,8 @@ pub fn run(cfg: &TracksConfig, opts: &RunOptions, out: &Path, tracker: &mut dyn 
     let total = mine.len();
     let todo_videos: usize = todo.iter().map(|&k| groups[k].len()).sum();
     let mut videos_done = total - todo_videos;
-    let mut clips_done: u64 = done.groups.iter().filter(|(k, _)| !todo.contains(k)).map(|(_, g)| g.clips).sum();
+    let mut clips_done: u64 =
+        done.groups.iter().filter(|(k, _)| !todo.contains(k)).map(|(_, g)| g.clips).sum();
     let clips_before = clips_done;
     progress(videos_done, total, clips_done);
     let grid = grid_points(cfg.grid_size, cfg.width, cfg.height);
@@ -313,7 +339,16 @@ pub fn run(cfg: &TracksConfig, opts: &RunOptions, out: &Path, tracker: &mut dyn 
         stats.full_waits += group.stats.full_waits;
         report.hidden_outside += group.hidden_outside;
         report.tracker_seconds += group.tracker_seconds;
-        let outcome = commit_group(&dir, k, &spec, group.clips, group.outcome, &mut done, &progress_path, &mut manifest)?;
+        let outcome = commit_group(
+            &dir,
+            k,
+            &spec,
+            group.clips,
+            group.outcome,
+            &mut done,
+            &progress_path,
+            &mut manifest,
+        )?;
         videos_done += outcome.videos;
         clips_done += outcome.clips;
         progress(videos_done, total, clips_done);
@@ -341,7 +376,8 @@ pub fn run(cfg: &TracksConfig, opts: &RunOptions, out: &Path, tracker: &mut dyn 
 
 /// Added and removed ids, a few of each.
 fn list_difference(before: &[String], now: &[String]) -> String {
-    let (a, b): (BTreeSet<&String>, BTreeSet<&String>) = (before.iter().collect(), now.iter().collect());
+    let (a, b): (BTreeSet<&String>, BTreeSet<&String>) =
+        (before.iter().collect(), now.iter().collect());
     let show = |v: Vec<&&String>| {
         let n = v.len();
         let mut s: Vec<String> = v.into_iter().take(10).map(|x| x.to_string()).collect();
@@ -372,9 +408,12 @@ fn remove_temp_files(dir: &Path) -> Result<usize> {
         let e = e?;
         let name = e.file_name().to_string_lossy().into_owned();
         let temp = name.starts_with('.')
-            && name.rsplit_once(".tmp-").is_some_and(|(_, pid)| !pid.is_empty() && pid.bytes().all(|b| b.is_ascii_digit()));
+            && name
+                .rsplit_once(".tmp-")
+                .is_some_and(|(_, pid)| !pid.is_empty() && pid.bytes().all(|b| b.is_ascii_digit()));
         if temp && e.file_type().is_ok_and(|t| t.is_file()) {
-            std::fs::remove_file(e.path()).with_context(|| format!("cannot remove {}", e.path().display()))?;
+            std::fs::remove_file(e.path())
+                .with_context(|| format!("cannot remove {}", e.path().display()))?;
             n += 1;
         }
     }
@@ -384,7 +423,9 @@ fn remove_temp_files(dir: &Path) -> Result<usize> {
 /// Whether a shard file belongs to group `k`: `shard-0000k.parquet` or a retry's `shard-0000k-N.parquet`.
 fn group_of(file: &str, k: usize) -> bool {
     let p = format!("shard-{k:05}");
-    file.strip_prefix(&p).is_some_and(|rest| rest == ".parquet" || rest.starts_with('-') && rest.ends_with(".parquet"))
+    file.strip_prefix(&p).is_some_and(|rest| {
+        rest == ".parquet" || rest.starts_with('-') && rest.ends_with(".parquet")
+    })
 }
 
 /// Writes a group's shard and records it. A retried group gets a new file name, so the
@@ -400,7 +441,8 @@ fn commit_group(
     progress_path: &Path,
     manifest: &mut Manifest,
 ) -> Result<GroupOutcome> {
-    let taken = |name: &str| manifest.shards.iter().any(|e| e.file == name) || dir.join(name).exists();
+    let taken =
+        |name: &str| manifest.shards.iter().any(|e| e.file == name) || dir.join(name).exists();
     let name = std::iter::once(format!("shard-{k:05}.parquet"))
         .chain((1..).map(|n| format!("shard-{k:05}-{n}.parquet")))
         .find(|n| !taken(n))
@@ -419,7 +461,8 @@ fn commit_group(
     // only once the manifest lists its shard.
     done.groups.insert(k, outcome.clone());
     write_atomic(progress_path, serde_json::to_string_pretty(&done)?.as_bytes())?;
-    let old: Vec<String> = manifest.shards.iter().filter(|e| group_of(&e.file, k)).map(|e| e.file.clone()).collect();
+    let old: Vec<String> =
+        manifest.shards.iter().filter(|e| group_of(&e.file, k)).map(|e| e.file.clone()).collect();
     manifest.shards.retain(|e| !group_of(&e.file, k));
     if let Some(entry) = entry {
         manifest.shards.push(entry);
@@ -480,9 +523,13 @@ fn process_group(
     tick: &(dyn Fn(usize, u64) + Sync),
 ) -> Result<GroupResult> {
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
-    let decoders = (if opts.decoders == 0 { cores } else { opts.decoders }).clamp(1, videos.len().max(1));
+    let decoders =
+        (if opts.decoders == 0 { cores } else { opts.decoders }).clamp(1, videos.len().max(1));
     let pre = tracker.preprocessor();
-    let queue = ByteQueue::<Prepared>::new(opts.queue_bytes.unwrap_or_else(|| default_queue_bytes(cfg, tracker)), decoders);
+    let queue = ByteQueue::<Prepared>::new(
+        opts.queue_bytes.unwrap_or_else(|| default_queue_bytes(cfg, tracker)),
+        decoders,
+    );
     // Buffers of the tracker's input go back to the decoders once tracked (28 MB a clip for CoTracker).
     let pool: Mutex<Vec<Vec<f32>>> = Mutex::new(Vec::new());
     let outcomes: Mutex<Vec<Option<Result<usize, String>>>> = Mutex::new(vec![None; videos.len()]);
@@ -512,8 +559,9 @@ fn process_group(
                             None => Err(anyhow!("video {id}: no longer in the input")),
                             Some(v) => {
                                 let _log = mosic_video::log::VideoScope::enter(&v.id);
-                                prepare_video(cfg, i, v, queue, pre.as_deref(), pool)
-                                    .with_context(|| format!("video {} ({})", v.id, v.path.display()))
+                                prepare_video(cfg, i, v, queue, pre.as_deref(), pool).with_context(
+                                    || format!("video {} ({})", v.id, v.path.display()),
+                                )
                             }
                         };
                         if let Err(e) = &r {
@@ -522,7 +570,8 @@ fn process_group(
                             }
                         }
                         let failed = r.as_ref().err().map(|e| format!("{e:#}"));
-                        outcomes.lock().unwrap_or_else(|e| e.into_inner())[i] = Some(r.map_err(|e| format!("{e:#}")));
+                        outcomes.lock().unwrap_or_else(|e| e.into_inner())[i] =
+                            Some(r.map_err(|e| format!("{e:#}")));
                         if let Some(msg) = failed {
                             if !opts.keep_going {
                                 queue.fail(anyhow!("{msg}"));
@@ -536,10 +585,18 @@ fn process_group(
                 .context("cannot start a decoding thread")?;
         }
         let cx = TrackCtx { tracker, grid, dataset, videos, width: cfg.width, height: cfg.height };
-        let r = track_all(&queue, cx, &pool, &mut results, &mut hidden_outside, &mut tracker_seconds, &|c| {
-            let c = clips_done.fetch_add(c, Ordering::Relaxed) + c;
-            tick(videos_done.load(Ordering::Relaxed), c)
-        });
+        let r = track_all(
+            &queue,
+            cx,
+            &pool,
+            &mut results,
+            &mut hidden_outside,
+            &mut tracker_seconds,
+            &|c| {
+                let c = clips_done.fetch_add(c, Ordering::Relaxed) + c;
+                tick(videos_done.load(Ordering::Relaxed), c)
+            },
+        );
         if r.is_err() {
             queue.cancel();
         }
@@ -594,7 +651,8 @@ fn track_all(
 ) -> Result<()> {
     let batch = cx.tracker.batch_size().max(1);
     let mut pending: Vec<Prepared> = Vec::with_capacity(batch);
-    let clip_id = |p: &Prepared| format!("{}/{}#{}", cx.dataset, cx.videos[p.video].0, p.clip_index);
+    let clip_id =
+        |p: &Prepared| format!("{}/{}#{}", cx.dataset, cx.videos[p.video].0, p.clip_index);
     loop {
         // Waiting for a full batch cannot stall the producers: every item taken frees room.
         let mut closed = false;
@@ -619,18 +677,27 @@ fn track_all(
                 .collect();
             let names = || pending.iter().map(clip_id).collect::<Vec<_>>().join(", ");
             let started = Instant::now();
-            let out = cx.tracker.track(&requests).with_context(|| format!("tracking {}", names()))?;
+            let out =
+                cx.tracker.track(&requests).with_context(|| format!("tracking {}", names()))?;
             *tracker_seconds += started.elapsed().as_secs_f64();
             drop(requests);
             if out.len() != pending.len() {
-                bail!("tracking {}: the tracker returned {} results for {} clips", names(), out.len(), pending.len());
+                bail!(
+                    "tracking {}: the tracker returned {} results for {} clips",
+                    names(),
+                    out.len(),
+                    pending.len()
+                );
             }
             tracked(pending.len() as u64);
             for (mut p, mut t) in pending.drain(..).zip(out) {
-                *hidden_outside += sanitize(&mut t, p.rgb.len(), cx.grid.len(), cx.width, cx.height)
-                    .with_context(|| format!("tracking {}", clip_id(&p)))?;
+                *hidden_outside +=
+                    sanitize(&mut t, p.rgb.len(), cx.grid.len(), cx.width, cx.height)
+                        .with_context(|| format!("tracking {}", clip_id(&p)))?;
                 if !p.input.is_empty() {
-                    pool.lock().unwrap_or_else(|e| e.into_inner()).push(std::mem::take(&mut p.input));
+                    pool.lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .push(std::mem::take(&mut p.input));
                 }
                 results.push((
                     p.video,
@@ -694,10 +761,15 @@ fn prepare_video(
     decode_clips(cfg, video, &cancelled, &mut |clip_index, frame_indices, fps, frames| {
         let rgb: Vec<RgbImage> = frames.iter().map(|f| resize(f, cfg.width, cfg.height)).collect();
         drop(frames);
-        let jpegs = rgb.iter().map(|f| encode_jpeg(f, cfg.jpeg_quality)).collect::<Result<Vec<_>, _>>().map_err(anyhow::Error::msg)?;
+        let jpegs = rgb
+            .iter()
+            .map(|f| encode_jpeg(f, cfg.jpeg_quality))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(anyhow::Error::msg)?;
         let input = match pre {
             Some(pre) => {
-                let mut buf = pool.lock().unwrap_or_else(|e| e.into_inner()).pop().unwrap_or_default();
+                let mut buf =
+                    pool.lock().unwrap_or_else(|e| e.into_inner()).pop().unwrap_or_default();
                 buf.resize(pre.len(rgb.len()), 0.0);
                 pre.prepare(&rgb, &mut buf);
                 buf
@@ -716,13 +788,19 @@ type ClipSink<'a> = dyn FnMut(u32, Vec<u32>, f32, Vec<RgbImage>) -> Result<()> +
 
 /// Decodes the clips of one video at source size; returns how many. Stops with
 /// [`Cancelled`] between frames once `cancelled` says so.
-pub fn decode_clips(cfg: &TracksConfig, video: &Video, cancelled: &dyn Fn() -> bool, sink: &mut ClipSink) -> Result<usize> {
+pub fn decode_clips(
+    cfg: &TracksConfig,
+    video: &Video,
+    cancelled: &dyn Fn() -> bool,
+    sink: &mut ClipSink,
+) -> Result<usize> {
     let mut sent = 0;
     let check = || if cancelled() { Err(anyhow!(Cancelled)) } else { Ok(()) };
     match &video.source {
         Source::Unusable(why) => bail!("{why}"),
         Source::Frames(files) => {
-            for (ci, clip) in folder_clips(files, cfg.folder_fps, &cfg.plan).into_iter().enumerate() {
+            for (ci, clip) in folder_clips(files, cfg.folder_fps, &cfg.plan).into_iter().enumerate()
+            {
                 let mut frames = Vec::with_capacity(clip.len());
                 for &i in &clip {
                     check()?;

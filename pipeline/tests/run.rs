@@ -19,7 +19,8 @@ fn videos(root: &Path, n: usize, frames: u32, size: u32) {
         std::fs::create_dir_all(&dir).unwrap();
         for k in 0..frames {
             let img = image::RgbImage::from_fn(size, size, |x, y| {
-                let c = (((x + 2 * k + v as u32) / 3 + y / 3) % 2 * 180 + (x * 5 + y * 3) % 60) as u8;
+                let c =
+                    (((x + 2 * k + v as u32) / 3 + y / 3) % 2 * 180 + (x * 5 + y * 3) % 60) as u8;
                 image::Rgb([c, c / 2 + 20, 255 - c])
             });
             img.save(dir.join(format!("{k:05}.png"))).unwrap();
@@ -28,7 +29,14 @@ fn videos(root: &Path, n: usize, frames: u32, size: u32) {
 }
 
 fn config(input: &Path) -> TracksConfig {
-    let mut c = TracksConfig { input: input.to_path_buf(), grid_size: 4, width: 32, height: 32, videos_per_shard: 8, ..Default::default() };
+    let mut c = TracksConfig {
+        input: input.to_path_buf(),
+        grid_size: 4,
+        width: 32,
+        height: 32,
+        videos_per_shard: 8,
+        ..Default::default()
+    };
     (c.plan.frames, c.plan.span_seconds) = (4, 0.4); // 10 frames a clip at 30 fps
     c
 }
@@ -50,7 +58,8 @@ fn within<T: Send + 'static>(secs: u64, f: impl FnOnce() -> T + Send + 'static) 
     std::thread::spawn(move || {
         let _ = tx.send(f());
     });
-    rx.recv_timeout(Duration::from_secs(secs)).unwrap_or_else(|_| panic!("no result within {secs} s: the run hangs"))
+    rx.recv_timeout(Duration::from_secs(secs))
+        .unwrap_or_else(|_| panic!("no result within {secs} s: the run hangs"))
 }
 
 /// The native tracker, failing (or panicking) once it has been asked for `fail_at` clips.
@@ -94,7 +103,8 @@ fn a_failing_tracker_ends_the_run_promptly_and_a_rerun_completes() {
     let opts = RunOptions { queue_bytes: Some(40_000), decoders: 3, ..Default::default() };
     let straight = tmp.path().join("straight");
     let (c, o, s) = (cfg.clone(), opts.clone(), straight.clone());
-    let report = within(120, move || mosic_pipeline::run(&c, &o, &s, &mut native(), &|_, _, _| {}).unwrap());
+    let report =
+        within(120, move || mosic_pipeline::run(&c, &o, &s, &mut native(), &|_, _, _| {}).unwrap());
     assert_eq!(report.clips, 40);
     assert!(report.queue_full_waits > 0 && report.queue_peak_clips <= 2, "{report:?}");
 
@@ -114,7 +124,8 @@ fn a_failing_tracker_ends_the_run_promptly_and_a_rerun_completes() {
     assert!(!out.join(mosic_pipeline::lock::LOCK_NAME).exists(), "the lock must go with the run");
 
     let (c, o, d) = (cfg.clone(), opts.clone(), out.clone());
-    let report = within(120, move || mosic_pipeline::run(&c, &o, &d, &mut native(), &|_, _, _| {}).unwrap());
+    let report =
+        within(120, move || mosic_pipeline::run(&c, &o, &d, &mut native(), &|_, _, _| {}).unwrap());
     assert_eq!(report.resumed_groups, 2);
     assert_eq!(read_clips(&out), read_clips(&straight));
     assert!(mosic::verify::verify_dir(&out).unwrap().ok());
@@ -143,7 +154,11 @@ struct Drifting;
 
 impl Tracker for Drifting {
     fn info(&self) -> TrackerInfo {
-        TrackerInfo { name: "drifting".into(), model_sha256: String::new(), params: serde_json::json!({}) }
+        TrackerInfo {
+            name: "drifting".into(),
+            model_sha256: String::new(),
+            params: serde_json::json!({}),
+        }
     }
     fn track(&mut self, clips: &[TrackRequest<'_>]) -> anyhow::Result<Vec<TrackResult>> {
         Ok(clips
@@ -168,7 +183,14 @@ fn points_outside_the_frame_are_stored_invisible_not_clamped() {
     let input = tmp.path().join("in");
     videos(&input, 3, 10, 32);
     let out = tmp.path().join("out");
-    let report = mosic_pipeline::run(&config(&input), &RunOptions::default(), &out, &mut Drifting, &|_, _, _| {}).unwrap();
+    let report = mosic_pipeline::run(
+        &config(&input),
+        &RunOptions::default(),
+        &out,
+        &mut Drifting,
+        &|_, _, _| {},
+    )
+    .unwrap();
     assert!(report.hidden_outside > 0);
     assert!(mosic::verify::verify_dir(&out).unwrap().ok());
     for c in read_clips(&out).values() {
@@ -185,11 +207,15 @@ fn points_outside_the_frame_are_stored_invisible_not_clamped() {
 
 #[test]
 fn sanitize_refuses_what_cannot_be_stored() {
-    let mut r = TrackResult { tracks: vec![[1.0, 1.0], [f32::NAN, 2.0]], visibility: vec![true, false] };
+    let mut r =
+        TrackResult { tracks: vec![[1.0, 1.0], [f32::NAN, 2.0]], visibility: vec![true, false] };
     let e = sanitize(&mut r, 1, 2, 8, 8).unwrap_err().to_string();
     assert!(e.contains("point 1 at frame 0"), "{e}");
     let mut r = TrackResult { tracks: vec![[1.0, 1.0]], visibility: vec![true] };
-    assert!(sanitize(&mut r, 1, 2, 8, 8).unwrap_err().to_string().contains("expected 1 frames x 2 points"));
+    assert!(sanitize(&mut r, 1, 2, 8, 8)
+        .unwrap_err()
+        .to_string()
+        .contains("expected 1 frames x 2 points"));
     // The border is inside: [-0.5, W - 0.5].
     let mut r = TrackResult { tracks: vec![[-0.5, 7.5], [7.6, 0.0]], visibility: vec![true, true] };
     assert_eq!(sanitize(&mut r, 1, 2, 8, 8).unwrap(), 1);

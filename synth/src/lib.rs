@@ -86,9 +86,14 @@ pub struct SynthReport {
 /// Generates the dataset under `out`. Each video is written under a temporary name and
 /// renamed when complete, so an interrupted run leaves only whole videos, and a rerun
 /// skips the videos already there.
-pub fn generate(cfg: &SynthConfig, out: &Path, progress: &(dyn Fn(&str) + Sync)) -> Result<SynthReport> {
+pub fn generate(
+    cfg: &SynthConfig,
+    out: &Path,
+    progress: &(dyn Fn(&str) + Sync),
+) -> Result<SynthReport> {
     for sub in ["JPEGImages", "Annotations", "videos", "gt"] {
-        std::fs::create_dir_all(out.join(sub)).with_context(|| format!("cannot create {}", out.join(sub).display()))?;
+        std::fs::create_dir_all(out.join(sub))
+            .with_context(|| format!("cannot create {}", out.join(sub).display()))?;
     }
     let config_path = out.join("synth.json");
     let config_json = serde_json::to_string_pretty(cfg)?;
@@ -104,7 +109,8 @@ pub fn generate(cfg: &SynthConfig, out: &Path, progress: &(dyn Fn(&str) + Sync))
     let clips: Vec<Vec<Clip>> = (0..cfg.videos)
         .into_par_iter()
         .map(|i| {
-            let clips = make_video(cfg, i, out).with_context(|| format!("video {}", cfg.video_name(i)))?;
+            let clips =
+                make_video(cfg, i, out).with_context(|| format!("video {}", cfg.video_name(i)))?;
             progress(&cfg.video_name(i));
             Ok(clips)
         })
@@ -113,7 +119,8 @@ pub fn generate(cfg: &SynthConfig, out: &Path, progress: &(dyn Fn(&str) + Sync))
     let gt_dir = out.join("gt");
     let spec = cfg.gt_spec();
     let mut manifest = Manifest::new(spec.clone(), serde_json::to_value(cfg)?);
-    let mut writer = ShardWriter::create(&gt_dir.join("shard-00000.parquet"), &spec, &WriteOptions::default())?;
+    let mut writer =
+        ShardWriter::create(&gt_dir.join("shard-00000.parquet"), &spec, &WriteOptions::default())?;
     let mut n = 0;
     for clip in clips.into_iter().flatten() {
         writer.write(clip)?;
@@ -147,7 +154,12 @@ fn make_video(cfg: &SynthConfig, i: u32, out: &Path) -> Result<Vec<Clip>> {
             std::fs::create_dir_all(d)?;
         }
         let mut mp4 = if cfg.mp4 {
-            Some(mosic_video::Mp4Writer::create(&mp4_path, scene_cfg.width, scene_cfg.height, scene_cfg.fps.round() as u32)?)
+            Some(mosic_video::Mp4Writer::create(
+                &mp4_path,
+                scene_cfg.width,
+                scene_cfg.height,
+                scene_cfg.fps.round() as u32,
+            )?)
         } else {
             None
         };
@@ -175,14 +187,21 @@ fn make_video(cfg: &SynthConfig, i: u32, out: &Path) -> Result<Vec<Clip>> {
     let (sw, sh) = (scene_cfg.width, scene_cfg.height);
     let (tw, th) = (cfg.stored_width, cfg.stored_height);
     let grid = grid_points(cfg.grid_size, tw, th);
-    let src: Vec<[f32; 2]> = grid.iter().map(|p| [rescale_coord(p[0], tw, sw), rescale_coord(p[1], th, sh)]).collect();
+    let src: Vec<[f32; 2]> =
+        grid.iter().map(|p| [rescale_coord(p[0], tw, sw), rescale_coord(p[1], th, sh)]).collect();
     let mut clips = Vec::with_capacity(plan.len());
     for (ci, frames) in plan.into_iter().enumerate() {
         let (pos, vis) = scene.track(&src, frames[0], &frames);
-        let tracks = pos.iter().map(|p| [rescale_coord(p[0], sw, tw), rescale_coord(p[1], sh, th)]).collect();
+        let tracks = pos
+            .iter()
+            .map(|p| [rescale_coord(p[0], sw, tw), rescale_coord(p[1], sh, th)])
+            .collect();
         let jpegs = frames
             .iter()
-            .map(|&f| encode_jpeg(&resize(&scene.render(f).0, tw, th), cfg.jpeg_quality).map_err(anyhow::Error::msg))
+            .map(|&f| {
+                encode_jpeg(&resize(&scene.render(f).0, tw, th), cfg.jpeg_quality)
+                    .map_err(anyhow::Error::msg)
+            })
             .collect::<Result<Vec<_>>>()?;
         clips.push(Clip {
             dataset: DATASET.into(),
@@ -217,7 +236,8 @@ pub fn palette() -> Vec<u8> {
 }
 
 pub fn write_palette_png(path: &Path, ids: &image::GrayImage) -> Result<()> {
-    let file = std::fs::File::create(path).with_context(|| format!("cannot create {}", path.display()))?;
+    let file =
+        std::fs::File::create(path).with_context(|| format!("cannot create {}", path.display()))?;
     let mut enc = png::Encoder::new(std::io::BufWriter::new(file), ids.width(), ids.height());
     enc.set_color(png::ColorType::Indexed);
     enc.set_depth(png::BitDepth::Eight);

@@ -26,7 +26,15 @@ pub struct SceneConfig {
 
 impl Default for SceneConfig {
     fn default() -> Self {
-        SceneConfig { width: 320, height: 180, num_frames: 192, fps: 30.0, min_objects: 3, max_objects: 5, camera: Camera::Default }
+        SceneConfig {
+            width: 320,
+            height: 180,
+            num_frames: 192,
+            fps: 30.0,
+            min_objects: 3,
+            max_objects: 5,
+            camera: Camera::Default,
+        }
     }
 }
 
@@ -62,7 +70,9 @@ struct Path {
 
 impl Path {
     fn at(&self, t: f64) -> [f64; 2] {
-        std::array::from_fn(|k| self.p0[k] + self.vel[k] * t + self.amp[k] * (self.omega * t + self.phase[k]).sin())
+        std::array::from_fn(|k| {
+            self.p0[k] + self.vel[k] * t + self.amp[k] * (self.omega * t + self.phase[k]).sin()
+        })
     }
 }
 
@@ -100,14 +110,23 @@ impl Affine {
         let [a, b, c, d] = self.m;
         let det = a * d - b * c;
         let m = [d / det, -b / det, -c / det, a / det];
-        Affine { m, t: [-(m[0] * self.t[0] + m[1] * self.t[1]), -(m[2] * self.t[0] + m[3] * self.t[1])] }
+        Affine {
+            m,
+            t: [-(m[0] * self.t[0] + m[1] * self.t[1]), -(m[2] * self.t[0] + m[3] * self.t[1])],
+        }
     }
 }
 
 #[derive(Clone, Debug)]
 enum Shape {
-    Ellipse { a: f64, b: f64 },
-    Rect { a: f64, b: f64 },
+    Ellipse {
+        a: f64,
+        b: f64,
+    },
+    Rect {
+        a: f64,
+        b: f64,
+    },
     /// Triangle, regular polygon or star; vertices in order.
     Polygon(Vec<[f64; 2]>),
 }
@@ -129,7 +148,11 @@ impl Shape {
             1 => Shape::Rect { a: 0.8 * r, b: 0.8 * r * aspect(rng) },
             2 => Shape::Polygon(regular(3, 1.0, rng.range(0.0, TAU))),
             3 => Shape::Polygon(regular(5 + rng.below(4) as usize, 1.0, rng.range(0.0, TAU))),
-            _ => Shape::Polygon(regular(2 * (4 + rng.below(4) as usize), rng.range(0.45, 0.65), rng.range(0.0, TAU))),
+            _ => Shape::Polygon(regular(
+                2 * (4 + rng.below(4) as usize),
+                rng.range(0.45, 0.65),
+                rng.range(0.0, TAU),
+            )),
         }
     }
 
@@ -151,7 +174,9 @@ impl Shape {
                 let mut inside = false;
                 let mut q = vs[vs.len() - 1];
                 for &p in vs {
-                    if (p[1] > v) != (q[1] > v) && u < (q[0] - p[0]) * (v - p[1]) / (q[1] - p[1]) + p[0] {
+                    if (p[1] > v) != (q[1] > v)
+                        && u < (q[0] - p[0]) * (v - p[1]) / (q[1] - p[1]) + p[0]
+                    {
                         inside = !inside;
                     }
                     q = p;
@@ -241,7 +266,11 @@ impl Scene {
             omega,
             phase: [rng.range(0.0, TAU), rng.range(0.0, TAU)],
         };
-        let zoom = Wave { amp: rng.range(0.0, 0.06), omega: TAU / rng.range(4.0, 10.0), phase: rng.range(0.0, TAU) };
+        let zoom = Wave {
+            amp: rng.range(0.0, 0.06),
+            omega: TAU / rng.range(4.0, 10.0),
+            phase: rng.range(0.0, TAU),
+        };
         let view = View { pan, zoom, log_zoom_rate: 0.0, spin: 0.0, mid: dur / 2.0 };
 
         // Ids are u8.
@@ -256,7 +285,9 @@ impl Scene {
             let shape = Shape::random(&mut rng, r);
             let mut tex = Texture::random(&mut rng, 0.6 * r);
             for _ in 0..50 {
-                if tex.mean_colour().iter().zip(bg_mean).map(|(a, b)| (a - b).powi(2)).sum::<f64>() > 0.2 {
+                if tex.mean_colour().iter().zip(bg_mean).map(|(a, b)| (a - b).powi(2)).sum::<f64>()
+                    > 0.2
+                {
                     break;
                 }
                 tex = Texture::random(&mut rng, 0.6 * r);
@@ -294,7 +325,11 @@ impl Scene {
                 path,
                 angle0: rng.range(0.0, TAU),
                 spin: rng.range(-1.0, 1.0) * 60f64.to_radians(),
-                scale: Wave { amp: rng.range(0.05, 0.3), omega: TAU / rng.range(5.0, 10.0), phase: rng.range(0.0, TAU) },
+                scale: Wave {
+                    amp: rng.range(0.05, 0.3),
+                    omega: TAU / rng.range(5.0, 10.0),
+                    phase: rng.range(0.0, TAU),
+                },
             });
         }
         // Drawn last, so the objects (and everything else) are those of the default camera.
@@ -312,14 +347,17 @@ impl Scene {
         let mut hi = [f64::NEG_INFINITY; 2];
         for f in 0..=config.num_frames {
             let m = view_to_background(&view, f as f64 / config.fps as f64, [w, h]);
-            for p in [[-0.5, -0.5], [w - 0.5, -0.5], [-0.5, h - 0.5], [w - 0.5, h - 0.5]].map(|p| m.apply(p)) {
+            for p in [[-0.5, -0.5], [w - 0.5, -0.5], [-0.5, h - 0.5], [w - 0.5, h - 0.5]]
+                .map(|p| m.apply(p))
+            {
                 for k in 0..2 {
                     (lo[k], hi[k]) = (lo[k].min(p[k]), hi[k].max(p[k]));
                 }
             }
         }
         let size = |k: usize| (hi[k] - lo[k]).ceil() as usize + 5;
-        let raster = Raster::bake(&bg_tex, lo[0].floor() - 2.0, lo[1].floor() - 2.0, size(0), size(1));
+        let raster =
+            Raster::bake(&bg_tex, lo[0].floor() - 2.0, lo[1].floor() - 2.0, size(0), size(1));
         Scene { config: config.clone(), background: Background { raster, view }, objects }
     }
 
@@ -345,7 +383,11 @@ impl Scene {
                 let (c, s) = (o.path.at(t), o.scale.at(t));
                 let to_screen = Affine::similarity(s, o.angle0 + o.spin * t, c);
                 let r = s * o.shape.radius();
-                PlacedObject { to_local: to_screen.inverse(), to_screen, bbox: [c[0] - r, c[0] + r, c[1] - r, c[1] + r] }
+                PlacedObject {
+                    to_local: to_screen.inverse(),
+                    to_screen,
+                    bbox: [c[0] - r, c[0] + r, c[1] - r, c[1] + r],
+                }
             })
             .collect();
         let bg_to_local = view_to_background(&self.background.view, t, [w, h]);
@@ -368,7 +410,11 @@ impl Scene {
     }
 
     fn raster(&self, layer: usize) -> &Raster {
-        if layer == 0 { &self.background.raster } else { &self.objects[layer - 1].raster }
+        if layer == 0 {
+            &self.background.raster
+        } else {
+            &self.objects[layer - 1].raster
+        }
     }
 
     /// RGB frame and instance-id map (0 = background, k = object k, 1-based, same numbering every frame)
@@ -378,24 +424,31 @@ impl Scene {
         let mut rgb = vec![0u8; w * h * 3];
         let mut ids = vec![0u8; w * h];
         // Rows are independent, so output does not depend on the thread count.
-        rgb.par_chunks_mut(w * 3).zip(ids.par_chunks_mut(w)).enumerate().for_each(|(i, (row, id_row))| {
-            let y = i as f64;
-            let active: Vec<usize> = (0..pl.objects.len())
-                .filter(|&k| pl.objects[k].bbox[2] <= y + 0.25 && pl.objects[k].bbox[3] >= y - 0.25)
-                .collect();
-            for j in 0..w {
-                let x = j as f64;
-                let mut acc = [0f32; 3];
-                for d in SUB {
-                    let (layer, q) = self.hit(&pl, &active, [x + d[0], y + d[1]]);
-                    let c = self.raster(layer).sample(q[0], q[1]);
-                    (0..3).for_each(|k| acc[k] += c[k]);
+        rgb.par_chunks_mut(w * 3).zip(ids.par_chunks_mut(w)).enumerate().for_each(
+            |(i, (row, id_row))| {
+                let y = i as f64;
+                let active: Vec<usize> = (0..pl.objects.len())
+                    .filter(|&k| {
+                        pl.objects[k].bbox[2] <= y + 0.25 && pl.objects[k].bbox[3] >= y - 0.25
+                    })
+                    .collect();
+                for j in 0..w {
+                    let x = j as f64;
+                    let mut acc = [0f32; 3];
+                    for d in SUB {
+                        let (layer, q) = self.hit(&pl, &active, [x + d[0], y + d[1]]);
+                        let c = self.raster(layer).sample(q[0], q[1]);
+                        (0..3).for_each(|k| acc[k] += c[k]);
+                    }
+                    (0..3).for_each(|k| row[3 * j + k] = (acc[k] * 0.25 + 0.5) as u8);
+                    id_row[j] = self.hit(&pl, &active, [x, y]).0 as u8;
                 }
-                (0..3).for_each(|k| row[3 * j + k] = (acc[k] * 0.25 + 0.5) as u8);
-                id_row[j] = self.hit(&pl, &active, [x, y]).0 as u8;
-            }
-        });
-        (RgbImage::from_raw(w as u32, h as u32, rgb).unwrap(), GrayImage::from_raw(w as u32, h as u32, ids).unwrap())
+            },
+        );
+        (
+            RgbImage::from_raw(w as u32, h as u32, rgb).unwrap(),
+            GrayImage::from_raw(w as u32, h as u32, ids).unwrap(),
+        )
     }
 
     /// Ground truth: for query points given in pixel coordinates of frame `query_frame`
@@ -404,7 +457,12 @@ impl Scene {
     ///
     /// Output is flattened row-major: entry `f * points.len() + p`. A point is visible iff it lies in
     /// [-0.5, W-0.5) x [-0.5, H-0.5) and its layer is topmost there (the id map's rule).
-    pub fn track(&self, points: &[[f32; 2]], query_frame: u32, frames: &[u32]) -> (Vec<[f32; 2]>, Vec<bool>) {
+    pub fn track(
+        &self,
+        points: &[[f32; 2]],
+        query_frame: u32,
+        frames: &[u32],
+    ) -> (Vec<[f32; 2]>, Vec<bool>) {
         let all: Vec<usize> = (0..self.objects.len()).collect();
         let query = self.place(query_frame);
         let placed: Vec<Placed> = frames.iter().map(|&f| self.place(f)).collect();
@@ -440,7 +498,10 @@ fn view_to_background(v: &View, t: f64, size: [f64; 2]) -> Affine {
     let c = size.map(|s| (s - 1.0) / 2.0);
     // q = c + o + R(-angle) (p - c) / z
     let m = Affine::similarity(1.0 / z, a, [0.0; 2]).m;
-    Affine { m, t: [c[0] + o[0] - (m[0] * c[0] + m[1] * c[1]), c[1] + o[1] - (m[2] * c[0] + m[3] * c[1])] }
+    Affine {
+        m,
+        t: [c[0] + o[0] - (m[0] * c[0] + m[1] * c[1]), c[1] + o[1] - (m[2] * c[0] + m[3] * c[1])],
+    }
 }
 
 #[cfg(test)]
@@ -467,7 +528,8 @@ mod tests {
     #[test]
     fn deterministic_per_seed() {
         let cfg = SceneConfig { num_frames: 40, ..Default::default() };
-        let (a, b, c) = (Scene::generate(7, &cfg), Scene::generate(7, &cfg), Scene::generate(8, &cfg));
+        let (a, b, c) =
+            (Scene::generate(7, &cfg), Scene::generate(7, &cfg), Scene::generate(8, &cfg));
         let pts = grid(&cfg, 8);
         for f in [0, 21, 39] {
             assert_eq!(a.render(f), b.render(f));
@@ -498,10 +560,17 @@ mod tests {
     fn strong_camera_zooms_and_turns_the_background_only() {
         for seed in 0..8 {
             let strong = SceneConfig { camera: Camera::Strong, ..Default::default() };
-            let (d, s) = (Scene::generate(seed, &SceneConfig::default()), Scene::generate(seed, &strong));
+            let (d, s) =
+                (Scene::generate(seed, &SceneConfig::default()), Scene::generate(seed, &strong));
             let v = &s.background.view;
-            let (zoom, turn) = ((v.log_zoom_rate * STRONG_SPAN_S).abs().exp(), (v.spin * STRONG_SPAN_S).abs().to_degrees());
-            assert!((1.10..=1.25).contains(&zoom) && (4.0..=10.0).contains(&turn), "seed {seed}: zoom {zoom}, turn {turn}");
+            let (zoom, turn) = (
+                (v.log_zoom_rate * STRONG_SPAN_S).abs().exp(),
+                (v.spin * STRONG_SPAN_S).abs().to_degrees(),
+            );
+            assert!(
+                (1.10..=1.25).contains(&zoom) && (4.0..=10.0).contains(&turn),
+                "seed {seed}: zoom {zoom}, turn {turn}"
+            );
             assert_eq!((d.background.view.log_zoom_rate, d.background.view.spin), (0.0, 0.0));
             // Same objects, same background texture and pan: only the camera differs.
             assert_eq!(format!("{:?}", d.objects), format!("{:?}", s.objects));
@@ -512,7 +581,12 @@ mod tests {
     #[test]
     fn tracks_agree_with_rendering() {
         let strong = SceneConfig { camera: Camera::Strong, ..Default::default() };
-        for (seed, cfg) in [(1, SceneConfig::default()), (2, SceneConfig::default()), (3, strong.clone()), (4, strong)] {
+        for (seed, cfg) in [
+            (1, SceneConfig::default()),
+            (2, SceneConfig::default()),
+            (3, strong.clone()),
+            (4, strong),
+        ] {
             let s = Scene::generate(seed, &cfg);
             let pts = grid(&cfg, 24);
             let frames: Vec<u32> = (0..cfg.num_frames).step_by(12).collect();
@@ -528,15 +602,22 @@ mod tests {
                             continue;
                         }
                         let (x, y) = nearest(pos[k]);
-                        let (a, b) = (rgb.get_pixel(x, y).0, q_rgb.get_pixel(p[0] as u32, p[1] as u32).0);
-                        diff += (0..3).map(|c| (a[c] as f64 - b[c] as f64).abs()).sum::<f64>() / 3.0;
+                        let (a, b) =
+                            (rgb.get_pixel(x, y).0, q_rgb.get_pixel(p[0] as u32, p[1] as u32).0);
+                        diff +=
+                            (0..3).map(|c| (a[c] as f64 - b[c] as f64).abs()).sum::<f64>() / 3.0;
                         count += 1;
                         id_n += 1;
-                        id_ok += (ids.get_pixel(x, y)[0] == q_ids.get_pixel(p[0] as u32, p[1] as u32)[0]) as usize;
+                        id_ok += (ids.get_pixel(x, y)[0]
+                            == q_ids.get_pixel(p[0] as u32, p[1] as u32)[0])
+                            as usize;
                     }
                 }
                 let mean = diff / count as f64;
-                assert!(count > 1000 && mean < 15.0, "seed {seed} qf {qf}: mean diff {mean} over {count}");
+                assert!(
+                    count > 1000 && mean < 15.0,
+                    "seed {seed} qf {qf}: mean diff {mean} over {count}"
+                );
                 // Rounding to the nearest pixel can cross a layer edge, so allow a few misses.
                 let frac = id_ok as f64 / id_n as f64;
                 assert!(frac > 0.97, "seed {seed} qf {qf}: id agreement {frac}");
@@ -554,7 +635,8 @@ mod tests {
             let hidden = vis.iter().filter(|v| !**v).count() as f64 / vis.len() as f64;
             assert!((0.02..0.6).contains(&hidden), "seed {seed}: hidden fraction {hidden}");
             let reappears = (0..pts.len()).any(|p| {
-                let v: Vec<bool> = frames.iter().map(|&f| vis[f as usize * pts.len() + p]).collect();
+                let v: Vec<bool> =
+                    frames.iter().map(|&f| vis[f as usize * pts.len() + p]).collect();
                 v.iter().position(|x| !x).is_some_and(|first| v[first..].contains(&true))
             });
             assert!(reappears, "seed {seed}: no point is occluded and then reappears");
@@ -573,7 +655,8 @@ mod tests {
                 for p in 0..pts.len() {
                     let (a, b) = ((f - 1) * pts.len() + p, f * pts.len() + p);
                     if vis[a] && vis[b] {
-                        sum += ((pos[b][0] - pos[a][0]) as f64).hypot((pos[b][1] - pos[a][1]) as f64);
+                        sum +=
+                            ((pos[b][0] - pos[a][0]) as f64).hypot((pos[b][1] - pos[a][1]) as f64);
                         n += 1;
                     }
                 }
@@ -589,7 +672,13 @@ mod tests {
         let mut s = Scene::generate(5, &cfg);
         s.objects.truncate(1);
         let o = &mut s.objects[0];
-        o.path = Path { p0: [100.0, 90.0], vel: [60.0, 0.0], amp: [0.0; 2], omega: 1.0, phase: [0.0; 2] };
+        o.path = Path {
+            p0: [100.0, 90.0],
+            vel: [60.0, 0.0],
+            amp: [0.0; 2],
+            omega: 1.0,
+            phase: [0.0; 2],
+        };
         (o.spin, o.scale.amp) = (0.0, 0.0);
         let (pos, vis) = s.track(&[[100.0, 90.0]], 0, &[0, 15]);
         assert!(vis[1] && s.render(0).1.get_pixel(100, 90)[0] == 1);
@@ -597,7 +686,8 @@ mod tests {
         // The id map must move along columns too.
         let mean_col = |f: u32| {
             let ids = s.render(f).1;
-            let cols: Vec<u32> = ids.enumerate_pixels().filter(|p| p.2[0] == 1).map(|p| p.0).collect();
+            let cols: Vec<u32> =
+                ids.enumerate_pixels().filter(|p| p.2[0] == 1).map(|p| p.0).collect();
             cols.iter().sum::<u32>() as f64 / cols.len() as f64
         };
         assert!((mean_col(15) - mean_col(0) - 30.0).abs() < 1.0);

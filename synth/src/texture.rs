@@ -51,7 +51,8 @@ fn unit(h: u64, k: u32) -> f64 {
 }
 
 const D: f64 = std::f64::consts::FRAC_1_SQRT_2;
-const GRADS: [[f64; 2]; 8] = [[1., 0.], [-1., 0.], [0., 1.], [0., -1.], [D, D], [-D, D], [D, -D], [-D, -D]];
+const GRADS: [[f64; 2]; 8] =
+    [[1., 0.], [-1., 0.], [0., 1.], [0., -1.], [D, D], [-D, D], [D, -D], [-D, -D]];
 
 /// Gradient noise with unit lattice spacing, roughly in [-1, 1].
 fn noise(seed: u64, x: f64, y: f64) -> f64 {
@@ -133,7 +134,10 @@ impl Texture {
                 period: (scale * rng.range(0.3, 0.7)).max(5.0),
                 warp: rng.range(0.1, 0.6),
             },
-            2 => Pattern::Checker { angle: rng.range(0.0, PI), size: (scale * rng.range(0.25, 0.5)).max(4.0) },
+            2 => Pattern::Checker {
+                angle: rng.range(0.0, PI),
+                size: (scale * rng.range(0.25, 0.5)).max(4.0),
+            },
             3 => Pattern::Dots { cell: (scale * rng.range(0.4, 0.8)).max(7.0) },
             _ => Pattern::Blend(
                 Box::new(Self::random_inner(rng, scale, false)),
@@ -180,7 +184,8 @@ impl Texture {
                         let cx = ((ci + di) as f64 + 0.2 + 0.6 * unit(h, 0)) * cell;
                         let cy = ((cj + dj) as f64 + 0.2 + 0.6 * unit(h, 1)) * cell;
                         let r = cell * (0.15 + 0.25 * unit(h, 2));
-                        let cover = (r - ((u - cx).powi(2) + (v - cy).powi(2)).sqrt() + 0.5).clamp(0.0, 1.0);
+                        let cover = (r - ((u - cx).powi(2) + (v - cy).powi(2)).sqrt() + 0.5)
+                            .clamp(0.0, 1.0);
                         let dot = if h >> 63 == 0 { c2 } else { lerp3(c2, [0.0; 3], 0.6) };
                         c = lerp3(c, dot, cover);
                     }
@@ -228,7 +233,8 @@ impl Raster {
         let (j, i) = ((fx as usize).min(self.w - 2), (fy as usize).min(self.h - 2));
         let (a, b) = ((fx - j as f64) as f32, (fy - i as f64) as f32);
         let k = i * self.w + j;
-        let (p, q, r, s) = (self.data[k], self.data[k + 1], self.data[k + self.w], self.data[k + self.w + 1]);
+        let (p, q, r, s) =
+            (self.data[k], self.data[k + 1], self.data[k + self.w], self.data[k + self.w + 1]);
         std::array::from_fn(|c| {
             let top = p[c] + (q[c] - p[c]) * a;
             let bot = r[c] + (s[c] - r[c]) * a;

@@ -12,7 +12,11 @@ pub fn spec(t: u32, grid: u32, size: u32) -> ShardSpec {
         width: size,
         height: size,
         query_frame: 0,
-        tracker: TrackerInfo { name: "test".into(), model_sha256: "ab".repeat(32), params: serde_json::json!({"k": 1}) },
+        tracker: TrackerInfo {
+            name: "test".into(),
+            model_sha256: "ab".repeat(32),
+            params: serde_json::json!({"k": 1}),
+        },
     }
 }
 
@@ -89,9 +93,18 @@ pub fn python_tool(script: &str, args: &[&str]) -> Option<Output> {
     let required = std::env::var("MOSIC_REQUIRE_PYTHON").is_ok_and(|v| v == "1");
     let probe = Command::new("python3").args(["-c", "import pyarrow, pandas, numpy"]).output();
     if !probe.as_ref().is_ok_and(|o| o.status.success()) {
-        assert!(!required, "MOSIC_REQUIRE_PYTHON=1 but python3 with pyarrow, pandas and numpy is not available");
+        assert!(
+            !required,
+            "MOSIC_REQUIRE_PYTHON=1 but python3 with pyarrow, pandas and numpy is not available"
+        );
         eprintln!("skipping {script}: python3 with pyarrow/pandas/numpy not found");
         return None;
     }
-    Some(Command::new("python3").arg(repo_root().join("tools").join(script)).args(args).output().unwrap())
+    Some(
+        Command::new("python3")
+            .arg(repo_root().join("tools").join(script))
+            .args(args)
+            .output()
+            .unwrap(),
+    )
 }

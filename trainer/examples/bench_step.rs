@@ -16,8 +16,17 @@ struct Bench(TrainConfig);
 impl WithBackend for Bench {
     type Output = mosic_trainer::train::BenchFigures;
     fn run<B: AutodiffBackend>(self, device: B::Device) -> Result<Self::Output> {
-        let n = |key: &str, default: usize| std::env::var(key).ok().and_then(|v| v.parse().ok()).unwrap_or(default);
-        mosic_trainer::train::bench::<B>(&self.0, &device, 12, 256, n("BENCH_WARMUP", 3), n("BENCH_STEPS", 10))
+        let n = |key: &str, default: usize| {
+            std::env::var(key).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+        };
+        mosic_trainer::train::bench::<B>(
+            &self.0,
+            &device,
+            12,
+            256,
+            n("BENCH_WARMUP", 3),
+            n("BENCH_STEPS", 10),
+        )
     }
 }
 

@@ -102,7 +102,12 @@ mod tests {
         let get = || unsafe { libmimalloc_sys::mi_option_get(super::MI_OPTION_PURGE_DELAY) };
         // mimalloc v3's default purge_delay is 1000 (ms); the neighbouring options default to
         // 1 and 0, so a wrong index shows here.
-        assert!(matches!(get(), 1000 | -1), "option {} is {}, not purge_delay", super::MI_OPTION_PURGE_DELAY, get());
+        assert!(
+            matches!(get(), 1000 | -1),
+            "option {} is {}, not purge_delay",
+            super::MI_OPTION_PURGE_DELAY,
+            get()
+        );
         super::keep_freed_memory();
         assert_eq!(get(), -1);
     }

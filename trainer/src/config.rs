@@ -275,7 +275,14 @@ pub struct RunConfig {
 
 impl Default for RunConfig {
     fn default() -> Self {
-        Self { epochs: 8, steps: None, seed: 0, log_every: 10, checkpoint_every: 100, keep_checkpoints: 2 }
+        Self {
+            epochs: 8,
+            steps: None,
+            seed: 0,
+            log_every: 10,
+            checkpoint_every: 100,
+            keep_checkpoints: 2,
+        }
     }
 }
 
@@ -302,7 +309,15 @@ pub struct ValidationConfig {
 
 impl Default for ValidationConfig {
     fn default() -> Self {
-        Self { every: 0, data: PathBuf::new(), split: String::new(), img_size: 0, mask_size: 100, max_images: 64, overclustering: 0 }
+        Self {
+            every: 0,
+            data: PathBuf::new(),
+            split: String::new(),
+            img_size: 0,
+            mask_size: 100,
+            max_images: 64,
+            overclustering: 0,
+        }
     }
 }
 
@@ -324,26 +339,45 @@ impl TrainConfig {
     pub fn load(path: Option<&Path>, overrides: &[String]) -> Result<Self> {
         let mut value: toml::Table = match path {
             Some(p) => {
-                let text = std::fs::read_to_string(p).with_context(|| format!("cannot read config {}", p.display()))?;
-                toml::from_str(&text).with_context(|| format!("config {} is not valid TOML", p.display()))?
+                let text = std::fs::read_to_string(p)
+                    .with_context(|| format!("cannot read config {}", p.display()))?;
+                toml::from_str(&text)
+                    .with_context(|| format!("config {} is not valid TOML", p.display()))?
             }
             None => toml::Table::try_from(TrainConfig::default())?,
         };
         for o in overrides {
-            let (key, raw) = o.split_once('=').with_context(|| format!("--set {o}: expected key=value"))?;
+            let (key, raw) =
+                o.split_once('=').with_context(|| format!("--set {o}: expected key=value"))?;
             set_path(&mut value, key.trim(), parse_value(raw.trim()))?;
         }
-        let cfg: TrainConfig = toml::Value::Table(value)
-            .try_into()
-            .with_context(|| format!("invalid config{}", path.map(|p| format!(" {}", p.display())).unwrap_or_default()))?;
-        cfg.validate().with_context(|| format!("invalid config{}", path.map(|p| format!(" {}", p.display())).unwrap_or_default()))?;
+        let cfg: TrainConfig = toml::Value::Table(value).try_into().with_context(|| {
+            format!(
+                "invalid config{}",
+                path.map(|p| format!(" {}", p.display())).unwrap_or_default()
+            )
+        })?;
+        cfg.validate().with_context(|| {
+            format!(
+                "invalid config{}",
+                path.map(|p| format!(" {}", p.display())).unwrap_or_default()
+            )
+        })?;
         Ok(cfg)
     }
 
     /// Every value in its allowed range, each error naming the key; runs before any work.
     pub fn validate(&self) -> Result<()> {
         let mut bad: Vec<String> = Vec::new();
-        let (m, h, o, p, d, r, v) = (&self.model, &self.head, &self.objective, &self.optim, &self.data, &self.run, &self.validation);
+        let (m, h, o, p, d, r, v) = (
+            &self.model,
+            &self.head,
+            &self.objective,
+            &self.optim,
+            &self.data,
+            &self.run,
+            &self.validation,
+        );
         let depth = match VitConfig::preset(&m.preset, m.img_size) {
             Ok(vit) => Some(vit.depth),
             Err(e) => {
@@ -361,41 +395,106 @@ impl TrainConfig {
         };
         let finite_pos = |v: f64| v.is_finite() && v > 0.0;
         if let (Some(depth), Trainable::Last(n)) = (depth, m.trainable_blocks) {
-            need(n <= depth, "model.trainable_blocks", &format!("at most the {depth} blocks of {}", m.preset), n.to_string());
+            need(
+                n <= depth,
+                "model.trainable_blocks",
+                &format!("at most the {depth} blocks of {}", m.preset),
+                n.to_string(),
+            );
         }
-        need(!h.hidden.contains(&0), "head.hidden", "a list of sizes >= 1", format!("{:?}", h.hidden));
+        need(
+            !h.hidden.contains(&0),
+            "head.hidden",
+            "a list of sizes >= 1",
+            format!("{:?}", h.hidden),
+        );
         need(h.out_dim >= 1, "head.out_dim", ">= 1", h.out_dim.to_string());
         need(h.prototypes >= 2, "head.prototypes", ">= 2", h.prototypes.to_string());
 
-        need(finite_pos(o.temperature as f64), "objective.temperature", "> 0", o.temperature.to_string());
-        need(finite_pos(o.epsilon as f64), "objective.epsilon", "> 0 (the Sinkhorn regularisation; released code: 0.05)", o.epsilon.to_string());
-        need(o.sinkhorn_iterations >= 1, "objective.sinkhorn_iterations", ">= 1", o.sinkhorn_iterations.to_string());
-        need((0.0..1.0).contains(&o.mask_ratio), "objective.mask_ratio", "in [0, 1)", o.mask_ratio.to_string());
+        need(
+            finite_pos(o.temperature as f64),
+            "objective.temperature",
+            "> 0",
+            o.temperature.to_string(),
+        );
+        need(
+            finite_pos(o.epsilon as f64),
+            "objective.epsilon",
+            "> 0 (the Sinkhorn regularisation; released code: 0.05)",
+            o.epsilon.to_string(),
+        );
+        need(
+            o.sinkhorn_iterations >= 1,
+            "objective.sinkhorn_iterations",
+            ">= 1",
+            o.sinkhorn_iterations.to_string(),
+        );
+        need(
+            (0.0..1.0).contains(&o.mask_ratio),
+            "objective.mask_ratio",
+            "in [0, 1)",
+            o.mask_ratio.to_string(),
+        );
         need((0.0..=1.0).contains(&o.ema), "objective.ema", "in [0, 1]", o.ema.to_string());
 
         need(finite_pos(p.lr), "optim.lr", "> 0", p.lr.to_string());
-        need(p.backbone_lr_scale.is_finite() && p.backbone_lr_scale >= 0.0, "optim.backbone_lr_scale", ">= 0", p.backbone_lr_scale.to_string());
-        need(p.weight_decay.is_finite() && p.weight_decay >= 0.0, "optim.weight_decay", ">= 0", p.weight_decay.to_string());
+        need(
+            p.backbone_lr_scale.is_finite() && p.backbone_lr_scale >= 0.0,
+            "optim.backbone_lr_scale",
+            ">= 0",
+            p.backbone_lr_scale.to_string(),
+        );
+        need(
+            p.weight_decay.is_finite() && p.weight_decay >= 0.0,
+            "optim.weight_decay",
+            ">= 0",
+            p.weight_decay.to_string(),
+        );
         need((0.0..1.0).contains(&p.beta1), "optim.beta1", "in [0, 1)", p.beta1.to_string());
         need((0.0..1.0).contains(&p.beta2), "optim.beta2", "in [0, 1)", p.beta2.to_string());
         need(finite_pos(p.eps), "optim.eps", "> 0", p.eps.to_string());
-        need(p.grad_clip.is_finite() && p.grad_clip >= 0.0, "optim.grad_clip", ">= 0 (0 disables)", p.grad_clip.to_string());
+        need(
+            p.grad_clip.is_finite() && p.grad_clip >= 0.0,
+            "optim.grad_clip",
+            ">= 0 (0 disables)",
+            p.grad_clip.to_string(),
+        );
 
         need(d.frames >= 2, "data.frames", ">= 2", d.frames.to_string());
         need(d.grid_size >= 1, "data.grid_size", ">= 1", d.grid_size.to_string());
         need(d.batch_size >= 1, "data.batch_size", ">= 1", d.batch_size.to_string());
         let (lo, hi) = d.crop_scale;
-        need(lo > 0.0 && lo <= hi && hi <= 1.0, "data.crop_scale", "[min, max] with 0 < min <= max <= 1", format!("[{lo}, {hi}]"));
+        need(
+            lo > 0.0 && lo <= hi && hi <= 1.0,
+            "data.crop_scale",
+            "[min, max] with 0 < min <= max <= 1",
+            format!("[{lo}, {hi}]"),
+        );
 
         need(r.epochs >= 1, "run.epochs", ">= 1", r.epochs.to_string());
         if let Some(s) = r.steps {
-            need(s >= 1, "run.steps", ">= 1 (leave it out to derive the steps from run.epochs)", s.to_string());
+            need(
+                s >= 1,
+                "run.steps",
+                ">= 1 (leave it out to derive the steps from run.epochs)",
+                s.to_string(),
+            );
         }
         need(r.log_every >= 1, "run.log_every", ">= 1", r.log_every.to_string());
-        need(r.checkpoint_every >= 1, "run.checkpoint_every", ">= 1", r.checkpoint_every.to_string());
+        need(
+            r.checkpoint_every >= 1,
+            "run.checkpoint_every",
+            ">= 1",
+            r.checkpoint_every.to_string(),
+        );
 
         if v.every > 0 {
-            need(!v.data.as_os_str().is_empty(), "validation.data", "a labelled set when validation.every is set", "nothing".into());
+            need(
+                !v.data.as_os_str().is_empty(),
+                "validation.data",
+                "a labelled set when validation.every is set",
+                "nothing".into(),
+            );
             need(v.mask_size >= 1, "validation.mask_size", ">= 1", v.mask_size.to_string());
             need(v.max_images >= 1, "validation.max_images", ">= 1", v.max_images.to_string());
         }
@@ -410,7 +509,12 @@ impl TrainConfig {
     }
 
     pub fn head_config(&self, in_dim: usize) -> HeadConfig {
-        HeadConfig { in_dim, hidden: self.head.hidden.clone(), out_dim: self.head.out_dim, num_prototypes: self.head.prototypes }
+        HeadConfig {
+            in_dim,
+            hidden: self.head.hidden.clone(),
+            out_dim: self.head.out_dim,
+            num_prototypes: self.head.prototypes,
+        }
     }
 
     pub fn loss_config(&self) -> LossConfig {
@@ -474,7 +578,15 @@ mod tests {
 
     #[test]
     fn overrides_and_unknown_keys() {
-        let c = TrainConfig::load(None, &["objective.mask_ratio=0.2".into(), "head.hidden=[1024,1024,512]".into(), "data.shards=x/y".into()]).unwrap();
+        let c = TrainConfig::load(
+            None,
+            &[
+                "objective.mask_ratio=0.2".into(),
+                "head.hidden=[1024,1024,512]".into(),
+                "data.shards=x/y".into(),
+            ],
+        )
+        .unwrap();
         assert_eq!(c.objective.mask_ratio, 0.2);
         assert_eq!(c.head.hidden, vec![1024, 1024, 512]);
         assert_eq!(c.data.shards, PathBuf::from("x/y"));
@@ -483,7 +595,9 @@ mod tests {
         // The resolved config round-trips through TOML.
         let back: TrainConfig = toml::from_str(&c.to_toml()).unwrap();
         assert_eq!(back, c);
-        let c = TrainConfig::load(None, &["model.trainable_blocks=none".into(), "run.steps=7".into()]).unwrap();
+        let c =
+            TrainConfig::load(None, &["model.trainable_blocks=none".into(), "run.steps=7".into()])
+                .unwrap();
         assert_eq!((c.model.trainable_blocks, c.run.steps), (Trainable::None, Some(7)));
         let back: TrainConfig = toml::from_str(&c.to_toml()).unwrap();
         assert_eq!(back, c);

@@ -48,10 +48,7 @@ impl HeadConfig {
 
     /// The released code's head.
     pub fn released(in_dim: usize) -> Self {
-        Self {
-            hidden: vec![1024, 1024, 512],
-            ..Self::new(in_dim)
-        }
+        Self { hidden: vec![1024, 1024, 512], ..Self::new(in_dim) }
     }
 
     /// Layers are initialised as PyTorch's `nn.Linear` (Burn's default).
@@ -60,22 +57,14 @@ impl HeadConfig {
             .chain(self.hidden.iter().copied())
             .chain([self.out_dim])
             .collect();
-        let layers = dims
-            .windows(2)
-            .map(|d| LinearConfig::new(d[0], d[1]).init(device))
-            .collect();
+        let layers = dims.windows(2).map(|d| LinearConfig::new(d[0], d[1]).init(device)).collect();
         ProjectionHead { layers }
     }
 
     /// Standard normal rows; the trainer normalises them before every step.
     pub fn init_prototypes<B: Backend>(&self, device: &B::Device) -> Prototypes<B> {
-        let init = Initializer::Normal {
-            mean: 0.0,
-            std: 1.0,
-        };
-        Prototypes {
-            weight: init.init([self.num_prototypes, self.out_dim], device),
-        }
+        let init = Initializer::Normal { mean: 0.0, std: 1.0 };
+        Prototypes { weight: init.init([self.num_prototypes, self.out_dim], device) }
     }
 }
 
@@ -106,12 +95,7 @@ pub fn gelu_exact<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
 
 /// `x / max(‖x‖, 1e-12)` along `dim`, as `torch.nn.functional.normalize`.
 pub fn l2_normalize<B: Backend, const D: usize>(x: Tensor<B, D>, dim: usize) -> Tensor<B, D> {
-    let norm = x
-        .clone()
-        .powi_scalar(2)
-        .sum_dim(dim)
-        .sqrt()
-        .clamp_min(1e-12);
+    let norm = x.clone().powi_scalar(2).sum_dim(dim).sqrt().clamp_min(1e-12);
     x / norm
 }
 
@@ -159,12 +143,7 @@ mod tests {
     #[test]
     fn head_shapes_and_unit_prototypes() {
         let dev = Default::default();
-        let cfg = HeadConfig {
-            in_dim: 12,
-            hidden: vec![10, 9],
-            out_dim: 7,
-            num_prototypes: 5,
-        };
+        let cfg = HeadConfig { in_dim: 12, hidden: vec![10, 9], out_dim: 7, num_prototypes: 5 };
         let head = cfg.init_head::<B>(&dev);
         assert_eq!(head.layers.len(), 3);
         let protos = cfg.init_prototypes::<B>(&dev).normalized();

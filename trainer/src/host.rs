@@ -66,13 +66,16 @@ pub fn softmax_last<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D>
 
 /// Runs `f` over `x`'s buffer in tasks of `task` elements (a multiple of any row length
 /// `f` needs). The buffer is moved out and back without a copy where `x` owns it.
-fn in_place<B: Backend, const D: usize>(x: Tensor<B, D>, task: usize, f: impl Fn(&mut [f32]) + Send + Sync) -> Tensor<B, D> {
+fn in_place<B: Backend, const D: usize>(
+    x: Tensor<B, D>,
+    task: usize,
+    f: impl Fn(&mut [f32]) + Send + Sync,
+) -> Tensor<B, D> {
     let device = x.device();
     let mut data = x.into_data();
     data.as_mut_slice::<f32>().expect("an f32 tensor").par_chunks_mut(task).for_each(f);
     Tensor::from_data(data, &device)
 }
-
 
 #[inline(always)]
 fn gelu_slice(v: &mut [f32]) {
@@ -155,7 +158,10 @@ mod tests {
 
     #[test]
     fn erf_is_within_5e_7_of_libm() {
-        let worst = grid(-6.0, 6.0, 2_000_000).into_iter().map(|x| (erf(x) as f64 - libm::erf(x as f64)).abs()).fold(0.0, f64::max);
+        let worst = grid(-6.0, 6.0, 2_000_000)
+            .into_iter()
+            .map(|x| (erf(x) as f64 - libm::erf(x as f64)).abs())
+            .fold(0.0, f64::max);
         assert!(worst < 5e-7, "erf: {worst}");
         assert_eq!((erf(0.0), erf(f32::INFINITY), erf(f32::NEG_INFINITY)), (0.0, 1.0, -1.0));
     }
@@ -164,7 +170,10 @@ mod tests {
     fn exp_is_within_2_ulp_of_libm() {
         for x in grid(-87.0, 0.0, 2_000_000) {
             let (got, want) = (exp(x), libm::exp(x as f64));
-            assert!(((got as f64 - want) / want).abs() < 2.0 * f32::EPSILON as f64, "exp({x}) = {got}, not {want}");
+            assert!(
+                ((got as f64 - want) / want).abs() < 2.0 * f32::EPSILON as f64,
+                "exp({x}) = {got}, not {want}"
+            );
         }
         assert_eq!(exp(0.0), 1.0);
         assert!(exp(-1e4) < 1e-37 && exp(f32::NEG_INFINITY) >= 0.0);
@@ -175,7 +184,8 @@ mod tests {
         let device = Default::default();
         <Flex as Backend>::seed(&device, 7);
         // Rows of 257 (the ViT's tokens) do not divide the task size.
-        let x = Tensor::<Flex, 4>::random([2, 3, 257, 257], Distribution::Normal(0.0, 4.0), &device);
+        let x =
+            Tensor::<Flex, 4>::random([2, 3, 257, 257], Distribution::Normal(0.0, 4.0), &device);
         assert!(applies(&x));
         let diff = |a: Tensor<Flex, 4>, b: Tensor<Flex, 4>| a.sub(b).abs().max().into_scalar();
         let want = burn::tensor::activation::softmax(x.clone(), 3);
@@ -201,6 +211,9 @@ mod tests {
         // Values kept: the buffer was worked on in place, not lost.
         let y = Tensor::<Flex, 1>::from_data(TensorData::from([-1.0f32, 0.0, 1.0]), &device);
         let g = gelu(y).into_data().to_vec::<f32>().unwrap();
-        assert!((g[0] + 0.158_655_26).abs() < 1e-6 && g[1] == 0.0 && (g[2] - 0.841_344_7).abs() < 1e-6, "{g:?}");
+        assert!(
+            (g[0] + 0.158_655_26).abs() < 1e-6 && g[1] == 0.0 && (g[2] - 0.841_344_7).abs() < 1e-6,
+            "{g:?}"
+        );
     }
 }

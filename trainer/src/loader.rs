@@ -111,9 +111,15 @@ impl LoaderConfig {
         ensure!(self.input_size > 0, "loader: input_size must be at least 1");
         ensure!(self.grid > 0, "loader: grid must be at least 1");
         let (lo, hi) = self.crop_scale;
-        ensure!(lo > 0.0 && lo <= hi && hi <= 1.0, "loader: crop_scale must satisfy 0 < min <= max <= 1, got ({lo}, {hi})");
+        ensure!(
+            lo > 0.0 && lo <= hi && hi <= 1.0,
+            "loader: crop_scale must satisfy 0 < min <= max <= 1, got ({lo}, {hi})"
+        );
         let (lo, hi) = self.crop_ratio;
-        ensure!(lo > 0.0 && lo <= hi && hi.is_finite(), "loader: crop_ratio must satisfy 0 < min <= max, got ({lo}, {hi})");
+        ensure!(
+            lo > 0.0 && lo <= hi && hi.is_finite(),
+            "loader: crop_ratio must satisfy 0 < min <= max, got ({lo}, {hi})"
+        );
         Ok(())
     }
 
@@ -121,13 +127,22 @@ impl LoaderConfig {
     fn mismatches(&self, spec: &ShardSpec) -> Vec<String> {
         let mut out = Vec::new();
         if let Some(t) = self.expect_frames.filter(|&t| t != spec.frames_per_clip) {
-            out.push(format!("{} frames per clip, expected {t} (expect_frames)", spec.frames_per_clip));
+            out.push(format!(
+                "{} frames per clip, expected {t} (expect_frames)",
+                spec.frames_per_clip
+            ));
         }
         if let Some((w, h)) = self.expect_size.filter(|&s| s != (spec.width, spec.height)) {
-            out.push(format!("frames of {} x {}, expected {w} x {h} (expect_size)", spec.width, spec.height));
+            out.push(format!(
+                "frames of {} x {}, expected {w} x {h} (expect_size)",
+                spec.width, spec.height
+            ));
         }
         if spec.query_frame != 0 {
-            out.push(format!("query frame {}, expected 0 (the student reads the first frame)", spec.query_frame));
+            out.push(format!(
+                "query frame {}, expected 0 (the student reads the first frame)",
+                spec.query_frame
+            ));
         }
         out
     }
@@ -138,9 +153,13 @@ impl LoaderConfig {
         let g = spec.grid_size as f64;
         // Stored points lie evenly between margins of W/64 (CoTracker's grid helper).
         let m = w / 64.0;
-        let spacing = |side: f64| if g > 1.0 { (side - 1.0 - 2.0 * m) / (g - 1.0) } else { f64::INFINITY };
+        let spacing =
+            |side: f64| if g > 1.0 { (side - 1.0 - 2.0 * m) / (g - 1.0) } else { f64::INFINITY };
         let area = self.crop_scale.0 as f64 * w * h;
-        let (cw, ch) = ((area * self.crop_ratio.0 as f64).sqrt().min(w), (area / self.crop_ratio.1 as f64).sqrt().min(h));
+        let (cw, ch) = (
+            (area * self.crop_ratio.0 as f64).sqrt().min(w),
+            (area / self.crop_ratio.1 as f64).sqrt().min(h),
+        );
         let per_side = |len: f64, side: f64| (len / spacing(side)).floor() as u32;
         let (nx, ny) = (per_side(cw, w), per_side(ch, h));
         (nx < self.grid || ny < self.grid).then(|| {
@@ -213,7 +232,12 @@ impl Loader {
         let spec = manifest.spec.clone();
         let wrong = cfg.mismatches(&spec);
         if !wrong.is_empty() {
-            bail!("{}: the shards in {} have {}", manifest_path.display(), dir.display(), wrong.join("; "));
+            bail!(
+                "{}: the shards in {} have {}",
+                manifest_path.display(),
+                dir.display(),
+                wrong.join("; ")
+            );
         }
         let mut paths = Vec::new();
         let mut units = Vec::new();
@@ -245,7 +269,8 @@ impl Loader {
         let videos: Vec<Vec<(usize, usize)>> = videos.into_values().collect();
         let b = cfg.batch_size as u64;
         let cpv = cfg.clips_per_video as usize;
-        let drawn: u64 = videos.iter().map(|v| if cpv == 0 { v.len() } else { v.len().min(cpv) } as u64).sum();
+        let drawn: u64 =
+            videos.iter().map(|v| if cpv == 0 { v.len() } else { v.len().min(cpv) } as u64).sum();
         let per_epoch = drawn / b * b;
         ensure!(
             per_epoch > 0,
@@ -260,7 +285,11 @@ impl Loader {
             dir.display()
         );
         // No whole batch left (drop_last): the next epoch is where reading resumes.
-        let state = if state.position + b > per_epoch { LoaderState { epoch: state.epoch + 1, position: 0 } } else { state };
+        let state = if state.position + b > per_epoch {
+            LoaderState { epoch: state.epoch + 1, position: 0 }
+        } else {
+            state
+        };
         let notes = cfg.coarse_grid_note(&spec).into_iter().collect();
         let num_videos = videos.len();
 
@@ -271,9 +300,12 @@ impl Loader {
             .build()?;
         let (raw_tx, raw_rx) = sync_channel::<Result<RawBatch>>(cfg.prefetch);
         let (tx, rx) = sync_channel::<Result<Batch>>(cfg.prefetch);
-        let reader = Reader { source: source.clone(), cfg: cfg.clone(), per_epoch, store: HashMap::new() };
+        let reader =
+            Reader { source: source.clone(), cfg: cfg.clone(), per_epoch, store: HashMap::new() };
         let start = state.clone();
-        let read = std::thread::Builder::new().name("loader-read".into()).spawn(move || reader.run(start, raw_tx))?;
+        let read = std::thread::Builder::new()
+            .name("loader-read".into())
+            .spawn(move || reader.run(start, raw_tx))?;
         let decode = std::thread::Builder::new().name("loader-decode".into()).spawn(move || {
             for raw in raw_rx {
                 let out = raw.and_then(|r| pool.install(|| build_batch(&r, &source, &cfg)));
@@ -283,11 +315,21 @@ impl Loader {
                 }
             }
         })?;
-        Ok(Self { rx: Some(rx), threads: vec![read, decode], state, per_epoch, batch_size: b, spec, videos: num_videos, notes })
+        Ok(Self {
+            rx: Some(rx),
+            threads: vec![read, decode],
+            state,
+            per_epoch,
+            batch_size: b,
+            spec,
+            videos: num_videos,
+            notes,
+        })
     }
 
     pub fn next_batch(&mut self) -> Result<Batch> {
-        let rx = self.rx.as_ref().ok_or_else(|| anyhow!("loader: stopped after an earlier error"))?;
+        let rx =
+            self.rx.as_ref().ok_or_else(|| anyhow!("loader: stopped after an earlier error"))?;
         match rx.recv() {
             Ok(Ok(batch)) => {
                 self.state.position += self.batch_size;
@@ -300,7 +342,10 @@ impl Loader {
                 self.stop();
                 Err(e)
             }
-            Err(_) => Err(anyhow!("loader: worker thread stopped: {}", self.stop().unwrap_or_else(|| "no reason given".into()))),
+            Err(_) => Err(anyhow!(
+                "loader: worker thread stopped: {}",
+                self.stop().unwrap_or_else(|| "no reason given".into())
+            )),
         }
     }
 
@@ -338,7 +383,10 @@ impl Loader {
         let mut msg = None;
         for t in self.threads.drain(..) {
             if let Err(p) = t.join() {
-                let s = p.downcast_ref::<String>().cloned().or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()));
+                let s = p
+                    .downcast_ref::<String>()
+                    .cloned()
+                    .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()));
                 msg = msg.or(Some(s.unwrap_or_else(|| "a panic".into())));
             }
         }
@@ -358,9 +406,13 @@ fn spec_difference(a: &ShardSpec, b: &ShardSpec) -> Option<String> {
     let d = |name: &str, x: String, y: String| (x != y).then(|| format!("{name} {x} vs {y}"));
     d("frames per clip", a.frames_per_clip.to_string(), b.frames_per_clip.to_string())
         .or_else(|| d("grid", a.grid_size.to_string(), b.grid_size.to_string()))
-        .or_else(|| d("size", format!("{} x {}", a.width, a.height), format!("{} x {}", b.width, b.height)))
+        .or_else(|| {
+            d("size", format!("{} x {}", a.width, a.height), format!("{} x {}", b.width, b.height))
+        })
         .or_else(|| d("query frame", a.query_frame.to_string(), b.query_frame.to_string()))
-        .or_else(|| (a.tracker != b.tracker).then(|| format!("tracker {:?} vs {:?}", a.tracker, b.tracker)))
+        .or_else(|| {
+            (a.tracker != b.tracker).then(|| format!("tracker {:?} vs {:?}", a.tracker, b.tracker))
+        })
 }
 
 fn epoch_seed(seed: u64, epoch: u64, purpose: u64) -> u64 {
@@ -428,11 +480,21 @@ impl EpochOrder {
         let s = epoch_seed(seed, epoch, ORDER);
         let mut order: Vec<usize> = (0..units).collect();
         SplitMix64::stream(s, 0).shuffle(&mut order);
-        Self { units: order, next_unit: 0, held: Vec::new(), draw: SplitMix64::stream(s, 1), cap: cap.max(1) }
+        Self {
+            units: order,
+            next_unit: 0,
+            held: Vec::new(),
+            draw: SplitMix64::stream(s, 1),
+            cap: cap.max(1),
+        }
     }
 
     /// The next clip; `enter(unit)` is called as a unit's drawn rows enter the buffer.
-    fn next(&mut self, rows: &[Vec<usize>], mut enter: impl FnMut(usize) -> Result<()>) -> Result<Option<(usize, usize)>> {
+    fn next(
+        &mut self,
+        rows: &[Vec<usize>],
+        mut enter: impl FnMut(usize) -> Result<()>,
+    ) -> Result<Option<(usize, usize)>> {
         while self.held.len() < self.cap && self.next_unit < self.units.len() {
             let u = self.units[self.next_unit];
             self.next_unit += 1;
@@ -482,10 +544,17 @@ impl Reader {
 
     /// Sends the batches of one epoch from `state.position` on; false once nobody listens.
     fn epoch(&mut self, state: &LoaderState, tx: &SyncSender<Result<RawBatch>>) -> Result<bool> {
-        let ended = || anyhow!("loader: the shards ran out of clips before the manifest's count; were they changed?");
+        let ended = || {
+            anyhow!("loader: the shards ran out of clips before the manifest's count; were they changed?")
+        };
         self.store.clear();
         let rows = self.source.draw(self.cfg.seed, state.epoch, self.cfg.clips_per_video as usize);
-        let mut order = EpochOrder::new(self.cfg.seed, state.epoch, self.source.units.len(), self.cfg.shuffle_buffer);
+        let mut order = EpochOrder::new(
+            self.cfg.seed,
+            state.epoch,
+            self.source.units.len(),
+            self.cfg.shuffle_buffer,
+        );
         // Resumed: replay the order without reading, then fetch the clips still held.
         for _ in 0..state.position {
             order.next(&rows, |_| Ok(()))?.ok_or_else(ended)?;
@@ -501,9 +570,12 @@ impl Reader {
         let b = self.cfg.batch_size as u64;
         let mut first = state.position;
         while first + b <= self.per_epoch {
-            let mut raw = RawBatch { epoch: state.epoch, first, clips: Vec::new(), units: Vec::new() };
+            let mut raw =
+                RawBatch { epoch: state.epoch, first, clips: Vec::new(), units: Vec::new() };
             for _ in 0..b {
-                let key = order.next(&rows, |u| self.load(u, &rows[u].iter().map(|&r| (u, r)).collect()))?.ok_or_else(ended)?;
+                let key = order
+                    .next(&rows, |u| self.load(u, &rows[u].iter().map(|&r| (u, r)).collect()))?
+                    .ok_or_else(ended)?;
                 raw.clips.push(self.store.remove(&key).ok_or_else(ended)?);
                 raw.units.push(key.0);
             }
@@ -521,9 +593,18 @@ impl Reader {
         let n = clips.len();
         let expected = self.source.unit_rows[unit];
         if n != expected {
-            bail!("{}: a row group now has {n} clips, earlier {expected}; was the file changed?", self.source.path_of(unit).display());
+            bail!(
+                "{}: a row group now has {n} clips, earlier {expected}; was the file changed?",
+                self.source.path_of(unit).display()
+            );
         }
-        self.store.extend(clips.into_iter().enumerate().filter(|(r, _)| want.contains(&(unit, *r))).map(|(r, c)| ((unit, r), c)));
+        self.store.extend(
+            clips
+                .into_iter()
+                .enumerate()
+                .filter(|(r, _)| want.contains(&(unit, *r)))
+                .map(|(r, c)| ((unit, r), c)),
+        );
         Ok(())
     }
 }
@@ -544,7 +625,8 @@ impl Aug {
     pub fn draw(rng: &mut SplitMix64, w: u32, h: u32, cfg: &LoaderConfig) -> Self {
         // Drawn even when flipping is off, so the crops do not depend on that switch.
         let flip = rng.next_f64() < 0.5 && cfg.hflip;
-        let (left, top, width, height) = random_resized_crop(rng, w, h, cfg.crop_scale, cfg.crop_ratio);
+        let (left, top, width, height) =
+            random_resized_crop(rng, w, h, cfg.crop_scale, cfg.crop_ratio);
         Self { flip, left, top, width, height, frame_width: w }
     }
 
@@ -552,7 +634,10 @@ impl Aug {
     pub fn map(&self, p: [f32; 2], s: usize) -> [f32; 2] {
         let x = if self.flip { self.frame_width as f32 - 1.0 - p[0] } else { p[0] };
         let s = s as f32;
-        [(x + 0.5 - self.left as f32) * s / self.width as f32 - 0.5, (p[1] + 0.5 - self.top as f32) * s / self.height as f32 - 0.5]
+        [
+            (x + 0.5 - self.left as f32) * s / self.width as f32 - 0.5,
+            (p[1] + 0.5 - self.top as f32) * s / self.height as f32 - 0.5,
+        ]
     }
 
     /// Writes the flipped, cropped and resized frame as CHW byte planes into `out`, rounded
@@ -564,7 +649,8 @@ impl Aug {
             let hi = lo + len - 1;
             (0..s)
                 .map(|o| {
-                    let v = (lo as f32 + (o as f32 + 0.5) * len as f32 / s as f32 - 0.5).clamp(lo as f32, hi as f32);
+                    let v = (lo as f32 + (o as f32 + 0.5) * len as f32 / s as f32 - 0.5)
+                        .clamp(lo as f32, hi as f32);
                     let i0 = (v.floor() as u32).min(hi);
                     let i1 = (i0 + 1).min(hi);
                     let (i0, i1) = match mirror {
@@ -596,7 +682,13 @@ impl Aug {
 }
 
 /// torchvision's `RandomResizedCrop.get_params`: (left, top, width, height).
-fn random_resized_crop(rng: &mut SplitMix64, w: u32, h: u32, scale: (f32, f32), ratio: (f32, f32)) -> (u32, u32, u32, u32) {
+fn random_resized_crop(
+    rng: &mut SplitMix64,
+    w: u32,
+    h: u32,
+    scale: (f32, f32),
+    ratio: (f32, f32),
+) -> (u32, u32, u32, u32) {
     let area = w as f64 * h as f64;
     let (r0, r1) = (ratio.0 as f64, ratio.1 as f64);
     for _ in 0..10 {
@@ -673,7 +765,10 @@ fn regular_grid(p: &[[f32; 2]]) -> Option<(Vec<f32>, Vec<f32>)> {
     let xs: Vec<f32> = p[..side].iter().map(|q| q[0]).collect();
     let ys: Vec<f32> = p.iter().step_by(side).map(|q| q[1]).collect();
     let close = |a: f32, b: f32| (a - b).abs() <= 1e-3 * (1.0 + a.abs());
-    p.iter().enumerate().all(|(k, q)| close(q[0], xs[k % side]) && close(q[1], ys[k / side])).then_some((xs, ys))
+    p.iter()
+        .enumerate()
+        .all(|(k, q)| close(q[0], xs[k % side]) && close(q[1], ys[k / side]))
+        .then_some((xs, ys))
 }
 
 /// Stored coordinate index for each target along one axis (targets ascending).
@@ -724,13 +819,19 @@ fn match_axis(coords: &[f32], targets: &[f32], s: usize) -> Vec<Option<usize>> {
 
 /// Tracks, visibility and inside flags `[T][N]` of one clip's selected points in output pixels.
 /// Padding positions keep their grid position, invisible and outside in every frame.
-pub fn clip_points(clip: &Clip, aug: &Aug, s: usize, grid: u32) -> (Vec<[f32; 2]>, Vec<bool>, Vec<bool>) {
+pub fn clip_points(
+    clip: &Clip,
+    aug: &Aug,
+    s: usize,
+    grid: u32,
+) -> (Vec<[f32; 2]>, Vec<bool>, Vec<bool>) {
     let sel = select_points(&clip.queries, aug, s, grid);
     let targets = mosic::grid_points(grid, s as u32, s as u32);
     let n = clip.queries.len();
     let t = clip.tracks.len() / n.max(1);
     let m = sel.len();
-    let (mut tracks, mut vis, mut inside) = (Vec::with_capacity(t * m), Vec::with_capacity(t * m), Vec::with_capacity(t * m));
+    let (mut tracks, mut vis, mut inside) =
+        (Vec::with_capacity(t * m), Vec::with_capacity(t * m), Vec::with_capacity(t * m));
     for f in 0..t {
         for (k, p) in sel.iter().enumerate() {
             match *p {
@@ -762,16 +863,21 @@ fn build_batch(raw: &RawBatch, source: &Source, cfg: &LoaderConfig) -> Result<Ba
     let n = (cfg.grid * cfg.grid) as usize;
     let (w, h) = (spec.width, spec.height);
     let seed = epoch_seed(cfg.seed, raw.epoch, AUG);
-    let augs: Vec<Aug> =
-        (0..b).map(|i| Aug::draw(&mut SplitMix64::stream(seed, raw.first + i as u64), w, h, cfg)).collect();
+    let augs: Vec<Aug> = (0..b)
+        .map(|i| Aug::draw(&mut SplitMix64::stream(seed, raw.first + i as u64), w, h, cfg))
+        .collect();
 
     let mut images = vec![0u8; b * t * 3 * s * s];
     images.par_chunks_mut(3 * s * s).enumerate().try_for_each(|(i, out)| -> Result<()> {
         let (c, f) = (i / t, i % t);
         let clip = &raw.clips[c];
         let file = || source.path_of(raw.units[c]).display();
-        let bytes = clip.frames.get(f).ok_or_else(|| anyhow!("{}: clip {} has no frame {f}", file(), clip.id()))?;
-        let img = mosic::imageio::decode_jpeg(bytes).map_err(|e| anyhow!("{}: clip {} frame {f}: {e}", file(), clip.id()))?;
+        let bytes = clip
+            .frames
+            .get(f)
+            .ok_or_else(|| anyhow!("{}: clip {} has no frame {f}", file(), clip.id()))?;
+        let img = mosic::imageio::decode_jpeg(bytes)
+            .map_err(|e| anyhow!("{}: clip {} frame {f}: {e}", file(), clip.id()))?;
         ensure!(
             img.dimensions() == (w, h),
             "{}: clip {} frame {f} is {} x {}, the spec says {w} x {h}",
@@ -784,7 +890,12 @@ fn build_batch(raw: &RawBatch, source: &Source, cfg: &LoaderConfig) -> Result<Ba
         Ok(())
     })?;
 
-    let per_clip: Vec<_> = raw.clips.par_iter().zip(&augs).map(|(clip, aug)| clip_points(clip, aug, s, cfg.grid)).collect();
+    let per_clip: Vec<_> = raw
+        .clips
+        .par_iter()
+        .zip(&augs)
+        .map(|(clip, aug)| clip_points(clip, aug, s, cfg.grid))
+        .collect();
     let mut tracks = Vec::with_capacity(b * t * n * 2);
     let mut visibility = Vec::with_capacity(b * t * n);
     let mut inside = Vec::with_capacity(b * t * n);
@@ -793,7 +904,17 @@ fn build_batch(raw: &RawBatch, source: &Source, cfg: &LoaderConfig) -> Result<Ba
         visibility.extend(vis.into_iter().map(|v| v as u8 as f32));
         inside.extend(ins.into_iter().map(|v| v as u8 as f32));
     }
-    Ok(Batch { clips: b, frames: t, points: n, size: s, images, tracks, visibility, inside, ids: raw.clips.iter().map(Clip::id).collect() })
+    Ok(Batch {
+        clips: b,
+        frames: t,
+        points: n,
+        size: s,
+        images,
+        tracks,
+        visibility,
+        inside,
+        ids: raw.clips.iter().map(Clip::id).collect(),
+    })
 }
 
 #[cfg(test)]
@@ -810,7 +931,11 @@ mod tests {
             width: size,
             height: size,
             query_frame: 0,
-            tracker: TrackerInfo { name: "test".into(), model_sha256: String::new(), params: serde_json::json!({}) },
+            tracker: TrackerInfo {
+                name: "test".into(),
+                model_sha256: String::new(),
+                params: serde_json::json!({}),
+            },
         }
     }
 
@@ -826,7 +951,8 @@ mod tests {
     /// Centre of clip i's 5 x 5 white dot in frame k: it starts on its stored point and moves
     /// right and down by whole pixels.
     fn dot(i: u32, k: u32, spec: &ShardSpec) -> [f32; 2] {
-        let q = mosic::grid_points(spec.grid_size, spec.width, spec.height)[dot_point(i, spec.grid_size)];
+        let q = mosic::grid_points(spec.grid_size, spec.width, spec.height)
+            [dot_point(i, spec.grid_size)];
         [q[0] + 2.0 * k as f32, q[1] + k as f32]
     }
 
@@ -842,7 +968,11 @@ mod tests {
             let d = dot(i, k, spec);
             let img = image::RgbImage::from_fn(size, size, |x, y| {
                 let on = (x as f32 - d[0]).abs() <= 2.0 && (y as f32 - d[1]).abs() <= 2.0;
-                if on { image::Rgb([255, 255, 255]) } else { image::Rgb([(20 + 3 * i) as u8, 30, (x / 4) as u8]) }
+                if on {
+                    image::Rgb([255, 255, 255])
+                } else {
+                    image::Rgb([(20 + 3 * i) as u8, 30, (x / 4) as u8])
+                }
             });
             frames.push(mosic::imageio::encode_jpeg(&img, 95).unwrap());
             for (p, &g) in grid.iter().enumerate() {
@@ -873,7 +1003,12 @@ mod tests {
         let mut next = 0;
         for (j, &r) in rows.iter().enumerate() {
             let path = dir.join(format!("shard-{j:05}.parquet"));
-            let mut w = ShardWriter::create(&path, spec, &WriteOptions { rows_per_group: per_group, zstd_level: 1 }).unwrap();
+            let mut w = ShardWriter::create(
+                &path,
+                spec,
+                &WriteOptions { rows_per_group: per_group, zstd_level: 1 },
+            )
+            .unwrap();
             for i in next..next + r {
                 w.write(clip(i, spec)).unwrap();
             }
@@ -884,10 +1019,24 @@ mod tests {
     }
 
     fn cfg(batch: usize, size: usize, seed: u64) -> LoaderConfig {
-        LoaderConfig { batch_size: batch, input_size: size, grid: 3, shuffle_buffer: 5, workers: 2, prefetch: 2, seed, ..Default::default() }
+        LoaderConfig {
+            batch_size: batch,
+            input_size: size,
+            grid: 3,
+            shuffle_buffer: 5,
+            workers: 2,
+            prefetch: 2,
+            seed,
+            ..Default::default()
+        }
     }
 
-    fn take(dir: &Path, cfg: &LoaderConfig, state: LoaderState, n: usize) -> Vec<(Batch, LoaderState)> {
+    fn take(
+        dir: &Path,
+        cfg: &LoaderConfig,
+        state: LoaderState,
+        n: usize,
+    ) -> Vec<(Batch, LoaderState)> {
         let mut l = Loader::open(dir, cfg.clone(), state).unwrap();
         (0..n).map(|_| (l.next_batch().unwrap(), l.state())).collect()
     }
@@ -907,11 +1056,17 @@ mod tests {
         let b = take(dir.path(), &other_threads, LoaderState::default(), 8);
         assert_eq!(a, b);
         let c = take(dir.path(), &cfg(4, 24, 2), LoaderState::default(), 8);
-        assert_ne!(a.iter().map(|x| &x.0.ids).collect::<Vec<_>>(), c.iter().map(|x| &x.0.ids).collect::<Vec<_>>());
+        assert_ne!(
+            a.iter().map(|x| &x.0.ids).collect::<Vec<_>>(),
+            c.iter().map(|x| &x.0.ids).collect::<Vec<_>>()
+        );
         assert_ne!(a[0].0.images, c[0].0.images);
         let batch = &a[0].0;
         assert_eq!((batch.clips, batch.frames, batch.points, batch.size), (4, 3, 9, 24));
-        assert_eq!((batch.images.len(), batch.tracks.len(), batch.visibility.len()), (4 * 3 * 3 * 24 * 24, 4 * 3 * 9 * 2, 4 * 3 * 9));
+        assert_eq!(
+            (batch.images.len(), batch.tracks.len(), batch.visibility.len()),
+            (4 * 3 * 3 * 24 * 24, 4 * 3 * 9 * 2, 4 * 3 * 9)
+        );
         assert_eq!(batch.inside.len(), 4 * 3 * 9);
         // 13 clips, batches of 4: three batches an epoch, the 13th clip dropped.
         assert_eq!(a[2].1, LoaderState { epoch: 1, position: 0 });
@@ -933,14 +1088,22 @@ mod tests {
                 .flat_map(|(x, _)| {
                     let (img, trk) = (x.images.len() / x.clips, x.tracks.len() / x.clips);
                     (0..x.clips).map(move |i| {
-                        (x.ids[i].clone(), x.images[i * img..][..img].to_vec(), x.tracks[i * trk..][..trk].to_vec())
+                        (
+                            x.ids[i].clone(),
+                            x.images[i * img..][..img].to_vec(),
+                            x.tracks[i * trk..][..trk].to_vec(),
+                        )
                     })
                 })
                 .collect()
         };
         let shifted = take(dir.path(), &c, LoaderState { epoch: 0, position: 2 }, 2);
         assert_eq!(per_clip(&shifted)[..], per_clip(&straight[..3])[2..10]);
-        assert_eq!(shifted[1].1, LoaderState { epoch: 1, position: 0 }, "no whole batch left in epoch 0");
+        assert_eq!(
+            shifted[1].1,
+            LoaderState { epoch: 1, position: 0 },
+            "no whole batch left in epoch 0"
+        );
     }
 
     #[test]
@@ -960,7 +1123,10 @@ mod tests {
                 assert_eq!(sorted, all, "buffer {buffer}");
                 epochs.push(ids);
             }
-            assert!(epochs[0] != epochs[1] || epochs[1] != epochs[2], "epochs reshuffle (buffer {buffer})");
+            assert!(
+                epochs[0] != epochs[1] || epochs[1] != epochs[2],
+                "epochs reshuffle (buffer {buffer})"
+            );
         }
     }
 
@@ -981,8 +1147,10 @@ mod tests {
             let b = l.next_batch().unwrap();
             for i in 0..b.clips {
                 let k = (batch_index * b.clips + i) as u64;
-                let aug = Aug::draw(&mut SplitMix64::stream(epoch_seed(c.seed, 0, AUG), k), 128, 128, &c);
-                let ci: u32 = b.ids[i].trim_start_matches("test/v").trim_end_matches("#0").parse().unwrap();
+                let aug =
+                    Aug::draw(&mut SplitMix64::stream(epoch_seed(c.seed, 0, AUG), k), 128, 128, &c);
+                let ci: u32 =
+                    b.ids[i].trim_start_matches("test/v").trim_end_matches("#0").parse().unwrap();
                 let p0 = dot_point(ci, 4);
                 let sel = select_points(&queries, &aug, s, 4);
                 let at = |f: usize, kk: usize| (i * t + f) * n + kk;
@@ -1001,7 +1169,10 @@ mod tests {
                     let [x, y] = aug.map(dot(ci, f as u32, &sp), s);
                     if let Some(kk) = sel.iter().position(|&p| p == Some(p0)) {
                         let e = at(f, kk);
-                        assert!((b.tracks[e * 2] - x).abs() < 1e-4 && (b.tracks[e * 2 + 1] - y).abs() < 1e-4);
+                        assert!(
+                            (b.tracks[e * 2] - x).abs() < 1e-4
+                                && (b.tracks[e * 2 + 1] - y).abs() < 1e-4
+                        );
                         let inside = |v: f32| (-0.5..s as f32 - 0.5).contains(&v);
                         assert_eq!(b.visibility[e] == 1.0, inside(x) && inside(y));
                         followed += 1;
@@ -1015,24 +1186,36 @@ mod tests {
                         })
                         .collect();
                     // The dot's half-width (2.5 stored px) plus JPEG ringing, in output px.
-                    let (mx, my) = (4.0 * s as f32 / aug.width as f32, 4.0 * s as f32 / aug.height as f32);
+                    let (mx, my) =
+                        (4.0 * s as f32 / aug.width as f32, 4.0 * s as f32 / aug.height as f32);
                     let well_inside = |v: f32, m: f32| v > m && v < s as f32 - 1.0 - m;
                     if well_inside(x, mx) && well_inside(y, my) {
                         let w: f32 = bright.iter().map(|p| p.2).sum();
                         let cx = bright.iter().map(|p| p.0 * p.2).sum::<f32>() / w;
                         let cy = bright.iter().map(|p| p.1 * p.2).sum::<f32>() / w;
-                        assert!((cx - x).abs() < 1.0 && (cy - y).abs() < 1.0, "dot at ({cx}, {cy}), track ({x}, {y}), {aug:?}");
+                        assert!(
+                            (cx - x).abs() < 1.0 && (cy - y).abs() < 1.0,
+                            "dot at ({cx}, {cy}), track ({x}, {y}), {aug:?}"
+                        );
                         checked_in += 1;
                         flips[aug.flip as usize] += 1;
                     } else if x < -mx || y < -my || x > s as f32 + mx || y > s as f32 + my {
-                        assert!(bright.is_empty(), "a dot at ({x}, {y}) outside the crop shows in it");
+                        assert!(
+                            bright.is_empty(),
+                            "a dot at ({x}, {y}) outside the crop shows in it"
+                        );
                         checked_out += 1;
                     }
                 }
-                assert!(b.tracks[(i * t * n) * 2..((i + 1) * t * n) * 2].iter().all(|v| v.is_finite()));
+                assert!(b.tracks[(i * t * n) * 2..((i + 1) * t * n) * 2]
+                    .iter()
+                    .all(|v| v.is_finite()));
             }
         }
-        assert!(checked_in >= 10 && checked_out >= 2 && followed >= 10 && flips[0] > 0 && flips[1] > 0, "{checked_in} {checked_out} {followed} {flips:?}");
+        assert!(
+            checked_in >= 10 && checked_out >= 2 && followed >= 10 && flips[0] > 0 && flips[1] > 0,
+            "{checked_in} {checked_out} {followed} {flips:?}"
+        );
     }
 
     /// Stage 1 stores 32 x 32 points by default: every crop of the training distribution
@@ -1059,13 +1242,20 @@ mod tests {
                 // The nearest stored point inside the crop, or (at a border collision) the next one:
                 // within half a stored step of the position per axis, or one step more.
                 let stored = (w as f32 - 1.0 - 2.0 * w as f32 / 64.0) / 31.0;
-                let (sx, sy) = (stored * s as f32 / aug.width as f32, stored * s as f32 / aug.height as f32);
+                let (sx, sy) =
+                    (stored * s as f32 / aug.width as f32, stored * s as f32 / aug.height as f32);
                 let (dx, dy) = ((q[0] - targets[k][0]).abs(), (q[1] - targets[k][1]).abs());
                 nearest_moved += (dx > 0.5 * sx + 1e-3 || dy > 0.5 * sy + 1e-3) as usize;
-                assert!(dx <= 1.5 * sx + 1e-3 && dy <= 1.5 * sy + 1e-3, "{aug:?}: position {k} off by ({dx}, {dy})");
+                assert!(
+                    dx <= 1.5 * sx + 1e-3 && dy <= 1.5 * sy + 1e-3,
+                    "{aug:?}: position {k} off by ({dx}, {dy})"
+                );
             }
         }
-        assert!(nearest_moved < 1000 * 256 / 50, "{nearest_moved} positions moved off their nearest point");
+        assert!(
+            nearest_moved < 1000 * 256 / 50,
+            "{nearest_moved} positions moved off their nearest point"
+        );
     }
 
     /// A 16 x 16 stored grid cannot give small crops 256 points of their own: the positions
@@ -1103,7 +1293,9 @@ mod tests {
     #[test]
     fn irregular_queries_fall_back_to_greedy_nearest() {
         let mut rng = SplitMix64::new(2);
-        let queries: Vec<[f32; 2]> = (0..900).map(|_| [rng.uniform(0.0, 223.0) as f32, rng.uniform(0.0, 223.0) as f32]).collect();
+        let queries: Vec<[f32; 2]> = (0..900)
+            .map(|_| [rng.uniform(0.0, 223.0) as f32, rng.uniform(0.0, 223.0) as f32])
+            .collect();
         let aug = Aug { flip: true, left: 30, top: 40, width: 150, height: 140, frame_width: 224 };
         let sel = select_points(&queries, &aug, 224, 8);
         let got: Vec<usize> = sel.iter().flatten().copied().collect();
@@ -1129,7 +1321,9 @@ mod tests {
         let mut i = 0;
         for (j, videos) in [(0..4usize), (4..7)].into_iter().enumerate() {
             let path = dir.path().join(format!("shard-{j:05}.parquet"));
-            let mut w = ShardWriter::create(&path, &sp, &WriteOptions { rows_per_group: 2, zstd_level: 1 }).unwrap();
+            let mut w =
+                ShardWriter::create(&path, &sp, &WriteOptions { rows_per_group: 2, zstd_level: 1 })
+                    .unwrap();
             for v in videos {
                 for k in 0..per_video[v] {
                     w.write(clip_of(i, v as u32, k, &sp)).unwrap();
@@ -1145,7 +1339,8 @@ mod tests {
         let mut draws = std::collections::BTreeSet::new();
         for _ in 0..6 {
             let ids = l.next_batch().unwrap().ids;
-            let mut videos: Vec<&str> = ids.iter().map(|id| id.split('#').next().unwrap()).collect();
+            let mut videos: Vec<&str> =
+                ids.iter().map(|id| id.split('#').next().unwrap()).collect();
             videos.sort_unstable();
             videos.dedup();
             assert_eq!(videos.len(), 7, "one clip of every video: {ids:?}");
@@ -1159,15 +1354,27 @@ mod tests {
         let resumed = take(dir.path(), &c, straight[1].1.clone(), 2);
         assert!(resumed[..] == straight[2..]);
         // 0 takes every stored clip.
-        let all = Loader::open(dir.path(), LoaderConfig { clips_per_video: 0, ..cfg(5, 8, 4) }, LoaderState::default()).unwrap();
+        let all = Loader::open(
+            dir.path(),
+            LoaderConfig { clips_per_video: 0, ..cfg(5, 8, 4) },
+            LoaderState::default(),
+        )
+        .unwrap();
         assert_eq!(all.clips_per_epoch(), 15);
-        let two = Loader::open(dir.path(), LoaderConfig { clips_per_video: 2, ..cfg(1, 8, 4) }, LoaderState::default()).unwrap();
+        let two = Loader::open(
+            dir.path(),
+            LoaderConfig { clips_per_video: 2, ..cfg(1, 8, 4) },
+            LoaderState::default(),
+        )
+        .unwrap();
         assert_eq!(two.clips_per_epoch(), 2 + 1 + 2 + 2 + 1 + 2 + 2);
     }
 
     #[test]
     fn identity_warp_copies_pixels_and_flip_mirrors() {
-        let img = image::RgbImage::from_fn(6, 5, |x, y| image::Rgb([(40 * x) as u8, (50 * y) as u8, 200]));
+        let img = image::RgbImage::from_fn(6, 5, |x, y| {
+            image::Rgb([(40 * x) as u8, (50 * y) as u8, 200])
+        });
         let aug = Aug { flip: false, left: 0, top: 0, width: 6, height: 5, frame_width: 6 };
         // A 6 x 5 frame into 6 x 6 is not the identity; use a square crop of it instead.
         let square = Aug { width: 5, ..aug };
@@ -1199,20 +1406,37 @@ mod tests {
         for _ in 0..2000 {
             let (w, h) = (rng.below(300) as u32 + 1, rng.below(300) as u32 + 1);
             let (l, t, cw, ch) = random_resized_crop(&mut rng, w, h, c.crop_scale, c.crop_ratio);
-            assert!(cw >= 1 && ch >= 1 && l + cw <= w && t + ch <= h, "{w} x {h}: {l} {t} {cw} {ch}");
+            assert!(
+                cw >= 1 && ch >= 1 && l + cw <= w && t + ch <= h,
+                "{w} x {h}: {l} {t} {cw} {ch}"
+            );
         }
         // Impossible ratio: the centre-crop fallback.
-        assert_eq!(random_resized_crop(&mut rng, 200, 100, (0.9, 1.0), (4.0, 5.0)), (0, 25, 200, 50));
+        assert_eq!(
+            random_resized_crop(&mut rng, 200, 100, (0.9, 1.0), (4.0, 5.0)),
+            (0, 25, 200, 50)
+        );
     }
 
     #[test]
     fn spec_and_count_problems_name_the_file_and_both_values() {
         let dir = tempfile::tempdir().unwrap();
         write_dir(dir.path(), &spec(2, 2, 16), &[3, 3], 2);
-        let err = |c: LoaderConfig| Loader::open(dir.path(), c, LoaderState::default()).err().expect("refused").to_string();
-        let e = err(LoaderConfig { expect_frames: Some(12), expect_size: Some((224, 224)), ..cfg(2, 16, 0) });
-        assert!(e.contains("2 frames per clip, expected 12") && e.contains("16 x 16, expected 224 x 224"), "{e}");
-        assert!(err(cfg(7, 16, 0)).contains("6 clips (6 videos, clips_per_video 1), fewer than one batch of 7"));
+        let err = |c: LoaderConfig| {
+            Loader::open(dir.path(), c, LoaderState::default()).err().expect("refused").to_string()
+        };
+        let e = err(LoaderConfig {
+            expect_frames: Some(12),
+            expect_size: Some((224, 224)),
+            ..cfg(2, 16, 0)
+        });
+        assert!(
+            e.contains("2 frames per clip, expected 12")
+                && e.contains("16 x 16, expected 224 x 224"),
+            "{e}"
+        );
+        assert!(err(cfg(7, 16, 0))
+            .contains("6 clips (6 videos, clips_per_video 1), fewer than one batch of 7"));
 
         // A shard whose own spec disagrees with the manifest's.
         let mut m = Manifest::load(dir.path()).unwrap();
@@ -1226,7 +1450,10 @@ mod tests {
         // Shards tracked from another query frame.
         let other = tempfile::tempdir().unwrap();
         write_dir(other.path(), &ShardSpec { query_frame: 1, ..spec(2, 2, 16) }, &[3], 2);
-        let e = Loader::open(other.path(), cfg(2, 16, 0), LoaderState::default()).err().expect("refused").to_string();
+        let e = Loader::open(other.path(), cfg(2, 16, 0), LoaderState::default())
+            .err()
+            .expect("refused")
+            .to_string();
         assert!(e.contains("manifest.json") && e.contains("query frame 1, expected 0"), "{e}");
 
         // A row count the file does not hold.
@@ -1235,7 +1462,12 @@ mod tests {
         m.shards[0].rows = 4;
         m.save(dir.path()).unwrap();
         let e = err(cfg(2, 16, 0));
-        assert!(e.contains("shard-00000.parquet") && e.contains("holds 3 clips") && e.contains("lists 4"), "{e}");
+        assert!(
+            e.contains("shard-00000.parquet")
+                && e.contains("holds 3 clips")
+                && e.contains("lists 4"),
+            "{e}"
+        );
     }
 
     /// B = 8, T = 12, 224 px, 16 x 16 grid: `cargo test --release -p mosic-trainer --lib loader::tests::throughput -- --ignored --nocapture`.
@@ -1256,7 +1488,11 @@ mod tests {
                     let mut rng = SplitMix64::stream(i as u64, k as u64);
                     let img = image::RgbImage::from_fn(224, 224, |x, y| {
                         let n = rng.below(32) as u32;
-                        image::Rgb([(x + n) as u8, (y + i + n) as u8, ((x * y) / 200 + k as u32 * 9 + n) as u8])
+                        image::Rgb([
+                            (x + n) as u8,
+                            (y + i + n) as u8,
+                            ((x * y) / 200 + k as u32 * 9 + n) as u8,
+                        ])
                     });
                     *f = mosic::imageio::encode_jpeg(&img, 90).unwrap();
                     bytes += f.len();
@@ -1267,7 +1503,14 @@ mod tests {
         }
         m.save(dir.path()).unwrap();
         eprintln!("{} KB per frame", bytes / (96 * 12) / 1024);
-        let c = LoaderConfig { batch_size: 8, input_size: 224, shuffle_buffer: 64, workers: 0, prefetch: 4, ..Default::default() };
+        let c = LoaderConfig {
+            batch_size: 8,
+            input_size: 224,
+            shuffle_buffer: 64,
+            workers: 0,
+            prefetch: 4,
+            ..Default::default()
+        };
         let mut l = Loader::open(dir.path(), c, LoaderState::default()).unwrap();
         l.next_batch().unwrap();
         let n = 24;
@@ -1276,6 +1519,11 @@ mod tests {
             l.next_batch().unwrap();
         }
         let secs = start.elapsed().as_secs_f64();
-        eprintln!("{:.2} batches/s ({:.0} frames/s) on {} threads", n as f64 / secs, (n * 8 * 12) as f64 / secs, rayon::current_num_threads());
+        eprintln!(
+            "{:.2} batches/s ({:.0} frames/s) on {} threads",
+            n as f64 / secs,
+            (n * 8 * 12) as f64 / secs,
+            rayon::current_num_threads()
+        );
     }
 }

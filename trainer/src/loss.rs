@@ -153,7 +153,12 @@ pub fn sample_points<B: Backend>(
 /// Not differentiated.
 ///
 /// Kept in `[M, K]` orientation; SwAV's `K x M` row step is the column step here.
-pub fn sinkhorn<B: Backend>(scores: Tensor<B, 2>, rows: Option<Tensor<B, 1>>, epsilon: f32, iterations: usize) -> Tensor<B, 2> {
+pub fn sinkhorn<B: Backend>(
+    scores: Tensor<B, 2>,
+    rows: Option<Tensor<B, 1>>,
+    epsilon: f32,
+    iterations: usize,
+) -> Tensor<B, 2> {
     let [m, k] = scores.dims();
     let s = scores.detach() / epsilon;
     let tiny = f32::MIN_POSITIVE;
@@ -248,7 +253,8 @@ pub fn mosic_loss<B: Backend>(
     let m = b * t * n;
     let device = weights.device();
     let rows = rows.map(|r| r.detach());
-    let assignments = sinkhorn(teacher_scores.reshape([m, k]), rows.clone(), cfg.epsilon, cfg.iterations);
+    let assignments =
+        sinkhorn(teacher_scores.reshape([m, k]), rows.clone(), cfg.epsilon, cfg.iterations);
     let flat_targets = assignments.clone().argmax(1); // [M, 1]
     let targets = flat_targets.reshape([b, t, n]);
 
@@ -266,7 +272,8 @@ pub fn mosic_loss<B: Backend>(
 
     // Usage without a one-hot: an assignment row's maximum marks its target.
     let rows = rows.unwrap_or_else(|| Tensor::ones([m], &device));
-    let hard = assignments.clone().greater_equal(assignments.clone().max_dim(1)).float() * rows.clone().reshape([m, 1]);
+    let hard = assignments.clone().greater_equal(assignments.clone().max_dim(1)).float()
+        * rows.clone().reshape([m, 1]);
     let usage = hard.sum_dim(0).reshape([k]) / rows.sum().clamp_min(1.0);
     let usage_entropy = (usage.clone() * usage.clamp_min(1e-12).log()).sum().neg();
     LossOutput { loss, targets, assignments, weight, usage_entropy }
@@ -291,11 +298,7 @@ mod tests {
 
     fn max_abs_diff<BB: Backend, const D: usize>(a: Tensor<BB, D>, b: Tensor<BB, D>) -> f32 {
         assert_eq!(a.dims(), b.dims());
-        vec(a)
-            .iter()
-            .zip(vec(b))
-            .map(|(x, y)| (x - y).abs())
-            .fold(0.0, f32::max)
+        vec(a).iter().zip(vec(b)).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
     }
 
     #[test]
@@ -309,10 +312,7 @@ mod tests {
         }
         let target = m as f32 / k as f32;
         for c in vec(q.sum_dim(0)) {
-            assert!(
-                (c - target).abs() < 1e-3 * target,
-                "column sum {c}, want {target}"
-            );
+            assert!((c - target).abs() < 1e-3 * target, "column sum {c}, want {target}");
         }
     }
 
@@ -327,11 +327,20 @@ mod tests {
         let mask: Vec<f32> = (0..m).map(|i| (i % 3 != 1) as u8 as f32).collect();
         // A left-out row far above the others must not disturb the kept rows' numerics.
         let scores = scores.slice_assign([1..2, 0..k], Tensor::full([1, k], 40.0, &dev));
-        let masked = sinkhorn(scores.clone(), Some(Tensor::from_floats(mask.as_slice(), &dev)), 0.05, 10);
-        let idx = Tensor::<Inner, 1, Int>::from_data(TensorData::new(keep.iter().map(|&i| i as i64).collect::<Vec<_>>(), [keep.len()]), &dev);
+        let masked =
+            sinkhorn(scores.clone(), Some(Tensor::from_floats(mask.as_slice(), &dev)), 0.05, 10);
+        let idx = Tensor::<Inner, 1, Int>::from_data(
+            TensorData::new(keep.iter().map(|&i| i as i64).collect::<Vec<_>>(), [keep.len()]),
+            &dev,
+        );
         let alone = sinkhorn(scores.select(0, idx.clone()), None, 0.05, 10);
         assert!(max_abs_diff(masked.clone().select(0, idx), alone) < 1e-6);
-        let left_out: Vec<f32> = vec(masked).chunks(k).enumerate().filter(|(i, _)| i % 3 == 1).flat_map(|(_, r)| r.to_vec()).collect();
+        let left_out: Vec<f32> = vec(masked)
+            .chunks(k)
+            .enumerate()
+            .filter(|(i, _)| i % 3 == 1)
+            .flat_map(|(_, r)| r.to_vec())
+            .collect();
         assert!(left_out.iter().all(|&v| v == 0.0));
     }
 
@@ -353,15 +362,9 @@ mod tests {
         ];
         for (vis, reduction, want) in cases {
             let vis = Tensor::<Inner, 3>::from_floats([[[vis[0]], [vis[1]]]], &dev);
-            let cfg = LossConfig {
-                reduction,
-                ..Default::default()
-            };
+            let cfg = LossConfig { reduction, ..Default::default() };
             let out = mosic_loss(student.clone(), teacher.clone(), vis, None, &cfg);
-            assert_eq!(
-                out.targets.into_data().iter::<i64>().collect::<Vec<_>>(),
-                [0, 1]
-            );
+            assert_eq!(out.targets.into_data().iter::<i64>().collect::<Vec<_>>(), [0, 1]);
             let got = out.loss.into_scalar() as f64;
             assert!((got - want).abs() < 1e-6, "{reduction:?}: {got} vs {want}");
             let h = out.usage_entropy.into_scalar() as f64;
@@ -396,34 +399,17 @@ mod tests {
         let patch_coord = |p: f32| (p + 0.5) / patch - 0.5;
         // at the object's patch centre, and off-centre but inside the same patch
         for off in [0.0f32, 5.9, -6.4] {
-            let xy: Vec<[f32; 2]> = (0..t)
-                .map(|f| [centre(object(f).1) + off, centre(object(f).0) - off])
-                .collect();
+            let xy: Vec<[f32; 2]> =
+                (0..t).map(|f| [centre(object(f).1) + off, centre(object(f).0) - off]).collect();
             let pts = xy.clone();
             let swapped: Vec<[f32; 2]> = xy.iter().map(|p| [p[1], p[0]]).collect();
             for mode in [Sampling::Nearest, Sampling::Bilinear] {
-                let got = vec(sample_points(
-                    feats.clone(),
-                    (h, w),
-                    patch,
-                    &pts,
-                    mode,
-                ));
-                let away = vec(sample_points(
-                    feats.clone(),
-                    (h, w),
-                    patch,
-                    &swapped,
-                    mode,
-                ));
+                let got = vec(sample_points(feats.clone(), (h, w), patch, &pts, mode));
+                let away = vec(sample_points(feats.clone(), (h, w), patch, &swapped, mode));
                 for (f, [x, y]) in xy.iter().copied().enumerate() {
                     let (marker, row, col) = (got[f * 3], got[f * 3 + 1], got[f * 3 + 2]);
                     let (r, c) = object(f);
-                    assert_eq!(
-                        away[f * 3],
-                        0.0,
-                        "{mode:?} frame {f}: swapped x/y hit the object"
-                    );
+                    assert_eq!(away[f * 3], 0.0, "{mode:?} frame {f}: swapped x/y hit the object");
                     if mode == Sampling::Nearest || off == 0.0 {
                         assert_eq!(
                             (marker, row, col),
@@ -471,7 +457,9 @@ mod tests {
         let feats =
             Tensor::<B, 4>::random([1, 2, 12, 3], Distribution::Default, &dev).require_grad();
         let mut rng = mosic::rng::SplitMix64::new(3);
-        let pts: Vec<[f32; 2]> = (0..10).map(|_| [rng.uniform(-5.0, 60.0) as f32, rng.uniform(-5.0, 60.0) as f32]).collect();
+        let pts: Vec<[f32; 2]> = (0..10)
+            .map(|_| [rng.uniform(-5.0, 60.0) as f32, rng.uniform(-5.0, 60.0) as f32])
+            .collect();
         for mode in [Sampling::Nearest, Sampling::Bilinear] {
             let out = sample_points(feats.clone(), (3, 4), 14.0, &pts, mode);
             let grads = out.sum().backward();
@@ -492,10 +480,7 @@ mod tests {
             let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/fixtures/loss");
             let bytes = std::fs::read(format!("{dir}/golden.safetensors")).expect("golden fixture");
             let cfg = std::fs::read_to_string(format!("{dir}/golden.json")).unwrap();
-            Self {
-                bytes,
-                cfg: serde_json::from_str(&cfg).unwrap(),
-            }
+            Self { bytes, cfg: serde_json::from_str(&cfg).unwrap() }
         }
         fn usize(&self, key: &str) -> usize {
             self.cfg[key].as_u64().unwrap() as usize
@@ -531,9 +516,7 @@ mod tests {
             let layers = (0..n)
                 .map(|j| Linear {
                     weight: Param::from_tensor(self.tensor(&format!("{who}.layers.{j}.weight"))),
-                    bias: Some(Param::from_tensor(
-                        self.tensor(&format!("{who}.layers.{j}.bias")),
-                    )),
+                    bias: Some(Param::from_tensor(self.tensor(&format!("{who}.layers.{j}.bias")))),
                 })
                 .collect();
             let protos = Prototypes {
@@ -557,13 +540,8 @@ mod tests {
         let (teacher, t_protos) = g.head("teacher");
         let student_feats: Tensor<B, 3> = g.tensor("student_feats");
         let vis: Tensor<B, 3> = g.tensor("visibility");
-        let t_scores = t_protos
-            .scores(teacher.forward(g.tensor::<B, 4>("teacher_feats")))
-            .detach();
-        check(
-            "teacher scores",
-            max_abs_diff(t_scores.clone(), g.tensor("teacher_scores")),
-        );
+        let t_scores = t_protos.scores(teacher.forward(g.tensor::<B, 4>("teacher_feats"))).detach();
+        check("teacher scores", max_abs_diff(t_scores.clone(), g.tensor("teacher_scores")));
 
         for (name, reduction) in [("visible", Reduction::Visible), ("all", Reduction::All)] {
             let cfg = LossConfig {
@@ -573,25 +551,12 @@ mod tests {
                 reduction,
             };
             let s_scores = s_protos.scores(student.forward(student_feats.clone()));
-            check(
-                "student scores",
-                max_abs_diff(s_scores.clone(), g.tensor("student_scores")),
-            );
+            check("student scores", max_abs_diff(s_scores.clone(), g.tensor("student_scores")));
             let out = mosic_loss(s_scores, t_scores.clone(), vis.clone(), None, &cfg);
-            check(
-                "sinkhorn",
-                max_abs_diff(out.assignments.clone(), g.tensor("sinkhorn")),
-            );
-            let want: Vec<i64> = g
-                .tensor::<Inner, 3>("targets")
-                .into_data()
-                .iter::<i64>()
-                .collect();
-            assert_eq!(
-                out.targets.into_data().iter::<i64>().collect::<Vec<_>>(),
-                want,
-                "targets"
-            );
+            check("sinkhorn", max_abs_diff(out.assignments.clone(), g.tensor("sinkhorn")));
+            let want: Vec<i64> =
+                g.tensor::<Inner, 3>("targets").into_data().iter::<i64>().collect();
+            assert_eq!(out.targets.into_data().iter::<i64>().collect::<Vec<_>>(), want, "targets");
             check(
                 &format!("loss ({name})"),
                 max_abs_diff(out.loss.clone(), g.tensor(&format!("loss_{name}"))),
@@ -606,10 +571,7 @@ mod tests {
                     &format!("{key}.weight"),
                     max_abs_diff(gw, g.tensor(&format!("{key}.weight"))),
                 );
-                check(
-                    &format!("{key}.bias"),
-                    max_abs_diff(gb, g.tensor(&format!("{key}.bias"))),
-                );
+                check(&format!("{key}.bias"), max_abs_diff(gb, g.tensor(&format!("{key}.bias"))));
             }
             let gp = s_protos.weight.val().grad(&grads).unwrap();
             check(
@@ -620,11 +582,9 @@ mod tests {
 
         let (h, w, patch) = (g.usize("grid_h"), g.usize("grid_w"), g.f32("patch"));
         let feats: Tensor<Inner, 4> = g.tensor("sample_feats");
-        let pts: Vec<[f32; 2]> = vec(g.tensor::<Inner, 4>("sample_points")).chunks(2).map(|p| [p[0], p[1]]).collect();
-        for (name, mode) in [
-            ("nearest", Sampling::Nearest),
-            ("bilinear", Sampling::Bilinear),
-        ] {
+        let pts: Vec<[f32; 2]> =
+            vec(g.tensor::<Inner, 4>("sample_points")).chunks(2).map(|p| [p[0], p[1]]).collect();
+        for (name, mode) in [("nearest", Sampling::Nearest), ("bilinear", Sampling::Bilinear)] {
             let got = sample_points(feats.clone(), (h, w), patch, &pts, mode);
             check(
                 &format!("sample_points {name}"),

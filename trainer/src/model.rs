@@ -18,9 +18,9 @@ use anyhow::{anyhow, bail, Context, Result};
 use burn::module::{Module, Param};
 use burn::nn::{LayerNorm, LayerNormConfig, Linear};
 use burn::tensor::activation::silu;
+use burn::tensor::backend::Backend;
 use burn::tensor::module::attention;
 use burn::tensor::ops::AttentionModuleOptions;
-use burn::tensor::backend::Backend;
 use burn::tensor::{Bool, FloatDType, Int, Tensor, TensorData};
 use mosic::rng::SplitMix64;
 
@@ -53,17 +53,7 @@ pub struct VitConfig {
 
 /// Preset name, timm name (with pretrained tag), patch, dim, depth, heads, registers,
 /// LayerScale, SwiGLU.
-type Preset = (
-    &'static str,
-    Option<&'static str>,
-    usize,
-    usize,
-    usize,
-    usize,
-    usize,
-    bool,
-    bool,
-);
+type Preset = (&'static str, Option<&'static str>, usize, usize, usize, usize, usize, bool, bool);
 
 #[rustfmt::skip]
 const PRESETS: &[Preset] = &[
@@ -85,15 +75,10 @@ impl VitConfig {
     /// A known backbone at the run input size `img_size`. Also accepts the timm name with its
     /// pretrained tag (e.g. `vit_small_patch14_dinov2.lvd142m`).
     pub fn preset(name: &str, img_size: usize) -> Result<Self> {
-        let &(_, timm, patch, dim, depth, heads, registers, layer_scale, swiglu) = PRESETS
-            .iter()
-            .find(|p| p.0 == name || p.1 == Some(name))
-            .ok_or_else(|| {
+        let &(_, timm, patch, dim, depth, heads, registers, layer_scale, swiglu) =
+            PRESETS.iter().find(|p| p.0 == name || p.1 == Some(name)).ok_or_else(|| {
                 let known: Vec<&str> = PRESETS.iter().map(|p| p.0).collect();
-                anyhow!(
-                    "unknown ViT preset {name:?}; known presets: {}",
-                    known.join(", ")
-                )
+                anyhow!("unknown ViT preset {name:?}; known presets: {}", known.join(", "))
             })?;
         let cfg = VitConfig {
             patch_size: patch,
@@ -127,17 +112,10 @@ impl VitConfig {
             );
         }
         if self.num_heads == 0 || !self.embed_dim.is_multiple_of(self.num_heads) {
-            bail!(
-                "embed_dim {} is not divisible by num_heads {}",
-                self.embed_dim,
-                self.num_heads
-            );
+            bail!("embed_dim {} is not divisible by num_heads {}", self.embed_dim, self.num_heads);
         }
         if self.swiglu && !self.mlp_width().is_multiple_of(2) {
-            bail!(
-                "SwiGLU needs an even packed MLP width, got {}",
-                self.mlp_width()
-            );
+            bail!("SwiGLU needs an even packed MLP width, got {}", self.mlp_width());
         }
         Ok(())
     }
@@ -187,10 +165,7 @@ impl VitConfig {
         if self.num_registers > 0 {
             v.push(("reg_token".into(), vec![1, self.num_registers, d]));
         }
-        v.push((
-            "pos_embed".into(),
-            vec![1, self.pos_prefix() + self.num_patches(), d],
-        ));
+        v.push(("pos_embed".into(), vec![1, self.pos_prefix() + self.num_patches(), d]));
         v.push(("patch_embed.proj.weight".into(), vec![d, 3, p, p]));
         v.push(("patch_embed.proj.bias".into(), vec![d]));
         for i in 0..self.depth {
@@ -237,7 +212,11 @@ pub enum Precision {
 
 /// `layer(x)` with bfloat16 inputs and weights under [`Precision::Bf16`]; the output then
 /// stays bfloat16 (cast back by the caller where autocast would leave float32).
-fn linear_in<B: Backend, const D: usize>(layer: &Linear<B>, x: Tensor<B, D>, p: Precision) -> Tensor<B, D> {
+fn linear_in<B: Backend, const D: usize>(
+    layer: &Linear<B>,
+    x: Tensor<B, D>,
+    p: Precision,
+) -> Tensor<B, D> {
     match p {
         Precision::Fp32 => layer.forward(x),
         Precision::Bf16 => {
@@ -270,10 +249,11 @@ impl<B: Backend> PatchEmbed<B> {
         let [b, c, h, w] = images.dims();
         let ps = self.patch_size;
         let (gh, gw) = (h / ps, w / ps);
-        let x = images
-            .reshape([b, c, gh, ps, gw, ps])
-            .permute([0, 2, 4, 1, 3, 5])
-            .reshape([b, gh * gw, c * ps * ps]);
+        let x = images.reshape([b, c, gh, ps, gw, ps]).permute([0, 2, 4, 1, 3, 5]).reshape([
+            b,
+            gh * gw,
+            c * ps * ps,
+        ]);
         to_f32(linear_in(&self.proj, x, p), p)
     }
 }
@@ -302,10 +282,15 @@ impl<B: Backend> Attention<B> {
             // heads are stacked back from 2D slices. The softmax scale is folded into q's
             // weights (a pass over d x 3d, not B x H x N x N). Same values as the fused op.
             let scale = 1.0 / (hd as f64).sqrt();
-            let scaled = |t: Tensor<B, 1>| Tensor::cat(vec![t.clone().narrow(0, 0, d) * scale, t.narrow(0, d, 2 * d)], 0);
+            let scaled = |t: Tensor<B, 1>| {
+                Tensor::cat(vec![t.clone().narrow(0, 0, d) * scale, t.narrow(0, d, 2 * d)], 0)
+            };
             let w = self.qkv.weight.val();
             let w = Tensor::cat(vec![w.clone().narrow(1, 0, d) * scale, w.narrow(1, d, 2 * d)], 1);
-            let layer = Linear { weight: Param::from_tensor(w), bias: self.qkv.bias.as_ref().map(|b| Param::from_tensor(scaled(b.val()))) };
+            let layer = Linear {
+                weight: Param::from_tensor(w),
+                bias: self.qkv.bias.as_ref().map(|b| Param::from_tensor(scaled(b.val()))),
+            };
             let qkv = linear_in(&layer, x, p).reshape([b, n, 3 * h, hd]).swap_dims(1, 2);
             let part = |i: usize| qkv.clone().narrow(1, i * h, h);
             let scores = part(0).matmul(part(1).swap_dims(2, 3));
@@ -482,11 +467,7 @@ impl LoadReport {
         }
         if !self.unexpected.is_empty() {
             let shown: Vec<&str> = self.unexpected.iter().take(5).map(String::as_str).collect();
-            let more = if self.unexpected.len() > 5 {
-                ", ..."
-            } else {
-                ""
-            };
+            let more = if self.unexpected.len() > 5 { ", ..." } else { "" };
             parts.push(format!(
                 "{} unused tensors ignored ({}{more})",
                 self.unexpected.len(),
@@ -523,9 +504,7 @@ impl<B: Backend> Vit<B> {
         for (name, shape) in cfg.timm_shapes() {
             let n: usize = shape.iter().product();
             let data = if name.starts_with("patch_embed.") {
-                (0..n)
-                    .map(|_| rng.uniform(-conv_bound, conv_bound) as f32)
-                    .collect()
+                (0..n).map(|_| rng.uniform(-conv_bound, conv_bound) as f32).collect()
             } else if name == "cls_token" || name == "reg_token" {
                 normal(&mut rng, n, 1e-6)
             } else if name == "pos_embed"
@@ -561,11 +540,7 @@ impl<B: Backend> Vit<B> {
         device: &B::Device,
     ) -> Result<(Self, LoadReport)> {
         cfg.validate()?;
-        let ext = path
-            .extension()
-            .and_then(|e| e.to_str())
-            .unwrap_or("")
-            .to_ascii_lowercase();
+        let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("").to_ascii_lowercase();
         let raw = match ext.as_str() {
             "safetensors" => read_safetensors(path)?,
             "pth" | "pt" | "bin" | "ckpt" => read_pth(path)
@@ -592,8 +567,7 @@ impl<B: Backend> Vit<B> {
             .remove("mask_token")
             .unwrap_or_else(|| HostTensor::new(vec![1, cfg.embed_dim], vec![0.0; cfg.embed_dim]));
         let mut take = |name: &str| -> HostTensor {
-            map.remove(name)
-                .unwrap_or_else(|| panic!("tensor {name} was validated"))
+            map.remove(name).unwrap_or_else(|| panic!("tensor {name} was validated"))
         };
         fn tensor<B: Backend, const D: usize>(t: HostTensor, device: &B::Device) -> Tensor<B, D> {
             Tensor::from_data(TensorData::new(t.data, t.shape), device)
@@ -602,15 +576,10 @@ impl<B: Backend> Vit<B> {
         let linear = |w: HostTensor, b: HostTensor| -> Linear<B> {
             let (out, inp) = (w.shape[0], w.numel() / w.shape[0]);
             let wt = HostTensor::new(vec![inp, out], transpose2(&w.data, out, inp));
-            Linear {
-                weight: Param::from_tensor(tensor::<B, 2>(wt, device)),
-                bias: Some(param(b)),
-            }
+            Linear { weight: Param::from_tensor(tensor::<B, 2>(wt, device)), bias: Some(param(b)) }
         };
         let layer_norm = |w: HostTensor, b: HostTensor| -> LayerNorm<B> {
-            let mut ln = LayerNormConfig::new(cfg.embed_dim)
-                .with_epsilon(cfg.ln_eps)
-                .init(device);
+            let mut ln = LayerNormConfig::new(cfg.embed_dim).with_epsilon(cfg.ln_eps).init(device);
             ln.gamma = param(w);
             ln.beta = Some(param(b));
             ln
@@ -625,10 +594,7 @@ impl<B: Backend> Vit<B> {
             device,
         ));
         let patch_embed = PatchEmbed {
-            proj: linear(
-                take("patch_embed.proj.weight"),
-                take("patch_embed.proj.bias"),
-            ),
+            proj: linear(take("patch_embed.proj.weight"), take("patch_embed.proj.bias")),
             patch_size: cfg.patch_size,
         };
         let mut blocks = Vec::with_capacity(cfg.depth);
@@ -649,14 +615,7 @@ impl<B: Backend> Vit<B> {
                 swiglu: cfg.swiglu,
             };
             let ls2 = cfg.layer_scale.then(|| ls(t("ls2.gamma")));
-            blocks.push(Block {
-                norm1,
-                attn,
-                ls1,
-                norm2,
-                mlp,
-                ls2,
-            });
+            blocks.push(Block { norm1, attn, ls1, norm2, mlp, ls2 });
         }
         let norm = layer_norm(take("norm.weight"), take("norm.bias"));
         Vit {
@@ -691,9 +650,11 @@ impl<B: Backend> Vit<B> {
         if let Some(src) = &self.source_pos_embed {
             raw.insert("pos_embed".into(), HostTensor::new(src.shape.clone(), src.data.clone()));
         }
-        let mask: Vec<f32> = self.mask_token.val().into_data().convert::<f32>().into_vec().expect("f32 data");
+        let mask: Vec<f32> =
+            self.mask_token.val().into_data().convert::<f32>().into_vec().expect("f32 data");
         raw.insert("mask_token".into(), HostTensor::new(vec![1, cfg.embed_dim], mask));
-        let (map, _) = to_timm_names(&cfg, raw).map_err(|e| anyhow!("resizing to {img_size}: {e}"))?;
+        let (map, _) =
+            to_timm_names(&cfg, raw).map_err(|e| anyhow!("resizing to {img_size}: {e}"))?;
         let mut out = Self::from_timm(&cfg, map, &device);
         out.source_pos_embed = self.source_pos_embed;
         out.precision = self.precision;
@@ -778,10 +739,7 @@ impl<B: Backend> Vit<B> {
     /// which timm does not have).
     pub fn timm_tensors(&self) -> Vec<(String, Vec<usize>, Vec<f32>)> {
         fn host<B: Backend, const D: usize>(t: Tensor<B, D>) -> Vec<f32> {
-            t.into_data()
-                .convert::<f32>()
-                .into_vec::<f32>()
-                .expect("f32 data")
+            t.into_data().convert::<f32>().into_vec::<f32>().expect("f32 data")
         }
         let linear_w = |l: &Linear<B>| {
             let [inp, out] = l.weight.val().dims();
@@ -797,17 +755,10 @@ impl<B: Backend> Vit<B> {
             put("reg_token".into(), host(r.val()));
         }
         put("pos_embed".into(), host(self.pos_embed.val()));
-        put(
-            "patch_embed.proj.weight".into(),
-            linear_w(&self.patch_embed.proj),
-        );
+        put("patch_embed.proj.weight".into(), linear_w(&self.patch_embed.proj));
         put("patch_embed.proj.bias".into(), bias(&self.patch_embed.proj));
-        let ln = |n: &LayerNorm<B>| {
-            (
-                host(n.gamma.val()),
-                host(n.beta.as_ref().expect("beta").val()),
-            )
-        };
+        let ln =
+            |n: &LayerNorm<B>| (host(n.gamma.val()), host(n.beta.as_ref().expect("beta").val()));
         for (i, blk) in self.blocks.iter().enumerate() {
             let k = |s: &str| format!("blocks.{i}.{s}");
             let (w, b) = ln(&blk.norm1);
@@ -838,9 +789,8 @@ impl<B: Backend> Vit<B> {
             .timm_shapes()
             .into_iter()
             .map(|(name, shape)| {
-                let v = values
-                    .remove(&name)
-                    .unwrap_or_else(|| panic!("model has no tensor {name}"));
+                let v =
+                    values.remove(&name).unwrap_or_else(|| panic!("model has no tensor {name}"));
                 assert_eq!(v.len(), shape.iter().product::<usize>(), "{name}");
                 (name, shape, v)
             })
@@ -889,10 +839,8 @@ fn to_timm_names(
     // The state dict may sit under wrappers ("model.", "teacher.backbone.", "module.", ...): find it
     // by its patch embedding; a training checkpoint's teacher wins over its student.
     const ANCHOR: &str = "patch_embed.proj.weight";
-    let mut prefixes: Vec<String> = raw
-        .keys()
-        .filter_map(|k| k.strip_suffix(ANCHOR).map(str::to_string))
-        .collect();
+    let mut prefixes: Vec<String> =
+        raw.keys().filter_map(|k| k.strip_suffix(ANCHOR).map(str::to_string)).collect();
     prefixes.sort_by_key(|p| (!p.contains("teacher"), p.len(), p.clone()));
     let prefix = prefixes.into_iter().next().unwrap_or_default();
 
@@ -949,10 +897,7 @@ fn to_timm_names(
                 )),
             }
         } else if t.shape != expected {
-            misshaped.push(format!(
-                "{name}: expected {expected:?}, found {:?}",
-                t.shape
-            ));
+            misshaped.push(format!("{name}: expected {expected:?}, found {:?}", t.shape));
         } else {
             out.insert(name, t);
         }
@@ -962,10 +907,7 @@ fn to_timm_names(
             out.insert("mask_token".into(), HostTensor::new(vec![1, d], m.data));
             report.mask_token_loaded = true;
         } else {
-            misshaped.push(format!(
-                "mask_token: expected [1, {d}], found {:?}",
-                m.shape
-            ));
+            misshaped.push(format!("mask_token: expected [1, {d}], found {:?}", m.shape));
         }
     }
     report.unexpected.extend(map.into_keys());
@@ -983,11 +925,7 @@ fn to_timm_names(
         cfg.patch_size, cfg.num_registers
     );
     if !missing.is_empty() {
-        msg += &format!(
-            "\n  {} missing tensors: {}",
-            missing.len(),
-            missing.join(", ")
-        );
+        msg += &format!("\n  {} missing tensors: {}", missing.len(), missing.join(", "));
     }
     if !misshaped.is_empty() {
         msg += &format!(
@@ -1021,8 +959,7 @@ fn official_to_timm(name: &str) -> String {
             name = format!("blocks.{}.{}", parts[1], parts[2]);
         }
     }
-    name.replace(".mlp.w12.", ".mlp.fc1.")
-        .replace(".mlp.w3.", ".mlp.fc2.")
+    name.replace(".mlp.w12.", ".mlp.fc1.").replace(".mlp.w3.", ".mlp.fc2.")
 }
 
 fn square_side(n: usize) -> Option<usize> {
@@ -1065,11 +1002,7 @@ fn cubic_aa(x: f32) -> f32 {
 /// downscale factor, which is what makes it antialiased.
 fn aa_weights(in_size: usize, out_size: usize) -> Vec<(usize, Vec<f32>)> {
     let scale = in_size as f32 / out_size as f32;
-    let support: f32 = if scale >= 1.0 {
-        (4.0 * 0.5) * scale
-    } else {
-        4.0 * 0.5
-    };
+    let support: f32 = if scale >= 1.0 { (4.0 * 0.5) * scale } else { 4.0 * 0.5 };
     let invscale: f32 = if scale >= 1.0 { 1.0 / scale } else { 1.0 };
     (0..out_size)
         .map(|i| {
@@ -1099,11 +1032,7 @@ pub fn resample_bicubic_aa(
     out_h: usize,
     out_w: usize,
 ) -> Vec<f32> {
-    assert_eq!(
-        src.len(),
-        channels * in_h * in_w,
-        "resample_bicubic_aa: src is not [C, H, W]"
-    );
+    assert_eq!(src.len(), channels * in_h * in_w, "resample_bicubic_aa: src is not [C, H, W]");
     let apply = |row: &[f32], stride: usize, (start, w): &(usize, Vec<f32>)| -> f32 {
         let mut acc = row[start * stride] * w[0];
         for (j, wj) in w.iter().enumerate().skip(1) {
@@ -1154,22 +1083,17 @@ fn bf16_to_f32(bits: u16) -> f32 {
 /// Little-endian element bytes of a float/int dtype to f32 (ints only ever end up as unused tensors).
 fn decode(dtype: &str, bytes: &[u8]) -> Option<Vec<f32>> {
     let v = match dtype {
-        "f32" => bytes
-            .chunks_exact(4)
-            .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
-            .collect(),
+        "f32" => bytes.chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect(),
         "f64" => bytes
             .chunks_exact(8)
             .map(|b| f64::from_le_bytes(b.try_into().unwrap()) as f32)
             .collect(),
-        "f16" => bytes
-            .chunks_exact(2)
-            .map(|b| f16_to_f32(u16::from_le_bytes([b[0], b[1]])))
-            .collect(),
-        "bf16" => bytes
-            .chunks_exact(2)
-            .map(|b| bf16_to_f32(u16::from_le_bytes([b[0], b[1]])))
-            .collect(),
+        "f16" => {
+            bytes.chunks_exact(2).map(|b| f16_to_f32(u16::from_le_bytes([b[0], b[1]]))).collect()
+        }
+        "bf16" => {
+            bytes.chunks_exact(2).map(|b| bf16_to_f32(u16::from_le_bytes([b[0], b[1]]))).collect()
+        }
         "i64" => bytes
             .chunks_exact(8)
             .map(|b| i64::from_le_bytes(b.try_into().unwrap()) as f32)
@@ -1200,10 +1124,7 @@ fn read_safetensors(path: &Path) -> Result<HashMap<String, HostTensor>> {
             T::I32 => "i32",
             T::U8 => "u8",
             T::BOOL => "bool",
-            other => bail!(
-                "{}: tensor {name} has unsupported dtype {other:?}",
-                path.display()
-            ),
+            other => bail!("{}: tensor {name} has unsupported dtype {other:?}", path.display()),
         };
         let data = decode(dt, view.data()).expect("known dtype");
         out.insert(name, HostTensor::new(view.shape().to_vec(), data));
@@ -1271,11 +1192,8 @@ fn zip_entries(f: &mut std::fs::File) -> Result<HashMap<String, ZipEntry>> {
         let method = le16(&cd, p + 10);
         let mut size = le32(&cd, p + 20);
         let mut usize_ = le32(&cd, p + 24);
-        let (nlen, elen, clen) = (
-            le16(&cd, p + 28) as usize,
-            le16(&cd, p + 30) as usize,
-            le16(&cd, p + 32) as usize,
-        );
+        let (nlen, elen, clen) =
+            (le16(&cd, p + 28) as usize, le16(&cd, p + 30) as usize, le16(&cd, p + 32) as usize);
         let mut local = le32(&cd, p + 42);
         let name = String::from_utf8_lossy(&cd[p + 46..p + 46 + nlen]).into_owned();
         // zip64 extra field: the 0xFFFFFFFF fields, in order usize, size, offset.
@@ -1354,13 +1272,7 @@ fn as_usizes(v: &Pv) -> Option<Vec<usize>> {
     match v {
         Pv::Tuple(xs) | Pv::List(xs) => xs
             .iter()
-            .map(|x| {
-                if let Pv::Int(i) = x {
-                    usize::try_from(*i).ok()
-                } else {
-                    None
-                }
-            })
+            .map(|x| if let Pv::Int(i) = x { usize::try_from(*i).ok() } else { None })
             .collect(),
         _ => None,
     }
@@ -1388,9 +1300,7 @@ fn unpickle(b: &[u8]) -> Result<Pv> {
         Ok(items)
     };
     fn pop(stack: &mut Vec<Pv>) -> Result<Pv> {
-        stack
-            .pop()
-            .ok_or_else(|| anyhow!("pickle: stack underflow"))
+        stack.pop().ok_or_else(|| anyhow!("pickle: stack underflow"))
     }
     fn set_items(target: &mut Pv, items: Vec<Pv>) {
         if let Pv::Dict(d) = target {
@@ -1427,9 +1337,7 @@ fn unpickle(b: &[u8]) -> Result<Pv> {
             }
             b'J' => {
                 need(p, 4)?;
-                stack.push(Pv::Int(
-                    i32::from_le_bytes(b[p..p + 4].try_into().unwrap()) as i64
-                ));
+                stack.push(Pv::Int(i32::from_le_bytes(b[p..p + 4].try_into().unwrap()) as i64));
                 p += 4;
             }
             0x8a => {
@@ -1500,10 +1408,8 @@ fn unpickle(b: &[u8]) -> Result<Pv> {
                     }
                     _ => memo.len() as u64,
                 };
-                let top = stack
-                    .last()
-                    .cloned()
-                    .ok_or_else(|| anyhow!("pickle: PUT on empty stack"))?;
+                let top =
+                    stack.last().cloned().ok_or_else(|| anyhow!("pickle: PUT on empty stack"))?;
                 memo.insert(idx, top);
             }
             b'h' | b'j' => {
@@ -1515,9 +1421,7 @@ fn unpickle(b: &[u8]) -> Result<Pv> {
                     le32(b, p - 4)
                 };
                 stack.push(
-                    memo.get(&idx)
-                        .cloned()
-                        .ok_or_else(|| anyhow!("pickle: unknown memo {idx}"))?,
+                    memo.get(&idx).cloned().ok_or_else(|| anyhow!("pickle: unknown memo {idx}"))?,
                 );
             }
             b't' => {
@@ -1565,10 +1469,9 @@ fn unpickle(b: &[u8]) -> Result<Pv> {
                 let pid = pop(&mut stack)?;
                 let v = match &pid {
                     Pv::Tuple(t) if t.len() >= 3 => match (&t[1], &t[2]) {
-                        (Pv::Global(class), Pv::Str(key)) => Pv::Storage {
-                            key: key.clone(),
-                            dtype: storage_dtype(class),
-                        },
+                        (Pv::Global(class), Pv::Str(key)) => {
+                            Pv::Storage { key: key.clone(), dtype: storage_dtype(class) }
+                        }
                         _ => Pv::Opaque,
                     },
                     _ => Pv::Opaque,
@@ -1578,16 +1481,8 @@ fn unpickle(b: &[u8]) -> Result<Pv> {
             b'R' | 0x81 => {
                 let args = pop(&mut stack)?;
                 let callable = pop(&mut stack)?;
-                let name = if let Pv::Global(g) = &callable {
-                    g.as_str()
-                } else {
-                    ""
-                };
-                let args = if let Pv::Tuple(a) = args {
-                    a
-                } else {
-                    Vec::new()
-                };
+                let name = if let Pv::Global(g) = &callable { g.as_str() } else { "" };
+                let args = if let Pv::Tuple(a) = args { a } else { Vec::new() };
                 let v = match name {
                     "torch._utils._rebuild_tensor_v2" | "torch._utils._rebuild_tensor" => {
                         match (
@@ -1662,11 +1557,7 @@ fn read_pth(path: &Path) -> Result<HashMap<String, HostTensor>> {
                         Pv::Int(i) => i.to_string(),
                         _ => continue,
                     };
-                    let full = if path.is_empty() {
-                        key
-                    } else {
-                        format!("{path}.{key}")
-                    };
+                    let full = if path.is_empty() { key } else { format!("{path}.{key}") };
                     walk(v, &full, out);
                 }
             }
@@ -1683,16 +1574,7 @@ fn read_pth(path: &Path) -> Result<HashMap<String, HostTensor>> {
 
     let mut out = HashMap::new();
     for (name, t) in found {
-        let Pv::Tensor {
-            key,
-            dtype,
-            offset,
-            shape,
-            stride,
-        } = t
-        else {
-            unreachable!()
-        };
+        let Pv::Tensor { key, dtype, offset, shape, stride } = t else { unreachable!() };
         let Some(esize) = (match dtype {
             "f64" | "i64" => Some(8),
             "f32" | "i32" => Some(4),
@@ -1709,18 +1591,9 @@ fn read_pth(path: &Path) -> Result<HashMap<String, HostTensor>> {
         let span = if numel == 0 {
             0
         } else {
-            1 + shape
-                .iter()
-                .zip(&stride)
-                .map(|(n, s)| (n - 1) * s)
-                .sum::<usize>()
+            1 + shape.iter().zip(&stride).map(|(n, s)| (n - 1) * s).sum::<usize>()
         };
-        let bytes = read(
-            &mut f,
-            entry,
-            (offset * esize) as u64,
-            (span * esize) as u64,
-        )?;
+        let bytes = read(&mut f, entry, (offset * esize) as u64, (span * esize) as u64)?;
         let flat = decode(dtype, &bytes).expect("known dtype");
         let contiguous = {
             let mut expect = 1;
@@ -1766,18 +1639,12 @@ mod tests {
     }
 
     fn to_tensor<BB: Backend, const D: usize>(t: &HostTensor) -> Tensor<BB, D> {
-        Tensor::from_data(
-            TensorData::new(t.data.clone(), t.shape.clone()),
-            &Default::default(),
-        )
+        Tensor::from_data(TensorData::new(t.data.clone(), t.shape.clone()), &Default::default())
     }
 
     fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
         assert_eq!(a.len(), b.len());
-        a.iter()
-            .zip(b)
-            .map(|(x, y)| (x - y).abs())
-            .fold(0.0, f32::max)
+        a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
     }
 
     fn host3<BB: Backend>(t: Tensor<BB, 3>) -> (Vec<usize>, Vec<f32>) {
@@ -1801,19 +1668,12 @@ mod tests {
                 let dir = e.unwrap().path();
                 let json = dir.join("case.json");
                 json.exists().then(|| {
-                    (
-                        dir.clone(),
-                        serde_json::from_slice(&std::fs::read(json).unwrap()).unwrap(),
-                    )
+                    (dir.clone(), serde_json::from_slice(&std::fs::read(json).unwrap()).unwrap())
                 })
             })
             .collect();
         v.sort_by(|a, b| a.1.case.cmp(&b.1.case));
-        assert!(
-            v.len() >= 6,
-            "expected the generated fixture cases in {}",
-            fixtures().display()
-        );
+        assert!(v.len() >= 6, "expected the generated fixture cases in {}", fixtures().display());
         v
     }
 
@@ -1862,19 +1722,18 @@ mod tests {
                 .greater_elem(0.5);
                 let (_, got) = host3(model.forward_patch_tokens(to_tensor(&img), Some(m)));
                 let diff = max_abs_diff(&got, &expected["tokens_masked"].data);
-                println!(
-                    "{:<22} masked: max abs diff vs DINOv2 masking: {diff:.3e}",
-                    case.case
-                );
+                println!("{:<22} masked: max abs diff vs DINOv2 masking: {diff:.3e}", case.case);
                 assert!(diff < 1e-4, "{backend} {} masked: max abs diff {diff}", case.case);
             }
 
             if let Some(keep) = expected.get("keep") {
                 // timm's forward_features with patch dropout after the position embedding.
                 let k = keep.shape[1];
-                let keep: Vec<Vec<usize>> = keep.data.chunks(k).map(|r| r.iter().map(|&v| v as usize).collect()).collect();
+                let keep: Vec<Vec<usize>> =
+                    keep.data.chunks(k).map(|r| r.iter().map(|&v| v as usize).collect()).collect();
                 let x = model.keep_patches(model.embed(to_tensor(&img), None), &keep);
-                let (shape, got) = host3(model.patch_tokens(model.blocks(x, 0..model.blocks.len())));
+                let (shape, got) =
+                    host3(model.patch_tokens(model.blocks(x, 0..model.blocks.len())));
                 let want = &expected["tokens_dropped"];
                 assert_eq!(shape, want.shape, "{} dropped", case.case);
                 let diff = max_abs_diff(&got, &want.data);
@@ -1883,26 +1742,17 @@ mod tests {
             }
 
             // What load_state_dict(strict=True) in timm needs: same names, same order, same shapes.
-            let names: Vec<(String, Vec<usize>)> = model
-                .timm_tensors()
-                .into_iter()
-                .map(|(n, s, _)| (n, s))
-                .collect();
-            assert_eq!(
-                names, case.state_dict,
-                "{}: timm_tensors() layout",
-                case.case
-            );
+            let names: Vec<(String, Vec<usize>)> =
+                model.timm_tensors().into_iter().map(|(n, s, _)| (n, s)).collect();
+            assert_eq!(names, case.state_dict, "{}: timm_tensors() layout", case.case);
         }
     }
 
     #[test]
     fn save_then_load_round_trips() {
         let device = Default::default();
-        let (dir, case) = cases()
-            .into_iter()
-            .find(|(_, c)| c.case == "official_giant_reg4")
-            .unwrap();
+        let (dir, case) =
+            cases().into_iter().find(|(_, c)| c.case == "official_giant_reg4").unwrap();
         let model = Vit::<B>::load(&case.config, &dir.join(&case.weights), &device).unwrap();
         let tmp = tempfile::tempdir().unwrap();
         let out = tmp.path().join("w.safetensors");
@@ -1952,26 +1802,17 @@ mod tests {
                 .unwrap();
         assert_eq!(presets.len(), 10);
         for (timm_name, p) in presets {
-            let short = timm_name
-                .split_once(".lvd142m")
-                .map(|(a, _)| a)
-                .unwrap_or(&timm_name);
+            let short = timm_name.split_once(".lvd142m").map(|(a, _)| a).unwrap_or(&timm_name);
             let cfg = VitConfig::preset(short, 224).unwrap();
             assert_eq!(cfg, p.config, "{short}");
             assert_eq!(VitConfig::preset(&timm_name, 224).unwrap(), cfg);
             assert_eq!(cfg.timm_name(), Some(timm_name.as_str()));
             let shapes = cfg.timm_shapes();
             assert_eq!(shapes.len(), p.num_tensors, "{short}");
-            let other: Vec<_> = shapes
-                .iter()
-                .filter(|(k, _)| !k.starts_with("blocks."))
-                .cloned()
-                .collect();
-            let block0: Vec<_> = shapes
-                .iter()
-                .filter(|(k, _)| k.starts_with("blocks.0."))
-                .cloned()
-                .collect();
+            let other: Vec<_> =
+                shapes.iter().filter(|(k, _)| !k.starts_with("blocks.")).cloned().collect();
+            let block0: Vec<_> =
+                shapes.iter().filter(|(k, _)| k.starts_with("blocks.0.")).cloned().collect();
             assert_eq!(other, p.other, "{short}");
             assert_eq!(block0, p.block0, "{short}");
         }
@@ -1981,46 +1822,24 @@ mod tests {
             "{err}"
         );
         assert_eq!(VitConfig::preset("vit_tiny_test", 224).unwrap().grid(), 16);
-        assert_eq!(
-            VitConfig::preset("vit_small_patch16_224.dino", 224)
-                .unwrap()
-                .grid(),
-            14
-        );
+        assert_eq!(VitConfig::preset("vit_small_patch16_224.dino", 224).unwrap().grid(), 14);
     }
 
     #[test]
     fn load_errors_list_every_offending_tensor() {
-        let (dir, case) = cases()
-            .into_iter()
-            .find(|(_, c)| c.case == "dinov2")
-            .unwrap();
+        let (dir, case) = cases().into_iter().find(|(_, c)| c.case == "dinov2").unwrap();
         let mut tensors = st(&dir.join(&case.weights));
         tensors.remove("blocks.1.attn.qkv.bias");
         tensors.remove("norm.weight");
-        tensors.insert(
-            "blocks.0.mlp.fc1.weight".into(),
-            HostTensor::new(vec![8, 16], vec![0.0; 128]),
-        );
-        tensors.insert(
-            "pos_embed".into(),
-            HostTensor::new(vec![1, 15, 16], vec![0.0; 240]),
-        );
-        tensors.insert(
-            "head.weight".into(),
-            HostTensor::new(vec![2, 16], vec![0.0; 32]),
-        );
+        tensors
+            .insert("blocks.0.mlp.fc1.weight".into(), HostTensor::new(vec![8, 16], vec![0.0; 128]));
+        tensors.insert("pos_embed".into(), HostTensor::new(vec![1, 15, 16], vec![0.0; 240]));
+        tensors.insert("head.weight".into(), HostTensor::new(vec![2, 16], vec![0.0; 32]));
         let tmp = tempfile::tempdir().unwrap();
         let path = tmp.path().join("broken.safetensors");
         let bytes: Vec<(String, Vec<usize>, Vec<u8>)> = tensors
             .into_iter()
-            .map(|(n, t)| {
-                (
-                    n,
-                    t.shape,
-                    t.data.iter().flat_map(|x| x.to_le_bytes()).collect(),
-                )
-            })
+            .map(|(n, t)| (n, t.shape, t.data.iter().flat_map(|x| x.to_le_bytes()).collect()))
             .collect();
         let views: Vec<_> = bytes
             .iter()
@@ -2033,9 +1852,7 @@ mod tests {
             })
             .collect();
         std::fs::write(&path, safetensors::tensor::serialize(views, None).unwrap()).unwrap();
-        let err = Vit::<B>::load(&case.config, &path, &Default::default())
-            .unwrap_err()
-            .to_string();
+        let err = Vit::<B>::load(&case.config, &path, &Default::default()).unwrap_err().to_string();
         println!("{err}");
         for needle in [
             path.display().to_string(),
@@ -2055,10 +1872,7 @@ mod tests {
     #[test]
     fn random_init_runs_and_block_ranges_compose() {
         let device = Default::default();
-        let cfg = VitConfig {
-            img_size: 28,
-            ..VitConfig::preset("vit_tiny_test", 224).unwrap()
-        };
+        let cfg = VitConfig { img_size: 28, ..VitConfig::preset("vit_tiny_test", 224).unwrap() };
         let model = Vit::<B>::new(&cfg, &device);
         let images = Tensor::<B, 4>::random(
             [2, 3, 28, 28],

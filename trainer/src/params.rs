@@ -55,7 +55,10 @@ impl<B: Backend, F: FnMut(&str) -> bool> ModuleVisitor<B> for Collect<'_, F> {
 }
 
 /// Every float parameter (or those `keep` selects) by path.
-pub fn collect<B: Backend, M: Module<B>>(module: &M, keep: impl FnMut(&str) -> bool) -> BTreeMap<String, HostTensor> {
+pub fn collect<B: Backend, M: Module<B>>(
+    module: &M,
+    keep: impl FnMut(&str) -> bool,
+) -> BTreeMap<String, HostTensor> {
     let mut out = BTreeMap::new();
     module.visit(&mut Collect { path: PathTracker::default(), keep, out: &mut out });
     out
@@ -82,7 +85,11 @@ impl<B: Backend> ModuleMapper<B> for Assign<'_, B> {
         match self.values.get(&key) {
             Some((shape, data)) if *shape == dims => {
                 let rg = tensor.is_require_grad();
-                let t = Tensor::<B, D>::from_data(TensorData::new(data.clone(), shape.clone()), &self.device).set_require_grad(rg);
+                let t = Tensor::<B, D>::from_data(
+                    TensorData::new(data.clone(), shape.clone()),
+                    &self.device,
+                )
+                .set_require_grad(rg);
                 Param::from_mapped_value(id, t, mapper)
             }
             Some((shape, _)) => {
@@ -98,8 +105,18 @@ impl<B: Backend> ModuleMapper<B> for Assign<'_, B> {
 }
 
 /// Replaces every float parameter by the value of the same path; errors list what is missing.
-pub fn assign<B: Backend, M: Module<B>>(module: M, values: &BTreeMap<String, HostTensor>, device: &B::Device, what: &Path) -> Result<M> {
-    let mut a = Assign::<B> { path: PathTracker::default(), values, device: device.clone(), missing: Vec::new() };
+pub fn assign<B: Backend, M: Module<B>>(
+    module: M,
+    values: &BTreeMap<String, HostTensor>,
+    device: &B::Device,
+    what: &Path,
+) -> Result<M> {
+    let mut a = Assign::<B> {
+        path: PathTracker::default(),
+        values,
+        device: device.clone(),
+        missing: Vec::new(),
+    };
     let m = module.map(&mut a);
     if !a.missing.is_empty() {
         bail!("{}: missing or mis-shaped tensors: {}", what.display(), a.missing.join(", "));
@@ -133,11 +150,18 @@ pub fn freeze<B: Backend, M: Module<B>>(module: M, trainable: impl FnMut(&str) -
 pub fn save_safetensors(path: &Path, tensors: &BTreeMap<String, HostTensor>) -> Result<()> {
     let bytes: Vec<(String, Vec<u8>, Vec<usize>)> = tensors
         .iter()
-        .map(|(k, (shape, data))| (k.clone(), data.iter().flat_map(|v| v.to_le_bytes()).collect(), shape.clone()))
+        .map(|(k, (shape, data))| {
+            (k.clone(), data.iter().flat_map(|v| v.to_le_bytes()).collect(), shape.clone())
+        })
         .collect();
     let views: Vec<(String, safetensors::tensor::TensorView)> = bytes
         .iter()
-        .map(|(k, b, s)| Ok((k.clone(), safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), b)?)))
+        .map(|(k, b, s)| {
+            Ok((
+                k.clone(),
+                safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), b)?,
+            ))
+        })
         .collect::<Result<_, safetensors::SafeTensorError>>()?;
     let out = safetensors::serialize(views, None)?;
     mosic::fsutil::write_atomic(path, &out)?;
@@ -146,13 +170,18 @@ pub fn save_safetensors(path: &Path, tensors: &BTreeMap<String, HostTensor>) -> 
 
 pub fn load_safetensors(path: &Path) -> Result<BTreeMap<String, HostTensor>> {
     let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
-    let st = safetensors::SafeTensors::deserialize(&bytes).with_context(|| format!("{} is not a safetensors file", path.display()))?;
+    let st = safetensors::SafeTensors::deserialize(&bytes)
+        .with_context(|| format!("{} is not a safetensors file", path.display()))?;
     let mut out = BTreeMap::new();
     for (name, view) in st.tensors() {
         if view.dtype() != safetensors::Dtype::F32 {
             bail!("{}: tensor {name} is {:?}, expected F32", path.display(), view.dtype());
         }
-        let data = view.data().chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+        let data = view
+            .data()
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect();
         out.insert(name, (view.shape().to_vec(), data));
     }
     Ok(out)
@@ -191,7 +220,10 @@ pub struct UpdateGate<B: Backend> {
 impl<B: Backend> UpdateGate<B> {
     /// Scale 1, never skip.
     pub fn open(device: &B::Device) -> Self {
-        Self { scale: Tensor::ones([1], device), skip: Tensor::<B, 1>::zeros([1], device).greater_elem(0.5) }
+        Self {
+            scale: Tensor::ones([1], device),
+            skip: Tensor::<B, 1>::zeros([1], device).greater_elem(0.5),
+        }
     }
 }
 
@@ -216,7 +248,10 @@ impl<B: AutodiffBackend> ModuleMapper<B> for AdamStep<'_, B> {
         let n = shape.num_elements();
         let g = grad.reshape([n]) * self.gate.scale.clone();
         let device = g.device();
-        let (m0, v0) = o.moments.remove(&key).unwrap_or_else(|| (Tensor::zeros([n], &device), Tensor::zeros([n], &device)));
+        let (m0, v0) = o
+            .moments
+            .remove(&key)
+            .unwrap_or_else(|| (Tensor::zeros([n], &device), Tensor::zeros([n], &device)));
         let m = m0.clone().mul_scalar(o.beta1).add(g.clone().mul_scalar(1.0 - o.beta1));
         let v = v0.clone().mul_scalar(o.beta2).add(g.powi_scalar(2).mul_scalar(1.0 - o.beta2));
         let mhat = m.clone().div_scalar(1.0 - o.beta1.powi(t));
@@ -226,7 +261,11 @@ impl<B: AutodiffBackend> ModuleMapper<B> for AdamStep<'_, B> {
         let x0 = x.reshape([n]);
         let x1 = x0.clone().mul_scalar(1.0 - lr * decay).sub(update);
         let skip = self.gate.skip.clone().expand([n]);
-        let (x, m, v) = (x1.mask_where(skip.clone(), x0), m.mask_where(skip.clone(), m0), v.mask_where(skip, v0));
+        let (x, m, v) = (
+            x1.mask_where(skip.clone(), x0),
+            m.mask_where(skip.clone(), m0),
+            v.mask_where(skip, v0),
+        );
         o.moments.insert(key, (m, v));
         Param::from_mapped_value(id, Tensor::from_inner(x.reshape(shape)).require_grad(), mapper)
     }
@@ -246,7 +285,14 @@ impl<B: Backend> AdamW<B> {
         lr_head: f64,
         gate: &UpdateGate<B>,
     ) -> M {
-        let mut s = AdamStep::<AB> { path: PathTracker::default(), grads, opt: self, lr_backbone, lr_head, gate };
+        let mut s = AdamStep::<AB> {
+            path: PathTracker::default(),
+            grads,
+            opt: self,
+            lr_backbone,
+            lr_head,
+            gate,
+        };
         let m = module.map(&mut s);
         self.steps += 1;
         m
@@ -257,20 +303,30 @@ impl<B: Backend> AdamW<B> {
         let mut out = BTreeMap::new();
         for (k, (m, v)) in &self.moments {
             for (p, t) in [("m", m), ("v", v)] {
-                let data = t.clone().into_data().convert::<f32>().to_vec::<f32>().expect("f32 data");
+                let data =
+                    t.clone().into_data().convert::<f32>().to_vec::<f32>().expect("f32 data");
                 out.insert(format!("{p}.{k}"), (vec![data.len()], data));
             }
         }
         out
     }
 
-    pub fn load_state(&mut self, state: &BTreeMap<String, HostTensor>, steps: u64, device: &B::Device) -> Result<()> {
+    pub fn load_state(
+        &mut self,
+        state: &BTreeMap<String, HostTensor>,
+        steps: u64,
+        device: &B::Device,
+    ) -> Result<()> {
         self.moments.clear();
         self.steps = steps;
         for (k, (_, m)) in state.iter().filter(|(k, _)| k.starts_with("m.")) {
             let key = &k[2..];
-            let (_, v) = state.get(&format!("v.{key}")).with_context(|| format!("optimiser state lacks v.{key}"))?;
-            let t = |d: &Vec<f32>| Tensor::<B, 1>::from_data(TensorData::new(d.clone(), [d.len()]), device);
+            let (_, v) = state
+                .get(&format!("v.{key}"))
+                .with_context(|| format!("optimiser state lacks v.{key}"))?;
+            let t = |d: &Vec<f32>| {
+                Tensor::<B, 1>::from_data(TensorData::new(d.clone(), [d.len()]), device)
+            };
             self.moments.insert(key.to_string(), (t(m), t(v)));
         }
         Ok(())
@@ -295,7 +351,11 @@ impl<B: AutodiffBackend> ModuleVisitor<B> for GradNorm<'_, B> {
 }
 
 /// The sum of squares of all gradients, `[1]`, left on the device.
-pub fn grad_sq_sum<B: AutodiffBackend, M: Module<B>>(module: &M, grads: &GradientsParams, device: &B::Device) -> Tensor<B::InnerBackend, 1> {
+pub fn grad_sq_sum<B: AutodiffBackend, M: Module<B>>(
+    module: &M,
+    grads: &GradientsParams,
+    device: &B::Device,
+) -> Tensor<B::InnerBackend, 1> {
     let mut v = GradNorm::<B> { grads, sum: None };
     module.visit(&mut v);
     v.sum.unwrap_or_else(|| Tensor::zeros([1], device))
@@ -352,7 +412,11 @@ impl<B: AutodiffBackend> ModuleVisitor<B> for Flat<'_, B> {
 
 /// teacher <- momentum * teacher + (1 - momentum) * student, for the student's trainable
 /// parameters (frozen ones are equal in both and stay so).
-pub fn ema_update<B: AutodiffBackend, MS: Module<B>, MT: Module<B::InnerBackend>>(teacher: MT, student: &MS, momentum: f64) -> MT {
+pub fn ema_update<B: AutodiffBackend, MS: Module<B>, MT: Module<B::InnerBackend>>(
+    teacher: MT,
+    student: &MS,
+    momentum: f64,
+) -> MT {
     let mut flat = HashMap::new();
     student.visit(&mut Flat::<B> { path: PathTracker::default(), out: &mut flat });
     teacher.map(&mut Ema { path: PathTracker::default(), student: &flat, momentum })
@@ -427,7 +491,10 @@ mod tests {
         let x = Tensor::<AB, 2>::from_data([[f32::NAN, 1.0]], &dev);
         let loss = n.head.forward(n.backbone.forward(x)).sum();
         let grads = GradientsParams::from_grads(loss.backward(), &n);
-        let skip = UpdateGate { scale: Tensor::from_floats([f32::NAN], &dev), skip: Tensor::<NdArray<f32>, 1>::ones([1], &dev).greater_elem(0.5) };
+        let skip = UpdateGate {
+            scale: Tensor::from_floats([f32::NAN], &dev),
+            skip: Tensor::<NdArray<f32>, 1>::ones([1], &dev).greater_elem(0.5),
+        };
         let n = opt.step(n, &grads, 0.01, 0.1, &skip);
         assert_eq!(collect::<AB, _>(&n, |_| true), weights);
         assert_eq!(opt.state(), moments);
@@ -436,7 +503,10 @@ mod tests {
         let x = Tensor::<AB, 2>::from_data([[1.0f32, 3.0]], &dev);
         let loss = n.head.forward(n.backbone.forward(x)).sum();
         let grads = GradientsParams::from_grads(loss.backward(), &n);
-        let half = UpdateGate { scale: Tensor::from_floats([0.5], &dev), skip: UpdateGate::<NdArray<f32>>::open(&dev).skip };
+        let half = UpdateGate {
+            scale: Tensor::from_floats([0.5], &dev),
+            skip: UpdateGate::<NdArray<f32>>::open(&dev).skip,
+        };
         a.step(n, &grads, 0.01, 0.1, &half);
         let m = &a.state()["m.head.bias"].1[0];
         assert!((m - 0.1 * 0.5).abs() < 1e-6, "{m}");
@@ -445,15 +515,25 @@ mod tests {
     #[test]
     fn ema_moves_the_teacher_towards_trainable_student_weights() {
         let student = freeze(net(), |p| p.starts_with("head."));
-        let teacher = assign(student.valid(), &collect::<AB, _>(&student, |_| true), &Default::default(), Path::new("t")).unwrap();
+        let teacher = assign(
+            student.valid(),
+            &collect::<AB, _>(&student, |_| true),
+            &Default::default(),
+            Path::new("t"),
+        )
+        .unwrap();
         let teacher = teacher.map(&mut Assign::<NdArray<f32>> {
             path: PathTracker::default(),
-            values: &collect::<AB, _>(&student, |_| true).into_iter().map(|(k, (s, v))| (k, (s, v.iter().map(|x| x + 1.0).collect()))).collect(),
+            values: &collect::<AB, _>(&student, |_| true)
+                .into_iter()
+                .map(|(k, (s, v))| (k, (s, v.iter().map(|x| x + 1.0).collect())))
+                .collect(),
             device: Default::default(),
             missing: vec![],
         });
         let t = ema_update::<AB, _, _>(teacher, &student, 0.75);
-        let (s, t) = (collect::<AB, _>(&student, |_| true), collect::<NdArray<f32>, _>(&t, |_| true));
+        let (s, t) =
+            (collect::<AB, _>(&student, |_| true), collect::<NdArray<f32>, _>(&t, |_| true));
         // head: 0.75 (s + 1) + 0.25 s = s + 0.75; backbone (frozen): untouched, s + 1.
         assert!((t["head.bias"].1[0] - (s["head.bias"].1[0] + 0.75)).abs() < 1e-6);
         assert!((t["backbone.bias"].1[0] - (s["backbone.bias"].1[0] + 1.0)).abs() < 1e-6);

@@ -129,21 +129,41 @@ pub fn save(path: &Path, series: &[(&str, &[(f64, f64)])]) -> Result<()> {
         if finite.is_empty() {
             continue;
         }
-        let (smin, smax) = finite.iter().fold((f64::MAX, f64::MIN), |(a, b), p| (a.min(p.0), b.max(p.0)));
-        let (vmin, vmax) = finite.iter().fold((f64::MAX, f64::MIN), |(a, b), p| (a.min(p.1), b.max(p.1)));
+        let (smin, smax) =
+            finite.iter().fold((f64::MAX, f64::MIN), |(a, b), p| (a.min(p.0), b.max(p.0)));
+        let (vmin, vmax) =
+            finite.iter().fold((f64::MAX, f64::MIN), |(a, b), p| (a.min(p.1), b.max(p.1)));
         let (vmin, vmax) = if vmax > vmin { (vmin, vmax) } else { (vmin - 0.5, vmax + 0.5) };
-        let sx = |s: f64| if smax > smin { x0 + (x1 - x0) * (s - smin) / (smax - smin) } else { (x0 + x1) / 2.0 };
+        let sx = |s: f64| {
+            if smax > smin {
+                x0 + (x1 - x0) * (s - smin) / (smax - smin)
+            } else {
+                (x0 + x1) / 2.0
+            }
+        };
         let sy = |v: f64| y1 - (y1 - y0) * (v - vmin) / (vmax - vmin);
         text(&mut img, 4, y0 as u32, &label(vmax), 2, Rgb([60, 60, 60]));
         text(&mut img, 4, y1 as u32 - 10, &label(vmin), 2, Rgb([60, 60, 60]));
         text(&mut img, x0 as u32, y1 as u32 + 8, &format!("{smin:.0}"), 2, Rgb([60, 60, 60]));
         let last = format!("step {smax:.0}");
-        text(&mut img, (x1 as u32).saturating_sub(8 * last.len() as u32), y1 as u32 + 8, &last, 2, Rgb([60, 60, 60]));
+        text(
+            &mut img,
+            (x1 as u32).saturating_sub(8 * last.len() as u32),
+            y1 as u32 + 8,
+            &last,
+            2,
+            Rgb([60, 60, 60]),
+        );
         for w in finite.windows(2) {
             line(&mut img, (sx(w[0].0), sy(w[0].1)), (sx(w[1].0), sy(w[1].1)), colors[k % 2]);
         }
         if finite.len() == 1 {
-            line(&mut img, (sx(finite[0].0) - 2.0, sy(finite[0].1)), (sx(finite[0].0) + 2.0, sy(finite[0].1)), colors[k % 2]);
+            line(
+                &mut img,
+                (sx(finite[0].0) - 2.0, sy(finite[0].1)),
+                (sx(finite[0].0) + 2.0, sy(finite[0].1)),
+                colors[k % 2],
+            );
         }
     }
     let tmp = mosic::fsutil::temp_path(path);

@@ -1,7 +1,7 @@
 //! The training loop: student and EMA teacher, one MoSiC step per batch, checkpoints that
 //! resume exactly, metrics, and the step benchmark.
 
-use crate::config::{Masking, Motion, ObjectiveConfig, Trainable, TrainConfig};
+use crate::config::{Masking, Motion, ObjectiveConfig, TrainConfig, Trainable};
 use crate::head::{ProjectionHead, Prototypes};
 use crate::loader::{Batch, Loader, LoaderState, MEAN, STD};
 use crate::loss::{gather_points, mosic_loss, patch_of, point_taps, PointTaps, SinkhornRows};
@@ -14,8 +14,8 @@ use burn::optim::GradientsParams;
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{DType, ElementConversion, Int, Tensor, TensorData};
 use mosic::rng::SplitMix64;
-use serde::{Deserialize, Serialize};
 use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
 use std::io::Write;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
@@ -90,10 +90,17 @@ impl StepInputs {
     /// without masking. Entries get weight `visibility`, and with drop masking only where the
     /// point's frame-0 patch (the student's feature of it) and its frame-t patch (the released
     /// code's `not_zero_rows`) were both kept.
-    pub fn new(batch: &Batch, obj: &ObjectiveConfig, grid: usize, patch: f32, masked: Option<&[Vec<usize>]>) -> Self {
+    pub fn new(
+        batch: &Batch,
+        obj: &ObjectiveConfig,
+        grid: usize,
+        patch: f32,
+        masked: Option<&[Vec<usize>]>,
+    ) -> Self {
         let (b, t, n) = (batch.clips, batch.frames, batch.points);
         let hw = grid * grid;
-        let (mut tracks, mut vis, mut inside) = (batch.tracks.clone(), batch.visibility.clone(), batch.inside.clone());
+        let (mut tracks, mut vis, mut inside) =
+            (batch.tracks.clone(), batch.visibility.clone(), batch.inside.clone());
         if obj.motion == Motion::Identity {
             // No-motion ablation: every frame repeats frame 0's positions, visibility and crop test.
             for c in 0..b {
@@ -109,14 +116,19 @@ impl StepInputs {
         let teacher = point_taps(&pts, g, patch, obj.teacher_sampling, |m, p| Some(m / n * hw + p));
 
         let drop = masked.filter(|_| obj.masking == Masking::Drop);
-        let keep: Option<Vec<Vec<usize>>> =
-            drop.map(|m| m.iter().map(|hidden| (0..hw).filter(|p| !hidden.contains(p)).collect()).collect());
-        let kept = |c: usize, p: usize| keep.as_ref().is_none_or(|k| k[c].binary_search(&p).is_ok());
-        let first: Vec<[f32; 2]> = (0..b).flat_map(|c| pts[c * t * n..c * t * n + n].iter().copied()).collect();
+        let keep: Option<Vec<Vec<usize>>> = drop.map(|m| {
+            m.iter().map(|hidden| (0..hw).filter(|p| !hidden.contains(p)).collect()).collect()
+        });
+        let kept =
+            |c: usize, p: usize| keep.as_ref().is_none_or(|k| k[c].binary_search(&p).is_ok());
+        let first: Vec<[f32; 2]> =
+            (0..b).flat_map(|c| pts[c * t * n..c * t * n + n].iter().copied()).collect();
         let student = match &keep {
             Some(k) => {
                 let l = k[0].len();
-                point_taps(&first, g, patch, obj.student_sampling, |m, p| k[m / n].binary_search(&p).ok().map(|r| m / n * l + r))
+                point_taps(&first, g, patch, obj.student_sampling, |m, p| {
+                    k[m / n].binary_search(&p).ok().map(|r| m / n * l + r)
+                })
             }
             None => point_taps(&first, g, patch, obj.student_sampling, |m, p| Some(m / n * hw + p)),
         };
@@ -145,9 +157,12 @@ impl StepInputs {
         }
         let rows = match obj.sinkhorn_rows {
             SinkhornRows::InCrop => inside.clone(),
-            SinkhornRows::All => (0..b * t * n).map(|e| inside[(e / (t * n)) * t * n + e % n]).collect(),
+            SinkhornRows::All => {
+                (0..b * t * n).map(|e| inside[(e / (t * n)) * t * n + e % n]).collect()
+            }
         };
-        let selected: f32 = (0..b).map(|c| inside[c * t * n..][..n].iter().sum::<f32>()).sum::<f32>() * t as f32;
+        let selected: f32 =
+            (0..b).map(|c| inside[c * t * n..][..n].iter().sum::<f32>()).sum::<f32>() * t as f32;
         let share = |v: &[f32]| v.iter().sum::<f32>() as f64 / selected.max(1.0) as f64;
         let (visible, in_loss) = (share(&vis), share(&weights));
         Self { keep, token_mask, teacher, student, weights, rows, visible, in_loss }
@@ -187,7 +202,8 @@ where
     if chunks == 1 {
         return f(0..rows);
     }
-    let bounds: Vec<Range<usize>> = (0..chunks).map(|c| c * rows / chunks..(c + 1) * rows / chunks).collect();
+    let bounds: Vec<Range<usize>> =
+        (0..chunks).map(|c| c * rows / chunks..(c + 1) * rows / chunks).collect();
     let parts: Vec<Tensor<B, D>> = bounds.into_par_iter().map(&f).collect();
     Tensor::cat(parts, 0)
 }
@@ -211,9 +227,16 @@ impl<B: AutodiffBackend> Trainer<B> {
         }
         let head_cfg = cfg.head_config(vit.embed_dim);
         let frozen = trainable.frozen_blocks(vit.depth);
-        let student = MosicModel { backbone, head: head_cfg.init_head(device), prototypes: head_cfg.init_prototypes(device) };
+        let student = MosicModel {
+            backbone,
+            head: head_cfg.init_head(device),
+            prototypes: head_cfg.init_prototypes(device),
+        };
         let student = params::freeze(student, |p: &str| {
-            if p.starts_with("head.") || p.starts_with("prototypes.") || (trainable == Trainable::All && p.starts_with("backbone.")) {
+            if p.starts_with("head.")
+                || p.starts_with("prototypes.")
+                || (trainable == Trainable::All && p.starts_with("backbone."))
+            {
                 return true;
             }
             p.strip_prefix("backbone.blocks.")
@@ -270,7 +293,10 @@ impl<B: AutodiffBackend> Trainer<B> {
         Some(
             (0..clips)
                 .map(|b| {
-                    let mut rng = SplitMix64::stream(self.cfg.run.seed ^ 0x6d61_736b, self.step * 4096 + b as u64);
+                    let mut rng = SplitMix64::stream(
+                        self.cfg.run.seed ^ 0x6d61_736b,
+                        self.step * 4096 + b as u64,
+                    );
                     let mut idx: Vec<usize> = (0..hw).collect();
                     rng.shuffle(&mut idx);
                     let mut hidden = idx[..k].to_vec();
@@ -291,9 +317,14 @@ impl<B: AutodiffBackend> Trainer<B> {
     /// cross as bytes and are normalised there.
     fn images(&self, batch: &Batch) -> Tensor<B::InnerBackend, 4> {
         let (n, s, dev) = (batch.clips * batch.frames, batch.size, &self.device);
-        let bytes = Tensor::<B::InnerBackend, 4, Int>::from_data(TensorData::new(batch.images.clone(), [n, 3, s, s]), (dev, DType::U8));
-        let mean = Tensor::<B::InnerBackend, 1>::from_floats(MEAN.map(|m| m * 255.0), dev).reshape([1, 3, 1, 1]);
-        let std = Tensor::<B::InnerBackend, 1>::from_floats(STD.map(|v| v * 255.0), dev).reshape([1, 3, 1, 1]);
+        let bytes = Tensor::<B::InnerBackend, 4, Int>::from_data(
+            TensorData::new(batch.images.clone(), [n, 3, s, s]),
+            (dev, DType::U8),
+        );
+        let mean = Tensor::<B::InnerBackend, 1>::from_floats(MEAN.map(|m| m * 255.0), dev)
+            .reshape([1, 3, 1, 1]);
+        let std = Tensor::<B::InnerBackend, 1>::from_floats(STD.map(|v| v * 255.0), dev)
+            .reshape([1, 3, 1, 1]);
         (bytes.float() - mean) / std
     }
 
@@ -325,30 +356,44 @@ impl<B: AutodiffBackend> Trainer<B> {
         let tb = &teacher.backbone;
         let frozen = self.frozen;
         // Frames, then points, in independent chunks (threads on a CPU backend).
-        let prefix = in_chunks(bsz * t, self.chunks, |r| tb.blocks(tb.embed(narrow(images.clone(), r), None), 0..frozen));
+        let prefix = in_chunks(bsz * t, self.chunks, |r| {
+            tb.blocks(tb.embed(narrow(images.clone(), r), None), 0..frozen)
+        });
         let teacher_tail = || {
-            let tokens = in_chunks(bsz * t, self.chunks, |r| tb.patch_tokens(tb.blocks(narrow(prefix.clone(), r), frozen..depth)));
+            let tokens = in_chunks(bsz * t, self.chunks, |r| {
+                tb.patch_tokens(tb.blocks(narrow(prefix.clone(), r), frozen..depth))
+            });
             let tf = gather_points(tokens.reshape([bsz * t * hw, d]), &inputs.teacher);
-            in_chunks(bsz * t * n, self.chunks, |r| teacher.prototypes.scores(teacher.head.forward(narrow(tf.clone(), r))))
-                .reshape([bsz, t, n, k])
+            in_chunks(bsz * t * n, self.chunks, |r| {
+                teacher.prototypes.scores(teacher.head.forward(narrow(tf.clone(), r)))
+            })
+            .reshape([bsz, t, n, k])
         };
 
         // Student: frame 0 only (its prediction is compared with every frame's target).
         let student_forward = || {
-            let first = || images.clone().reshape([bsz, t, 3 * s * s]).narrow(1, 0, 1).reshape([bsz, 3, s, s]);
-            let token_mask = inputs
-                .token_mask
-                .as_ref()
-                .map(|f| Tensor::<I<B>, 2, Int>::from_data(TensorData::new(f.clone(), [bsz, hw]), dev).equal_elem(1));
+            let first = || {
+                images.clone().reshape([bsz, t, 3 * s * s]).narrow(1, 0, 1).reshape([bsz, 3, s, s])
+            };
+            let token_mask = inputs.token_mask.as_ref().map(|f| {
+                Tensor::<I<B>, 2, Int>::from_data(TensorData::new(f.clone(), [bsz, hw]), dev)
+                    .equal_elem(1)
+            });
             let x = if frozen > 0 {
                 // The embedding and the first blocks are frozen, equal in both copies: computed
                 // once, without autodiff (in the teacher's precision).
                 let x = match (&inputs.keep, token_mask) {
-                    (Some(keep), _) => tb.blocks(tb.keep_patches(tb.embed(first(), None), keep), 0..frozen),
+                    (Some(keep), _) => {
+                        tb.blocks(tb.keep_patches(tb.embed(first(), None), keep), 0..frozen)
+                    }
                     (None, Some(mask)) => tb.blocks(tb.embed(first(), Some(mask)), 0..frozen),
                     (None, None) => {
                         let len = prefix.dims()[1];
-                        prefix.clone().reshape([bsz, t, len, d]).narrow(1, 0, 1).reshape([bsz, len, d])
+                        prefix
+                            .clone()
+                            .reshape([bsz, t, len, d])
+                            .narrow(1, 0, 1)
+                            .reshape([bsz, len, d])
                     }
                 };
                 student.backbone.blocks(Tensor::from_inner(x), frozen..depth)
@@ -369,19 +414,28 @@ impl<B: AutodiffBackend> Trainer<B> {
         // On a CPU backend the teacher's last blocks and head run beside the student's forward
         // pass, whose ops would otherwise leave cores idle; the values are the same either way.
         // Not from a pool worker: waiting there for the thread would hold a core its jobs need.
-        let (teacher_scores, student_scores) = if self.chunks > 1 && rayon::current_thread_index().is_none() {
-            std::thread::scope(|scope| {
-                let teacher = scope.spawn(teacher_tail);
-                let student = student_forward();
-                (teacher.join().unwrap_or_else(|e| std::panic::resume_unwind(e)), student)
-            })
-        } else {
-            (teacher_tail(), student_forward())
-        };
+        let (teacher_scores, student_scores) =
+            if self.chunks > 1 && rayon::current_thread_index().is_none() {
+                std::thread::scope(|scope| {
+                    let teacher = scope.spawn(teacher_tail);
+                    let student = student_forward();
+                    (teacher.join().unwrap_or_else(|e| std::panic::resume_unwind(e)), student)
+                })
+            } else {
+                (teacher_tail(), student_forward())
+            };
 
-        let weights = Tensor::<B, 3>::from_data(TensorData::new(inputs.weights.clone(), [bsz, t, n]), dev);
-        let rows = Tensor::<B, 1>::from_data(TensorData::new(inputs.rows.clone(), [bsz * t * n]), dev);
-        let out = mosic_loss(student_scores, Tensor::from_inner(teacher_scores), weights, Some(rows), &self.cfg.loss_config());
+        let weights =
+            Tensor::<B, 3>::from_data(TensorData::new(inputs.weights.clone(), [bsz, t, n]), dev);
+        let rows =
+            Tensor::<B, 1>::from_data(TensorData::new(inputs.rows.clone(), [bsz * t * n]), dev);
+        let out = mosic_loss(
+            student_scores,
+            Tensor::from_inner(teacher_scores),
+            weights,
+            Some(rows),
+            &self.cfg.loss_config(),
+        );
         let loss = out.loss.clone().inner();
         let grads = GradientsParams::from_grads(out.loss.backward(), &self.student);
         let sq = params::grad_sq_sum(&self.student, &grads, dev);
@@ -418,19 +472,27 @@ impl<B: AutodiffBackend> Trainer<B> {
             seconds: None,
             validation: None,
         };
-        Ok(StepOutput { stats, values: Tensor::cat(vec![loss, out.usage_entropy.inner(), grad_norm], 0) })
+        Ok(StepOutput {
+            stats,
+            values: Tensor::cat(vec![loss, out.usage_entropy.inner(), grad_norm], 0),
+        })
     }
 
     /// Waits for a step and fills in its figures; errors if any step since the start skipped
     /// its update for a non-finite loss or gradient, naming the first.
     pub fn read(&self, out: StepOutput<B::InnerBackend>) -> Result<StepStats> {
         let bad = self.bad_step.clone().unwrap_or_else(|| Tensor::zeros([1], &self.device));
-        let v: Vec<f32> = Tensor::cat(vec![out.values, bad], 0).into_data().convert::<f32>().to_vec().expect("f32 data");
+        let v: Vec<f32> = Tensor::cat(vec![out.values, bad], 0)
+            .into_data()
+            .convert::<f32>()
+            .to_vec()
+            .expect("f32 data");
         if v[3] > 0.0 {
             bail!(NonFinite { step: v[3] as u64 });
         }
         let mut stats = out.stats;
-        (stats.loss, stats.usage_entropy, stats.grad_norm) = (v[0] as f64, v[1] as f64, v[2] as f64);
+        (stats.loss, stats.usage_entropy, stats.grad_norm) =
+            (v[0] as f64, v[1] as f64, v[2] as f64);
         Ok(stats)
     }
 
@@ -457,28 +519,45 @@ impl<B: AutodiffBackend> Trainer<B> {
         let tmp = dir.join(format!(".tmp-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&tmp);
         std::fs::create_dir_all(&tmp)?;
-        params::save_safetensors(&tmp.join("student.safetensors"), &params::collect(&self.student, |_| true))?;
-        params::save_safetensors(&tmp.join("teacher.safetensors"), &params::collect(&self.teacher, |_| true))?;
+        params::save_safetensors(
+            &tmp.join("student.safetensors"),
+            &params::collect(&self.student, |_| true),
+        )?;
+        params::save_safetensors(
+            &tmp.join("teacher.safetensors"),
+            &params::collect(&self.teacher, |_| true),
+        )?;
         params::save_safetensors(&tmp.join("optimizer.safetensors"), &self.opt.state())?;
         let state = CheckpointState { step: self.step, loader };
-        mosic::fsutil::write_atomic(&tmp.join("state.json"), serde_json::to_string_pretty(&state)?.as_bytes())?;
+        mosic::fsutil::write_atomic(
+            &tmp.join("state.json"),
+            serde_json::to_string_pretty(&state)?.as_bytes(),
+        )?;
         let dst = dir.join(&name);
         let _ = std::fs::remove_dir_all(&dst);
-        std::fs::rename(&tmp, &dst).with_context(|| format!("cannot move checkpoint into {}", dst.display()))?;
+        std::fs::rename(&tmp, &dst)
+            .with_context(|| format!("cannot move checkpoint into {}", dst.display()))?;
         mosic::fsutil::sync_dir(&dst);
         Ok(dst)
     }
 
     pub fn load_checkpoint(&mut self, ckpt: &Path) -> Result<CheckpointState> {
         let state: CheckpointState = serde_json::from_str(
-            &std::fs::read_to_string(ckpt.join("state.json")).with_context(|| format!("{}: no state.json", ckpt.display()))?,
+            &std::fs::read_to_string(ckpt.join("state.json"))
+                .with_context(|| format!("{}: no state.json", ckpt.display()))?,
         )
         .with_context(|| format!("{}/state.json is malformed", ckpt.display()))?;
         let s = ckpt.join("student.safetensors");
         let t = ckpt.join("teacher.safetensors");
-        self.student = params::assign(self.student.clone(), &params::load_safetensors(&s)?, &self.device, &s)?;
-        self.teacher = params::assign(self.teacher.clone(), &params::load_safetensors(&t)?, &self.device, &t)?;
-        self.opt.load_state(&params::load_safetensors(&ckpt.join("optimizer.safetensors"))?, state.step, &self.device)?;
+        self.student =
+            params::assign(self.student.clone(), &params::load_safetensors(&s)?, &self.device, &s)?;
+        self.teacher =
+            params::assign(self.teacher.clone(), &params::load_safetensors(&t)?, &self.device, &t)?;
+        self.opt.load_state(
+            &params::load_safetensors(&ckpt.join("optimizer.safetensors"))?,
+            state.step,
+            &self.device,
+        )?;
         self.step = state.step;
         Ok(state)
     }
@@ -511,7 +590,10 @@ pub fn checkpoints(run: &Path) -> Vec<PathBuf> {
         .flatten()
         .flatten()
         .map(|e| e.path())
-        .filter(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("step-")) && p.join("state.json").is_file())
+        .filter(|p| {
+            p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("step-"))
+                && p.join("state.json").is_file()
+        })
         .collect();
     v.sort();
     v
@@ -529,7 +611,8 @@ pub fn load_source_pos_embed(run: &Path) -> Result<Option<SourcePosEmbed>> {
         return Ok(None);
     }
     let mut t = params::load_safetensors(&p)?;
-    let (shape, data) = t.remove("pos_embed").with_context(|| format!("{}: no 'pos_embed' tensor", p.display()))?;
+    let (shape, data) =
+        t.remove("pos_embed").with_context(|| format!("{}: no 'pos_embed' tensor", p.display()))?;
     Ok(Some(SourcePosEmbed { shape, data }))
 }
 
@@ -557,10 +640,15 @@ pub fn train<B: AutodiffBackend>(
     let config_path = run.join("config.toml");
     let text = cfg.to_toml();
     if resume {
-        let old = std::fs::read_to_string(&config_path).with_context(|| format!("--resume: no {}", config_path.display()))?;
-        let old: TrainConfig = toml::from_str(&old).with_context(|| format!("{} is malformed", config_path.display()))?;
+        let old = std::fs::read_to_string(&config_path)
+            .with_context(|| format!("--resume: no {}", config_path.display()))?;
+        let old: TrainConfig = toml::from_str(&old)
+            .with_context(|| format!("{} is malformed", config_path.display()))?;
         if &old != cfg {
-            bail!("--resume: the configuration differs from {}; resume with the run's own config", config_path.display());
+            bail!(
+                "--resume: the configuration differs from {}; resume with the run's own config",
+                config_path.display()
+            );
         }
     } else if !checkpoints(run).is_empty() {
         bail!("{} already holds checkpoints; pass --resume to continue it or choose another run directory", run.display());
@@ -586,7 +674,10 @@ pub fn train<B: AutodiffBackend>(
     let total = trainer.total_steps;
     let val_cfg = &cfg.validation;
     let val_set = if val_cfg.every > 0 {
-        Some(ValSet::load(val_cfg).with_context(|| format!("validation set {}", val_cfg.data.display()))?)
+        Some(
+            ValSet::load(val_cfg)
+                .with_context(|| format!("validation set {}", val_cfg.data.display()))?,
+        )
     } else {
         None
     };
@@ -594,7 +685,9 @@ pub fn train<B: AutodiffBackend>(
     std::fs::create_dir_all(run).with_context(|| format!("cannot create {}", run.display()))?;
     mosic::fsutil::write_atomic(&config_path, text.as_bytes())?;
     if let Some(src) = trainer.source_pos_embed() {
-        let tensors = [("pos_embed".to_string(), (src.shape.clone(), src.data.clone()))].into_iter().collect();
+        let tensors = [("pos_embed".to_string(), (src.shape.clone(), src.data.clone()))]
+            .into_iter()
+            .collect();
         params::save_safetensors(&source_pos_embed_path(run), &tensors)?;
     }
     let spec = loader.spec().clone();
@@ -620,7 +713,12 @@ pub fn train<B: AutodiffBackend>(
         cfg.data.batch_size,
     ));
     if let Some(set) = &val_set {
-        log(&format!("validation every {} steps on {} ({})", val_cfg.every, val_cfg.data.display(), set.describe()));
+        log(&format!(
+            "validation every {} steps on {} ({})",
+            val_cfg.every,
+            val_cfg.data.display(),
+            set.describe()
+        ));
     }
     let metrics_path = run.join("metrics.jsonl");
     let mut history = read_metrics(&metrics_path, trainer.step)?;
@@ -656,7 +754,8 @@ pub fn train<B: AutodiffBackend>(
             let size = if val_cfg.img_size == 0 { cfg.model.img_size } else { val_cfg.img_size };
             let vit = trainer.teacher.backbone.clone().with_img_size(size)?;
             let v = set.evaluate(&vit, val_cfg.overclustering, cfg.data.batch_size.max(8));
-            let shown: Vec<String> = v.iter().map(|(k, x)| format!("{k} {:.1}", 100.0 * x)).collect();
+            let shown: Vec<String> =
+                v.iter().map(|(k, x)| format!("{k} {:.1}", 100.0 * x)).collect();
             log(&format!("step {step:>6} validation mIoU: {}", shown.join(", ")));
             stats.validation = Some(v);
         }
@@ -698,7 +797,11 @@ pub fn train<B: AutodiffBackend>(
 fn read_metrics(path: &Path, upto: u64) -> Result<Vec<StepStats>> {
     let Ok(text) = std::fs::read_to_string(path) else { return Ok(Vec::new()) };
     // Steps after the checkpoint being resumed are dropped: they will be run again.
-    Ok(text.lines().filter_map(|l| serde_json::from_str::<StepStats>(l).ok()).filter(|s| s.step <= upto).collect())
+    Ok(text
+        .lines()
+        .filter_map(|l| serde_json::from_str::<StepStats>(l).ok())
+        .filter(|s| s.step <= upto)
+        .collect())
 }
 
 fn rewrite_metrics(path: &Path, history: &[StepStats]) -> Result<()> {
@@ -723,7 +826,9 @@ fn prune_checkpoints(run: &Path, keep: usize) {
 fn plot_history(run: &Path, history: &[StepStats]) {
     let loss: Vec<(f64, f64)> = history.iter().map(|s| (s.step as f64, s.loss)).collect();
     let lr: Vec<(f64, f64)> = history.iter().map(|s| (s.step as f64, s.lr)).collect();
-    if let Err(e) = crate::plot::save(&run.join("loss.png"), &[("loss", &loss), ("learning rate", &lr)]) {
+    if let Err(e) =
+        crate::plot::save(&run.join("loss.png"), &[("loss", &loss), ("learning rate", &lr)])
+    {
         eprintln!("warning: could not write {}: {e:#}", run.join("loss.png").display());
     }
     let mut val: std::collections::BTreeMap<&str, Vec<(f64, f64)>> = Default::default();
@@ -734,7 +839,8 @@ fn plot_history(run: &Path, history: &[StepStats]) {
     }
     if !val.is_empty() {
         let titles: Vec<String> = val.keys().map(|k| format!("validation miou % {k}")).collect();
-        let series: Vec<(&str, &[(f64, f64)])> = titles.iter().zip(val.values()).map(|(t, v)| (t.as_str(), v.as_slice())).collect();
+        let series: Vec<(&str, &[(f64, f64)])> =
+            titles.iter().zip(val.values()).map(|(t, v)| (t.as_str(), v.as_slice())).collect();
         if let Err(e) = crate::plot::save(&run.join("validation.png"), &series) {
             eprintln!("warning: could not write {}: {e:#}", run.join("validation.png").display());
         }
@@ -744,13 +850,25 @@ fn plot_history(run: &Path, history: &[StepStats]) {
 /// Writes the teacher backbone of a checkpoint as timm safetensors at `img_size` (None: the
 /// run's). While the run's position embedding is frozen it is resampled from the weights
 /// file's grid, as timm resamples the original checkpoint.
-pub fn export<B: Backend>(run: &Path, checkpoint: Option<&Path>, img_size: Option<usize>, out: &Path, device: &B::Device) -> Result<PathBuf> {
+pub fn export<B: Backend>(
+    run: &Path,
+    checkpoint: Option<&Path>,
+    img_size: Option<usize>,
+    out: &Path,
+    device: &B::Device,
+) -> Result<PathBuf> {
     let ckpt = match checkpoint {
         Some(c) => c.to_path_buf(),
-        None => checkpoints(run).pop().with_context(|| format!("{} has no checkpoint", run.display()))?,
+        None => checkpoints(run)
+            .pop()
+            .with_context(|| format!("{} has no checkpoint", run.display()))?,
     };
     let model = crate::features::load_backbone::<B>(
-        &crate::features::Weights::Run { dir: run.to_path_buf(), checkpoint: Some(ckpt.clone()), initial: false },
+        &crate::features::Weights::Run {
+            dir: run.to_path_buf(),
+            checkpoint: Some(ckpt.clone()),
+            initial: false,
+        },
         img_size,
         device,
     )?;
@@ -768,7 +886,9 @@ pub fn random_batch(cfg: &TrainConfig, frames: usize, points: usize) -> Batch {
         points,
         size: s,
         images: (0..b * frames * 3 * s * s).map(|_| rng.below(256) as u8).collect(),
-        tracks: (0..b * frames * points * 2).map(|_| rng.uniform(0.0, (s - 1) as f64) as f32).collect(),
+        tracks: (0..b * frames * points * 2)
+            .map(|_| rng.uniform(0.0, (s - 1) as f64) as f32)
+            .collect(),
         visibility: (0..b * frames * points).map(|_| (rng.next_f64() < 0.8) as u8 as f32).collect(),
         inside: vec![1.0; b * frames * points],
         ids: vec![String::new(); b],
@@ -818,7 +938,12 @@ pub fn bench<B: AutodiffBackend>(
         t0.elapsed().as_secs_f64() / steps.max(1) as f64
     };
     let statistic = if crate::backend::is_cpu::<B>(device) { "median" } else { "mean" };
-    Ok(BenchFigures { first_step_s, step_s, clips_per_s: cfg.data.batch_size as f64 / step_s, statistic })
+    Ok(BenchFigures {
+        first_step_s,
+        step_s,
+        clips_per_s: cfg.data.batch_size as f64 / step_s,
+        statistic,
+    })
 }
 
 /// What `bench` measured.
@@ -854,13 +979,23 @@ mod tests {
         let mut out = HashMap::new();
         for (k, v) in st.tensors() {
             let data: Vec<f32> = match v.dtype() {
-                safetensors::Dtype::F32 => v.data().chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect(),
-                safetensors::Dtype::I64 => v.data().chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().unwrap()) as f32).collect(),
+                safetensors::Dtype::F32 => v
+                    .data()
+                    .chunks_exact(4)
+                    .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+                    .collect(),
+                safetensors::Dtype::I64 => v
+                    .data()
+                    .chunks_exact(8)
+                    .map(|c| i64::from_le_bytes(c.try_into().unwrap()) as f32)
+                    .collect(),
                 other => panic!("{k}: {other:?}"),
             };
             out.insert(k, (v.shape().to_vec(), data));
         }
-        let cfg = serde_json::from_str(&std::fs::read_to_string(format!("{dir}/{name}.json")).unwrap()).unwrap();
+        let cfg =
+            serde_json::from_str(&std::fs::read_to_string(format!("{dir}/{name}.json")).unwrap())
+                .unwrap();
         (out, cfg)
     }
 
@@ -877,14 +1012,19 @@ mod tests {
         t.into_data().convert::<f32>().to_vec().unwrap()
     }
 
-    fn head<BB: Backend>(g: &HashMap<String, (Vec<usize>, Vec<f32>)>, who: &str, layers: usize) -> (ProjectionHead<BB>, Prototypes<BB>) {
+    fn head<BB: Backend>(
+        g: &HashMap<String, (Vec<usize>, Vec<f32>)>,
+        who: &str,
+        layers: usize,
+    ) -> (ProjectionHead<BB>, Prototypes<BB>) {
         let layers = (0..layers)
             .map(|j| Linear {
                 weight: Param::from_tensor(tensor(&g[&format!("{who}.layers.{j}.weight")])),
                 bias: Some(Param::from_tensor(tensor(&g[&format!("{who}.layers.{j}.bias")]))),
             })
             .collect();
-        let protos = Prototypes { weight: Param::from_tensor(tensor(&g[&format!("{who}.prototypes")])) };
+        let protos =
+            Prototypes { weight: Param::from_tensor(tensor(&g[&format!("{who}.prototypes")])) };
         (ProjectionHead { layers }, protos.normalized())
     }
 
@@ -917,12 +1057,20 @@ mod tests {
         let dev = Default::default();
         let vit = VitConfig { img_size: 28, ..VitConfig::preset("vit_tiny_test", 224).unwrap() };
         let model = Vit::<Inner>::new_seeded(&vit, 5, &dev);
-        let images = Tensor::<Inner, 4>::random([5, 3, 28, 28], burn::tensor::Distribution::Normal(0.0, 1.0), &dev);
+        let images = Tensor::<Inner, 4>::random(
+            [5, 3, 28, 28],
+            burn::tensor::Distribution::Normal(0.0, 1.0),
+            &dev,
+        );
         let f = |r: Range<usize>| model.forward_patch_tokens(narrow(images.clone(), r), None);
         let whole = values(in_chunks(5, 1, f));
         for chunks in [2, 3, 8] {
             let parts = values(in_chunks(5, chunks, f));
-            assert!(max_diff(&whole, &parts) < 1e-6, "{chunks} chunks differ by {}", max_diff(&whole, &parts));
+            assert!(
+                max_diff(&whole, &parts) < 1e-6,
+                "{chunks} chunks differ by {}",
+                max_diff(&whole, &parts)
+            );
         }
     }
 
@@ -936,7 +1084,10 @@ mod tests {
         // An infinite weight makes the loss non-finite.
         let mut bad_weights = good.clone();
         bad_weights.visibility[0] = f32::INFINITY;
-        let outs: Vec<_> = [bad_weights.clone(), good.clone(), bad_weights].iter().map(|b| trainer.step_async(b).unwrap()).collect();
+        let outs: Vec<_> = [bad_weights.clone(), good.clone(), bad_weights]
+            .iter()
+            .map(|b| trainer.step_async(b).unwrap())
+            .collect();
         let e = trainer.read(outs.into_iter().last().unwrap()).unwrap_err().to_string();
         assert!(e.contains("not finite at step 2"), "{e}");
         let after = params::collect(&trainer.student, |_| true);
@@ -967,12 +1118,23 @@ mod tests {
         let (fp32, bf16) = (&runs[0], &runs[1]);
         for (a, b) in fp32.0.iter().zip(&bf16.0) {
             let rel = |x: f64, y: f64| (x - y).abs() / x.abs().max(1e-9);
-            println!("step {}: loss {} vs {}, grad {} vs {}", a.step, a.loss, b.loss, a.grad_norm, b.grad_norm);
+            println!(
+                "step {}: loss {} vs {}, grad {} vs {}",
+                a.step, a.loss, b.loss, a.grad_norm, b.grad_norm
+            );
             assert!(rel(a.loss, b.loss) < 0.02, "loss {} vs {}", a.loss, b.loss);
-            assert!(rel(a.grad_norm, b.grad_norm) < 0.02, "grad norm {} vs {}", a.grad_norm, b.grad_norm);
+            assert!(
+                rel(a.grad_norm, b.grad_norm) < 0.02,
+                "grad norm {} vs {}",
+                a.grad_norm,
+                b.grad_norm
+            );
         }
         let d = max_diff(&fp32.1, &bf16.1);
-        assert!(d > 1e-4 && d < 0.5, "teacher tokens differ by {d}: bf16 must change them a little");
+        assert!(
+            d > 1e-4 && d < 0.5,
+            "teacher tokens differ by {d}: bf16 must change them a little"
+        );
     }
 
     /// tools/make_loss_golden.py derives the selected points, weights, Sinkhorn rows, targets,
@@ -982,17 +1144,27 @@ mod tests {
     fn golden_objective_from_stored_tracks_crops_and_masks() {
         let (g, cfg) = fixture("objective");
         let u = |k: &str| cfg[k].as_u64().unwrap() as usize;
-        let (b, t, w, s, patch, grid, d) = (u("B"), u("T"), u("W"), u("S"), u("patch") as f32, u("grid") as u32, u("D"));
+        let (b, t, w, s, patch, grid, d) =
+            (u("B"), u("T"), u("W"), u("S"), u("patch") as f32, u("grid") as u32, u("D"));
         let (n, hw, k) = ((grid * grid) as usize, (s / patch as usize).pow(2), u("K"));
         let gs = s / patch as usize;
-        let queries: Vec<[f32; 2]> = g["stored_queries"].1.chunks(2).map(|p| [p[0], p[1]]).collect();
+        let queries: Vec<[f32; 2]> =
+            g["stored_queries"].1.chunks(2).map(|p| [p[0], p[1]]).collect();
         let (mut tracks, mut vis, mut inside) = (Vec::new(), Vec::new(), Vec::new());
         for c in 0..b {
             let crop = &cfg["crops"][c];
             let cu = |k: &str| crop[k].as_u64().unwrap() as u32;
-            let aug = Aug { flip: crop["flip"].as_bool().unwrap(), left: cu("left"), top: cu("top"), width: cu("width"), height: cu("height"), frame_width: w as u32 };
+            let aug = Aug {
+                flip: crop["flip"].as_bool().unwrap(),
+                left: cu("left"),
+                top: cu("top"),
+                width: cu("width"),
+                height: cu("height"),
+                frame_width: w as u32,
+            };
             let sel = select_points(&queries, &aug, s, grid);
-            let want: Vec<Option<usize>> = g["selected"].1[c * n..(c + 1) * n].iter().map(|&v| Some(v as usize)).collect();
+            let want: Vec<Option<usize>> =
+                g["selected"].1[c * n..(c + 1) * n].iter().map(|&v| Some(v as usize)).collect();
             assert_eq!(sel, want, "clip {c}: selected stored points");
             let clip = mosic::Clip {
                 dataset: "golden".into(),
@@ -1002,8 +1174,16 @@ mod tests {
                 source_fps: 30.0,
                 frames: vec![],
                 queries: queries.clone(),
-                tracks: g[&format!("stored_tracks_{c}")].1.chunks(2).map(|p| [p[0], p[1]]).collect(),
-                visibility: g[&format!("stored_visibility_{c}")].1.iter().map(|&v| v != 0.0).collect(),
+                tracks: g[&format!("stored_tracks_{c}")]
+                    .1
+                    .chunks(2)
+                    .map(|p| [p[0], p[1]])
+                    .collect(),
+                visibility: g[&format!("stored_visibility_{c}")]
+                    .1
+                    .iter()
+                    .map(|&v| v != 0.0)
+                    .collect(),
             };
             let (tr, vi, ins) = clip_points(&clip, &aug, s, grid);
             tracks.extend(tr.into_iter().flatten());
@@ -1014,9 +1194,23 @@ mod tests {
         assert!(off < 1e-4, "mapped tracks differ by {off}");
         assert_eq!(vis, g["visibility"].1, "visibility in the crop");
         assert_eq!(inside, g["inside"].1, "inside the crop");
-        let batch = Batch { clips: b, frames: t, points: n, size: s, images: vec![], tracks, visibility: vis, inside, ids: vec![] };
-        let dropped: Vec<Vec<usize>> =
-            cfg["dropped"].as_array().unwrap().iter().map(|l| l.as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as usize).collect()).collect();
+        let batch = Batch {
+            clips: b,
+            frames: t,
+            points: n,
+            size: s,
+            images: vec![],
+            tracks,
+            visibility: vis,
+            inside,
+            ids: vec![],
+        };
+        let dropped: Vec<Vec<usize>> = cfg["dropped"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|l| l.as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as usize).collect())
+            .collect();
 
         let layers = cfg["hidden"].as_array().unwrap().len() + 1;
         let (student, s_protos) = head::<AB>(&g, "student", layers);
@@ -1043,18 +1237,40 @@ mod tests {
             let inputs = StepInputs::new(&batch, &obj, gs, patch, Some(&dropped));
             assert_eq!(inputs.weights, g["weights"].1, "{name}: loss weights");
             assert_eq!(inputs.rows, g[&format!("{name}.rows")].1, "{name}: Sinkhorn rows");
-            let tt: Tensor<Inner, 2> = Tensor::from_data(TensorData::new(g["teacher_tokens"].1.clone(), [b * t * hw, d]), &Default::default());
-            let t_scores = t_protos.scores(teacher.forward(gather_points(tt, &inputs.teacher))).reshape([b, t, n, k]);
-            let st: Tensor<AB, 2> = Tensor::from_data(TensorData::new(kept_rows.clone(), [b * l, d]), &Default::default());
-            let s_scores = s_protos.scores(student.forward(gather_points(st, &inputs.student))).reshape([b, n, k]);
-            let lc = LossConfig { temperature: 0.1, epsilon: 0.05, iterations: 10, reduction: obj.reduction };
-            let weights = Tensor::<AB, 3>::from_data(TensorData::new(inputs.weights.clone(), [b, t, n]), &Default::default());
-            let rows = Tensor::<AB, 1>::from_data(TensorData::new(inputs.rows.clone(), [b * t * n]), &Default::default());
+            let tt: Tensor<Inner, 2> = Tensor::from_data(
+                TensorData::new(g["teacher_tokens"].1.clone(), [b * t * hw, d]),
+                &Default::default(),
+            );
+            let t_scores = t_protos
+                .scores(teacher.forward(gather_points(tt, &inputs.teacher)))
+                .reshape([b, t, n, k]);
+            let st: Tensor<AB, 2> = Tensor::from_data(
+                TensorData::new(kept_rows.clone(), [b * l, d]),
+                &Default::default(),
+            );
+            let s_scores = s_protos
+                .scores(student.forward(gather_points(st, &inputs.student)))
+                .reshape([b, n, k]);
+            let lc = LossConfig {
+                temperature: 0.1,
+                epsilon: 0.05,
+                iterations: 10,
+                reduction: obj.reduction,
+            };
+            let weights = Tensor::<AB, 3>::from_data(
+                TensorData::new(inputs.weights.clone(), [b, t, n]),
+                &Default::default(),
+            );
+            let rows = Tensor::<AB, 1>::from_data(
+                TensorData::new(inputs.rows.clone(), [b * t * n]),
+                &Default::default(),
+            );
             let out = mosic_loss(s_scores, Tensor::from_inner(t_scores), weights, Some(rows), &lc);
             let tol = 1e-5;
             let dq = max_diff(&values(out.assignments.clone()), &g[&format!("{name}.sinkhorn")].1);
             assert!(dq < tol, "{name}: Sinkhorn differs by {dq}");
-            let targets: Vec<f32> = out.targets.into_data().iter::<i64>().map(|v| v as f32).collect();
+            let targets: Vec<f32> =
+                out.targets.into_data().iter::<i64>().map(|v| v as f32).collect();
             let want_targets = &g[&format!("{name}.targets")].1;
             for (e, (a, w)) in targets.iter().zip(want_targets).enumerate() {
                 assert!(inputs.rows[e] == 0.0 || a == w, "{name}: target of entry {e}: {a} vs {w}");

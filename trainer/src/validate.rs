@@ -7,14 +7,19 @@ use crate::model::Vit;
 use anyhow::{Context, Result};
 use burn::tensor::backend::Backend;
 use image::RgbImage;
-use mosic_eval::cluster::{cluster_images, cluster_videos, num_classes, ClusterConfig, Score, VideoConfig, VideoSample};
+use mosic_eval::cluster::{
+    cluster_images, cluster_videos, num_classes, ClusterConfig, Score, VideoConfig, VideoSample,
+};
 use mosic_eval::data::{image_set, read_mask, video_set, LabelledImage, LabelledVideo, Mask};
 use rayon::prelude::*;
 use std::collections::BTreeMap;
 use std::path::Path;
 
 /// Decoded images and their masks at `mask_size` (0 keeps the original size).
-pub fn load_images(items: &[LabelledImage], mask_size: usize) -> Result<(Vec<RgbImage>, Vec<Mask>)> {
+pub fn load_images(
+    items: &[LabelledImage],
+    mask_size: usize,
+) -> Result<(Vec<RgbImage>, Vec<Mask>)> {
     items
         .par_iter()
         .map(|it| load_pair(&it.image, &it.mask, mask_size))
@@ -84,7 +89,8 @@ impl ValSet {
             Ok(ValSet::Videos(load_videos(&videos, cfg.mask_size)?))
         } else {
             let items = image_set(root, split)?;
-            let items: Vec<LabelledImage> = spread(items.len(), max).into_iter().map(|i| items[i].clone()).collect();
+            let items: Vec<LabelledImage> =
+                spread(items.len(), max).into_iter().map(|i| items[i].clone()).collect();
             let (images, masks) = load_images(&items, cfg.mask_size)?;
             let classes = num_classes(&masks);
             Ok(ValSet::Images { images, masks, classes })
@@ -93,13 +99,24 @@ impl ValSet {
 
     pub fn describe(&self) -> String {
         match self {
-            ValSet::Images { images, classes, .. } => format!("{} images, {classes} classes", images.len()),
-            ValSet::Videos(v) => format!("{} videos, {} annotated frames", v.len(), v.iter().map(|v| v.frames.len()).sum::<usize>()),
+            ValSet::Images { images, classes, .. } => {
+                format!("{} images, {classes} classes", images.len())
+            }
+            ValSet::Videos(v) => format!(
+                "{} videos, {} annotated frames",
+                v.len(),
+                v.iter().map(|v| v.frames.len()).sum::<usize>()
+            ),
         }
     }
 
     /// Clustering mIoU of `vit`'s features (one k-means seed), by protocol name.
-    pub fn evaluate<B: Backend>(&self, vit: &Vit<B>, overclustering: usize, batch: usize) -> BTreeMap<String, f64> {
+    pub fn evaluate<B: Backend>(
+        &self,
+        vit: &Vit<B>,
+        overclustering: usize,
+        batch: usize,
+    ) -> BTreeMap<String, f64> {
         let scores: Vec<Score> = match self {
             ValSet::Images { images, masks, classes } => {
                 let feats = extract(vit, images, batch);
@@ -107,14 +124,28 @@ impl ValSet {
                 if overclustering > 0 {
                     ks.push(overclustering);
                 }
-                cluster_images(&feats, masks, *classes, &ClusterConfig { ks, seeds: vec![0], iters: 100 })
+                cluster_images(
+                    &feats,
+                    masks,
+                    *classes,
+                    &ClusterConfig { ks, seeds: vec![0], iters: 100 },
+                )
             }
             ValSet::Videos(videos) => {
                 let samples: Vec<VideoSample> = videos
                     .iter()
-                    .map(|v| VideoSample { name: v.name.clone(), frames: extract(vit, &v.frames, batch), masks: v.masks.clone() })
+                    .map(|v| VideoSample {
+                        name: v.name.clone(),
+                        frames: extract(vit, &v.frames, batch),
+                        masks: v.masks.clone(),
+                    })
                     .collect();
-                let cfg = VideoConfig { seeds: vec![0], iters: 100, over_k_local: overclustering, over_k_dataset: 0 };
+                let cfg = VideoConfig {
+                    seeds: vec![0],
+                    iters: 100,
+                    over_k_local: overclustering,
+                    over_k_dataset: 0,
+                };
                 cluster_videos(&samples, &cfg)
             }
         };

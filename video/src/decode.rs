@@ -100,10 +100,7 @@ const MAX_BAD_PACKETS: u32 = 1000;
 impl Decoder {
     pub fn open(path: &Path) -> Result<Self, VideoError> {
         crate::init();
-        let open_err = |source| VideoError::Open {
-            path: path.into(),
-            source,
-        };
+        let open_err = |source| VideoError::Open { path: path.into(), source };
         let input = ff::format::input(path).map_err(open_err)?;
         let stream = input
             .streams()
@@ -127,9 +124,8 @@ impl Decoder {
 
         let positive =
             |r: ff::Rational| (r.numerator() > 0 && r.denominator() > 0).then(|| f64::from(r));
-        let fps = positive(stream.avg_frame_rate())
-            .or_else(|| positive(stream.rate()))
-            .unwrap_or(0.0);
+        let fps =
+            positive(stream.avg_frame_rate()).or_else(|| positive(stream.rate())).unwrap_or(0.0);
         let duration_s = if stream.duration() > 0 {
             positive(stream.time_base()).map(|tb| stream.duration() as f64 * tb)
         } else if input.duration() > 0 {
@@ -140,9 +136,7 @@ impl Decoder {
         let frames = if stream.frames() > 0 {
             Some(stream.frames() as u64)
         } else {
-            duration_s
-                .filter(|_| fps > 0.0)
-                .map(|d| (d * fps).round() as u64)
+            duration_s.filter(|_| fps > 0.0).map(|d| (d * fps).round() as u64)
         };
         let info = VideoInfo {
             width: decoder.width(),
@@ -215,9 +209,7 @@ impl Decoder {
             match packet.read(&mut self.input) {
                 Ok(()) if packet.stream() == self.stream => {
                     bad_packets = 0;
-                    self.decoder
-                        .send_packet(&packet)
-                        .map_err(|e| self.decode_err(e))?;
+                    self.decoder.send_packet(&packet).map_err(|e| self.decode_err(e))?;
                 }
                 Ok(()) => {}
                 Err(ff::Error::Eof) => {
@@ -232,20 +224,12 @@ impl Decoder {
     }
 
     fn decode_err(&self, source: ff::Error) -> VideoError {
-        VideoError::Decode {
-            path: self.path.clone(),
-            frame: self.next_index,
-            source,
-        }
+        VideoError::Decode { path: self.path.clone(), frame: self.next_index, source }
     }
 
     fn convert_rgb(&mut self, index: u64) -> Result<RgbImage, VideoError> {
         let (fmt, w, h) = (self.frame.format(), self.frame.width(), self.frame.height());
-        let err = |e| VideoError::Decode {
-            path: self.path.clone(),
-            frame: index,
-            source: e,
-        };
+        let err = |e| VideoError::Decode { path: self.path.clone(), frame: index, source: e };
         let scaler = match self.scaler.take() {
             Some(s) if (s.0, s.1, s.2) == (fmt, w, h) => &mut self.scaler.insert(s).3,
             // Mid-stream size changes are scaled back to the stream size so
@@ -309,9 +293,7 @@ mod tests {
         let mut f = std::fs::File::create(path).unwrap();
         writeln!(f, "YUV4MPEG2 W{w} H{h} F25:1 Ip A1:1 C{chroma}").unwrap();
         // Luma ramp along x (limited range 16..=235), neutral chroma.
-        let luma: Vec<u8> = (0..w * h)
-            .map(|i| (16 + (i % w) * 219 / (w - 1)) as u8)
-            .collect();
+        let luma: Vec<u8> = (0..w * h).map(|i| (16 + (i % w) * 219 / (w - 1)) as u8).collect();
         for _ in 0..frames {
             f.write_all(b"FRAME\n").unwrap();
             f.write_all(&luma).unwrap();
@@ -335,11 +317,7 @@ mod tests {
                 let [r, g, b] = img.get_pixel(0, y).0;
                 assert!(r < 8 && g < 8 && b < 8, "{chroma} left {:?}", (r, g, b));
                 let [r, g, b] = img.get_pixel(320, y).0;
-                assert!(
-                    r > 247 && g > 247 && b > 247,
-                    "{chroma} right {:?}",
-                    (r, g, b)
-                );
+                assert!(r > 247 && g > 247 && b > 247, "{chroma} right {:?}", (r, g, b));
                 let [r, g, b] = img.get_pixel(160, y).0;
                 assert!(
                     r.abs_diff(g) < 4 && g.abs_diff(b) < 4 && r.abs_diff(128) < 10,

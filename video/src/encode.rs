@@ -60,11 +60,7 @@ impl Mp4Writer {
             });
         }
         let tmp = crate::tmp_path(path);
-        let mut writer = Self {
-            path: path.into(),
-            tmp,
-            inner: None,
-        };
+        let mut writer = Self { path: path.into(), tmp, inner: None };
         writer.inner =
             Some(Inner::open(&writer.tmp, width, height, fps, codec).map_err(|e| writer.err(e))?);
         Ok(writer)
@@ -76,10 +72,7 @@ impl Mp4Writer {
     }
 
     pub fn push(&mut self, frame: &RgbImage) -> Result<(), VideoError> {
-        let inner = self
-            .inner
-            .as_mut()
-            .expect("inner is only taken by finish(self)");
+        let inner = self.inner.as_mut().expect("inner is only taken by finish(self)");
         if frame.dimensions() != (inner.width, inner.height) {
             return Err(VideoError::InvalidInput {
                 path: self.path.clone(),
@@ -104,17 +97,12 @@ impl Mp4Writer {
         inner.finish().map_err(|e| self.err(e))?;
         // Close the file before renaming it.
         drop(inner);
-        std::fs::rename(&self.tmp, &self.path).map_err(|source| VideoError::Io {
-            path: self.path.clone(),
-            source,
-        })
+        std::fs::rename(&self.tmp, &self.path)
+            .map_err(|source| VideoError::Io { path: self.path.clone(), source })
     }
 
     fn err(&self, e: ff::Error) -> VideoError {
-        VideoError::Encode {
-            path: self.path.clone(),
-            message: e.to_string(),
-        }
+        VideoError::Encode { path: self.path.clone(), message: e.to_string() }
     }
 }
 
@@ -136,10 +124,7 @@ impl Inner {
     ) -> Result<Self, ff::Error> {
         // The temp name has no .mp4 extension, so name the muxer explicitly.
         let mut output = ff::format::output_as(tmp, "mp4")?;
-        let global_header = output
-            .format()
-            .flags()
-            .contains(ff::format::Flags::GLOBAL_HEADER);
+        let global_header = output.format().flags().contains(ff::format::Flags::GLOBAL_HEADER);
         let codec = match codec {
             Some(name) => ff::encoder::find_by_name(name),
             None => {
@@ -150,9 +135,7 @@ impl Inner {
         let x264 = codec.name() == "libx264";
         let encoder_tb = ff::Rational::new(1, fps as i32);
 
-        let mut enc = ff::codec::context::Context::new_with_codec(codec)
-            .encoder()
-            .video()?;
+        let mut enc = ff::codec::context::Context::new_with_codec(codec).encoder().video()?;
         enc.set_width(width);
         enc.set_height(height);
         enc.set_format(Pixel::YUV420P);
@@ -185,10 +168,7 @@ impl Inner {
         mux_opts.set("movflags", "+faststart");
         output.write_header_with(mux_opts)?;
         // The muxer may pick its own time base while writing the header.
-        let stream_tb = output
-            .stream(stream_index)
-            .ok_or(ff::Error::StreamNotFound)?
-            .time_base();
+        let stream_tb = output.stream(stream_index).ok_or(ff::Error::StreamNotFound)?.time_base();
 
         let scaler = scaling::Context::get(
             Pixel::RGB24,
@@ -336,11 +316,9 @@ mod tests {
             std::fs::write(&cut, &bytes[..bytes.len() * pct / 100]).unwrap();
             match decode_all(&cut) {
                 // Cutting only trailing metadata may leave every frame intact.
-                Ok((_, frames)) => assert!(
-                    frames.len() < 20 || pct > 90,
-                    "{pct}%: {} frames",
-                    frames.len()
-                ),
+                Ok((_, frames)) => {
+                    assert!(frames.len() < 20 || pct > 90, "{pct}%: {} frames", frames.len())
+                }
                 Err(e) => assert!(e.to_string().contains(&*cut.to_string_lossy()), "{e}"),
             }
         }
@@ -350,10 +328,7 @@ mod tests {
     fn rejects_bad_sizes_and_mismatched_frames() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("odd.mp4");
-        let msg = Mp4Writer::create(&path, 63, 48, 30)
-            .err()
-            .unwrap()
-            .to_string();
+        let msg = Mp4Writer::create(&path, 63, 48, 30).err().unwrap().to_string();
         assert!(msg.contains("odd.mp4") && msg.contains("63x48"), "{msg}");
 
         let mut w = Mp4Writer::create(&path, 64, 48, 30).unwrap();

@@ -5,10 +5,7 @@ use std::path::PathBuf;
 #[derive(Debug, thiserror::Error)]
 pub enum VideoError {
     #[error("cannot open video {}: {source}", path.display())]
-    Open {
-        path: PathBuf,
-        source: ffmpeg_next::Error,
-    },
+    Open { path: PathBuf, source: ffmpeg_next::Error },
     #[error("no video stream in {}", path.display())]
     NoVideoStream { path: PathBuf },
     #[error("cannot decode video {}: {message}", path.display())]
@@ -23,11 +20,7 @@ pub enum VideoError {
         requested: u64,
     },
     #[error("decode error in {} at frame {frame}: {source}", path.display())]
-    Decode {
-        path: PathBuf,
-        frame: u64,
-        source: ffmpeg_next::Error,
-    },
+    Decode { path: PathBuf, frame: u64, source: ffmpeg_next::Error },
     #[error("cannot encode {}: {message}", path.display())]
     Encode { path: PathBuf, message: String },
     #[error("invalid input for {}: {message}", path.display())]
@@ -35,10 +28,7 @@ pub enum VideoError {
     #[error("unsupported output format for {}: expected .gif or .mp4", path.display())]
     UnsupportedFormat { path: PathBuf },
     #[error("I/O error on {}: {source}", path.display())]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Io { path: PathBuf, source: std::io::Error },
 }
 
 impl VideoError {

@@ -54,12 +54,7 @@ pub(crate) mod test_util {
     }
 
     pub fn mean_abs_diff(a: &RgbImage, b: &RgbImage) -> f64 {
-        let sum: u64 = a
-            .as_raw()
-            .iter()
-            .zip(b.as_raw())
-            .map(|(&p, &q)| p.abs_diff(q) as u64)
-            .sum();
+        let sum: u64 = a.as_raw().iter().zip(b.as_raw()).map(|(&p, &q)| p.abs_diff(q) as u64).sum();
         sum as f64 / a.as_raw().len() as f64
     }
 }

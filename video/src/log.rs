@@ -118,7 +118,17 @@ unsafe extern "C" fn callback(avcl: *mut c_void, level: c_int, fmt: *const c_cha
     let mut prefix: c_int = PREFIX.with(Cell::get);
     // SAFETY: FFmpeg hands us a valid format and va_list; the buffer size is passed along and
     // the result is NUL-terminated (truncated if needed).
-    let n = unsafe { ffi::av_log_format_line2(avcl, level, fmt, vl, buf.as_mut_ptr(), buf.len() as c_int, &mut prefix) };
+    let n = unsafe {
+        ffi::av_log_format_line2(
+            avcl,
+            level,
+            fmt,
+            vl,
+            buf.as_mut_ptr(),
+            buf.len() as c_int,
+            &mut prefix,
+        )
+    };
     PREFIX.with(|p| p.set(prefix));
     if n < 0 {
         return;
@@ -197,14 +207,26 @@ mod tests {
         clear_sink();
         let got = got.lock().unwrap();
         assert!(!got.is_empty(), "FFmpeg logged nothing for a scrambled file");
-        assert!(got.iter().all(|m| m.video.as_deref() == Some("bad") && m.level == Level::Error), "{got:?}");
-        assert!(got.iter().all(|m| !m.text.contains(" @ 0x") && !m.text.ends_with('\n')), "{got:?}");
+        assert!(
+            got.iter().all(|m| m.video.as_deref() == Some("bad") && m.level == Level::Error),
+            "{got:?}"
+        );
+        assert!(
+            got.iter().all(|m| !m.text.contains(" @ 0x") && !m.text.ends_with('\n')),
+            "{got:?}"
+        );
     }
 
     #[test]
     fn addresses_are_dropped_from_prefixes() {
-        assert_eq!(without_address("[h264 @ 0x55d0c3a2b940] error while decoding MB 3 4"), "[h264] error while decoding MB 3 4");
+        assert_eq!(
+            without_address("[h264 @ 0x55d0c3a2b940] error while decoding MB 3 4"),
+            "[h264] error while decoding MB 3 4"
+        );
         assert_eq!(without_address("no prefix"), "no prefix");
-        assert_eq!(without_address("[mov,mp4 @ 0x1] moov atom not found"), "[mov,mp4] moov atom not found");
+        assert_eq!(
+            without_address("[mov,mp4 @ 0x1] moov atom not found"),
+            "[mov,mp4] moov atom not found"
+        );
     }
 }

@@ -22,12 +22,7 @@ pub struct RenderOptions {
 
 impl Default for RenderOptions {
     fn default() -> Self {
-        Self {
-            fps: 25,
-            upscale: 2,
-            radius: 3,
-            trail: 4,
-        }
+        Self { fps: 25, upscale: 2, radius: 3, trail: 4 }
     }
 }
 
@@ -53,20 +48,14 @@ pub fn render(
     out: &Path,
     opts: &RenderOptions,
 ) -> Result<(), VideoError> {
-    let ext = out
-        .extension()
-        .and_then(|e| e.to_str())
-        .map(str::to_ascii_lowercase);
+    let ext = out.extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase);
     let format = match ext.as_deref() {
         Some("gif") => Format::Gif,
         Some("mp4") => Format::Mp4,
         Some("png") => Format::Png,
         _ => return Err(VideoError::UnsupportedFormat { path: out.into() }),
     };
-    let invalid = |message: String| VideoError::InvalidInput {
-        path: out.into(),
-        message,
-    };
+    let invalid = |message: String| VideoError::InvalidInput { path: out.into(), message };
     let (t, n) = (frames.len(), num_points);
     let Some(first) = frames.first() else {
         return Err(invalid("no frames to render".into()));
@@ -139,7 +128,9 @@ pub fn render(
                 let mut canvas = upscale(&frames[k], s, cw, ch);
                 for (i, &c) in colors.iter().enumerate() {
                     for j in k.saturating_sub(still.trail)..k {
-                        if let (Some(a), Some(b), true, true) = (pos(j, i), pos(j + 1, i), visible(j, i), visible(j + 1, i)) {
+                        if let (Some(a), Some(b), true, true) =
+                            (pos(j, i), pos(j + 1, i), visible(j, i), visible(j + 1, i))
+                        {
                             line(&mut canvas, a, b, c);
                         }
                     }
@@ -155,7 +146,10 @@ pub fn render(
             let res = draw_all(t - 1)
                 .save_with_format(&tmp, image::ImageFormat::Png)
                 .map_err(|e| VideoError::Encode { path: out.into(), message: e.to_string() })
-                .and_then(|_| std::fs::rename(&tmp, out).map_err(|source| VideoError::Io { path: out.into(), source }));
+                .and_then(|_| {
+                    std::fs::rename(&tmp, out)
+                        .map_err(|source| VideoError::Io { path: out.into(), source })
+                });
             if res.is_err() {
                 let _ = std::fs::remove_file(&tmp);
             }
@@ -173,10 +167,7 @@ pub fn render(
                 return Err(invalid(format!("{cw}x{ch} exceeds the GIF size limit")));
             }
             let tmp = crate::tmp_path(out);
-            let io_err = |source| VideoError::Io {
-                path: out.into(),
-                source,
-            };
+            let io_err = |source| VideoError::Io { path: out.into(), source };
             let written = (|| -> Result<(), VideoError> {
                 let gif_err = |e: gif::EncodingError| VideoError::Encode {
                     path: out.into(),
@@ -321,18 +312,8 @@ mod tests {
         // Point 0 (red) visible at x=10, y=2 throughout; point 1 occluded at x=25, y=8.
         let tracks: Vec<f32> = (0..3).flat_map(|_| [10.0, 2.0, 25.0, 8.0]).collect();
         let vis = [1, 0].repeat(3);
-        render(
-            &frames,
-            &tracks,
-            &vis,
-            2,
-            &out,
-            &RenderOptions {
-                fps: 10,
-                ..Default::default()
-            },
-        )
-        .unwrap();
+        render(&frames, &tracks, &vis, 2, &out, &RenderOptions { fps: 10, ..Default::default() })
+            .unwrap();
         assert!(!crate::tmp_path(&out).exists());
 
         let (w, h, frames, delays) = read_gif(&out);
@@ -357,32 +338,17 @@ mod tests {
         let frames = vec![RgbImage::new(33, 17); 4];
         let tracks: Vec<f32> = (0..4).flat_map(|k| [k as f32 * 5.0, 8.0]).collect();
         let vis = vec![1u8; 4];
-        let opts = RenderOptions {
-            upscale: 1,
-            ..Default::default()
-        };
+        let opts = RenderOptions { upscale: 1, ..Default::default() };
         let out = dir.path().join("tracks.mp4");
         render(&frames, &tracks, &vis, 1, &out, &opts).unwrap();
         let (info, decoded) = crate::decode_all(&out).unwrap();
         assert_eq!((info.width, info.height, decoded.len()), (34, 18, 4));
 
         let bad = dir.path().join("tracks.avi");
-        let err = render(&frames, &tracks, &vis, 1, &bad, &opts)
-            .unwrap_err()
-            .to_string();
-        assert!(
-            err.contains("tracks.avi") && err.contains(".gif or .mp4"),
-            "{err}"
-        );
-        let err = render(
-            &frames,
-            &tracks[1..],
-            &vis,
-            1,
-            &out.with_extension("gif"),
-            &opts,
-        )
-        .unwrap_err();
+        let err = render(&frames, &tracks, &vis, 1, &bad, &opts).unwrap_err().to_string();
+        assert!(err.contains("tracks.avi") && err.contains(".gif or .mp4"), "{err}");
+        let err =
+            render(&frames, &tracks[1..], &vis, 1, &out.with_extension("gif"), &opts).unwrap_err();
         assert!(matches!(err, VideoError::InvalidInput { .. }), "{err}");
     }
 

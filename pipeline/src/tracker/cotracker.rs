@@ -49,7 +49,9 @@ impl std::str::FromStr for Device {
             "cuda" => Ok(Device::Cuda(0)),
             _ => match s.strip_prefix("cuda:").map(str::parse::<u32>) {
                 Some(Ok(n)) => Ok(Device::Cuda(n)),
-                _ => Err(format!("'{s}' is not a device: expected cpu, cuda or cuda:N (N the GPU's index)")),
+                _ => Err(format!(
+                    "'{s}' is not a device: expected cpu, cuda or cuda:N (N the GPU's index)"
+                )),
             },
         }
     }
@@ -114,7 +116,11 @@ pub fn find_ort_library() -> Result<PathBuf> {
                 .flatten()
                 .flatten()
                 .map(|e| e.path())
-                .filter(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("libonnxruntime.so")))
+                .filter(|p| {
+                    p.file_name()
+                        .and_then(|n| n.to_str())
+                        .is_some_and(|n| n.starts_with("libonnxruntime.so"))
+                })
                 .collect();
             libs.sort();
             if let Some(l) = libs.pop() {
@@ -147,7 +153,8 @@ fn on_ort_log(level: LogLevel, location: &str, message: &str) {
         c.push((location.to_string(), message.to_string()));
     }
     // Placement is reported by our own check, with the nodes named.
-    if level >= LogLevel::Warning && !message.contains("were not assigned to the preferred execution providers")
+    if level >= LogLevel::Warning
+        && !message.contains("were not assigned to the preferred execution providers")
         && !message.contains("Rerunning with verbose output")
     {
         let line = format!("onnxruntime: {}", message.trim_end());
@@ -160,13 +167,16 @@ fn on_ort_log(level: LogLevel, location: &str, message: &str) {
 
 /// Loads ONNX Runtime once per process.
 fn environment() -> Result<&'static ort::environment::Environment> {
-    static ENV: std::sync::OnceLock<std::result::Result<ort::environment::Environment, String>> = std::sync::OnceLock::new();
+    static ENV: std::sync::OnceLock<std::result::Result<ort::environment::Environment, String>> =
+        std::sync::OnceLock::new();
     ENV.get_or_init(|| {
         let lib = find_ort_library().map_err(|e| format!("{e:#}"))?;
         ort::init_from(&lib)
             .map_err(|e| format!("cannot load ONNX Runtime from {}: {e}", lib.display()))?
             .with_name("mosic")
-            .with_logger(Arc::new(|level, _category, _id, location: &str, message: &str| on_ort_log(level, location, message)))
+            .with_logger(Arc::new(|level, _category, _id, location: &str, message: &str| {
+                on_ort_log(level, location, message)
+            }))
             .build()
             .map_err(|e| format!("cannot start ONNX Runtime from {}: {e}", lib.display()))
     })
@@ -215,11 +225,15 @@ impl Placement {
                 let list = p.nodes.entry(name.clone()).or_default();
                 list.extend(m.lines().skip(1).filter_map(node));
                 current = Some(name);
-            } else if let Some(rest) = m.split_once("Force fallback to CPU execution for node: ").map(|x| x.1) {
+            } else if let Some(rest) =
+                m.split_once("Force fallback to CPU execution for node: ").map(|x| x.1)
+            {
                 if let Some(name) = rest.split(" because").next() {
                     p.cpu_by_choice.insert(name.trim().to_string());
                 }
-            } else if let Some(rest) = m.split_once("kernel not found in registries for Op type: ").map(|x| x.1) {
+            } else if let Some(rest) =
+                m.split_once("kernel not found in registries for Op type: ").map(|x| x.1)
+            {
                 if let Some((op, name)) = rest.split_once(" node name: ") {
                     p.no_kernel.push((op.trim().to_string(), name.trim().to_string()));
                 }
@@ -236,7 +250,11 @@ impl Placement {
     /// did not choose so for speed; None when the log does not say (then nothing is known).
     pub fn fallbacks(&self) -> Option<Vec<(String, String)>> {
         if let Some((name, _)) = &self.all_on {
-            return Some(if name == CPU_PROVIDER { vec![("every node".into(), String::new())] } else { Vec::new() });
+            return Some(if name == CPU_PROVIDER {
+                vec![("every node".into(), String::new())]
+            } else {
+                Vec::new()
+            });
         }
         if self.nodes.is_empty() {
             return (!self.no_kernel.is_empty()).then(|| self.no_kernel.clone());
@@ -247,7 +265,8 @@ impl Placement {
 }
 
 fn name_nodes(nodes: &[(String, String)]) -> String {
-    let mut s: Vec<String> = nodes.iter().take(20).map(|(op, name)| format!("{op} ({name})")).collect();
+    let mut s: Vec<String> =
+        nodes.iter().take(20).map(|(op, name)| format!("{op} ({name})")).collect();
     if nodes.len() > 20 {
         s.push(format!("and {} more", nodes.len() - 20));
     }
@@ -324,7 +343,11 @@ impl CoTracker {
             } else {
                 match placement.fallbacks() {
                     Some(f) if f.is_empty() => None,
-                    Some(f) => Some(format!("{} node(s) of the model fall back to the CPU provider: {}", f.len(), name_nodes(&f))),
+                    Some(f) => Some(format!(
+                        "{} node(s) of the model fall back to the CPU provider: {}",
+                        f.len(),
+                        name_nodes(&f)
+                    )),
                     None => {
                         notes.push("ONNX Runtime did not report where the nodes run; the CPU fallback check was skipped".into());
                         None
@@ -333,7 +356,9 @@ impl CoTracker {
             };
             if let Some(f) = fallback {
                 if !params.allow_cpu_fallback {
-                    bail!("--device {device}: {f}; pass --allow-cpu-fallback to run like that anyway");
+                    bail!(
+                        "--device {device}: {f}; pass --allow-cpu-fallback to run like that anyway"
+                    );
                 }
                 notes.push(format!("--device {device}: {f} (allowed by --allow-cpu-fallback)"));
             }
@@ -370,7 +395,16 @@ impl CoTracker {
                 );
             }
         }
-        Ok(Self { session, sha256, iters, device, params, model: model.to_path_buf(), video: Vec::new(), notes })
+        Ok(Self {
+            session,
+            sha256,
+            iters,
+            device,
+            params,
+            model: model.to_path_buf(),
+            video: Vec::new(),
+            notes,
+        })
     }
 }
 
@@ -415,7 +449,9 @@ impl Tracker for CoTracker {
     fn track(&mut self, clips: &[TrackRequest<'_>]) -> Result<Vec<TrackResult>> {
         let mut out = Vec::with_capacity(clips.len());
         for chunk in clips.chunks(self.batch_size()) {
-            let r = self.track_batch(chunk).with_context(|| format!("running {} on {}", self.model.display(), self.device))?;
+            let r = self
+                .track_batch(chunk)
+                .with_context(|| format!("running {} on {}", self.model.display(), self.device))?;
             out.extend(r);
         }
         Ok(out)
@@ -457,9 +493,13 @@ impl CoTracker {
                 &self.video
             }
         };
-        let video_t = TensorRef::from_array_view(([b, t, 3, MODEL_HEIGHT, MODEL_WIDTH], video)).map_err(ort_err)?;
+        let video_t = TensorRef::from_array_view(([b, t, 3, MODEL_HEIGHT, MODEL_WIDTH], video))
+            .map_err(ort_err)?;
         let queries_t = TensorRef::from_array_view(([b, n, 3], &queries[..])).map_err(ort_err)?;
-        let outputs = self.session.run(ort::inputs!["video" => video_t, "queries" => queries_t]).map_err(ort_err)?;
+        let outputs = self
+            .session
+            .run(ort::inputs!["video" => video_t, "queries" => queries_t])
+            .map_err(ort_err)?;
         let (tshape, tracks) = outputs["tracks"].try_extract_tensor::<f32>().map_err(ort_err)?;
         let (vshape, vis) = outputs["visibility"].try_extract_tensor::<f32>().map_err(ort_err)?;
         let want_t = [b as i64, t as i64, n as i64, 2];
@@ -472,7 +512,9 @@ impl CoTracker {
         for (ci, c) in clips.iter().enumerate() {
             let base = ci * t * n;
             let mut r = TrackResult {
-                tracks: (0..t * n).map(|e| [tracks[(base + e) * 2] / sx, tracks[(base + e) * 2 + 1] / sy]).collect(),
+                tracks: (0..t * n)
+                    .map(|e| [tracks[(base + e) * 2] / sx, tracks[(base + e) * 2 + 1] / sy])
+                    .collect(),
                 visibility: (0..t * n).map(|e| vis[base + e] > thr).collect(),
             };
             for (i, q) in c.queries.iter().enumerate() {
@@ -487,7 +529,10 @@ impl CoTracker {
 
 /// Factors from stored-frame pixels to model pixels (corner-aligned, as CoTracker scales).
 pub fn scale_to_model(w: u32, h: u32) -> (f32, f32) {
-    ((MODEL_WIDTH - 1) as f32 / (w.max(2) - 1) as f32, (MODEL_HEIGHT - 1) as f32 / (h.max(2) - 1) as f32)
+    (
+        (MODEL_WIDTH - 1) as f32 / (w.max(2) - 1) as f32,
+        (MODEL_HEIGHT - 1) as f32 / (h.max(2) - 1) as f32,
+    )
 }
 
 /// Bilinear resize with aligned corners into planar RGB floats in 0..255, as
@@ -565,12 +610,23 @@ mod tests {
         assert_eq!(p.no_kernel, vec![("GridSample".to_string(), "grid_3".to_string())]);
         // The older form lists the nodes inside the header message.
         let p = Placement::parse(&log(&[
-            ("", " Node(s) placed on [CUDAExecutionProvider]. Number of nodes: 1\n  MatMul (mm),\n"),
-            ("", " Node(s) placed on [CPUExecutionProvider]. Number of nodes: 1\n  Scan (loop_0),\n"),
+            (
+                "",
+                " Node(s) placed on [CUDAExecutionProvider]. Number of nodes: 1\n  MatMul (mm),\n",
+            ),
+            (
+                "",
+                " Node(s) placed on [CPUExecutionProvider]. Number of nodes: 1\n  Scan (loop_0),\n",
+            ),
         ]));
         assert_eq!(p.fallbacks().unwrap(), vec![("Scan".to_string(), "loop_0".to_string())]);
         // Everything on the GPU provider, or on the CPU one.
-        let all = |ep: &str| Placement::parse(&log(&[("", &format!(" All nodes placed on [{ep}]. Number of nodes: 812"))]));
+        let all = |ep: &str| {
+            Placement::parse(&log(&[(
+                "",
+                &format!(" All nodes placed on [{ep}]. Number of nodes: 812"),
+            )]))
+        };
         assert_eq!(all("CUDAExecutionProvider").fallbacks(), Some(vec![]));
         assert_eq!(all("CPUExecutionProvider").all_on, Some(("CPUExecutionProvider".into(), 812)));
         assert_eq!(all("CPUExecutionProvider").fallbacks().unwrap().len(), 1);

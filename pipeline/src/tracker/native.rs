@@ -127,32 +127,46 @@ impl NativeTracker {
         }
         ensure!(req.query_frame < t, "query frame {} of a {t}-frame clip", req.query_frame);
         let (w, h) = req.frames[0].dimensions();
-        ensure!(req.frames.iter().all(|f| f.dimensions() == (w, h)), "frames of one clip differ in size");
+        ensure!(
+            req.frames.iter().all(|f| f.dimensions() == (w, h)),
+            "frames of one clip differ in size"
+        );
         ensure!(w > 0 && h > 0, "empty frames");
         let pyr: Vec<Vec<Plane>> = req
             .frames
             .par_iter()
-            .map(|f| pyramid(f, self.params.levels, self.params.window.max(self.params.ncc_window) + 2))
+            .map(|f| {
+                pyramid(f, self.params.levels, self.params.window.max(self.params.ncc_window) + 2)
+            })
             .collect();
         let gl = pyr[0].len().min(2) - 1;
-        let steps: Vec<[f32; 2]> = pyr.par_windows(2).map(|p| global_shift(&p[0][gl], &p[1][gl], gl)).collect();
+        let steps: Vec<[f32; 2]> =
+            pyr.par_windows(2).map(|p| global_shift(&p[0][gl], &p[1][gl], gl)).collect();
         let glob = std::iter::once([0.0; 2]).chain(steps.iter().scan([0.0f32; 2], |g, d| {
             *g = [g[0] + d[0], g[1] + d[1]];
             Some(*g)
         }));
         let c = ClipCtx { glob: glob.collect(), w: w as f32, h: h as f32, pyr };
         let scratch = || Scratch::new(self.params.window, self.params.ncc_window);
-        let mut per_point: Vec<Vec<([f32; 2], bool)>> =
-            req.queries.par_iter().map_init(scratch, |s, &q| self.track_point(&c, req.query_frame, q, None, s)).collect();
+        let mut per_point: Vec<Vec<([f32; 2], bool)>> = req
+            .queries
+            .par_iter()
+            .map_init(scratch, |s, &q| self.track_point(&c, req.query_frame, q, None, s))
+            .collect();
         let guided = self.params.neighbours > 0 || self.params.camera || self.params.local > 0;
-        let (near, around) = (nearest(req.queries, self.params.neighbours), nearest(req.queries, self.params.local));
+        let (near, around) =
+            (nearest(req.queries, self.params.neighbours), nearest(req.queries, self.params.local));
         // What the pass before changed: after the first guided pass, a point is followed again
         // only where its guides moved (its own track or a neighbour's changed, or the camera's
         // map where it is lost), since the same guides would find the same track.
-        let (mut changed, mut last_camera): (Option<Vec<bool>>, Vec<Option<Affine>>) = (None, vec![None; t]);
+        let (mut changed, mut last_camera): (Option<Vec<bool>>, Vec<Option<Affine>>) =
+            (None, vec![None; t]);
         for _ in 0..if guided { self.params.passes } else { 0 } {
             let camera: Vec<Option<Affine>> = if self.params.camera {
-                (0..t).into_par_iter().map(|k| fit_camera(req.queries, &per_point, k, req.query_frame)).collect()
+                (0..t)
+                    .into_par_iter()
+                    .map(|k| fit_camera(req.queries, &per_point, k, req.query_frame))
+                    .collect()
             } else {
                 vec![None; t]
             };
@@ -177,7 +191,14 @@ impl NativeTracker {
                 .into_par_iter()
                 .map_init(scratch, |s, i| {
                     (first[i].iter().any(|&(_, v)| !v) && moved(i)).then(|| {
-                        let guide = Guide { first, near: &near[i], camera: &camera, around: &around[i], queries: req.queries, q: req.queries[i] };
+                        let guide = Guide {
+                            first,
+                            near: &near[i],
+                            camera: &camera,
+                            around: &around[i],
+                            queries: req.queries,
+                            q: req.queries[i],
+                        };
                         self.track_point(&c, req.query_frame, req.queries[i], Some(&guide), s)
                     })
                 })
@@ -200,7 +221,14 @@ impl NativeTracker {
         Ok(out)
     }
 
-    fn track_point(&self, c: &ClipCtx, qf: usize, q: [f32; 2], guide: Option<&Guide<'_>>, s: &mut Scratch) -> Vec<([f32; 2], bool)> {
+    fn track_point(
+        &self,
+        c: &ClipCtx,
+        qf: usize,
+        q: [f32; 2],
+        guide: Option<&Guide<'_>>,
+        s: &mut Scratch,
+    ) -> Vec<([f32; 2], bool)> {
         let mut out = vec![(q, false); c.pyr.len()];
         out[qf].1 = true;
         // A flat query patch has no appearance to check, so only the round trip decides.
@@ -232,8 +260,15 @@ impl NativeTracker {
             let g = [c.glob[t][0] - c.glob[good_t][0], c.glob[t][1] - c.glob[good_t][1]];
             let global = [good[0] + g[0], good[1] + g[1]];
             let own = vel.map(|v| [good[0] + v[0] * k, good[1] + v[1] * k]);
-            let step = |s: &mut Scratch, guess: [f32; 2], top: usize, ncc_threshold: f32, warp: [f32; 4]| -> Option<([f32; 2], bool, [f32; 4])> {
-                let mut e = self.lk(&c.pyr[good_t], &c.pyr[t], good, guess, top, s).filter(|&e| c.inside(e))?;
+            let step = |s: &mut Scratch,
+                        guess: [f32; 2],
+                        top: usize,
+                        ncc_threshold: f32,
+                        warp: [f32; 4]|
+             -> Option<([f32; 2], bool, [f32; 4])> {
+                let mut e = self
+                    .lk(&c.pyr[good_t], &c.pyr[t], good, guess, top, s)
+                    .filter(|&e| c.inside(e))?;
                 let mut seen = warp;
                 if let Some(tp) = template {
                     // A failed appearance check likely means the estimate latched onto an
@@ -255,7 +290,11 @@ impl NativeTracker {
                 }
                 // The forward estimate is a close guess, so the fine levels suffice.
                 let back = self.lk(&c.pyr[t], &c.pyr[good_t], e, good, 1, s);
-                Some((e, back.is_some_and(|b| (b[0] - good[0]).hypot(b[1] - good[1]) < p.fb_threshold), seen))
+                Some((
+                    e,
+                    back.is_some_and(|b| (b[0] - good[0]).hypot(b[1] - good[1]) < p.fb_threshold),
+                    seen,
+                ))
             };
             let first = step(s, own.unwrap_or(global), usize::MAX, p.ncc_threshold, warp);
             let retry = own.is_some_and(|o| (o[0] - global[0]).hypot(o[1] - global[1]) > 1.0);
@@ -266,7 +305,10 @@ impl NativeTracker {
             let mut tried = vec![global];
             tried.extend(own);
             // The neighbours' motion, where it differs from what was tried.
-            if let Some(g) = guide.filter(|_| !found.is_some_and(|r| r.1)).and_then(|h| h.neighbours(good_t, t, good)) {
+            if let Some(g) = guide
+                .filter(|_| !found.is_some_and(|r| r.1))
+                .and_then(|h| h.neighbours(good_t, t, good))
+            {
                 if tried.iter().all(|o| (o[0] - g[0]).hypot(o[1] - g[1]) > 1.0) {
                     found = step(s, g, usize::MAX, p.ncc_threshold, warp).filter(|r| r.1).or(found);
                     tried.push(g);
@@ -274,14 +316,18 @@ impl NativeTracker {
             }
             // The camera's motion from the query frame: it does not accumulate the drift of
             // steps taken while the point was hidden, and it brings the patch's turn and zoom.
-            if let Some((g, m)) = guide.filter(|_| !found.is_some_and(|r| r.1)).and_then(|h| h.camera(t)) {
+            if let Some((g, m)) =
+                guide.filter(|_| !found.is_some_and(|r| r.1)).and_then(|h| h.camera(t))
+            {
                 // Checked against the query patch alone: frame-to-frame LK from the last frame
                 // seen, a turn and a zoom away, is what lost the point.
                 if let Some(r) = template.and_then(|tp| self.verify(c, t, tp, g, m, s)) {
                     found = Some((r.0, true, r.1));
                 }
             }
-            if let Some((g, m)) = guide.filter(|_| !found.is_some_and(|r| r.1)).and_then(|h| h.local(t)) {
+            if let Some((g, m)) =
+                guide.filter(|_| !found.is_some_and(|r| r.1)).and_then(|h| h.local(t))
+            {
                 let cam = guide.and_then(|h| h.camera(t)).map(|c| c.0);
                 if !cam.is_some_and(|o| (o[0] - g[0]).hypot(o[1] - g[1]) <= 0.5) {
                     if let Some(r) = template.and_then(|tp| self.verify(c, t, tp, g, m, s)) {
@@ -297,7 +343,9 @@ impl NativeTracker {
                     if (cand[0] - from[0]).hypot(cand[1] - from[1]) > 1.0 {
                         // From a close candidate the coarse levels, which see mostly the
                         // surroundings of a small object, would only pull it away.
-                        found = step(s, cand, 1, p.search_ncc_threshold, warp).filter(|r| r.1).or(found);
+                        found = step(s, cand, 1, p.search_ncc_threshold, warp)
+                            .filter(|r| r.1)
+                            .or(found);
                     }
                 }
             }
@@ -316,7 +364,15 @@ impl NativeTracker {
     /// tried first, then the refined one, which must stay within `fb_threshold` of the model;
     /// last, the centre of the window alone, since near an object's edge the rest of the window
     /// may show the object at one of the two frames.
-    fn verify(&self, c: &ClipCtx, t: usize, tp: &Template, g: [f32; 2], m: [f32; 4], s: &mut Scratch) -> Option<([f32; 2], [f32; 4])> {
+    fn verify(
+        &self,
+        c: &ClipCtx,
+        t: usize,
+        tp: &Template,
+        g: [f32; 2],
+        m: [f32; 4],
+        s: &mut Scratch,
+    ) -> Option<([f32; 2], [f32; 4])> {
         let p = &self.params;
         let plane = &c.pyr[t][0];
         if !c.inside(g) {
@@ -326,15 +382,28 @@ impl NativeTracker {
             return Some((g, m));
         }
         let (ncc, a, at) = tp.compare(plane, g, m, p.warp_iterations, &mut s.app);
-        if ncc > p.ncc_threshold && (at[0] - g[0]).hypot(at[1] - g[1]) < p.fb_threshold && c.inside(at) {
+        if ncc > p.ncc_threshold
+            && (at[0] - g[0]).hypot(at[1] - g[1]) < p.fb_threshold
+            && c.inside(at)
+        {
             return Some((at, a));
         }
-        (p.centre_window > 0 && tp.centre_ncc(plane, g, m, p.centre_window, &mut s.app) > p.centre_ncc_threshold).then_some((g, m))
+        (p.centre_window > 0
+            && tp.centre_ncc(plane, g, m, p.centre_window, &mut s.app) > p.centre_ncc_threshold)
+            .then_some((g, m))
     }
 
     /// Moves point `p` of pyramid `a` into pyramid `b`, searching from `guess` and starting
     /// at level `top`; None where no level has enough texture.
-    fn lk(&self, a: &[Plane], b: &[Plane], p: [f32; 2], guess: [f32; 2], top: usize, s: &mut Scratch) -> Option<[f32; 2]> {
+    fn lk(
+        &self,
+        a: &[Plane],
+        b: &[Plane],
+        p: [f32; 2],
+        guess: [f32; 2],
+        top: usize,
+        s: &mut Scratch,
+    ) -> Option<[f32; 2]> {
         let r = self.params.window;
         let mut d = [guess[0] - p[0], guess[1] - p[1]];
         let mut textured = false;
@@ -370,7 +439,8 @@ impl NativeTracker {
                     s.mb.iter_mut().zip(&s.mt).for_each(|(m, t)| *m *= t);
                     tensor(&s.mb, &s.gx, &s.gy)
                 };
-                let [se, ex, ey] = residual(&s.b, &s.t, &s.gx, &s.gy, if b_in { &s.mt } else { &s.mb });
+                let [se, ex, ey] =
+                    residual(&s.b, &s.t, &s.gx, &s.gy, if b_in { &s.mt } else { &s.mb });
                 if n < 1.0 {
                     break;
                 }
@@ -426,8 +496,12 @@ impl Guide<'_> {
     /// Where the affine motion of the nearby query points seen at frame `t` takes the query
     /// point, and the patch's warp there: a second object moving its own way.
     fn local(&self, t: usize) -> Option<([f32; 2], [f32; 4])> {
-        let pairs: Vec<([f32; 2], [f32; 2])> =
-            self.around.iter().filter(|&&j| self.first[j][t].1).map(|&j| (self.queries[j], self.first[j][t].0)).collect();
+        let pairs: Vec<([f32; 2], [f32; 2])> = self
+            .around
+            .iter()
+            .filter(|&&j| self.first[j][t].1)
+            .map(|&j| (self.queries[j], self.first[j][t].0))
+            .collect();
         // Five: three fix the map, two more confirm it.
         ransac(&pairs, 40, t as u64, 5).map(|(a, _)| (a.apply(self.q), a.m))
     }
@@ -449,12 +523,15 @@ impl Affine {
     /// Least squares over `pairs` (from, to); None when they are degenerate (collinear).
     fn fit(pairs: impl Iterator<Item = ([f32; 2], [f32; 2])>) -> Option<Self> {
         // Normal equations in f64 about the centroid: x' = a x + b y + c, one row per axis.
-        let pairs: Vec<([f64; 2], [f64; 2])> = pairs.map(|(a, b)| (a.map(f64::from), b.map(f64::from))).collect();
+        let pairs: Vec<([f64; 2], [f64; 2])> =
+            pairs.map(|(a, b)| (a.map(f64::from), b.map(f64::from))).collect();
         let n = pairs.len() as f64;
         if pairs.len() < 3 {
             return None;
         }
-        let mean = |k: usize, to: bool| pairs.iter().map(|(a, b)| if to { b[k] } else { a[k] }).sum::<f64>() / n;
+        let mean = |k: usize, to: bool| {
+            pairs.iter().map(|(a, b)| if to { b[k] } else { a[k] }).sum::<f64>() / n
+        };
         let (cx, cy, dx, dy) = (mean(0, false), mean(1, false), mean(0, true), mean(1, true));
         let (mut sxx, mut sxy, mut syy) = (0.0, 0.0, 0.0);
         let mut r = [[0.0f64; 2]; 2];
@@ -478,11 +555,17 @@ impl Affine {
 /// The camera's affine map from the query frame to frame `k`: the RANSAC fit to the points
 /// the first pass saw at both; None unless it explains a good share of them (a scene with no
 /// dominant motion), or on the query frame itself.
-fn fit_camera(queries: &[[f32; 2]], tracks: &[Vec<([f32; 2], bool)>], k: usize, qf: usize) -> Option<Affine> {
+fn fit_camera(
+    queries: &[[f32; 2]],
+    tracks: &[Vec<([f32; 2], bool)>],
+    k: usize,
+    qf: usize,
+) -> Option<Affine> {
     if k == qf {
         return None;
     }
-    let pairs: Vec<([f32; 2], [f32; 2])> = tracks.iter().zip(queries).filter(|(tr, _)| tr[k].1).map(|(tr, q)| (*q, tr[k].0)).collect();
+    let pairs: Vec<([f32; 2], [f32; 2])> =
+        tracks.iter().zip(queries).filter(|(tr, _)| tr[k].1).map(|(tr, q)| (*q, tr[k].0)).collect();
     let (model, inliers) = ransac(&pairs, 200, k as u64, 16)?;
     (10 * inliers >= 3 * pairs.len()).then_some(model)
 }
@@ -490,7 +573,12 @@ fn fit_camera(queries: &[[f32; 2]], tracks: &[Vec<([f32; 2], bool)>], k: usize, 
 /// Affine map best supported by `pairs` (from, to) within a pixel, refitted on its inliers,
 /// with their count; None with fewer than `min_inliers`. Samples follow a fixed sequence from
 /// `seed`, so the tracks do not depend on the thread count.
-fn ransac(pairs: &[([f32; 2], [f32; 2])], rounds: usize, seed: u64, min_inliers: usize) -> Option<(Affine, usize)> {
+fn ransac(
+    pairs: &[([f32; 2], [f32; 2])],
+    rounds: usize,
+    seed: u64,
+    min_inliers: usize,
+) -> Option<(Affine, usize)> {
     const INLIER_PX: f32 = 1.0;
     if pairs.len() < min_inliers.max(3) {
         return None;
@@ -533,8 +621,12 @@ fn nearest(queries: &[[f32; 2]], k: usize) -> Vec<Vec<usize>> {
         .par_iter()
         .enumerate()
         .map(|(i, q)| {
-            let mut d: Vec<(f32, usize)> =
-                queries.iter().enumerate().filter(|&(j, _)| j != i).map(|(j, p)| ((p[0] - q[0]).hypot(p[1] - q[1]), j)).collect();
+            let mut d: Vec<(f32, usize)> = queries
+                .iter()
+                .enumerate()
+                .filter(|&(j, _)| j != i)
+                .map(|(j, p)| ((p[0] - q[0]).hypot(p[1] - q[1]), j))
+                .collect();
             let k = k.min(d.len());
             if k > 0 && k < d.len() {
                 d.select_nth_unstable_by(k - 1, |a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
@@ -548,7 +640,13 @@ fn nearest(queries: &[[f32; 2]], k: usize) -> Vec<Vec<usize>> {
 
 /// `from` moved by the median motion from frame `a` to `b` of the neighbours visible at both
 /// in `tracks`; None with fewer than two such neighbours.
-fn neighbour_motion(tracks: &[Vec<([f32; 2], bool)>], near: &[usize], a: usize, b: usize, from: [f32; 2]) -> Option<[f32; 2]> {
+fn neighbour_motion(
+    tracks: &[Vec<([f32; 2], bool)>],
+    near: &[usize],
+    a: usize,
+    b: usize,
+    from: [f32; 2],
+) -> Option<[f32; 2]> {
     let (mut dx, mut dy): (Vec<f32>, Vec<f32>) = near
         .iter()
         .filter_map(|&j| {
@@ -562,7 +660,11 @@ fn neighbour_motion(tracks: &[Vec<([f32; 2], bool)>], near: &[usize], a: usize, 
     let median = |v: &mut Vec<f32>| {
         v.sort_by(f32::total_cmp);
         let m = v.len() / 2;
-        if v.len() % 2 == 1 { v[m] } else { 0.5 * (v[m - 1] + v[m]) }
+        if v.len() % 2 == 1 {
+            v[m]
+        } else {
+            0.5 * (v[m - 1] + v[m])
+        }
     };
     Some([from[0] + median(&mut dx), from[1] + median(&mut dy)])
 }
@@ -593,7 +695,9 @@ fn tensor(m: &[f32], gx: &[f32], gy: &[f32]) -> [f32; 6] {
 /// Masked [sum e, sum gx e, sum gy e] of the difference e = b - t.
 fn residual(b: &[f32], t: &[f32], gx: &[f32], gy: &[f32], m: &[f32]) -> [f32; 3] {
     let mut acc = [[0f32; 8]; 3];
-    for ((((b, t), gx), gy), m) in lanes(b).iter().zip(lanes(t)).zip(lanes(gx)).zip(lanes(gy)).zip(lanes(m)) {
+    for ((((b, t), gx), gy), m) in
+        lanes(b).iter().zip(lanes(t)).zip(lanes(gx)).zip(lanes(gy)).zip(lanes(m))
+    {
         for j in 0..8 {
             let e = m[j] * (b[j] - t[j]);
             acc[0][j] += e;
@@ -640,7 +744,13 @@ impl ClipCtx {
 /// Best match of point `p` of pyramid `a` in pyramid `b` within `radius` full-resolution
 /// pixels of `around`, by NCC of 5x5 patches at level 1 (10 px wide: little of a small
 /// object's surroundings); None without a level 1 or a textured patch.
-fn search(a: &[Plane], b: &[Plane], p: [f32; 2], around: [f32; 2], radius: usize) -> Option<[f32; 2]> {
+fn search(
+    a: &[Plane],
+    b: &[Plane],
+    p: [f32; 2],
+    around: [f32; 2],
+    radius: usize,
+) -> Option<[f32; 2]> {
     const R: usize = 2;
     let (pa, pb) = (a.get(1)?, b.get(1)?);
     let n = 2 * R + 1;
@@ -678,11 +788,15 @@ fn global_shift(a: &Plane, b: &Plane, level: usize) -> [f32; 2] {
         return [0.0; 2];
     }
     let n = (2 * R + 1) as usize;
-    let lattice: Vec<(isize, isize)> = (R..h - R).step_by(4).flat_map(|y| (R..w - R).step_by(4).map(move |x| (x, y))).collect();
+    let lattice: Vec<(isize, isize)> =
+        (R..h - R).step_by(4).flat_map(|y| (R..w - R).step_by(4).map(move |x| (x, y))).collect();
     let cost: Vec<f32> = (0..n * n)
         .map(|k| {
             let (dx, dy) = (k as isize % n as isize - R, k as isize / n as isize - R);
-            lattice.iter().map(|&(x, y)| (b.v[b.idx(x + dx, y + dy)] - a.v[a.idx(x, y)]).abs()).sum()
+            lattice
+                .iter()
+                .map(|&(x, y)| (b.v[b.idx(x + dx, y + dy)] - a.v[a.idx(x, y)]).abs())
+                .sum()
         })
         .collect();
     let best = (0..n * n).min_by(|&i, &j| cost[i].total_cmp(&cost[j])).unwrap();
@@ -695,8 +809,10 @@ fn global_shift(a: &Plane, b: &Plane, level: usize) -> [f32; 2] {
             0.0
         }
     };
-    let fx = if bx > 0 && bx + 1 < n { vertex(cost[best - 1], cost[best], cost[best + 1]) } else { 0.0 };
-    let fy = if by > 0 && by + 1 < n { vertex(cost[best - n], cost[best], cost[best + n]) } else { 0.0 };
+    let fx =
+        if bx > 0 && bx + 1 < n { vertex(cost[best - 1], cost[best], cost[best + 1]) } else { 0.0 };
+    let fy =
+        if by > 0 && by + 1 < n { vertex(cost[best - n], cost[best], cost[best + n]) } else { 0.0 };
     let sc = (1 << level) as f32;
     [(bx as f32 - R as f32 + fx) * sc, (by as f32 - R as f32 + fy) * sc]
 }
@@ -719,8 +835,13 @@ struct Scratch {
 impl Scratch {
     fn new(r: usize, ncc: usize) -> Self {
         let n = (2 * r + 1).pow(2);
-        let (z, zz, za) = (vec![0.0; n.next_multiple_of(8)], vec![0.0; (2 * r + 3).pow(2)], vec![0.0; (2 * ncc + 1).pow(2)]);
-        let (tt, mtt, t, gx, gy, mt, b, mb) = (zz.clone(), zz, z.clone(), z.clone(), z.clone(), z.clone(), z.clone(), z);
+        let (z, zz, za) = (
+            vec![0.0; n.next_multiple_of(8)],
+            vec![0.0; (2 * r + 3).pow(2)],
+            vec![0.0; (2 * ncc + 1).pow(2)],
+        );
+        let (tt, mtt, t, gx, gy, mt, b, mb) =
+            (zz.clone(), zz, z.clone(), z.clone(), z.clone(), z.clone(), z.clone(), z);
         Self { n, tt, mtt, t, gx, gy, mt, b, mb, app: za }
     }
 }
@@ -748,7 +869,8 @@ impl Template {
         for j in 0..n {
             for i in 0..n {
                 let c = (j + 1) * m + i + 1;
-                let (gx, gy) = ((wide[c + 1] - wide[c - 1]) / 2.0, (wide[c + m] - wide[c - m]) / 2.0);
+                let (gx, gy) =
+                    ((wide[c + 1] - wide[c - 1]) / 2.0, (wide[c + m] - wide[c - m]) / 2.0);
                 let (ux, uy) = (i as f32 - r as f32, j as f32 - r as f32);
                 raw.push(wide[c]);
                 sd.push([gx * ux, gx * uy, gy * ux, gy * uy, gx, gy]);
@@ -760,7 +882,8 @@ impl Template {
         }
         // Brightness is left out of the fit (the error's mean is removed), so the
         // steepest-descent images are centred the same way.
-        let mean: [f32; 6] = std::array::from_fn(|k| sd.iter().map(|v| v[k]).sum::<f32>() / sd.len() as f32);
+        let mean: [f32; 6] =
+            std::array::from_fn(|k| sd.iter().map(|v| v[k]).sum::<f32>() / sd.len() as f32);
         let mut h = [[0.0f64; 6]; 6];
         for v in &sd {
             for a in 0..6 {
@@ -774,7 +897,14 @@ impl Template {
 
     /// NCC over the central (2r+1)^2 samples of the query patch alone, seen through `a` at
     /// `at`: near an object's edge the rest of the window may show the object.
-    fn centre_ncc(&self, plane: &Plane, at: [f32; 2], a: [f32; 4], r: usize, buf: &mut Vec<f32>) -> f32 {
+    fn centre_ncc(
+        &self,
+        plane: &Plane,
+        at: [f32; 2],
+        a: [f32; 4],
+        r: usize,
+        buf: &mut Vec<f32>,
+    ) -> f32 {
         let (big, n) = (self.r as isize, 2 * self.r + 1);
         let r = r.min(self.r) as isize;
         buf.clear();
@@ -782,25 +912,39 @@ impl Template {
         for j in -r..=r {
             for i in -r..=r {
                 let (ux, uy) = (i as f32, j as f32);
-                buf.push(plane.sample(at[0] + a[0] * ux + a[1] * uy, at[1] + a[2] * ux + a[3] * uy));
+                buf.push(
+                    plane.sample(at[0] + a[0] * ux + a[1] * uy, at[1] + a[2] * ux + a[3] * uy),
+                );
                 tpl.push(self.raw[((j + big) as usize) * n + (i + big) as usize]);
             }
         }
-        if normalise(buf) && normalise(&mut tpl) { dot(&tpl, buf) } else { 0.0 }
+        if normalise(buf) && normalise(&mut tpl) {
+            dot(&tpl, buf)
+        } else {
+            0.0
+        }
     }
 
     /// NCC of the query patch with `plane` seen through the warp `a` (2x2, row-major) at
     /// `at`, after refining the warp for `iterations`; returns it with the refined warp and
     /// centre. A fit that runs away (area outside 0.5..2, a side squeezed below a third of
     /// the other, or the centre more than the window's half-size off) keeps where it started.
-    fn compare(&self, plane: &Plane, at: [f32; 2], a: [f32; 4], iterations: usize, buf: &mut Vec<f32>) -> (f32, [f32; 4], [f32; 2]) {
+    fn compare(
+        &self,
+        plane: &Plane,
+        at: [f32; 2],
+        a: [f32; 4],
+        iterations: usize,
+        buf: &mut Vec<f32>,
+    ) -> (f32, [f32; 4], [f32; 2]) {
         let (r, n) = (self.r as f32, 2 * self.r + 1);
         buf.resize(n * n, 0.0);
         let sample = |a: &[f32; 4], t: [f32; 2], out: &mut [f32]| {
             for j in 0..n {
                 for i in 0..n {
                     let (ux, uy) = (i as f32 - r, j as f32 - r);
-                    out[j * n + i] = plane.sample(t[0] + a[0] * ux + a[1] * uy, t[1] + a[2] * ux + a[3] * uy);
+                    out[j * n + i] =
+                        plane.sample(t[0] + a[0] * ux + a[1] * uy, t[1] + a[2] * ux + a[3] * uy);
                 }
             }
         };
@@ -808,7 +952,8 @@ impl Template {
         if let Some(hinv) = self.hinv.filter(|_| iterations > 0) {
             for _ in 0..iterations {
                 sample(&w, t, buf);
-                let mean = buf.iter().zip(&self.raw).map(|(b, t)| b - t).sum::<f32>() / buf.len() as f32;
+                let mean =
+                    buf.iter().zip(&self.raw).map(|(b, t)| b - t).sum::<f32>() / buf.len() as f32;
                 let mut g = [0.0f32; 6];
                 for ((b, tv), v) in buf.iter().zip(&self.raw).zip(&self.sd) {
                     let e = b - tv - mean;
@@ -825,7 +970,12 @@ impl Template {
                     break;
                 }
                 let inv = [m[3] / det, -m[1] / det, -m[2] / det, m[0] / det];
-                let nw = [w[0] * inv[0] + w[1] * inv[2], w[0] * inv[1] + w[1] * inv[3], w[2] * inv[0] + w[3] * inv[2], w[2] * inv[1] + w[3] * inv[3]];
+                let nw = [
+                    w[0] * inv[0] + w[1] * inv[2],
+                    w[0] * inv[1] + w[1] * inv[3],
+                    w[2] * inv[0] + w[3] * inv[2],
+                    w[2] * inv[1] + w[3] * inv[3],
+                ];
                 t = [t[0] - (nw[0] * d[4] + nw[1] * d[5]), t[1] - (nw[2] * d[4] + nw[3] * d[5])];
                 w = nw;
                 if d[..4].iter().map(|x| x.abs()).sum::<f32>() < 1e-4 && d[4].hypot(d[5]) < 0.01 {
@@ -918,7 +1068,12 @@ impl Plane {
     }
 
     fn padded(&self, pad: usize) -> Plane {
-        let mut out = Plane { w: self.w, h: self.h, pad, v: Vec::with_capacity((self.w + 2 * pad) * (self.h + 2 * pad)) };
+        let mut out = Plane {
+            w: self.w,
+            h: self.h,
+            pad,
+            v: Vec::with_capacity((self.w + 2 * pad) * (self.h + 2 * pad)),
+        };
         for y in 0..(self.h + 2 * pad) as isize {
             for x in 0..(self.w + 2 * pad) as isize {
                 out.v.push(self.v[self.idx(x - pad as isize, y - pad as isize)]);
@@ -933,7 +1088,8 @@ impl Plane {
         let (ax, ay) = (x - fx, y - fy);
         let (ix, iy) = (fx as isize, fy as isize);
         let v = |dx: isize, dy: isize| self.v[self.idx(ix + dx, iy + dy)];
-        (1.0 - ay) * ((1.0 - ax) * v(0, 0) + ax * v(1, 0)) + ay * ((1.0 - ax) * v(0, 1) + ax * v(1, 1))
+        (1.0 - ay) * ((1.0 - ax) * v(0, 0) + ax * v(1, 0))
+            + ay * ((1.0 - ax) * v(0, 1) + ax * v(1, 1))
     }
 
     /// Bilinear samples of the (2r+1)^2 window centred on (cx, cy), row-major, with 1 in
@@ -1061,7 +1217,9 @@ mod tests {
     fn noise(x: f32, y: f32) -> f32 {
         let hash = |i: i64, j: i64, o: i64| {
             // splitmix64's finaliser
-            let mut h = (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ (j as u64).wrapping_mul(0xC2B2_AE3D_27D4_EB4F) ^ o as u64;
+            let mut h = (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)
+                ^ (j as u64).wrapping_mul(0xC2B2_AE3D_27D4_EB4F)
+                ^ o as u64;
             h = (h ^ (h >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
             h = (h ^ (h >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
             h ^= h >> 31;
@@ -1076,7 +1234,8 @@ mod tests {
                 let (i, j) = (u.floor() as i64, v.floor() as i64);
                 let (a, b) = (smooth(u - u.floor()), smooth(v - v.floor()));
                 let at = |di, dj| hash(i + di, j + dj, o as i64);
-                amp * ((1.0 - b) * ((1.0 - a) * at(0, 0) + a * at(1, 0)) + b * ((1.0 - a) * at(0, 1) + a * at(1, 1)))
+                amp * ((1.0 - b) * ((1.0 - a) * at(0, 0) + a * at(1, 0))
+                    + b * ((1.0 - a) * at(0, 1) + a * at(1, 1)))
             })
             .sum()
     }
@@ -1098,7 +1257,9 @@ mod tests {
 
     fn run(frames: &[RgbImage], queries: &[[f32; 2]], query_frame: usize) -> TrackResult {
         let mut tr = NativeTracker::new(NativeParams::default());
-        tr.track(&[TrackRequest { frames, queries, query_frame, prepared: None }]).unwrap().remove(0)
+        tr.track(&[TrackRequest { frames, queries, query_frame, prepared: None }])
+            .unwrap()
+            .remove(0)
     }
 
     #[test]
@@ -1132,12 +1293,17 @@ mod tests {
         assert_eq!(&res.tracks[qf * n..(qf + 1) * n], &queries[..]);
         assert!(res.visibility[qf * n..(qf + 1) * n].iter().all(|&v| v));
         for t in [0, 3, 9] {
-            for (i, q) in
-                queries.iter().enumerate().filter(|(_, q)| (30.0..194.0).contains(&q[0]) && (30.0..194.0).contains(&q[1]))
+            for (i, q) in queries
+                .iter()
+                .enumerate()
+                .filter(|(_, q)| (30.0..194.0).contains(&q[0]) && (30.0..194.0).contains(&q[1]))
             {
                 let k = t as f32 - qf as f32;
                 let (got, want) = (res.tracks[t * n + i], [q[0] + step[0] * k, q[1] + step[1] * k]);
-                assert!((got[0] - want[0]).hypot(got[1] - want[1]) < 0.1, "frame {t}: {got:?} vs {want:?}");
+                assert!(
+                    (got[0] - want[0]).hypot(got[1] - want[1]) < 0.1,
+                    "frame {t}: {got:?} vs {want:?}"
+                );
                 assert!(res.visibility[t * n + i]);
             }
         }
@@ -1148,15 +1314,20 @@ mod tests {
         // A 56 px square of fine checks sweeps left to right across rows 80..136.
         let (step, side) = ([1.0f32, 0.5f32], 56.0);
         let left = |t: usize| -120.0 + 40.0 * t as f32;
-        let covers =
-            |t: usize, x: f32, y: f32, m: f32| x >= left(t) - m && x < left(t) + side + m && (80.0 - m..136.0 + m).contains(&y);
+        let covers = |t: usize, x: f32, y: f32, m: f32| {
+            x >= left(t) - m && x < left(t) + side + m && (80.0 - m..136.0 + m).contains(&y)
+        };
         let frames: Vec<RgbImage> = (0..12)
             .map(|t| {
                 let (dx, dy) = (step[0] * t as f32, step[1] * t as f32);
                 RgbImage::from_fn(224, 224, |x, y| {
                     let (x, y) = (x as f32, y as f32);
                     let checks = ((x - left(t)) / 3.0).floor() + (y / 3.0).floor();
-                    gray(if covers(t, x, y, 0.0) { 0.8 - 1.6 * (checks.rem_euclid(2.0)) } else { texture(x - dx, y - dy, 0) })
+                    gray(if covers(t, x, y, 0.0) {
+                        0.8 - 1.6 * (checks.rem_euclid(2.0))
+                    } else {
+                        texture(x - dx, y - dy, 0)
+                    })
                 })
             })
             .collect();
@@ -1166,7 +1337,9 @@ mod tests {
         let (mut hidden, mut covered, mut back, mut passed) = (0, 0, 0, 0);
         for (i, q) in queries.iter().enumerate().filter(|(_, q)| (24.0..190.0).contains(&q[0])) {
             let at = |t: usize| [q[0] + step[0] * t as f32, q[1] + step[1] * t as f32];
-            let Some(first) = (1..12).find(|&t| covers(t, at(t)[0], at(t)[1], 0.0)) else { continue };
+            let Some(first) = (1..12).find(|&t| covers(t, at(t)[0], at(t)[1], 0.0)) else {
+                continue;
+            };
             for t in first..12 {
                 let [x, y] = at(t);
                 if covers(t, x, y, -7.0) {
@@ -1175,12 +1348,16 @@ mod tests {
                 } else if !covers(t, x, y, 8.0) && x < left(t) {
                     passed += 1;
                     let g = res.tracks[t * n + i];
-                    back += (res.visibility[t * n + i] && (g[0] - x).hypot(g[1] - y) < 0.5) as usize;
+                    back +=
+                        (res.visibility[t * n + i] && (g[0] - x).hypot(g[1] - y) < 0.5) as usize;
                 }
             }
         }
         assert!(covered > 5 && hidden == covered, "{hidden} of {covered} covered points hidden");
-        assert!(passed > 10 && back as f64 >= 0.8 * passed as f64, "{back} of {passed} points back after the occluder");
+        assert!(
+            passed > 10 && back as f64 >= 0.8 * passed as f64,
+            "{back} of {passed} points back after the occluder"
+        );
     }
 
     #[test]
@@ -1192,7 +1369,10 @@ mod tests {
                 RgbImage::from_fn(224, 224, |x, y| {
                     let [sx, sy] = to_scene(c, t, [x as f32, y as f32]);
                     // Fine detail (4-6 px) that an unwarped comparison cannot match once zoomed.
-                    gray(0.5 * texture(sx, sy, 3) + 0.4 * (sx * 1.3 + 0.5 * sy).sin() * (sy * 1.1 - 0.3 * sx).sin())
+                    gray(
+                        0.5 * texture(sx, sy, 3)
+                            + 0.4 * (sx * 1.3 + 0.5 * sy).sin() * (sy * 1.1 - 0.3 * sx).sin(),
+                    )
                 })
             })
             .collect();
@@ -1200,7 +1380,15 @@ mod tests {
         let n = queries.len();
         let score = |params: NativeParams| {
             let mut tr = NativeTracker::new(params);
-            let res = tr.track(&[TrackRequest { frames: &frames, queries: &queries, query_frame: 0, prepared: None }]).unwrap().remove(0);
+            let res = tr
+                .track(&[TrackRequest {
+                    frames: &frames,
+                    queries: &queries,
+                    query_frame: 0,
+                    prepared: None,
+                }])
+                .unwrap()
+                .remove(0);
             let (mut vis, mut total, mut worst) = (0, 0, 0f32);
             for t in 1..12 {
                 for (i, &q) in queries.iter().enumerate() {
@@ -1219,21 +1407,32 @@ mod tests {
             (vis as f64 / total as f64, worst)
         };
         let (with, err) = score(NativeParams::default());
-        let (without, _) = score(NativeParams { warp_iterations: 0, passes: 0, ..Default::default() });
+        let (without, _) =
+            score(NativeParams { warp_iterations: 0, passes: 0, ..Default::default() });
         let (camera_warp, _) = score(NativeParams { warp_iterations: 0, ..Default::default() });
         let (anchored, err_anchored) = score(NativeParams { anchor: true, ..Default::default() });
         // Measured: all visible (worst error 1.4 px of frame-to-frame drift, 0.09 px anchored);
         // compared unwarped, 67% visible, and all again once the guided passes bring the
         // camera's warp.
         assert!(with > 0.97 && err < 2.0, "visible {with} (worst error {err} px)");
-        assert!(anchored > 0.97 && err_anchored < 0.25, "anchored: visible {anchored} (worst error {err_anchored} px)");
-        assert!(without < 0.85, "an unwarped comparison should lose points here: {without} visible");
-        assert!(camera_warp > 0.97, "the camera's warp should find them again: {camera_warp} visible");
+        assert!(
+            anchored > 0.97 && err_anchored < 0.25,
+            "anchored: visible {anchored} (worst error {err_anchored} px)"
+        );
+        assert!(
+            without < 0.85,
+            "an unwarped comparison should lose points here: {without} visible"
+        );
+        assert!(
+            camera_warp > 0.97,
+            "the camera's warp should find them again: {camera_warp} visible"
+        );
     }
 
     #[test]
     fn neighbours_are_the_nearest_and_their_median_motion_guides() {
-        let grid: Vec<[f32; 2]> = (0..4).flat_map(|y| (0..4).map(move |x| [x as f32 * 10.0, y as f32 * 10.0])).collect();
+        let grid: Vec<[f32; 2]> =
+            (0..4).flat_map(|y| (0..4).map(move |x| [x as f32 * 10.0, y as f32 * 10.0])).collect();
         let near = nearest(&grid, 4);
         assert_eq!(near[0], vec![1, 4, 5, 2]); // (10,0) and (0,10) tie, then the diagonal, then (20,0)
         assert!(near.iter().enumerate().all(|(i, n)| n.len() == 4 && !n.contains(&i)));
@@ -1244,7 +1443,11 @@ mod tests {
         tracks[5][2] = ([50.0, 50.0], false);
         // Moves of (3,-1), (5,1) and (0,0) (neighbour 2 stayed): the median per axis.
         assert_eq!(neighbour_motion(&tracks, &near[0], 0, 2, [100.0, 100.0]), Some([103.0, 100.0]));
-        assert_eq!(neighbour_motion(&tracks, &[1, 5], 0, 2, [0.0, 0.0]), None, "one visible neighbour is not enough");
+        assert_eq!(
+            neighbour_motion(&tracks, &[1, 5], 0, 2, [0.0, 0.0]),
+            None,
+            "one visible neighbour is not enough"
+        );
     }
 
     #[test]
@@ -1257,7 +1460,14 @@ mod tests {
             .enumerate()
             .map(|(i, &p)| {
                 let to = truth.apply(p);
-                (p, if i % 5 < 3 { [to[0] + 1e-3 * (i % 3) as f32, to[1]] } else { [to[0] + 7.0 + i as f32 % 11.0, to[1] - 9.0] })
+                (
+                    p,
+                    if i % 5 < 3 {
+                        [to[0] + 1e-3 * (i % 3) as f32, to[1]]
+                    } else {
+                        [to[0] + 7.0 + i as f32 % 11.0, to[1] - 9.0]
+                    },
+                )
             })
             .collect();
         let (model, inliers) = ransac(&pairs, 200, 3, 16).unwrap();
@@ -1267,9 +1477,14 @@ mod tests {
         assert_eq!(ransac(&pairs, 200, 3, 16), Some((model, inliers)), "same seed, same fit");
         assert_eq!(ransac(&pairs, 200, 3, 61), None, "too few inliers");
         // Three points fix an affine map; collinear ones do not.
-        let exact = Affine::fit([from[0], from[1], from[10]].into_iter().map(|p| (p, truth.apply(p)))).unwrap();
+        let exact =
+            Affine::fit([from[0], from[1], from[10]].into_iter().map(|p| (p, truth.apply(p))))
+                .unwrap();
         assert!(exact.m.iter().zip(truth.m).all(|(a, b)| (a - b).abs() < 1e-4));
-        assert_eq!(Affine::fit([[0.0, 0.0], [1.0, 1.0], [2.0, 2.0]].into_iter().map(|p| (p, p))), None);
+        assert_eq!(
+            Affine::fit([[0.0, 0.0], [1.0, 1.0], [2.0, 2.0]].into_iter().map(|p| (p, p))),
+            None
+        );
     }
 
     #[test]
@@ -1279,7 +1494,9 @@ mod tests {
         // it uncovers have moved much further than their last velocity or the clip's dominant
         // translation would take them.
         let c = 30.0f32;
-        let block = |t: usize, x: f32, y: f32, m: f32| (2..9).contains(&t) && [x, y].iter().all(|v| (70.0 - m..150.0 + m).contains(v));
+        let block = |t: usize, x: f32, y: f32, m: f32| {
+            (2..9).contains(&t) && [x, y].iter().all(|v| (70.0 - m..150.0 + m).contains(v))
+        };
         let to_screen = |t: usize, q: [f32; 2]| to_screen(c, t, q);
         let frames: Vec<RgbImage> = (0..12)
             .map(|t| {
@@ -1294,14 +1511,28 @@ mod tests {
         let n = queries.len();
         let score = |params: NativeParams| {
             let mut tr = NativeTracker::new(params);
-            let res = tr.track(&[TrackRequest { frames: &frames, queries: &queries, query_frame: 0, prepared: None }]).unwrap().remove(0);
+            let res = tr
+                .track(&[TrackRequest {
+                    frames: &frames,
+                    queries: &queries,
+                    query_frame: 0,
+                    prepared: None,
+                }])
+                .unwrap()
+                .remove(0);
             let (mut back, mut total, mut wrong) = (0, 0, 0);
             for (i, &q) in queries.iter().enumerate() {
                 // Points hidden at some frame and clear of the block (and the border) later.
-                let Some(hidden) = (1..12).find(|&t| block(t, to_screen(t, q)[0], to_screen(t, q)[1], 0.0)) else { continue };
+                let Some(hidden) =
+                    (1..12).find(|&t| block(t, to_screen(t, q)[0], to_screen(t, q)[1], 0.0))
+                else {
+                    continue;
+                };
                 for t in hidden + 1..12 {
                     let want = to_screen(t, q);
-                    if !block(t, want[0], want[1], 10.0) && want.iter().all(|v| (16.0..208.0).contains(v)) {
+                    if !block(t, want[0], want[1], 10.0)
+                        && want.iter().all(|v| (16.0..208.0).contains(v))
+                    {
                         total += 1;
                         let g = res.tracks[t * n + i];
                         if res.visibility[t * n + i] {
@@ -1318,7 +1549,10 @@ mod tests {
         println!("{total}: {guided:.3} back ({wrong} off by > 2 px), unguided {unguided:.3} ({wrong_unguided})");
         // Measured: all 229 back, 88% without the guided passes; the same few points drift
         // further than 2 px in both.
-        assert!(total > 100 && guided > 0.98 && wrong <= wrong_unguided.max(1), "{guided} of {total} back, {wrong} off");
+        assert!(
+            total > 100 && guided > 0.98 && wrong <= wrong_unguided.max(1),
+            "{guided} of {total} back, {wrong} off"
+        );
         assert!(unguided < guided - 0.08, "unguided {unguided}");
     }
 
@@ -1333,8 +1567,18 @@ mod tests {
                 RgbImage::from_fn(224, 224, |x, y| {
                     let [sx, sy] = to_scene(c, t, [x as f32, y as f32]);
                     let (ox, oy) = (x as f32 - 40.0 - 9.0 * t as f32, y as f32 - 150.0);
-                    let v = if (0.0..40.0).contains(&ox) && (0.0..40.0).contains(&oy) { texture(ox, oy, 5) } else { noise(sx, sy) };
-                    gray(if (2..9).contains(&t) && (70..150).contains(&x) && (70..150).contains(&y) { 0.3 } else { v })
+                    let v = if (0.0..40.0).contains(&ox) && (0.0..40.0).contains(&oy) {
+                        texture(ox, oy, 5)
+                    } else {
+                        noise(sx, sy)
+                    };
+                    gray(
+                        if (2..9).contains(&t) && (70..150).contains(&x) && (70..150).contains(&y) {
+                            0.3
+                        } else {
+                            v
+                        },
+                    )
                 })
             })
             .collect();
@@ -1342,7 +1586,14 @@ mod tests {
         let run = |follow_all: bool, passes: usize| {
             let mut tr = NativeTracker::new(NativeParams { passes, ..Default::default() });
             tr.follow_all = follow_all;
-            tr.track(&[TrackRequest { frames: &frames, queries: &queries, query_frame: 0, prepared: None }]).unwrap().remove(0)
+            tr.track(&[TrackRequest {
+                frames: &frames,
+                queries: &queries,
+                query_frame: 0,
+                prepared: None,
+            }])
+            .unwrap()
+            .remove(0)
         };
         for passes in [2, 3] {
             let (skipping, all) = (run(false, passes), run(true, passes));
@@ -1361,13 +1612,22 @@ mod tests {
         let plane = &pyramid(&frame, 1, 12)[0];
         let tp = Template::new(plane, [32.0, 32.0], 7).unwrap();
         // The right half of the window covered by a flat occluder, the centre 5x5 clear.
-        let covered = RgbImage::from_fn(64, 64, |x, y| if x >= 35 { gray(0.9) } else { gray(texture(x as f32, y as f32, 1)) });
+        let covered = RgbImage::from_fn(64, 64, |x, y| {
+            if x >= 35 {
+                gray(0.9)
+            } else {
+                gray(texture(x as f32, y as f32, 1))
+            }
+        });
         let cov = &pyramid(&covered, 1, 12)[0];
         let mut buf = Vec::new();
         let id = [1.0, 0.0, 0.0, 1.0];
         assert!(tp.compare(cov, [32.0, 32.0], id, 0, &mut buf).0 < 0.9);
         assert!(tp.centre_ncc(cov, [32.0, 32.0], id, 2, &mut buf) > 0.999);
-        assert!(tp.centre_ncc(plane, [38.0, 29.0], id, 2, &mut buf) < 0.9, "elsewhere it does not match");
+        assert!(
+            tp.centre_ncc(plane, [38.0, 29.0], id, 2, &mut buf) < 0.9,
+            "elsewhere it does not match"
+        );
     }
 
     #[test]
@@ -1403,24 +1663,47 @@ mod tests {
             tracker: tracker.info(),
         };
         let grid = grid_points(16, size, size);
-        let src: Vec<[f32; 2]> =
-            grid.iter().map(|p| [rescale_coord(p[0], size, cfg.width), rescale_coord(p[1], size, cfg.height)]).collect();
+        let src: Vec<[f32; 2]> = grid
+            .iter()
+            .map(|p| [rescale_coord(p[0], size, cfg.width), rescale_coord(p[1], size, cfg.height)])
+            .collect();
         let one = rayon::ThreadPoolBuilder::new().num_threads(1).build().unwrap();
         let (mut gts, mut preds, mut secs) = (Vec::new(), Vec::new(), 0.0);
         for video in 0..16u64 {
             let scene = Scene::generate(video, &cfg);
-            for (ci, idx) in plan.clips(cfg.num_frames as u64, cfg.fps as f64).into_iter().enumerate() {
+            for (ci, idx) in
+                plan.clips(cfg.num_frames as u64, cfg.fps as f64).into_iter().enumerate()
+            {
                 let (pos, visibility) = scene.track(&src, idx[0], &idx);
-                let tracks =
-                    pos.iter().map(|p| [rescale_coord(p[0], cfg.width, size), rescale_coord(p[1], cfg.height, size)]).collect();
+                let tracks = pos
+                    .iter()
+                    .map(|p| {
+                        [
+                            rescale_coord(p[0], cfg.width, size),
+                            rescale_coord(p[1], cfg.height, size),
+                        ]
+                    })
+                    .collect();
                 // Through JPEG like the stored frames.
                 let frames: Vec<RgbImage> = idx
                     .iter()
-                    .map(|&f| decode_jpeg(&encode_jpeg(&resize(&scene.render(f).0, size, size), 90).unwrap()).unwrap())
+                    .map(|&f| {
+                        decode_jpeg(
+                            &encode_jpeg(&resize(&scene.render(f).0, size, size), 90).unwrap(),
+                        )
+                        .unwrap()
+                    })
                     .collect();
                 let start = std::time::Instant::now();
                 let res = one
-                    .install(|| tracker.track(&[TrackRequest { frames: &frames, queries: &grid, query_frame: 0, prepared: None }]))
+                    .install(|| {
+                        tracker.track(&[TrackRequest {
+                            frames: &frames,
+                            queries: &grid,
+                            query_frame: 0,
+                            prepared: None,
+                        }])
+                    })
                     .unwrap()
                     .remove(0);
                 secs += start.elapsed().as_secs_f64();
@@ -1442,11 +1725,17 @@ mod tests {
         let m = evaluate_clips(&preds, &gts, &spec).unwrap();
         let zero: Vec<Clip> = gts.iter().map(|c| zero_motion(c, &spec)).collect();
         let z = evaluate_clips(&zero, &gts, &spec).unwrap();
-        println!("{:.1} ms per clip on one thread over {} clips", 1e3 * secs / gts.len() as f64, gts.len());
+        println!(
+            "{:.1} ms per clip on one thread over {} clips",
+            1e3 * secs / gts.len() as f64,
+            gts.len()
+        );
         println!("native: {m:?}\nzero:   {z:?}");
         assert!(m.average_position_accuracy > z.average_position_accuracy + 0.1);
         assert!(m.occlusion_accuracy > z.occlusion_accuracy);
         assert!(m.average_jaccard > z.average_jaccard + 0.1);
-        assert!((0..5).all(|j| m.position_accuracy[j] > z.position_accuracy[j] && m.jaccard[j] > z.jaccard[j]));
+        assert!((0..5).all(
+            |j| m.position_accuracy[j] > z.position_accuracy[j] && m.jaccard[j] > z.jaccard[j]
+        ));
     }
 }
