@@ -1,7 +1,7 @@
 # Entry points. With no arguments everything runs on the built-in synthetic dataset with
 # the native tracker and a tiny ViT on the CPU. Real use:
 #   make tracks INPUT=/data/ytvos/train_all_frames MODEL=cotracker3.onnx DEVICE=cuda:0 BATCH=4 TRACKS=data/ytvos-tracks
-#   make train CONFIG=configs/dinov2_s14_ytvos.toml WEIGHTS=dinov2_vits14.pth SHARDS=data/ytvos-tracks BACKEND=cuda
+#   make train CONFIG=configs/dinov2_s14_ytvos.toml WEIGHTS=dinov2_vits14.pth SHARDS=data/ytvos-tracks BACKEND=cuda DEVICE=cuda:0
 
 CARGO    ?= cargo
 PROFILE  ?= release
@@ -10,6 +10,8 @@ SYNTH    := $(DATA)/synth
 INPUT    ?= $(SYNTH)/JPEGImages
 TRACKS   ?= $(DATA)/tracks
 MODEL    ?=
+# The device of both stages: cpu or cuda:N (ONNX Runtime's CUDA provider in stage 1; the cuda
+# or tch backend in stage 2).
 DEVICE   ?= cpu
 BATCH    ?= 1
 # More `mosic tracks` options, e.g. TRACKS_ARGS="--keep-going --grid 16".
@@ -67,7 +69,7 @@ else
 train: build
 endif
 	$(MOSIC) train --config $(CONFIG) --set data.shards=$(SHARDS) $(if $(WEIGHTS),--set model.weights=$(WEIGHTS)) \
-		--backend $(BACKEND) $(if $(RUN),--out $(RUN)) $(if $(RESUME),--resume)
+		--backend $(BACKEND) --device $(DEVICE) $(if $(RUN),--out $(RUN)) $(if $(RESUME),--resume)
 
 # The whole chain on the synthetic set: tracks and their accuracy, then MoSiC and the no-motion
 # ablation trained for 3 seeds, evaluated on held-out videos: runs/demo/report.md.

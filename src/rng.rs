@@ -41,6 +41,49 @@ impl SplitMix64 {
             items.swap(i, j);
         }
     }
+
+    /// torchvision's `RandomResizedCrop.get_params` on a `width` x `height` image: ten tries
+    /// at an area share in `scale` and a log-uniform aspect in `ratio`, then the centred
+    /// crop of the nearest allowed aspect.
+    pub fn random_resized_crop(
+        &mut self,
+        width: u32,
+        height: u32,
+        scale: (f64, f64),
+        ratio: (f64, f64),
+    ) -> Crop {
+        let area = width as f64 * height as f64;
+        for _ in 0..10 {
+            let target = area * self.uniform(scale.0, scale.1);
+            let aspect = self.uniform(ratio.0.ln(), ratio.1.ln()).exp();
+            let w = (target * aspect).sqrt().round();
+            let h = (target / aspect).sqrt().round();
+            if w >= 1.0 && h >= 1.0 && w <= width as f64 && h <= height as f64 {
+                let (w, h) = (w as u32, h as u32);
+                let top = self.below((height - h + 1) as u64) as u32;
+                let left = self.below((width - w + 1) as u64) as u32;
+                return Crop { left, top, width: w, height: h };
+            }
+        }
+        let in_ratio = width as f64 / height as f64;
+        let (w, h) = if in_ratio < ratio.0 {
+            (width, ((width as f64 / ratio.0).round() as u32).clamp(1, height))
+        } else if in_ratio > ratio.1 {
+            (((height as f64 * ratio.1).round() as u32).clamp(1, width), height)
+        } else {
+            (width, height)
+        };
+        Crop { left: (width - w) / 2, top: (height - h) / 2, width: w, height: h }
+    }
+}
+
+/// A crop rectangle in pixels.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Crop {
+    pub left: u32,
+    pub top: u32,
+    pub width: u32,
+    pub height: u32,
 }
 
 #[cfg(test)]

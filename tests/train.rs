@@ -59,7 +59,7 @@ fn args<'a>(shards: &'a str, out: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
     v
 }
 
-fn read(path: &Path) -> std::collections::BTreeMap<String, (Vec<usize>, Vec<f32>)> {
+fn read(path: &Path) -> std::collections::BTreeMap<String, mosic::tensors::HostTensor> {
     mosic_trainer::params::load_safetensors(path).unwrap()
 }
 
@@ -89,8 +89,8 @@ fn resume_continues_exactly() {
         let a = read(&straight.join("checkpoints/step-00000004").join(f));
         let b = read(&split.join("checkpoints/step-00000004").join(f));
         assert_eq!(a.keys().collect::<Vec<_>>(), b.keys().collect::<Vec<_>>(), "{f}");
-        for (k, (sa, va)) in &a {
-            let (sb, vb) = &b[k];
+        for (k, mosic::tensors::HostTensor { shape: sa, data: va }) in &a {
+            let mosic::tensors::HostTensor { shape: sb, data: vb } = &b[k];
             assert_eq!(sa, sb, "{f} {k}");
             let d = va.iter().zip(vb).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
             assert!(d == 0.0, "{f} {k}: max abs diff {d}");
@@ -117,13 +117,16 @@ fn resume_continues_exactly() {
     let cfg = mosic_trainer::model::VitConfig::preset("vit_tiny_test", 112).unwrap();
     let want: Vec<(String, Vec<usize>)> = cfg.timm_shapes();
     let got: Vec<(String, Vec<usize>)> =
-        exported.iter().map(|(k, (s, _))| (k.clone(), s.clone())).collect();
+        exported.iter().map(|(k, t)| (k.clone(), t.shape.clone())).collect();
     let mut want_sorted = want.clone();
     want_sorted.sort();
     assert_eq!(got, want_sorted);
     // ...holding the teacher's values.
     let teacher = read(&straight.join("checkpoints/step-00000004/teacher.safetensors"));
-    assert_eq!(exported["blocks.3.attn.qkv.bias"].1, teacher["backbone.blocks.3.attn.qkv.bias"].1);
+    assert_eq!(
+        exported["blocks.3.attn.qkv.bias"].data,
+        teacher["backbone.blocks.3.attn.qkv.bias"].data
+    );
 }
 
 #[test]
@@ -142,10 +145,12 @@ fn a_non_finite_loss_stops_and_keeps_the_last_good_checkpoint() {
     assert!(!o.status.success(), "{msg}");
     assert!(msg.contains("the loss or a gradient is not finite at step"), "{msg}");
     assert!(msg.contains("the last good checkpoint is"), "{msg}");
-    let ckpts = mosic_trainer::train::checkpoints(&run_dir);
+    let ckpts = mosic_trainer::rundir::checkpoints(&run_dir);
     assert!(!ckpts.is_empty());
     // Every kept checkpoint holds finite weights.
-    for (k, (_, v)) in read(&ckpts.last().unwrap().join("student.safetensors")) {
+    for (k, mosic::tensors::HostTensor { data: v, .. }) in
+        read(&ckpts.last().unwrap().join("student.safetensors"))
+    {
         assert!(v.iter().all(|x| x.is_finite()), "{k}");
     }
 }
@@ -250,7 +255,7 @@ fn each_run_gets_a_new_directory_and_resume_takes_the_newest() {
     );
     assert_eq!(dirs(()).len(), 2, "resume makes no new run");
     assert_eq!(
-        mosic_trainer::train::checkpoints(&made[1]).last().unwrap().file_name().unwrap(),
+        mosic_trainer::rundir::checkpoints(&made[1]).last().unwrap().file_name().unwrap(),
         "step-00000002"
     );
 }
@@ -266,9 +271,8 @@ fn a_frozen_backbone_gives_its_baseline_features_at_other_sizes() {
     // Weights with a 10 x 10 position grid (140 px); the run trains at 112 px (8 x 8).
     let weights = tmp.path().join("w.safetensors");
     let cfg = mosic_trainer::model::VitConfig::preset("vit_tiny_test", 140).unwrap();
-    mosic_trainer::model::Vit::<NdArray<f32>>::new_seeded(&cfg, 3, &Default::default())
-        .save_safetensors(&weights)
-        .unwrap();
+    let vit = mosic_trainer::model::Vit::<NdArray<f32>>::new_seeded(&cfg, 3, &Default::default());
+    mosic_trainer::weights::save(&vit, &weights).unwrap();
     let shards = format!("data.shards={}", data.join("gt").display());
     let run_dir = tmp.path().join("run");
     let w = format!("model.weights={}", weights.display());
@@ -314,7 +318,10 @@ fn bad_weights_are_listed() {
     let tmp = tempfile::tempdir().unwrap();
     let w = tmp.path().join("w.safetensors");
     let mut t = std::collections::BTreeMap::new();
-    t.insert("cls_token".to_string(), (vec![1, 1, 7], vec![0f32; 7]));
+    t.insert(
+        "cls_token".to_string(),
+        mosic::tensors::HostTensor::new(vec![1, 1, 7], vec![0f32; 7]),
+    );
     mosic_trainer::params::save_safetensors(&w, &t).unwrap();
     let o = run(&[
         "bench",

@@ -20,7 +20,7 @@ pub struct BenchStepArgs {
     /// Our backend (flex or ndarray on the CPU, or cuda / tch / candle when built in).
     #[arg(long, default_value = mosic_trainer::backend::DEFAULT)]
     backend: String,
-    /// The reference's device: cpu or cuda.
+    /// Device of both steps: cpu, or cuda / cuda:N (ours on --backend cuda or tch).
     #[arg(long, default_value = "cpu")]
     device: String,
     /// Clips per step; a comma list runs each.
@@ -182,6 +182,8 @@ pub fn step(a: BenchStepArgs) -> Result<ExitCode> {
                 "train",
                 "--backend",
                 &a.backend,
+                "--device",
+                &a.device,
                 "--frames",
                 &a.frames.to_string(),
             ])

@@ -43,6 +43,8 @@ enum Command {
     Eval(eval::EvalCommand),
     /// Train with and without motion for several seeds, evaluate on held-out videos, write a report.
     Demo(demo::DemoArgs),
+    /// Runs side by side: differing config values, steps, final loss, validation, evaluations, speed.
+    Runs(RunsArgs),
     /// Benchmarks that print throughput figures.
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -98,6 +100,19 @@ struct SynthArgs {
 enum CameraArg {
     Default,
     Strong,
+}
+
+#[derive(Args)]
+struct RunsArgs {
+    /// Run directories (anything else, e.g. a report matched by a glob, is skipped with a note).
+    #[arg(required = true)]
+    runs: Vec<PathBuf>,
+    /// Overlay their loss and validation curves in this figure (.png or .svg).
+    #[arg(long)]
+    plot: Option<PathBuf>,
+    /// Print CSV (for pandas) instead of the table.
+    #[arg(long)]
+    csv: bool,
 }
 
 #[derive(Subcommand)]
@@ -167,6 +182,7 @@ fn run(command: Command) -> Result<ExitCode> {
         Command::Features(a) => eval::features(a),
         Command::Eval(c) => eval::eval(c),
         Command::Demo(a) => demo::demo(a),
+        Command::Runs(a) => runs(a),
     }
 }
 
@@ -213,6 +229,28 @@ fn synth(a: SynthArgs) -> Result<ExitCode> {
         a.out.display(),
         report.gt_dir.display()
     );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn runs(a: RunsArgs) -> Result<ExitCode> {
+    use mosic_trainer::compare;
+    let (runs, notes) = compare::collect(&a.runs);
+    for n in &notes {
+        eprintln!("note: {n}");
+    }
+    if runs.is_empty() {
+        anyhow::bail!("none of the {} arguments is a run directory", a.runs.len());
+    }
+    let (header, rows) = compare::table(&runs);
+    if a.csv {
+        print!("{}", compare::csv(&header, &rows));
+    } else {
+        print!("{}", compare::render(&header, &rows));
+    }
+    if let Some(p) = &a.plot {
+        compare::plot(&runs, p)?;
+        eprintln!("wrote {}", p.display());
+    }
     Ok(ExitCode::SUCCESS)
 }
 

@@ -1,89 +1,100 @@
-//! A progress line on stderr: a redrawn bar on a terminal, a line every few seconds in logs.
-//! Messages printed through [`Progress::println`] appear above the bar, never inside it.
+//! Progress of long commands on stderr: an indicatif bar with rate and ETA on a terminal;
+//! a plain line every ten seconds (and at the end) when stderr is a log (CI, SLURM), where
+//! a redrawn bar would only fill the file. Messages printed through [`Progress::println`]
+//! appear above the bar, never inside it.
 
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use std::io::{IsTerminal, Write};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 pub struct Progress {
     label: String,
+    unit: String,
+    /// The bar on a terminal; None in a log.
+    bar: Option<ProgressBar>,
     start: Instant,
-    tty: bool,
-    state: Mutex<State>,
-}
-
-#[derive(Default)]
-struct State {
-    last: Option<Instant>,
-    /// The bar as last drawn (terminal only), redrawn under each message.
-    bar: Option<String>,
+    last_line: Mutex<Option<Instant>>,
 }
 
 impl Progress {
-    pub fn new(label: &str) -> Self {
+    /// A bar counting `unit`s (e.g. "clips tracked") under `label`.
+    pub fn new(label: &str, unit: &str) -> Self {
+        Self::with_terminal(label, unit, std::io::stderr().is_terminal())
+    }
+
+    fn with_terminal(label: &str, unit: &str, terminal: bool) -> Self {
+        let bar = terminal.then(|| {
+            let b = ProgressBar::with_draw_target(Some(0), ProgressDrawTarget::stderr_with_hz(5));
+            let style = ProgressStyle::with_template(&format!(
+                "{{prefix}} [{{bar:24}}] {{pos}}/{{len}} {unit}, {{per_sec}}, ETA {{eta}} {{msg}}"
+            ))
+            .expect("valid template")
+            .progress_chars("=> ");
+            b.set_style(style);
+            b.set_prefix(label.to_string());
+            b
+        });
         Self {
             label: label.into(),
+            unit: unit.into(),
+            bar,
             start: Instant::now(),
-            tty: std::io::stderr().is_terminal(),
-            state: Mutex::new(State::default()),
+            last_line: Mutex::new(None),
         }
     }
 
-    /// `done` of `total` units, `clips` written so far.
-    pub fn update(&self, done: usize, total: usize, clips: u64) {
-        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        let now = Instant::now();
-        let every = if self.tty { Duration::from_millis(200) } else { Duration::from_secs(10) };
-        if done < total && st.last.is_some_and(|l| now - l < every) {
-            return;
-        }
-        st.last = Some(now);
-        let secs = self.start.elapsed().as_secs_f64();
-        let rate = clips as f64 / secs.max(1e-9);
-        let eta =
-            if done > 0 && done < total { secs / done as f64 * (total - done) as f64 } else { 0.0 };
-        let width = 24;
-        let filled = if total > 0 { done * width / total } else { width };
-        let bar: String = (0..width)
-            .map(|i| {
-                if i < filled {
-                    '='
-                } else if i == filled {
-                    '>'
-                } else {
-                    ' '
-                }
-            })
-            .collect();
-        let line = format!(
-            "{} [{bar}] {done}/{total} videos, {clips} clips, {rate:.1} clips/s, ETA {}",
-            self.label,
-            hms(eta)
-        );
-        let mut err = std::io::stderr().lock();
-        if self.tty {
-            let _ = write!(err, "\r{line}\x1b[K");
-            if done >= total {
-                let _ = writeln!(err);
-                st.bar = None;
-            } else {
-                st.bar = Some(line);
+    /// `done` of `total` units finished (the total may be an estimate that grows), with a
+    /// short note after the figures.
+    pub fn set(&self, done: u64, total: u64, note: &str) {
+        let total = total.max(done);
+        match &self.bar {
+            Some(b) => {
+                b.set_length(total);
+                b.set_position(done);
+                b.set_message(note.to_string());
             }
-        } else {
-            let _ = writeln!(err, "{line}");
+            None => {
+                let mut last = self.last_line.lock().unwrap_or_else(|e| e.into_inner());
+                let now = Instant::now();
+                let due = last.is_none_or(|t| now - t >= Duration::from_secs(10));
+                if due || (done >= total && total > 0) {
+                    *last = Some(now);
+                    let _ = writeln!(std::io::stderr().lock(), "{}", self.line(done, total, note));
+                }
+            }
         }
+    }
+
+    /// The log line: figures, rate and ETA from the start.
+    fn line(&self, done: u64, total: u64, note: &str) -> String {
+        let secs = self.start.elapsed().as_secs_f64();
+        let rate = done as f64 / secs.max(1e-9);
+        let eta = if done > 0 && done < total { (total - done) as f64 / rate } else { 0.0 };
+        let note = if note.is_empty() { String::new() } else { format!(" ({note})") };
+        format!("{}: {done}/{total} {}{note}, {rate:.2}/s, ETA {}", self.label, self.unit, hms(eta))
     }
 
     /// A message on its own line above the bar.
     pub fn println(&self, msg: &str) {
-        let st = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        let mut err = std::io::stderr().lock();
-        match (&st.bar, self.tty) {
-            (Some(bar), true) => {
-                let _ = write!(err, "\r\x1b[K{msg}\n{bar}\x1b[K");
+        match &self.bar {
+            Some(b) => b.println(msg),
+            None => {
+                let _ = writeln!(std::io::stderr().lock(), "{msg}");
             }
-            _ => {
-                let _ = writeln!(err, "{msg}");
+        }
+    }
+
+    /// Leaves the final figures on screen (or in the log).
+    pub fn finish(&self, done: u64, note: &str) {
+        match &self.bar {
+            Some(b) => {
+                b.set_length(done);
+                b.set_position(done);
+                b.finish_with_message(note.to_string());
+            }
+            None => {
+                let _ = writeln!(std::io::stderr().lock(), "{}", self.line(done, done, note));
             }
         }
     }
@@ -92,4 +103,20 @@ impl Progress {
 pub fn hms(secs: f64) -> String {
     let s = secs.round() as u64;
     format!("{}:{:02}:{:02}", s / 3600, s / 60 % 60, s % 60)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn log_lines_say_the_finished_unit_the_rate_and_the_eta() {
+        let p = Progress::with_terminal("tracks", "clips tracked", false);
+        assert!(p.bar.is_none());
+        let l = p.line(10, 40, "4/16 videos decoded");
+        assert!(l.starts_with("tracks: 10/40 clips tracked (4/16 videos decoded), "), "{l}");
+        assert!(l.contains("/s, ETA "), "{l}");
+        assert!(p.line(40, 40, "").ends_with("ETA 0:00:00"));
+        assert_eq!(hms(3725.0), "1:02:05");
+    }
 }

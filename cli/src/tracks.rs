@@ -293,16 +293,18 @@ pub fn tracks(a: TracksArgs) -> Result<ExitCode> {
     let args = a.run;
     let cfg = args.config()?;
     let opts = args.options();
-    let bar = Arc::new(Progress::new("tracks"));
+    let bar = Arc::new(Progress::new("tracks", "clips tracked"));
     args.route_logs(&bar);
     let (mut tracker, notes) = args.tracker()?;
     for n in &notes {
         eprintln!("note: {n}");
     }
     let b = bar.clone();
-    let report = mosic_pipeline::run(&cfg, &opts, &args.out, tracker.as_mut(), &move |d, t, c| {
-        b.update(d, t, c)
+    let report = mosic_pipeline::run(&cfg, &opts, &args.out, tracker.as_mut(), &move |p| {
+        let note = format!("{}/{} videos decoded", p.videos_decoded, p.videos);
+        b.set(p.clips_tracked, p.clips_expected(), &note)
     })?;
+    bar.finish(report.clips, &format!("{} videos", report.videos));
     print_report(&report, &cfg.worker_dir(&args.out));
     if !report.failed.is_empty() {
         if args.keep_going {
@@ -385,7 +387,7 @@ pub fn bench(a: BenchArgs) -> Result<ExitCode> {
         Device::Cpu => None,
     };
     let report =
-        mosic_pipeline::run(&cfg, &a.run.options(), tmp.path(), tracker.as_mut(), &|_, _, _| {})?;
+        mosic_pipeline::run(&cfg, &a.run.options(), tmp.path(), tracker.as_mut(), &|_| {})?;
     let busy = gpu.map(GpuMonitor::stop);
     let decode_rate = clips as f64 / decode_s;
     println!("input            {}", cfg.input.display());
@@ -485,8 +487,7 @@ fn bench_scale(a: &BenchArgs) -> Result<ExitCode> {
         let (mut tracker, _) = run.tracker()?;
         let out = tmp.path().join(format!("out-{n}"));
         let reset = reset_peak_rss();
-        let report =
-            mosic_pipeline::run(&cfg, &run.options(), &out, tracker.as_mut(), &|_, _, _| {})?;
+        let report = mosic_pipeline::run(&cfg, &run.options(), &out, tracker.as_mut(), &|_| {})?;
         let peak = peak_rss_bytes().filter(|_| reset);
         let bytes: u64 =
             mosic::Manifest::load(&cfg.worker_dir(&out))?.shards.iter().map(|s| s.bytes).sum();

@@ -3,9 +3,10 @@
 use anyhow::{Context, Result};
 use burn::tensor::backend::AutodiffBackend;
 use clap::Args;
-use mosic_trainer::backend::{dispatch, WithBackend};
+use mosic_trainer::backend::{dispatch, Target, WithBackend};
+use mosic_trainer::rundir;
 use mosic_trainer::TrainConfig;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 #[derive(Args)]
@@ -29,6 +30,9 @@ pub struct TrainArgs {
     /// Burn backend: flex or ndarray (CPU, always built), or cuda / tch / candle when built with that feature.
     #[arg(long, default_value = mosic_trainer::backend::DEFAULT)]
     backend: String,
+    /// Device: cpu, or cuda:N for the cuda and tch backends.
+    #[arg(long, default_value = "cpu")]
+    device: String,
     /// Stop (with a checkpoint) after this step; `--resume` continues the same schedule.
     #[arg(long)]
     stop_after: Option<u64>,
@@ -55,66 +59,12 @@ impl WithBackend for Train {
     }
 }
 
-/// The runs of a config live in `runs/<config file stem>/`.
-fn config_runs(runs: &Path, config: Option<&Path>) -> PathBuf {
-    let name = config
-        .and_then(|c| c.file_stem())
-        .map(|s| s.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "default".into());
-    runs.join(name)
-}
-
-/// The newest run directory (by its date-time name) under `dir` that has a config.
-fn newest_run(dir: &Path) -> Option<PathBuf> {
-    let mut runs: Vec<PathBuf> = std::fs::read_dir(dir)
-        .ok()?
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| p.join("config.toml").is_file())
-        .collect();
-    runs.sort();
-    runs.pop()
-}
-
-/// Claims a new run directory named after the current UTC date and time (a suffix when two
-/// runs start in the same second); never an existing one.
-fn new_run_dir(dir: &Path) -> Result<PathBuf> {
-    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs() as i64;
-    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
-    let (y, m, d) = civil_from_days(days);
-    let stamp = format!("{y:04}{m:02}{d:02}-{:02}{:02}{:02}", rem / 3600, rem / 60 % 60, rem % 60);
-    for k in 1.. {
-        let name = if k == 1 { stamp.clone() } else { format!("{stamp}-{k}") };
-        let p = dir.join(name);
-        match std::fs::create_dir(&p) {
-            Ok(()) => return Ok(p),
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
-            Err(e) => return Err(e).with_context(|| format!("cannot create {}", p.display())),
-        }
-    }
-    unreachable!("some suffix is free")
-}
-
-/// Proleptic Gregorian (year, month, day) of a day count since 1970-01-01 (H. Hinnant's algorithm).
-fn civil_from_days(z: i64) -> (i64, u32, u32) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    (yoe + era * 400 + i64::from(m <= 2), m, d)
-}
-
 pub fn train(a: TrainArgs) -> Result<ExitCode> {
     let out = match (&a.out, a.resume) {
         (Some(o), _) => o.clone(),
         (None, true) => {
-            let dir = config_runs(&a.runs, a.config.as_deref());
-            newest_run(&dir).with_context(|| {
+            let dir = rundir::runs_of(&a.runs, a.config.as_deref());
+            rundir::newest_run(&dir).with_context(|| {
                 format!(
                     "--resume: no run of this config in {} (name one with --out)",
                     dir.display()
@@ -131,15 +81,15 @@ pub fn train(a: TrainArgs) -> Result<ExitCode> {
     };
     // Every value is checked before a run directory is made.
     let cfg = TrainConfig::load(config.as_deref(), &a.set)?;
-    mosic_trainer::backend::check_precision(&a.backend, cfg.model.precision)?;
+    let target = Target::resolve(&a.backend, &a.device, cfg.model.precision)?;
     let out = if out.as_os_str().is_empty() {
-        new_run_dir(&config_runs(&a.runs, a.config.as_deref()))?
+        rundir::new_run(&rundir::runs_of(&a.runs, a.config.as_deref()))?
     } else {
         out
     };
     eprintln!("run directory {}", out.display());
     let s = dispatch(
-        &a.backend,
+        &target,
         Train { cfg, out: out.clone(), resume: a.resume, stop_after: a.stop_after },
     )?;
     println!(
@@ -172,8 +122,8 @@ pub struct ExportArgs {
 
 pub fn export(a: ExportArgs) -> Result<ExitCode> {
     use burn::backend::NdArray;
-    let cfg = mosic_trainer::features::run_config(&a.run)?;
-    let ckpt = mosic_trainer::train::export::<NdArray<f32>>(
+    let cfg = rundir::read_config(&a.run)?;
+    let ckpt = mosic_trainer::features::export::<NdArray<f32>>(
         &a.run,
         a.checkpoint.as_deref(),
         a.img_size,
@@ -198,6 +148,9 @@ pub struct BenchTrainArgs {
     set: Vec<String>,
     #[arg(long, default_value = mosic_trainer::backend::DEFAULT)]
     backend: String,
+    /// cpu, or cuda:N for the cuda and tch backends.
+    #[arg(long, default_value = "cpu")]
+    device: String,
     /// Frames per clip and points per clip of the random batches.
     #[arg(long, default_value_t = 12)]
     frames: usize,
@@ -220,9 +173,9 @@ struct Bench {
 }
 
 impl WithBackend for Bench {
-    type Output = mosic_trainer::train::BenchFigures;
+    type Output = mosic_trainer::bench::BenchFigures;
     fn run<B: AutodiffBackend>(self, device: B::Device) -> Result<Self::Output> {
-        mosic_trainer::train::bench::<B>(
+        mosic_trainer::bench::bench::<B>(
             &self.cfg,
             &device,
             self.frames,
@@ -235,9 +188,9 @@ impl WithBackend for Bench {
 
 pub fn bench(a: BenchTrainArgs) -> Result<ExitCode> {
     let cfg = TrainConfig::load(a.config.as_deref(), &a.set)?;
-    mosic_trainer::backend::check_precision(&a.backend, cfg.model.precision)?;
+    let target = Target::resolve(&a.backend, &a.device, cfg.model.precision)?;
     let f = dispatch(
-        &a.backend,
+        &target,
         Bench {
             cfg: cfg.clone(),
             frames: a.frames,
@@ -247,7 +200,7 @@ pub fn bench(a: BenchTrainArgs) -> Result<ExitCode> {
         },
     )
     .with_context(|| format!("bench on backend {}", a.backend))?;
-    println!("backend          {}", a.backend);
+    println!("backend          {} on {}", a.backend, a.device);
     println!(
         "model            {} at {} px, trainable blocks {:?}",
         cfg.model.preset, cfg.model.img_size, cfg.model.trainable_blocks

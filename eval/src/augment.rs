@@ -10,17 +10,9 @@ use crate::data::Mask;
 use image::RgbImage;
 use mosic::rng::SplitMix64;
 
-/// A crop box in pixels.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Crop {
-    pub x: u32,
-    pub y: u32,
-    pub w: u32,
-    pub h: u32,
-}
+pub use mosic::rng::Crop;
 
-/// torchvision's `RandomResizedCrop.get_params`: up to 10 tries of an area share in `scale`
-/// and a log-uniform aspect ratio in `ratio` that fit the image, else a central crop.
+/// torchvision's `RandomResizedCrop.get_params` (the workspace's one implementation).
 pub fn random_resized_crop(
     width: u32,
     height: u32,
@@ -28,36 +20,16 @@ pub fn random_resized_crop(
     ratio: (f64, f64),
     rng: &mut SplitMix64,
 ) -> Crop {
-    let area = (width * height) as f64;
-    let (lr0, lr1) = (ratio.0.ln(), ratio.1.ln());
-    for _ in 0..10 {
-        let target = area * rng.uniform(scale.0, scale.1);
-        let aspect = rng.uniform(lr0, lr1).exp();
-        let w = (target * aspect).sqrt().round() as u32;
-        let h = (target / aspect).sqrt().round() as u32;
-        if w > 0 && w <= width && h > 0 && h <= height {
-            let y = rng.below((height - h + 1) as u64) as u32;
-            let x = rng.below((width - w + 1) as u64) as u32;
-            return Crop { x, y, w, h };
-        }
-    }
-    let in_ratio = width as f64 / height as f64;
-    let (w, h) = if in_ratio < ratio.0 {
-        (width, ((width as f64 / ratio.0).round() as u32).max(1))
-    } else if in_ratio > ratio.1 {
-        (((height as f64 * ratio.1).round() as u32).max(1), height)
-    } else {
-        (width, height)
-    };
-    Crop { x: (width - w) / 2, y: (height - h) / 2, w, h }
+    rng.random_resized_crop(width, height, scale, ratio)
 }
 
 pub fn crop_image(img: &RgbImage, c: Crop) -> RgbImage {
-    image::imageops::crop_imm(img, c.x, c.y, c.w, c.h).to_image()
+    image::imageops::crop_imm(img, c.left, c.top, c.width, c.height).to_image()
 }
 
 pub fn crop_mask(m: &Mask, c: Crop) -> Mask {
-    let (x0, y0, w, h) = (c.x as usize, c.y as usize, c.w as usize, c.h as usize);
+    let (x0, y0) = (c.left as usize, c.top as usize);
+    let (w, h) = (c.width as usize, c.height as usize);
     let labels = (y0..y0 + h)
         .flat_map(|y| m.labels[y * m.width + x0..y * m.width + x0 + w].iter().copied())
         .collect();
@@ -181,13 +153,13 @@ mod tests {
         let mut rng = SplitMix64::new(1);
         for _ in 0..200 {
             let c = random_resized_crop(500, 375, (0.8, 1.0), (0.75, 4.0 / 3.0), &mut rng);
-            assert!(c.x + c.w <= 500 && c.y + c.h <= 375);
-            let share = (c.w * c.h) as f64 / (500.0 * 375.0);
+            assert!(c.left + c.width <= 500 && c.top + c.height <= 375);
+            let share = (c.width * c.height) as f64 / (500.0 * 375.0);
             assert!(share > 0.75, "{share}");
         }
         // Scale up to 2 often does not fit: falls back to (at most) the whole image.
         let c = random_resized_crop(40, 30, (1.9, 2.0), (1.0, 1.0), &mut rng);
-        assert!(c.w <= 40 && c.h <= 30);
+        assert!(c.width <= 40 && c.height <= 30);
     }
 
     #[test]
@@ -198,7 +170,7 @@ mod tests {
             height: 3,
             labels: (0..12).map(|i| ((i % 4) * 10 + i / 4) as u8).collect(),
         };
-        let c = Crop { x: 1, y: 1, w: 2, h: 2 };
+        let c = Crop { left: 1, top: 1, width: 2, height: 2 };
         let (ci, cm) = (flip_image(&crop_image(&img, c)), flip_mask(&crop_mask(&m, c)));
         let from_img: Vec<u8> = ci.pixels().map(|p| p.0[0]).collect();
         assert_eq!(from_img, cm.labels);

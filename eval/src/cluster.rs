@@ -446,6 +446,67 @@ pub fn matching_label(m: RefMatching) -> &'static str {
     }
 }
 
+/// The image set a protocol runs on, and the sizes it is scored at.
+#[derive(Clone, Debug)]
+pub struct ImageSet {
+    pub data: std::path::PathBuf,
+    pub split: Option<String>,
+    /// Model input side (square).
+    pub size: usize,
+    /// Side of the square masks are scored at.
+    pub mask_size: usize,
+    /// Number of classes (None: the layout's, else from the masks).
+    pub classes: Option<usize>,
+    /// At most this many images, evenly spaced.
+    pub max_images: Option<usize>,
+}
+
+/// `mosic eval cluster`: Leopart's image clustering and overclustering on `set`.
+pub fn run_leopart(
+    bb: &dyn crate::Backbone,
+    set: &ImageSet,
+    p: &ImageProtocol,
+    progress: &crate::backbone::Progress,
+) -> anyhow::Result<crate::Evaluation> {
+    use crate::card::{self, ProtocolCard};
+    use crate::data::{load_items, open_image_set, resolve_classes, spread};
+    let (mut items, info) = open_image_set(&set.data, set.split.as_deref())?;
+    if let Some(m) = set.max_images {
+        items = spread(items.len(), m).into_iter().map(|i| items[i].clone()).collect();
+    }
+    let (images, masks) = load_items(&items, set.size, set.mask_size)?;
+    let names: Vec<&str> = items.iter().map(|i| i.mask.to_str().unwrap_or("")).collect();
+    let classes = resolve_classes(set.classes, &info, &masks.iter().collect::<Vec<_>>(), &names)?;
+    let feats = crate::backbone::extract(bb, &images, "images embedded", progress)?;
+    let scores = leopart_clustering(&feats, &masks, classes, p);
+    let reference = format!(
+        "{} experiments/overcluster/sup_overcluster.py, experiments/utils.py",
+        card::LEOPART
+    );
+    let matching = if p.precision { "precision" } else { "IoU" };
+    let card = ProtocolCard::new(
+        "image clustering / overclustering (Leopart)",
+        reference,
+        set.size,
+        set.mask_size,
+        p.seeds.clone(),
+    )
+    .set("data", &info.layout)
+    .set("classes", classes)
+    .set("images", items.len())
+    .set("features", format!("patch tokens, standardised, PCA to {}", p.pca_dim))
+    .set(
+        "k-means",
+        format!(
+            "FAISS-style, {} iterations, best of {} starts, <= 256 points per centroid",
+            p.niter, p.nredo
+        ),
+    )
+    .set("matching", format!("K = classes: Hungarian on IoU; other K: many-to-one by {matching}"))
+    .set("upsampling", "cluster ids nearest to the mask size");
+    Ok(crate::Evaluation { scores, card })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

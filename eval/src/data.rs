@@ -3,6 +3,7 @@
 //! maps themselves (palette or 8-bit grayscale PNGs, values read as indices, 255 = ignore).
 
 use anyhow::{bail, ensure, Context, Result};
+use image::RgbImage;
 use std::path::{Path, PathBuf};
 
 /// A label map: `labels[y * width + x]`.
@@ -616,6 +617,64 @@ pub fn video_set(root: &Path, split: Option<&str>, every: usize) -> Result<Vec<L
     }
     ensure!(!out.is_empty(), "{}: no videos", root.display());
     Ok(out)
+}
+
+/// An image and its mask: the mask nearest-resized (PIL) to `size` and then, if `mask_size`
+/// differs, with PyTorch's nearest (the references' two steps).
+pub fn load_item(it: &LabelledImage, size: usize, mask_size: usize) -> Result<(RgbImage, Mask)> {
+    let img = read_image(&it.image)?;
+    let m = it.read_mask()?.resize_nearest(size, size);
+    let m = if mask_size == size { m } else { m.resize_nearest_torch(mask_size, mask_size) };
+    Ok((img, m))
+}
+
+/// [`load_item`] of every item, decoded in parallel.
+pub fn load_items(
+    items: &[LabelledImage],
+    size: usize,
+    mask_size: usize,
+) -> Result<(Vec<RgbImage>, Vec<Mask>)> {
+    use rayon::prelude::*;
+    Ok(items
+        .par_iter()
+        .map(|it| load_item(it, size, mask_size))
+        .collect::<Result<Vec<_>>>()?
+        .into_iter()
+        .unzip())
+}
+
+/// Reads an image file (JPEG, PNG, ...) as RGB, naming the file on failure.
+pub fn read_image(path: &Path) -> Result<RgbImage> {
+    Ok(image::open(path)
+        .with_context(|| format!("cannot read image {}", path.display()))?
+        .to_rgb8())
+}
+
+/// Classes: `given`, else the layout's, else the largest label + 1; a label beyond them is
+/// refused, naming its file.
+pub fn resolve_classes(
+    given: Option<usize>,
+    info: &SetInfo,
+    masks: &[&Mask],
+    names: &[&str],
+) -> Result<usize> {
+    let classes = given
+        .or(info.classes)
+        .unwrap_or_else(|| crate::cluster::num_classes(masks.iter().copied()));
+    for (m, n) in masks.iter().zip(names) {
+        if let Some(l) = m.labels.iter().copied().find(|&l| l != 255 && l as usize >= classes) {
+            bail!("{n}: label {l} is not below the {classes} classes (set --classes)");
+        }
+    }
+    Ok(classes)
+}
+
+/// `n` indices spread evenly over `0..len`.
+pub fn spread(len: usize, n: usize) -> Vec<usize> {
+    if n >= len {
+        return (0..len).collect();
+    }
+    (0..n).map(|i| (i * len + len / 2) / n).collect()
 }
 
 #[cfg(test)]

@@ -261,6 +261,207 @@ pub fn evaluate(bank: &Bank, val: &[(FeatureMap, Mask)], cfg: &InContextConfig) 
     reference_score(&total, RefMatching::Hungarian).miou
 }
 
+/// The labelled image set of an in-context run and its training subsets.
+#[derive(Clone, Debug)]
+pub struct RetrievalSet {
+    pub data: std::path::PathBuf,
+    pub train_split: String,
+    pub val_split: String,
+    /// open-hummingbird-eval's `file_sets/<dataset>` folder (published subsets); None:
+    /// seeded random subsets.
+    pub file_sets: Option<std::path::PathBuf>,
+    /// Training fractions as denominators: 1 = all, 8 = 1/8, ...
+    pub fractions: Vec<usize>,
+    /// Subset seeds of the fractions below 1.
+    pub seeds: Vec<u64>,
+    /// Model input side (square); predictions are scored at it.
+    pub size: usize,
+    /// Number of classes (None: the layout's, else from the masks).
+    pub classes: Option<usize>,
+    /// Colour jitter and random crops for the bank.
+    pub augment: bool,
+    /// Label left out of the score (None: 0 for ADE20K, 255 otherwise).
+    pub ignore: Option<u8>,
+}
+
+/// Seeds of the bank's draws: augmentation and tie-breaking noise per (pass, image).
+const AUGMENT_SEED: u64 = 0x4b1d;
+const SAMPLE_SEED: u64 = 0x5a3e;
+/// Training images decoded, augmented and embedded per step of bank filling.
+const BANK_CHUNK: usize = 64;
+
+/// `mosic eval incontext`: Hummingbird's dense retrieval, one bank per training subset.
+pub fn run_hummingbird(
+    bb: &dyn crate::Backbone,
+    set: &RetrievalSet,
+    cfg: &InContextConfig,
+    progress: &crate::backbone::Progress,
+    log: &dyn Fn(&str),
+) -> anyhow::Result<crate::Evaluation> {
+    use crate::backbone::{extract, quiet};
+    use crate::card::{self, ProtocolCard};
+    use crate::data::{
+        hummingbird_file_set, load_items, open_image_set, read_image, LabelledImage,
+    };
+    use anyhow::{ensure, Context};
+    let s = set.size;
+    let (train, info) = open_image_set(&set.data, Some(&set.train_split))?;
+    let (val, _) = open_image_set(&set.data, Some(&set.val_split))?;
+    let ade = info.layout.starts_with("ADE20K");
+    let classes = match set.classes.or(info.classes) {
+        // The reference scores ADE20K over 151 ids with 0 ignored (and counted as a class).
+        Some(k) if ade => k + 1,
+        Some(k) => k,
+        None => {
+            let masks: Vec<Mask> =
+                train.iter().chain(&val).map(|i| i.read_mask()).collect::<anyhow::Result<_>>()?;
+            crate::cluster::num_classes(&masks)
+        }
+    };
+    // Hummingbird reads ADE20K's raw ids (0 = other, ignored).
+    let raw = |v: Vec<LabelledImage>| -> Vec<LabelledImage> {
+        if ade {
+            v.into_iter().map(|i| LabelledImage { labels: None, ..i }).collect()
+        } else {
+            v
+        }
+    };
+    let (train, val) = (raw(train), raw(val));
+    let ignore = set.ignore.unwrap_or(if ade { 0 } else { 255 });
+    let cfg = InContextConfig { ignore, ..cfg.clone() };
+    let by_name: std::collections::HashMap<&str, &LabelledImage> =
+        train.iter().map(|i| (i.name.as_str(), i)).collect();
+    let mut subsets = Vec::new();
+    for &n in &set.fractions {
+        ensure!(n >= 1, "--fractions are denominators (1, 8, 64, 128), not {n}");
+        let seeds: Vec<u64> = if n == 1 { vec![0] } else { set.seeds.clone() };
+        for &seed in &seeds {
+            let items: Vec<LabelledImage> = match &set.file_sets {
+                Some(dir) => hummingbird_file_set(dir, n, seed)?
+                    .iter()
+                    .map(|name| {
+                        by_name.get(name.as_str()).map(|i| (*i).clone()).with_context(|| {
+                            format!(
+                                "{}: image {name} of the 1/{n} list (seed {seed}) is not in the {} split",
+                                set.data.display(),
+                                set.train_split
+                            )
+                        })
+                    })
+                    .collect::<anyhow::Result<_>>()?,
+                None => {
+                    let mut idx: Vec<usize> = (0..train.len()).collect();
+                    SplitMix64::new(seed).shuffle(&mut idx);
+                    idx.truncate((train.len() / n).max(1));
+                    idx.sort_unstable();
+                    idx.into_iter().map(|i| train[i].clone()).collect()
+                }
+            };
+            subsets.push((n, format!("1/{n}#{seed}"), items));
+        }
+    }
+
+    let (vi, vm) = load_items(&val, s, s)?;
+    let val_pairs: Vec<(FeatureMap, Mask)> =
+        extract(bb, &vi, "val images embedded", progress)?.into_iter().zip(vm).collect();
+    let mut results: Vec<(usize, f64, usize)> = Vec::new();
+    for (n, label, items) in &subsets {
+        let t0 = std::time::Instant::now();
+        let mut bank = Bank::new(bb.dim(), classes);
+        let per = Bank::per_image(&cfg, items.len());
+        let passes = if set.augment { cfg.passes.max(1) } else { 1 };
+        let total = (passes * items.len()) as u64;
+        for pass in 0..passes {
+            for (ci, chunk) in items.chunks(BANK_CHUNK).enumerate() {
+                let pairs: Vec<(image::RgbImage, Mask)> = chunk
+                    .par_iter()
+                    .enumerate()
+                    .map(|(j, it)| -> anyhow::Result<(image::RgbImage, Mask)> {
+                        let img = read_image(&it.image)?;
+                        let m = it.read_mask()?;
+                        let (img, m) = if set.augment {
+                            let i = (pass * items.len() + ci * BANK_CHUNK + j) as u64;
+                            let mut rng = SplitMix64::stream(AUGMENT_SEED, i);
+                            crate::augment::hummingbird_train(&img, &m, &mut rng)
+                        } else {
+                            (img, m)
+                        };
+                        Ok((img, m.resize_nearest(s, s)))
+                    })
+                    .collect::<anyhow::Result<_>>()?;
+                let (imgs, masks): (Vec<image::RgbImage>, Vec<Mask>) = pairs.into_iter().unzip();
+                let feats = extract(bb, &imgs, "", &quiet)?;
+                for (j, (f, m)) in feats.iter().zip(&masks).enumerate() {
+                    let i = (pass * items.len() + ci * BANK_CHUNK + j) as u64;
+                    let mut rng = SplitMix64::stream(SAMPLE_SEED, i);
+                    bank.add(f, m, per, &mut rng)
+                        .with_context(|| format!("bank image {}", chunk[j].name))?;
+                }
+                let done = (pass * items.len() + ci * BANK_CHUNK + chunk.len()) as u64;
+                progress(&format!("bank {label}: images"), done, total);
+            }
+        }
+        let v = evaluate(&bank, &val_pairs, &cfg);
+        log(&format!(
+            "in-context {label}: {} images, {} bank patches, mIoU {v:.4} ({:.1} s)",
+            items.len(),
+            bank.len(),
+            t0.elapsed().as_secs_f64()
+        ));
+        results.push((*n, v, bank.len()));
+    }
+
+    let mut scores = Vec::new();
+    let mut banks = Vec::new();
+    for &n in &set.fractions {
+        let part: Vec<&(usize, f64, usize)> = results.iter().filter(|r| r.0 == n).collect();
+        let sizes: Vec<String> = part.iter().map(|r| r.2.to_string()).collect();
+        banks.push(format!("1/{n}: {}", sizes.join(",")));
+        let per_seed = part.iter().map(|r| r.1).collect();
+        scores.push(crate::cluster::Score::new(
+            format!("fraction 1/{n}"),
+            classes,
+            "nearest-neighbour",
+            per_seed,
+        ));
+    }
+    let augment = if set.augment {
+        format!("{} pass(es) with colour jitter + RandomResizedCrop(0.5-2)", cfg.passes)
+    } else {
+        "1 pass(es)".to_string()
+    };
+    let subsets =
+        if set.file_sets.is_some() { "published file lists" } else { "seeded random subsets" };
+    let mut card = ProtocolCard::new(
+        "in-context retrieval (Hummingbird)",
+        format!(
+            "{} hbird/hbird_eval.py; settings of {} hummingbird_eval.sh",
+            card::HUMMINGBIRD,
+            card::MOSIC
+        ),
+        s,
+        s,
+        set.seeds.clone(),
+    )
+    .set("data", format!("{} -> {}", info.layout, set.val_split))
+    .set("classes", format!("{classes} (label {ignore} ignored)"))
+    .set("subsets", subsets)
+    .set("bank", format!("{augment}, per-image class-aware sampling; filled: {}", banks.join("; ")))
+    .set(
+        "retrieval",
+        format!(
+            "exact cosine top-{}, softmax(sim / {}), labels bilinearly upsampled to the input",
+            cfg.neighbours, cfg.temperature
+        ),
+    )
+    .set(
+        "score",
+        "mIoU over all classes (absent ones 0) after Hungarian matching, at input resolution",
+    );
+    card.bank_size = Some(cfg.memory_size.map_or("unbounded".to_string(), |m| m.to_string()));
+    Ok(crate::Evaluation { scores, card })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,4 +1,7 @@
-//! Evaluation protocols of the paper on plain f32 features and label maps (CPU only):
+//! Evaluation protocols of the paper on plain f32 features and label maps (CPU only). A
+//! protocol run takes any [`Backbone`] (images in, feature maps out) and gives an
+//! [`Evaluation`]: `cluster::run_leopart`, `video::run_timet`, `linear::run_probe`,
+//! `incontext::run_hummingbird`. The pieces they are built from:
 //! exact assignment ([`hungarian`]), seeded k-means ([`kmeans`]), clustering mIoU under
 //! Hungarian or overclustering matching ([`segmentation`]), labelled datasets on disk
 //! ([`data`]), and the protocols built on them: clustering of images and videos
@@ -6,6 +9,7 @@
 //! track consistency of features along ground-truth tracks ([`consistency`]).
 
 pub mod augment;
+pub mod backbone;
 pub mod card;
 pub mod cluster;
 pub mod consistency;
@@ -19,6 +23,7 @@ pub mod pca;
 pub mod segmentation;
 pub mod video;
 
+pub use backbone::{Backbone, Evaluation};
 pub use cluster::Score;
 pub use data::Mask;
 pub use dense::FeatureMap;

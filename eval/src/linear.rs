@@ -278,6 +278,132 @@ pub fn evaluate_probe(probe: &LinearProbe, val: &[(FeatureMap, Mask)]) -> Confus
     total
 }
 
+/// The labelled image set the probe trains and is scored on.
+#[derive(Clone, Debug)]
+pub struct ProbeSet {
+    pub data: std::path::PathBuf,
+    pub train_split: String,
+    pub val_split: String,
+    /// Model input side (square).
+    pub size: usize,
+    /// Side of the square masks the logits are scored at.
+    pub mask_size: usize,
+    /// Number of classes (None: the layout's, else from the masks).
+    pub classes: Option<usize>,
+    /// RandomResizedCrop + flip with features recomputed every epoch; else features once.
+    pub augment: bool,
+}
+
+/// `mosic eval linear`: Leopart's linear probe on `set`.
+pub fn run_probe(
+    bb: &dyn crate::Backbone,
+    set: &ProbeSet,
+    cfg: &LinearConfig,
+    progress: &crate::backbone::Progress,
+    log: &dyn Fn(&str),
+) -> anyhow::Result<crate::Evaluation> {
+    use crate::backbone::{extract, quiet};
+    use crate::card::{self, ProtocolCard};
+    use crate::data::{load_items, open_image_set, read_image};
+    use crate::segmentation::{reference_score, RefMatching};
+    let (size, ms) = (set.size, set.mask_size);
+    let (train, info) = open_image_set(&set.data, Some(&set.train_split))?;
+    let (val, _) = open_image_set(&set.data, Some(&set.val_split))?;
+    let classes = match set.classes.or(info.classes) {
+        Some(k) => k,
+        None => {
+            let masks: Vec<Mask> =
+                train.iter().chain(&val).map(|i| i.read_mask()).collect::<anyhow::Result<_>>()?;
+            crate::cluster::num_classes(&masks)
+        }
+    };
+    let probe = LinearProbe::new(bb.dim(), classes, cfg.seed);
+    let epochs = cfg.epochs as u64;
+    let report = |epoch: usize| progress("probe epochs", epoch as u64, epochs);
+    let epoch_log = |l: &str| {
+        log(l);
+        if let Some(e) = l.strip_prefix("linear probe epoch ").and_then(|r| r.split('/').next()) {
+            report(e.parse().unwrap_or(0));
+        }
+    };
+    let probe = if set.augment {
+        let seed = cfg.seed;
+        train_probe_batches(
+            probe,
+            train.len(),
+            cfg,
+            &mut |epoch, idx| {
+                let pairs: Vec<(image::RgbImage, Mask)> = idx
+                    .par_iter()
+                    .map(|&i| -> anyhow::Result<(image::RgbImage, Mask)> {
+                        let img = read_image(&train[i].image)?;
+                        let m = train[i].read_mask()?;
+                        let mut rng =
+                            SplitMix64::stream(seed ^ 0x11ea7, (epoch * train.len() + i) as u64);
+                        let (img, m) = crate::augment::leopart_train(&img, &m, &mut rng);
+                        Ok((img, m.resize_nearest(size, size).resize_nearest_torch(ms, ms)))
+                    })
+                    .collect::<anyhow::Result<_>>()?;
+                let (imgs, masks): (Vec<image::RgbImage>, Vec<Mask>) = pairs.into_iter().unzip();
+                Ok(extract(bb, &imgs, "", &quiet)?.into_iter().zip(masks).collect())
+            },
+            &epoch_log,
+        )?
+    } else {
+        let (imgs, masks) = load_items(&train, size, ms)?;
+        let pairs: Vec<(FeatureMap, Mask)> =
+            extract(bb, &imgs, "train images embedded", progress)?.into_iter().zip(masks).collect();
+        train_probe_batches(
+            probe,
+            pairs.len(),
+            cfg,
+            &mut |_, idx| Ok(idx.iter().map(|&i| pairs[i].clone()).collect()),
+            &epoch_log,
+        )?
+    };
+    let mut total = Confusion::new(classes, classes);
+    for chunk in val.chunks(256) {
+        let (imgs, masks) = load_items(chunk, size, ms)?;
+        let pairs: Vec<(FeatureMap, Mask)> =
+            extract(bb, &imgs, "", &quiet)?.into_iter().zip(masks).collect();
+        let conf = evaluate_probe(&probe, &pairs);
+        total.counts.iter_mut().zip(&conf.counts).for_each(|(a, b)| *a += b);
+    }
+    let v = reference_score(&total, RefMatching::Identity).miou;
+    let augment = if set.augment {
+        "RandomResizedCrop(scale 0.8-1) + flip, features recomputed every epoch"
+    } else {
+        "none (features computed once)"
+    };
+    let card = ProtocolCard::new(
+        "linear segmentation probe (Leopart)",
+        format!(
+            "{} experiments/linear_probing/linear_finetune.py (Pascal config)",
+            card::LEOPART
+        ),
+        size,
+        ms,
+        vec![cfg.seed],
+    )
+    .set("data", format!("{} -> {}", info.layout, set.val_split))
+    .set("classes", classes)
+    .set(
+        "training",
+        format!(
+            "{} epochs, batch {} (last partial dropped), SGD lr {} momentum {} wd {}, x0.1 at {:?}",
+            cfg.epochs, cfg.batch_size, cfg.lr, cfg.momentum, cfg.weight_decay, cfg.lr_drops
+        ),
+    )
+    .set("augment", augment)
+    .set(
+        "score",
+        "mIoU over all classes (absent ones 0), label 255 ignored, on the whole val split after the last epoch",
+    );
+    let name = format!("linear ({} train, {} val)", train.len(), val.len());
+    let scores = vec![crate::cluster::Score::new(name, classes, "supervised", vec![v])];
+    Ok(crate::Evaluation { scores, card })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -279,6 +279,110 @@ pub fn score_units(
     unit_score(ids, masks, k, matching, skip_ignore)
 }
 
+/// The video set TimeT's protocol runs on.
+#[derive(Clone, Debug)]
+pub struct VideoSet {
+    pub data: std::path::PathBuf,
+    pub split: Option<String>,
+    /// Keep every n-th annotated frame before drawing.
+    pub every: usize,
+    /// Annotated frames drawn per clip (sorted; TimeT: 4); 0 takes every annotated frame.
+    pub frames_per_clip: usize,
+    /// Model input side (square).
+    pub size: usize,
+    /// Side of the square masks are scored at (F and C).
+    pub mask_size: usize,
+}
+
+/// TimeT's frame draw for a clip of `len` annotated frames: `n` distinct frames when there
+/// are enough, else `n` with repeats; sorted. From one generator over the whole set, seeded
+/// by the protocol's first seed.
+pub fn draw_frames(rng: &mut mosic::rng::SplitMix64, len: usize, n: usize) -> Vec<usize> {
+    let mut idx: Vec<usize> = (0..len).collect();
+    if n == 0 {
+        return idx;
+    }
+    idx = if len >= n {
+        rng.shuffle(&mut idx);
+        idx[..n].to_vec()
+    } else {
+        (0..n).map(|_| rng.below(len as u64) as usize).collect()
+    };
+    idx.sort_unstable();
+    idx
+}
+
+/// `mosic eval video`: TimeT's protocol on `set`.
+pub fn run_timet(
+    bb: &dyn crate::Backbone,
+    set: &VideoSet,
+    p: &VideoProtocol,
+    progress: &crate::backbone::Progress,
+) -> anyhow::Result<crate::Evaluation> {
+    use crate::card::{self, ProtocolCard};
+    use anyhow::Context;
+    let (size, mask_size) = (set.size, set.mask_size);
+    let seed0 = p.seeds.first().copied().unwrap_or(1);
+    let mut rng = mosic::rng::SplitMix64::new(seed0);
+    let videos = crate::data::video_set(&set.data, set.split.as_deref(), set.every)?;
+    let mut clips = Vec::new();
+    for (done, v) in videos.iter().enumerate() {
+        let idx = draw_frames(&mut rng, v.frames.len(), set.frames_per_clip);
+        let loaded: Vec<(image::RgbImage, Mask)> = idx
+            .par_iter()
+            .map(|&i| -> anyhow::Result<(image::RgbImage, Mask)> {
+                let m = v.read_mask(i)?.resize_nearest(size, size);
+                let m = if mask_size == size {
+                    m
+                } else {
+                    m.resize_nearest_torch(mask_size, mask_size)
+                };
+                Ok((crate::data::read_image(&v.frames[i].0)?, m))
+            })
+            .collect::<anyhow::Result<Vec<_>>>()
+            .with_context(|| format!("video {}", v.name))?;
+        let (frames, masks): (Vec<image::RgbImage>, Vec<Mask>) = loaded.into_iter().unzip();
+        let frames =
+            crate::backbone::extract(bb, &frames, "frames embedded", &crate::backbone::quiet)?;
+        clips.push(Clip { name: v.name.clone(), frames, masks });
+        progress("videos embedded", done as u64 + 1, videos.len() as u64);
+    }
+    let scores = timet_clustering(&clips, p);
+    let frames = if set.frames_per_clip > 0 {
+        format!("{} drawn per clip (seed {seed0})", set.frames_per_clip)
+    } else {
+        "every annotated frame".into()
+    };
+    let card = ProtocolCard::new(
+        "unsupervised video segmentation (TimeT)",
+        format!("{} evaluation.py, clustering.py, metrics.py", card::TIMET),
+        size,
+        mask_size,
+        p.seeds.clone(),
+    )
+    .set("clips", clips.len())
+    .set("frames", frames)
+    .set(
+        "features",
+        format!(
+            "patch tokens, standardised + PCA to {} per {} clips (D: over the set), bilinearly upsampled",
+            p.pca_dim, p.batch_clips
+        ),
+    )
+    .set("k-means", format!("FAISS-style, {} iterations, best of {} starts, on pixels", p.niter, p.nredo))
+    .set(
+        "K",
+        format!(
+            "labels in the unit (Hungarian on IoU); F, C over K={}; D over K={} (many-to-one by {})",
+            p.over_k_local,
+            p.over_k_dataset,
+            if p.precision { "precision" } else { "IoU" }
+        ),
+    )
+    .set("D size", format!("{0}x{0}", p.dataset_size));
+    Ok(crate::Evaluation { scores, card })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -10,4 +10,4 @@ pub mod queue;
 pub mod run;
 pub mod tracker;
 
-pub use run::{run, Report, RunOptions, TracksConfig};
+pub use run::{run, Report, RunOptions, RunProgress, TracksConfig};

@@ -195,8 +195,30 @@ pub struct Report {
     pub clips_per_second: f64,
 }
 
-/// Progress as the run goes: (videos done, videos in this worker's share, clips written).
-pub type ProgressFn<'a> = dyn Fn(usize, usize, u64) + Sync + 'a;
+/// Where a run stands. Clips are known only once their video is decoded, so the clips still
+/// to track are estimated from the videos decoded so far.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct RunProgress {
+    /// Videos in this worker's share, and how many of them are decoded (or were done before).
+    pub videos: usize,
+    pub videos_decoded: usize,
+    /// Clips of the decoded videos, and how many of them are tracked.
+    pub clips_decoded: u64,
+    pub clips_tracked: u64,
+}
+
+impl RunProgress {
+    /// The clips the run will have tracked at the end: those decoded, plus the remaining
+    /// videos at the mean clip count of the decoded ones.
+    pub fn clips_expected(&self) -> u64 {
+        let left = self.videos.saturating_sub(self.videos_decoded) as f64;
+        let per = self.clips_decoded as f64 / self.videos_decoded.max(1) as f64;
+        self.clips_decoded + (left * per).round() as u64
+    }
+}
+
+/// Called as the run goes.
+pub type ProgressFn<'a> = dyn Fn(&RunProgress) + Sync + 'a;
 
 /// Tracks every video of this worker's share and writes shards into `out`.
 pub fn run(
@@ -326,13 +348,21 @@ pub fn run(
     let mut clips_done: u64 =
         done.groups.iter().filter(|(k, _)| !todo.contains(k)).map(|(_, g)| g.clips).sum();
     let clips_before = clips_done;
-    progress(videos_done, total, clips_done);
+    let at = |decoded: usize, clips_decoded: u64, tracked: u64| RunProgress {
+        videos: total,
+        videos_decoded: decoded,
+        clips_decoded,
+        clips_tracked: tracked,
+    };
+    progress(&at(videos_done, clips_done, clips_done));
     let grid = grid_points(cfg.grid_size, cfg.width, cfg.height);
     let mut stats = QueueStats::default();
 
     for &k in &todo {
         let base = (videos_done, clips_done);
-        let tick = |v: usize, c: u64| progress(base.0 + v, total, base.1 + c);
+        let tick = |p: GroupProgress| {
+            progress(&at(base.0 + p.decoded, base.1 + p.clips_decoded, base.1 + p.tracked))
+        };
         let group = process_group(cfg, opts, &found.dataset, groups[k], &grid, tracker, &tick)?;
         stats.peak_items = stats.peak_items.max(group.stats.peak_items);
         stats.peak_bytes = stats.peak_bytes.max(group.stats.peak_bytes);
@@ -351,7 +381,7 @@ pub fn run(
         )?;
         videos_done += outcome.videos;
         clips_done += outcome.clips;
-        progress(videos_done, total, clips_done);
+        progress(&at(videos_done, clips_done, clips_done));
     }
     if !Manifest::exists(&dir) {
         manifest.save(&dir)?; // an empty run still leaves a valid directory
@@ -513,6 +543,14 @@ struct GroupResult {
     tracker_seconds: f64,
 }
 
+/// A group's own counts, added to the run's by the caller.
+#[derive(Clone, Copy)]
+struct GroupProgress {
+    decoded: usize,
+    clips_decoded: u64,
+    tracked: u64,
+}
+
 fn process_group(
     cfg: &TracksConfig,
     opts: &RunOptions,
@@ -520,7 +558,7 @@ fn process_group(
     videos: &[(&str, Option<&Video>)],
     grid: &[[f32; 2]],
     tracker: &mut dyn Tracker,
-    tick: &(dyn Fn(usize, u64) + Sync),
+    tick: &(dyn Fn(GroupProgress) + Sync),
 ) -> Result<GroupResult> {
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
     let decoders =
@@ -535,6 +573,12 @@ fn process_group(
     let outcomes: Mutex<Vec<Option<Result<usize, String>>>> = Mutex::new(vec![None; videos.len()]);
     let next = AtomicUsize::new(0);
     let (videos_done, clips_done) = (AtomicUsize::new(0), AtomicU64::new(0));
+    let clips_decoded = AtomicU64::new(0);
+    let now = || GroupProgress {
+        decoded: videos_done.load(Ordering::Relaxed),
+        clips_decoded: clips_decoded.load(Ordering::Relaxed),
+        tracked: clips_done.load(Ordering::Relaxed),
+    };
     let mut results: Vec<(usize, Clip)> = Vec::new();
     let mut hidden_outside = 0;
     let mut tracker_seconds = 0.0;
@@ -543,8 +587,8 @@ fn process_group(
         // Created first: however this scope is left, no producer stays blocked.
         let _consumer = queue.consumer();
         for d in 0..decoders {
-            let (queue, pre, pool, outcomes, next, videos_done, clips_done) =
-                (&queue, pre.clone(), &pool, &outcomes, &next, &videos_done, &clips_done);
+            let (queue, pre, pool, outcomes, next, videos_done, clips_decoded, now) =
+                (&queue, pre.clone(), &pool, &outcomes, &next, &videos_done, &clips_decoded, &now);
             std::thread::Builder::new()
                 .name(format!("mosic-decode-{d}"))
                 .spawn_scoped(s, move || {
@@ -569,6 +613,9 @@ fn process_group(
                                 return;
                             }
                         }
+                        if let Ok(n) = &r {
+                            clips_decoded.fetch_add(*n as u64, Ordering::Relaxed);
+                        }
                         let failed = r.as_ref().err().map(|e| format!("{e:#}"));
                         outcomes.lock().unwrap_or_else(|e| e.into_inner())[i] =
                             Some(r.map_err(|e| format!("{e:#}")));
@@ -578,8 +625,8 @@ fn process_group(
                                 return;
                             }
                         }
-                        let v = videos_done.fetch_add(1, Ordering::Relaxed) + 1;
-                        tick(v, clips_done.load(Ordering::Relaxed));
+                        videos_done.fetch_add(1, Ordering::Relaxed);
+                        tick(now());
                     }
                 })
                 .context("cannot start a decoding thread")?;
@@ -593,8 +640,8 @@ fn process_group(
             &mut hidden_outside,
             &mut tracker_seconds,
             &|c| {
-                let c = clips_done.fetch_add(c, Ordering::Relaxed) + c;
-                tick(videos_done.load(Ordering::Relaxed), c)
+                clips_done.fetch_add(c, Ordering::Relaxed);
+                tick(now())
             },
         );
         if r.is_err() {

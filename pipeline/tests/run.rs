@@ -104,7 +104,7 @@ fn a_failing_tracker_ends_the_run_promptly_and_a_rerun_completes() {
     let straight = tmp.path().join("straight");
     let (c, o, s) = (cfg.clone(), opts.clone(), straight.clone());
     let report =
-        within(120, move || mosic_pipeline::run(&c, &o, &s, &mut native(), &|_, _, _| {}).unwrap());
+        within(120, move || mosic_pipeline::run(&c, &o, &s, &mut native(), &|_| {}).unwrap());
     assert_eq!(report.clips, 40);
     assert!(report.queue_full_waits > 0 && report.queue_peak_clips <= 2, "{report:?}");
 
@@ -113,7 +113,7 @@ fn a_failing_tracker_ends_the_run_promptly_and_a_rerun_completes() {
     let start = Instant::now();
     let err = within(60, move || {
         let mut t = Failing { inner: native(), seen: 0, fail_at: 21, panic: false };
-        mosic_pipeline::run(&c, &o, &d, &mut t, &|_, _, _| {}).unwrap_err()
+        mosic_pipeline::run(&c, &o, &d, &mut t, &|_| {}).unwrap_err()
     });
     let msg = format!("{err:#}");
     assert!(msg.contains("injected failure at clip 21") && msg.contains("tracking in/v"), "{msg}");
@@ -125,7 +125,7 @@ fn a_failing_tracker_ends_the_run_promptly_and_a_rerun_completes() {
 
     let (c, o, d) = (cfg.clone(), opts.clone(), out.clone());
     let report =
-        within(120, move || mosic_pipeline::run(&c, &o, &d, &mut native(), &|_, _, _| {}).unwrap());
+        within(120, move || mosic_pipeline::run(&c, &o, &d, &mut native(), &|_| {}).unwrap());
     assert_eq!(report.resumed_groups, 2);
     assert_eq!(read_clips(&out), read_clips(&straight));
     assert!(mosic::verify::verify_dir(&out).unwrap().ok());
@@ -142,7 +142,7 @@ fn a_panicking_tracker_does_not_leave_decoders_blocked() {
     let panicked = within(60, move || {
         std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             let mut t = Failing { inner: native(), seen: 0, fail_at: 4, panic: true };
-            let _ = mosic_pipeline::run(&cfg, &opts, &out, &mut t, &|_, _, _| {});
+            let _ = mosic_pipeline::run(&cfg, &opts, &out, &mut t, &|_| {});
         }))
         .is_err()
     });
@@ -183,14 +183,9 @@ fn points_outside_the_frame_are_stored_invisible_not_clamped() {
     let input = tmp.path().join("in");
     videos(&input, 3, 10, 32);
     let out = tmp.path().join("out");
-    let report = mosic_pipeline::run(
-        &config(&input),
-        &RunOptions::default(),
-        &out,
-        &mut Drifting,
-        &|_, _, _| {},
-    )
-    .unwrap();
+    let report =
+        mosic_pipeline::run(&config(&input), &RunOptions::default(), &out, &mut Drifting, &|_| {})
+            .unwrap();
     assert!(report.hidden_outside > 0);
     assert!(mosic::verify::verify_dir(&out).unwrap().ok());
     for c in read_clips(&out).values() {

@@ -2,10 +2,11 @@
 //! Runtime dependencies, for GPU machines that lack those libraries:
 //!   cargo build --release -p mosic-trainer --example bench_step --features cuda
 //!   bench_step BACKEND CONFIG [KEY=VALUE ...]
-//! BENCH_WARMUP and BENCH_STEPS (default 3 and 10) set the untimed and timed steps.
+//! BENCH_DEVICE (default cuda:0 for cuda and tch, else cpu) names the device; BENCH_WARMUP and
+//! BENCH_STEPS (default 3 and 10) set the untimed and timed steps.
 use anyhow::Result;
 use burn::tensor::backend::AutodiffBackend;
-use mosic_trainer::backend::{dispatch, WithBackend};
+use mosic_trainer::backend::{dispatch, Target, WithBackend};
 use mosic_trainer::TrainConfig;
 
 #[global_allocator]
@@ -14,12 +15,12 @@ static ALLOCATOR: mosic_trainer::backend::Allocator = mosic_trainer::backend::Al
 struct Bench(TrainConfig);
 
 impl WithBackend for Bench {
-    type Output = mosic_trainer::train::BenchFigures;
+    type Output = mosic_trainer::bench::BenchFigures;
     fn run<B: AutodiffBackend>(self, device: B::Device) -> Result<Self::Output> {
         let n = |key: &str, default: usize| {
             std::env::var(key).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
         };
-        mosic_trainer::train::bench::<B>(
+        mosic_trainer::bench::bench::<B>(
             &self.0,
             &device,
             12,
@@ -38,12 +39,15 @@ fn main() -> Result<()> {
         _ => anyhow::bail!("usage: bench_step BACKEND CONFIG [KEY=VALUE ...]"),
     };
     let cfg = TrainConfig::load(Some(config.as_ref()), &args[2..])?;
-    mosic_trainer::backend::check_precision(&backend, cfg.model.precision)?;
+    let gpu = matches!(backend.as_str(), "cuda" | "tch");
+    let device = std::env::var("BENCH_DEVICE")
+        .unwrap_or_else(|_| (if gpu { "cuda:0" } else { "cpu" }).into());
+    let target = Target::resolve(&backend, &device, cfg.model.precision)?;
     let t0 = std::time::Instant::now();
-    let f = dispatch(&backend, Bench(cfg.clone()))?;
+    let f = dispatch(&target, Bench(cfg.clone()))?;
     // One line that tools/bench-gpu.sh reads: keep the key=value fields.
     println!(
-        "bench_step backend={backend} precision={} model={} size={} batch={} frames=12 points=256 step_ms={:.2} clips_per_s={:.1} first_step_s={:.1} total_s={:.0}",
+        "bench_step backend={backend} device={device} precision={} model={} size={} batch={} frames=12 points=256 step_ms={:.2} clips_per_s={:.1} first_step_s={:.1} total_s={:.0}",
         format!("{:?}", cfg.model.precision).to_lowercase(),
         cfg.model.preset,
         cfg.model.img_size,

@@ -3,8 +3,19 @@
 //! The CPU backends `flex` (the default) and `ndarray` are always built; `cuda` (CubeCL,
 //! NVIDIA), `tch` (libtorch) and the alternative CPU backend `candle` are cargo features.
 
-use anyhow::{bail, Result};
+use anyhow::{bail, ensure, Result};
 use burn::tensor::backend::AutodiffBackend;
+
+/// Where the matrix products of a forward pass run. `Bf16` follows PyTorch's autocast: every
+/// linear layer and the attention take bfloat16 inputs and weights, while the residual
+/// stream, LayerNorm, LayerScale and the outputs stay float32.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    #[default]
+    Fp32,
+    Bf16,
+}
 
 /// Work to run on whichever backend the user names.
 pub trait WithBackend {
@@ -30,17 +41,84 @@ pub fn available() -> Vec<&'static str> {
     v
 }
 
+/// Where a backend computes: `cpu` or `cuda:N` (`cuda` is `cuda:0`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Device {
+    #[default]
+    Cpu,
+    Cuda(usize),
+}
+
+impl std::str::FromStr for Device {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s.trim() {
+            "cpu" => Ok(Device::Cpu),
+            "cuda" | "gpu" => Ok(Device::Cuda(0)),
+            t => match t.strip_prefix("cuda:").map(str::parse::<usize>) {
+                Some(Ok(n)) => Ok(Device::Cuda(n)),
+                _ => bail!("--device {s:?}: expected cpu, cuda or cuda:N"),
+            },
+        }
+    }
+}
+
+impl std::fmt::Display for Device {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Device::Cpu => write!(f, "cpu"),
+            Device::Cuda(n) => write!(f, "cuda:{n}"),
+        }
+    }
+}
+
+/// A backend and a device on it, checked: the backend is built in, the device exists, and
+/// it has bfloat16 when the run asks for it. Made by [`Target::resolve`] before any work.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Target {
+    pub backend: String,
+    pub device: Device,
+}
+
+impl Target {
+    /// Checks `backend` on `device` for a run at `precision`; every problem is one line that
+    /// names the option to change.
+    pub fn resolve(backend: &str, device: &str, precision: Precision) -> Result<Self> {
+        let device: Device = device.parse()?;
+        if !available().contains(&backend) {
+            bail!(
+                "--backend {backend}: not built into this binary (built in: {}); build with --features {backend} for cuda, tch or candle",
+                available().join(", ")
+            );
+        }
+        match (backend, device) {
+            ("flex" | "ndarray" | "candle", Device::Cuda(_)) => bail!(
+                "--device {device}: the {backend} backend runs on the CPU only; use --device cpu, or --backend cuda or tch for a GPU"
+            ),
+            ("cuda", Device::Cpu) => {
+                bail!("--device cpu: the cuda backend runs on NVIDIA GPUs only; use --device cuda:N, or --backend flex for the CPU")
+            }
+            #[cfg(feature = "cuda")]
+            ("cuda", Device::Cuda(n)) => gpu::check_cuda(n, precision)?,
+            #[cfg(feature = "tch")]
+            ("tch", d) => gpu::check_tch(d, precision)?,
+            _ => {}
+        }
+        if precision == Precision::Bf16 && !has_bf16(backend) {
+            bail!("model.precision = \"bf16\": the {backend} backend has no bfloat16 tensors (cuda, tch, flex, candle have); use \"fp32\" or another --backend");
+        }
+        Ok(Self { backend: backend.to_string(), device })
+    }
+
+    /// The CPU on the default backend (tests, tools).
+    pub fn cpu() -> Self {
+        Self { backend: DEFAULT.to_string(), device: Device::Cpu }
+    }
+}
+
 /// Backends with bfloat16 tensors (`model.precision = "bf16"`).
 pub fn has_bf16(name: &str) -> bool {
     matches!(name, "cuda" | "tch" | "flex" | "candle")
-}
-
-/// Refuses a precision the backend cannot run, before any work.
-pub fn check_precision(name: &str, precision: crate::model::Precision) -> Result<()> {
-    if precision == crate::model::Precision::Bf16 && !has_bf16(name) {
-        bail!("model.precision = \"bf16\" needs a backend with bfloat16 tensors (cuda, tch, flex, candle); {name} has none: use \"fp32\" or --backend");
-    }
-    Ok(())
 }
 
 /// The allocator of the `mosic` binary and the benchmarks.
@@ -76,21 +154,114 @@ pub fn is_cpu<B: burn::tensor::backend::Backend>(device: &B::Device) -> bool {
     matches!(inner, "ndarray" | "flex" | "candle<cpu>")
 }
 
-pub fn dispatch<W: WithBackend>(name: &str, work: W) -> Result<W::Output> {
+/// Runs `work` on the target's backend and device.
+pub fn dispatch<W: WithBackend>(target: &Target, work: W) -> Result<W::Output> {
     use burn::backend::Autodiff;
-    match name {
-        "ndarray" => work.run::<Autodiff<burn::backend::NdArray<f32>>>(Default::default()),
-        "flex" => work.run::<Autodiff<burn::backend::Flex>>(Default::default()),
+    let cpu = |what: &str| -> Result<()> {
+        ensure!(
+            target.device == Device::Cpu,
+            "--device {}: {what} runs on the CPU only",
+            target.device
+        );
+        Ok(())
+    };
+    match target.backend.as_str() {
+        "ndarray" => {
+            cpu("ndarray")?;
+            work.run::<Autodiff<burn::backend::NdArray<f32>>>(Default::default())
+        }
+        "flex" => {
+            cpu("flex")?;
+            work.run::<Autodiff<burn::backend::Flex>>(Default::default())
+        }
         #[cfg(feature = "candle")]
-        "candle" => work.run::<Autodiff<burn::backend::Candle<f32>>>(Default::default()),
+        "candle" => {
+            cpu("candle")?;
+            work.run::<Autodiff<burn::backend::Candle<f32>>>(Default::default())
+        }
         #[cfg(feature = "cuda")]
-        "cuda" => work.run::<Autodiff<burn::backend::Cuda<f32>>>(Default::default()),
+        "cuda" => match target.device {
+            Device::Cuda(index) => {
+                work.run::<Autodiff<burn::backend::Cuda<f32>>>(burn::backend::cuda::CudaDevice { index })
+            }
+            Device::Cpu => bail!("--device cpu: the cuda backend runs on NVIDIA GPUs only"),
+        },
         #[cfg(feature = "tch")]
-        "tch" => work.run::<Autodiff<burn::backend::LibTorch<f32>>>(tch_device()),
+        "tch" => {
+            use burn::backend::libtorch::LibTorchDevice;
+            let device = match target.device {
+                Device::Cpu => LibTorchDevice::Cpu,
+                Device::Cuda(n) => LibTorchDevice::Cuda(n),
+            };
+            work.run::<Autodiff<burn::backend::LibTorch<f32>>>(device)
+        }
         other => bail!(
-            "backend '{other}' is not built into this binary (available: {}); build with --features {other} for cuda, tch or candle",
+            "--backend {other}: not built into this binary (built in: {}); build with --features {other} for cuda, tch or candle",
             available().join(", ")
         ),
+    }
+}
+
+/// Device checks that ask the driver or libtorch, so a missing GPU is an error, not a panic.
+#[cfg(any(feature = "cuda", feature = "tch"))]
+mod gpu {
+    use super::{Device, Precision};
+    use anyhow::{bail, ensure, Result};
+
+    #[cfg(feature = "cuda")]
+    pub fn check_cuda(n: usize, precision: Precision) -> Result<()> {
+        use cudarc::driver::{result, sys};
+        // SAFETY: only loads the library to see whether it is there.
+        if !unsafe { sys::is_culib_present() } {
+            bail!("--device cuda:{n}: no NVIDIA driver (libcuda) on this machine; use --backend flex --device cpu");
+        }
+        // SAFETY: likewise for NVRTC, which CubeCL compiles its kernels with.
+        if !unsafe { cudarc::nvrtc::sys::is_culib_present() } {
+            bail!("--device cuda:{n}: the cuda backend needs NVRTC (libnvrtc) at run time; install the CUDA runtime or use --backend tch");
+        }
+        result::init().map_err(|e| {
+            anyhow::anyhow!("--device cuda:{n}: the NVIDIA driver did not start: {e:?}")
+        })?;
+        let count = result::device::get_count().unwrap_or(0) as usize;
+        if n >= count {
+            bail!("--device cuda:{n}: this machine has {count} CUDA device(s)");
+        }
+        if precision == Precision::Bf16 {
+            let dev = result::device::get(n as i32)
+                .map_err(|e| anyhow::anyhow!("--device cuda:{n}: {e:?}"))?;
+            let attr = sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR;
+            // SAFETY: `dev` came from cuDeviceGet.
+            let major = unsafe { result::device::get_attribute(dev, attr) }.unwrap_or(0);
+            if major < 8 {
+                bail!("model.precision = \"bf16\": cuda:{n} (compute capability {major}.x) has no bfloat16 matrix units; use \"fp32\"");
+            }
+        }
+        Ok(())
+    }
+
+    #[cfg(feature = "tch")]
+    pub fn check_tch(d: Device, precision: Precision) -> Result<()> {
+        let device = match d {
+            Device::Cpu => tch::Device::Cpu,
+            Device::Cuda(n) => {
+                let count =
+                    if tch::Cuda::is_available() { tch::Cuda::device_count() as usize } else { 0 };
+                if n >= count {
+                    bail!("--device cuda:{n}: libtorch sees {count} CUDA device(s) (no NVIDIA driver, or a CPU-only libtorch); use --device cpu");
+                }
+                tch::Device::Cuda(n)
+            }
+        };
+        if precision == Precision::Bf16 {
+            // A bfloat16 product on the device, through the calls that return errors.
+            let ok = tch::Tensor::f_ones([2, 2], (tch::Kind::BFloat16, device))
+                .and_then(|a| a.f_matmul(&a))
+                .is_ok();
+            if !ok {
+                bail!("model.precision = \"bf16\": libtorch has no bfloat16 matrix product on {d}; use \"fp32\"");
+            }
+        }
+        Ok(())
     }
 }
 
@@ -117,14 +288,5 @@ mod tests {
         use burn::backend::{Autodiff, Flex, NdArray};
         assert!(super::is_cpu::<Flex>(&Default::default()));
         assert!(super::is_cpu::<Autodiff<NdArray<f32>>>(&Default::default()));
-    }
-}
-
-#[cfg(feature = "tch")]
-fn tch_device() -> burn::backend::libtorch::LibTorchDevice {
-    // The GPU unless MOSIC_TCH_DEVICE=cpu (libtorch without CUDA, or CPU comparisons).
-    match std::env::var("MOSIC_TCH_DEVICE").as_deref() {
-        Ok("cpu") => burn::backend::libtorch::LibTorchDevice::Cpu,
-        _ => burn::backend::libtorch::LibTorchDevice::Cuda(0),
     }
 }

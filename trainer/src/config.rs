@@ -2,10 +2,11 @@
 //! overrides for ablations. Defaults follow what the released code actually runs where the
 //! paper gives no value, and the paper otherwise; each comment says which.
 
+use crate::backend::Precision;
 use crate::head::HeadConfig;
 use crate::loader::LoaderConfig;
 use crate::loss::{LossConfig, Reduction, Sampling, SinkhornRows};
-use crate::model::{Precision, VitConfig};
+use crate::model::VitConfig;
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};

@@ -2,9 +2,8 @@
 //! initial weights, or a weights file), and patch tokens of images at a chosen input size.
 //! What `mosic features`, the evaluation commands and in-loop validation share.
 
-use crate::config::TrainConfig;
 use crate::model::{Vit, VitConfig};
-use crate::{params, train};
+use crate::{params, rundir, weights};
 use anyhow::{bail, Context, Result};
 use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData};
@@ -43,13 +42,6 @@ impl Weights {
     }
 }
 
-pub fn run_config(dir: &Path) -> Result<TrainConfig> {
-    let p = dir.join("config.toml");
-    let text = std::fs::read_to_string(&p)
-        .with_context(|| format!("{}: not a run directory (no config.toml)", dir.display()))?;
-    toml::from_str(&text).with_context(|| format!("{} is malformed", p.display()))
-}
-
 /// The backbone at input size `img_size` (None: the size it was trained or made for).
 pub fn load_backbone<B: Backend>(
     weights: &Weights,
@@ -58,7 +50,7 @@ pub fn load_backbone<B: Backend>(
 ) -> Result<Vit<B>> {
     let vit = match weights {
         Weights::Run { dir, checkpoint, initial } => {
-            let cfg = run_config(dir)?;
+            let cfg = rundir::read_config(dir)?;
             let vc = VitConfig::preset(&cfg.model.preset, cfg.model.img_size)?;
             if *initial {
                 if checkpoint.is_some() {
@@ -68,17 +60,16 @@ pub fn load_backbone<B: Backend>(
                 if cfg.model.weights.as_os_str().is_empty() {
                     Vit::new_seeded(&vc, cfg.run.seed, device)
                 } else {
-                    Vit::load(&vc, &cfg.model.weights, device)?
+                    weights::load(&vc, &cfg.model.weights, device)?
                 }
             } else {
                 let ckpt = match checkpoint {
                     Some(c) => c.clone(),
-                    None => train::checkpoints(dir)
-                        .pop()
+                    None => rundir::newest_checkpoint(dir)
                         .with_context(|| format!("{} has no checkpoint yet", dir.display()))?,
                 };
                 let file = ckpt.join("teacher.safetensors");
-                let teacher = params::load_safetensors(&file)?;
+                let teacher = rundir::read_checkpoint_tensors(&ckpt, "teacher")?;
                 let backbone: BTreeMap<_, _> = teacher
                     .into_iter()
                     .filter_map(|(k, v)| k.strip_prefix("backbone.").map(|r| (r.to_string(), v)))
@@ -88,7 +79,7 @@ pub fn load_backbone<B: Backend>(
                 // A frozen embedding is resampled from the weights file's grid, as the
                 // baseline's is, so a run and its baseline differ only in what trained.
                 if !cfg.model.trainable_blocks.trains_pos_embed() {
-                    vit.source_pos_embed = train::load_source_pos_embed(dir)?;
+                    vit.source_pos_embed = rundir::read_source_pos_embed(dir)?;
                 }
                 vit
             }
@@ -98,16 +89,40 @@ pub fn load_backbone<B: Backend>(
                 preset,
                 img_size.unwrap_or(VitConfig::preset(preset, 224)?.img_size),
             )?;
-            return Vit::load(&vc, path, device);
+            return weights::load(&vc, path, device);
         }
         Weights::Random { preset, seed } => {
             Vit::new_seeded(&VitConfig::preset(preset, img_size.unwrap_or(224))?, *seed, device)
         }
     };
     match img_size {
-        Some(s) => vit.with_img_size(s),
+        Some(s) => weights::resize(vit, s),
         None => Ok(vit),
     }
+}
+
+/// Writes the teacher backbone of a checkpoint as timm safetensors at `img_size` (None: the
+/// run's). While the run's position embedding is frozen it is resampled from the weights
+/// file's grid, as timm resamples the original checkpoint.
+pub fn export<B: Backend>(
+    run: &Path,
+    checkpoint: Option<&Path>,
+    img_size: Option<usize>,
+    out: &Path,
+    device: &B::Device,
+) -> Result<PathBuf> {
+    let ckpt = match checkpoint {
+        Some(c) => c.to_path_buf(),
+        None => rundir::newest_checkpoint(run)
+            .with_context(|| format!("{} has no checkpoint", run.display()))?,
+    };
+    let model = load_backbone::<B>(
+        &Weights::Run { dir: run.to_path_buf(), checkpoint: Some(ckpt.clone()), initial: false },
+        img_size,
+        device,
+    )?;
+    weights::save(&model, out)?;
+    Ok(ckpt)
 }
 
 /// `image` resized (antialiased bilinear, aspect not kept, as Leopart's evaluation does) to the
@@ -144,11 +159,58 @@ pub fn extract<B: Backend>(vit: &Vit<B>, images: &[RgbImage], batch: usize) -> V
     out
 }
 
-/// Reads an image file (JPEG, PNG, ...) as RGB, naming the file on failure.
-pub fn read_image(path: &Path) -> Result<RgbImage> {
-    Ok(image::open(path)
-        .with_context(|| format!("cannot read image {}", path.display()))?
-        .to_rgb8())
+pub use mosic_eval::data::read_image;
+
+/// A loaded backbone as the evaluation protocols see it: images in, feature maps out.
+pub struct Extractor<B: Backend> {
+    pub vit: Vit<B>,
+    /// Images per forward pass.
+    pub batch: usize,
+}
+
+impl<B: Backend> mosic_eval::Backbone for Extractor<B> {
+    fn features(&self, images: &[RgbImage]) -> Result<Vec<FeatureMap>> {
+        Ok(extract(&self.vit, images, self.batch))
+    }
+    fn dim(&self) -> usize {
+        self.vit.config().embed_dim
+    }
+    fn input_size(&self) -> usize {
+        self.vit.config().img_size
+    }
+    fn batch(&self) -> usize {
+        self.batch
+    }
+}
+
+/// Runs `f` on the backbone `weights` names, at input size `size` (None: its own), on
+/// `target`, `batch` images per forward pass.
+pub fn with_backbone<T>(
+    target: &crate::backend::Target,
+    weights: &Weights,
+    size: Option<usize>,
+    batch: usize,
+    f: impl FnOnce(&dyn mosic_eval::Backbone) -> Result<T>,
+) -> Result<T> {
+    struct Job<'a, T, F> {
+        weights: &'a Weights,
+        size: Option<usize>,
+        batch: usize,
+        f: F,
+        out: std::marker::PhantomData<T>,
+    }
+    impl<T, F> crate::backend::WithBackend for Job<'_, T, F>
+    where
+        F: FnOnce(&dyn mosic_eval::Backbone) -> Result<T>,
+    {
+        type Output = T;
+        fn run<B: burn::tensor::backend::AutodiffBackend>(self, device: B::Device) -> Result<T> {
+            let vit = load_backbone::<B::InnerBackend>(self.weights, self.size, &device)?;
+            (self.f)(&Extractor { vit, batch: self.batch.max(1) })
+        }
+    }
+    let job = Job { weights, size, batch, f, out: std::marker::PhantomData };
+    crate::backend::dispatch(target, job)
 }
 
 /// Writes feature maps of one shape as safetensors: `features` `[N, H, W, D]` float32, with

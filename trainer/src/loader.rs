@@ -195,6 +195,28 @@ pub struct Batch {
 }
 
 impl Batch {
+    /// `clips` random clips of `frames` frames and `points` points at `size` px: random
+    /// pixels, tracks anywhere in the frame, 80% visible, every point selected and in the crop.
+    pub fn random(clips: usize, frames: usize, points: usize, size: usize, seed: u64) -> Batch {
+        let (b, s) = (clips, size);
+        let mut rng = SplitMix64::new(seed);
+        Batch {
+            clips: b,
+            frames,
+            points,
+            size: s,
+            images: (0..b * frames * 3 * s * s).map(|_| rng.below(256) as u8).collect(),
+            tracks: (0..b * frames * points * 2)
+                .map(|_| rng.uniform(0.0, (s - 1) as f64) as f32)
+                .collect(),
+            visibility: (0..b * frames * points)
+                .map(|_| (rng.next_f64() < 0.8) as u8 as f32)
+                .collect(),
+            inside: vec![1.0; b * frames * points],
+            ids: vec![String::new(); b],
+        }
+    }
+
     /// Share of the grid positions that hold a stored point (1 unless the stored grid is too coarse).
     pub fn filled(&self) -> f64 {
         let (b, t, n) = (self.clips, self.frames, self.points);
@@ -625,9 +647,8 @@ impl Aug {
     pub fn draw(rng: &mut SplitMix64, w: u32, h: u32, cfg: &LoaderConfig) -> Self {
         // Drawn even when flipping is off, so the crops do not depend on that switch.
         let flip = rng.next_f64() < 0.5 && cfg.hflip;
-        let (left, top, width, height) =
-            random_resized_crop(rng, w, h, cfg.crop_scale, cfg.crop_ratio);
-        Self { flip, left, top, width, height, frame_width: w }
+        let c = random_resized_crop(rng, w, h, cfg.crop_scale, cfg.crop_ratio);
+        Self { flip, left: c.left, top: c.top, width: c.width, height: c.height, frame_width: w }
     }
 
     /// A stored-frame point in pixels of the S x S output.
@@ -681,37 +702,20 @@ impl Aug {
     }
 }
 
-/// torchvision's `RandomResizedCrop.get_params`: (left, top, width, height).
+/// torchvision's `RandomResizedCrop.get_params` with the config's f32 ranges.
 fn random_resized_crop(
     rng: &mut SplitMix64,
     w: u32,
     h: u32,
     scale: (f32, f32),
     ratio: (f32, f32),
-) -> (u32, u32, u32, u32) {
-    let area = w as f64 * h as f64;
-    let (r0, r1) = (ratio.0 as f64, ratio.1 as f64);
-    for _ in 0..10 {
-        let target = area * rng.uniform(scale.0 as f64, scale.1 as f64);
-        let aspect = rng.uniform(r0.ln(), r1.ln()).exp();
-        let cw = (target * aspect).sqrt().round();
-        let ch = (target / aspect).sqrt().round();
-        if cw >= 1.0 && ch >= 1.0 && cw <= w as f64 && ch <= h as f64 {
-            let (cw, ch) = (cw as u32, ch as u32);
-            let top = rng.below((h - ch + 1) as u64) as u32;
-            let left = rng.below((w - cw + 1) as u64) as u32;
-            return (left, top, cw, ch);
-        }
-    }
-    let frame_ratio = w as f64 / h as f64;
-    let (cw, ch) = if frame_ratio < r0 {
-        (w, ((w as f64 / r0).round() as u32).clamp(1, h))
-    } else if frame_ratio > r1 {
-        (((h as f64 * r1).round() as u32).clamp(1, w), h)
-    } else {
-        (w, h)
-    };
-    ((w - cw) / 2, (h - ch) / 2, cw, ch)
+) -> mosic::rng::Crop {
+    rng.random_resized_crop(
+        w,
+        h,
+        (scale.0 as f64, scale.1 as f64),
+        (ratio.0 as f64, ratio.1 as f64),
+    )
 }
 
 fn in_crop(v: f32, s: usize) -> bool {
@@ -1405,7 +1409,8 @@ mod tests {
         let mut rng = SplitMix64::new(4);
         for _ in 0..2000 {
             let (w, h) = (rng.below(300) as u32 + 1, rng.below(300) as u32 + 1);
-            let (l, t, cw, ch) = random_resized_crop(&mut rng, w, h, c.crop_scale, c.crop_ratio);
+            let mosic::rng::Crop { left: l, top: t, width: cw, height: ch } =
+                random_resized_crop(&mut rng, w, h, c.crop_scale, c.crop_ratio);
             assert!(
                 cw >= 1 && ch >= 1 && l + cw <= w && t + ch <= h,
                 "{w} x {h}: {l} {t} {cw} {ch}"
@@ -1414,7 +1419,7 @@ mod tests {
         // Impossible ratio: the centre-crop fallback.
         assert_eq!(
             random_resized_crop(&mut rng, 200, 100, (0.9, 1.0), (4.0, 5.0)),
-            (0, 25, 200, 50)
+            mosic::rng::Crop { left: 0, top: 25, width: 200, height: 50 }
         );
     }
 

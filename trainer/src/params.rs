@@ -12,8 +12,7 @@ use burn::tensor::{Tensor, TensorData};
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
-/// A parameter's values on the host: shape and row-major data.
-pub type HostTensor = (Vec<usize>, Vec<f32>);
+pub use mosic::tensors::HostTensor;
 
 #[derive(Default)]
 struct PathTracker(Vec<String>);
@@ -49,7 +48,7 @@ impl<B: Backend, F: FnMut(&str) -> bool> ModuleVisitor<B> for Collect<'_, F> {
             let t = param.val();
             let shape = t.dims().to_vec();
             let data = t.into_data().convert::<f32>().to_vec::<f32>().expect("f32 data");
-            self.out.insert(key, (shape, data));
+            self.out.insert(key, HostTensor::new(shape, data));
         }
     }
 }
@@ -83,7 +82,7 @@ impl<B: Backend> ModuleMapper<B> for Assign<'_, B> {
         let (id, tensor, mapper) = param.consume();
         let dims = tensor.dims().to_vec();
         match self.values.get(&key) {
-            Some((shape, data)) if *shape == dims => {
+            Some(HostTensor { shape, data }) if *shape == dims => {
                 let rg = tensor.is_require_grad();
                 let t = Tensor::<B, D>::from_data(
                     TensorData::new(data.clone(), shape.clone()),
@@ -92,7 +91,7 @@ impl<B: Backend> ModuleMapper<B> for Assign<'_, B> {
                 .set_require_grad(rg);
                 Param::from_mapped_value(id, t, mapper)
             }
-            Some((shape, _)) => {
+            Some(HostTensor { shape, .. }) => {
                 self.missing.push(format!("{key} (shape {shape:?}, expected {dims:?})"));
                 Param::from_mapped_value(id, tensor, mapper)
             }
@@ -148,43 +147,12 @@ pub fn freeze<B: Backend, M: Module<B>>(module: M, trainable: impl FnMut(&str) -
 }
 
 pub fn save_safetensors(path: &Path, tensors: &BTreeMap<String, HostTensor>) -> Result<()> {
-    let bytes: Vec<(String, Vec<u8>, Vec<usize>)> = tensors
-        .iter()
-        .map(|(k, (shape, data))| {
-            (k.clone(), data.iter().flat_map(|v| v.to_le_bytes()).collect(), shape.clone())
-        })
-        .collect();
-    let views: Vec<(String, safetensors::tensor::TensorView)> = bytes
-        .iter()
-        .map(|(k, b, s)| {
-            Ok((
-                k.clone(),
-                safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), b)?,
-            ))
-        })
-        .collect::<Result<_, safetensors::SafeTensorError>>()?;
-    let out = safetensors::serialize(views, None)?;
-    mosic::fsutil::write_atomic(path, &out)?;
-    Ok(())
+    let tensors = tensors.iter().map(|(k, t)| (k.as_str(), t));
+    Ok(mosic::tensors::write_safetensors(path, tensors, &HashMap::new())?)
 }
 
 pub fn load_safetensors(path: &Path) -> Result<BTreeMap<String, HostTensor>> {
-    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
-    let st = safetensors::SafeTensors::deserialize(&bytes)
-        .with_context(|| format!("{} is not a safetensors file", path.display()))?;
-    let mut out = BTreeMap::new();
-    for (name, view) in st.tensors() {
-        if view.dtype() != safetensors::Dtype::F32 {
-            bail!("{}: tensor {name} is {:?}, expected F32", path.display(), view.dtype());
-        }
-        let data = view
-            .data()
-            .chunks_exact(4)
-            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-            .collect();
-        out.insert(name, (view.shape().to_vec(), data));
-    }
-    Ok(out)
+    Ok(mosic::tensors::read_safetensors(path)?.tensors)
 }
 
 /// AdamW with decoupled weight decay (as torch.optim.AdamW) and two learning rates: the
@@ -305,7 +273,7 @@ impl<B: Backend> AdamW<B> {
             for (p, t) in [("m", m), ("v", v)] {
                 let data =
                     t.clone().into_data().convert::<f32>().to_vec::<f32>().expect("f32 data");
-                out.insert(format!("{p}.{k}"), (vec![data.len()], data));
+                out.insert(format!("{p}.{k}"), HostTensor::new(vec![data.len()], data));
             }
         }
         out
@@ -319,9 +287,9 @@ impl<B: Backend> AdamW<B> {
     ) -> Result<()> {
         self.moments.clear();
         self.steps = steps;
-        for (k, (_, m)) in state.iter().filter(|(k, _)| k.starts_with("m.")) {
+        for (k, HostTensor { data: m, .. }) in state.iter().filter(|(k, _)| k.starts_with("m.")) {
             let key = &k[2..];
-            let (_, v) = state
+            let HostTensor { data: v, .. } = state
                 .get(&format!("v.{key}"))
                 .with_context(|| format!("optimiser state lacks v.{key}"))?;
             let t = |d: &Vec<f32>| {
@@ -461,9 +429,9 @@ mod tests {
         let mut opt = AdamW::<NdArray<f32>>::new(0.9, 0.999, 1e-8, 0.1);
         let n = opt.step(n, &grads, 0.01, 0.1, &UpdateGate::open(&Default::default()));
         let after = collect::<AB, _>(&n, |_| true);
-        let hb = (before["head.bias"].1[0], after["head.bias"].1[0]);
+        let hb = (before["head.bias"].data[0], after["head.bias"].data[0]);
         assert!((hb.1 - (hb.0 - 0.1 * g_head_bias.signum())).abs() < 1e-5, "{hb:?}");
-        let (w0, w1) = (&before["backbone.weight"].1, &after["backbone.weight"].1);
+        let (w0, w1) = (&before["backbone.weight"].data, &after["backbone.weight"].data);
         for (a, b) in w0.iter().zip(w1) {
             // |update| = lr * 1 (sign of the gradient) plus decoupled decay lr * wd * w
             let moved = (b - a * (1.0 - 0.01 * 0.1)).abs();
@@ -508,7 +476,7 @@ mod tests {
             skip: UpdateGate::<NdArray<f32>>::open(&dev).skip,
         };
         a.step(n, &grads, 0.01, 0.1, &half);
-        let m = &a.state()["m.head.bias"].1[0];
+        let m = &a.state()["m.head.bias"].data[0];
         assert!((m - 0.1 * 0.5).abs() < 1e-6, "{m}");
     }
 
@@ -526,7 +494,9 @@ mod tests {
             path: PathTracker::default(),
             values: &collect::<AB, _>(&student, |_| true)
                 .into_iter()
-                .map(|(k, (s, v))| (k, (s, v.iter().map(|x| x + 1.0).collect())))
+                .map(|(k, t)| {
+                    (k, HostTensor::new(t.shape, t.data.iter().map(|x| x + 1.0).collect()))
+                })
                 .collect(),
             device: Default::default(),
             missing: vec![],
@@ -535,7 +505,7 @@ mod tests {
         let (s, t) =
             (collect::<AB, _>(&student, |_| true), collect::<NdArray<f32>, _>(&t, |_| true));
         // head: 0.75 (s + 1) + 0.25 s = s + 0.75; backbone (frozen): untouched, s + 1.
-        assert!((t["head.bias"].1[0] - (s["head.bias"].1[0] + 0.75)).abs() < 1e-6);
-        assert!((t["backbone.bias"].1[0] - (s["backbone.bias"].1[0] + 1.0)).abs() < 1e-6);
+        assert!((t["head.bias"].data[0] - (s["head.bias"].data[0] + 0.75)).abs() < 1e-6);
+        assert!((t["backbone.bias"].data[0] - (s["backbone.bias"].data[0] + 1.0)).abs() < 1e-6);
     }
 }

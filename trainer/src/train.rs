@@ -1,13 +1,16 @@
 //! The training loop: student and EMA teacher, one MoSiC step per batch, checkpoints that
-//! resume exactly, metrics, and the step benchmark.
+//! resume exactly, and the metrics of every logged step.
 
 use crate::config::{Masking, Motion, ObjectiveConfig, TrainConfig, Trainable};
 use crate::head::{ProjectionHead, Prototypes};
 use crate::loader::{Batch, Loader, LoaderState, MEAN, STD};
 use crate::loss::{gather_points, mosic_loss, patch_of, point_taps, PointTaps, SinkhornRows};
-use crate::model::{SourcePosEmbed, Vit, VitConfig};
+use crate::model::{Vit, VitConfig};
 use crate::params::{self, AdamW};
+pub use crate::rundir::StepStats;
+use crate::rundir::{self, MetricsLog};
 use crate::validate::ValSet;
+use crate::weights;
 use anyhow::{bail, Context, Result};
 use burn::module::{AutodiffModule, Module, Param};
 use burn::optim::GradientsParams;
@@ -16,7 +19,6 @@ use burn::tensor::{DType, ElementConversion, Int, Tensor, TensorData};
 use mosic::rng::SplitMix64;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
-use std::io::Write;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -27,34 +29,6 @@ pub struct MosicModel<B: Backend> {
     pub backbone: Vit<B>,
     pub head: ProjectionHead<B>,
     pub prototypes: Prototypes<B>,
-}
-
-/// Figures of one step.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct StepStats {
-    pub step: u64,
-    pub loss: f64,
-    pub lr: f64,
-    pub lr_backbone: f64,
-    pub grad_norm: f64,
-    /// Share of the selected points' entries (B x T x selected) that are visible in the crop.
-    pub visible: f64,
-    /// Share of those entries that count in the loss (visible, and kept by the masking rule).
-    #[serde(default)]
-    pub in_loss: f64,
-    /// Share of the crop-grid positions that hold a stored point (1 unless the grid is coarse).
-    #[serde(default = "one")]
-    pub filled: f64,
-    pub usage_entropy: f64,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub seconds: Option<f64>,
-    /// Validation mIoU by protocol, on the steps where it ran.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub validation: Option<std::collections::BTreeMap<String, f64>>,
-}
-
-fn one() -> f64 {
-    1.0
 }
 
 /// What a checkpoint holds besides tensors.
@@ -215,7 +189,7 @@ impl<B: AutodiffBackend> Trainer<B> {
         let mut backbone = if cfg.model.weights.as_os_str().is_empty() {
             Vit::new_seeded(&vit, cfg.run.seed, device)
         } else {
-            Vit::load(&vit, &cfg.model.weights, device)?
+            weights::load(&vit, &cfg.model.weights, device)?
         };
         // The mask-token variant starts from zeros whatever the weights file holds, so one
         // config trains one objective.
@@ -508,56 +482,31 @@ impl<B: AutodiffBackend> Trainer<B> {
     }
 
     /// The position embedding every input size is resampled from, while it is not trained.
-    pub fn source_pos_embed(&self) -> Option<&SourcePosEmbed> {
+    pub fn source_pos_embed(&self) -> Option<&mosic::tensors::HostTensor> {
         self.teacher.backbone.source_pos_embed.as_ref()
     }
 
-    /// Writes `dir/step-XXXXXXXX` atomically (temporary folder, then rename).
-    pub fn save_checkpoint(&self, dir: &Path, loader: LoaderState) -> Result<PathBuf> {
-        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-        let name = format!("step-{:08}", self.step);
-        let tmp = dir.join(format!(".tmp-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&tmp);
-        std::fs::create_dir_all(&tmp)?;
-        params::save_safetensors(
-            &tmp.join("student.safetensors"),
-            &params::collect(&self.student, |_| true),
-        )?;
-        params::save_safetensors(
-            &tmp.join("teacher.safetensors"),
-            &params::collect(&self.teacher, |_| true),
-        )?;
-        params::save_safetensors(&tmp.join("optimizer.safetensors"), &self.opt.state())?;
+    /// Writes the run's checkpoint of this step (student, teacher, optimiser, data position).
+    pub fn save_checkpoint(&self, run: &Path, loader: LoaderState) -> Result<PathBuf> {
+        let student = params::collect(&self.student, |_| true);
+        let teacher = params::collect(&self.teacher, |_| true);
         let state = CheckpointState { step: self.step, loader };
-        mosic::fsutil::write_atomic(
-            &tmp.join("state.json"),
-            serde_json::to_string_pretty(&state)?.as_bytes(),
-        )?;
-        let dst = dir.join(&name);
-        let _ = std::fs::remove_dir_all(&dst);
-        std::fs::rename(&tmp, &dst)
-            .with_context(|| format!("cannot move checkpoint into {}", dst.display()))?;
-        mosic::fsutil::sync_dir(&dst);
-        Ok(dst)
+        let files =
+            [("student", &student), ("teacher", &teacher), ("optimizer", &self.opt.state())];
+        rundir::write_checkpoint(run, self.step, &files, &state)
     }
 
     pub fn load_checkpoint(&mut self, ckpt: &Path) -> Result<CheckpointState> {
-        let state: CheckpointState = serde_json::from_str(
-            &std::fs::read_to_string(ckpt.join("state.json"))
-                .with_context(|| format!("{}: no state.json", ckpt.display()))?,
-        )
-        .with_context(|| format!("{}/state.json is malformed", ckpt.display()))?;
-        let s = ckpt.join("student.safetensors");
-        let t = ckpt.join("teacher.safetensors");
+        let state: CheckpointState = rundir::read_checkpoint_state(ckpt)?;
+        let file = |f: &str| ckpt.join(format!("{f}.safetensors"));
+        let student = rundir::read_checkpoint_tensors(ckpt, "student")?;
         self.student =
-            params::assign(self.student.clone(), &params::load_safetensors(&s)?, &self.device, &s)?;
+            params::assign(self.student.clone(), &student, &self.device, &file("student"))?;
+        let teacher = rundir::read_checkpoint_tensors(ckpt, "teacher")?;
         self.teacher =
-            params::assign(self.teacher.clone(), &params::load_safetensors(&t)?, &self.device, &t)?;
-        self.opt.load_state(
-            &params::load_safetensors(&ckpt.join("optimizer.safetensors"))?,
-            state.step,
-            &self.device,
-        )?;
+            params::assign(self.teacher.clone(), &teacher, &self.device, &file("teacher"))?;
+        let opt = rundir::read_checkpoint_tensors(ckpt, "optimizer")?;
+        self.opt.load_state(&opt, state.step, &self.device)?;
         self.step = state.step;
         Ok(state)
     }
@@ -583,39 +532,6 @@ impl std::fmt::Display for NonFinite {
 
 impl std::error::Error for NonFinite {}
 
-/// Checkpoints of a run, oldest first.
-pub fn checkpoints(run: &Path) -> Vec<PathBuf> {
-    let mut v: Vec<PathBuf> = std::fs::read_dir(run.join("checkpoints"))
-        .into_iter()
-        .flatten()
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| {
-            p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("step-"))
-                && p.join("state.json").is_file()
-        })
-        .collect();
-    v.sort();
-    v
-}
-
-/// Where a run keeps the position embedding its backbone resamples from (while it is frozen).
-pub fn source_pos_embed_path(run: &Path) -> PathBuf {
-    run.join("pos_embed_source.safetensors")
-}
-
-/// The run's source position embedding, if it has one (see [`source_pos_embed_path`]).
-pub fn load_source_pos_embed(run: &Path) -> Result<Option<SourcePosEmbed>> {
-    let p = source_pos_embed_path(run);
-    if !p.is_file() {
-        return Ok(None);
-    }
-    let mut t = params::load_safetensors(&p)?;
-    let (shape, data) =
-        t.remove("pos_embed").with_context(|| format!("{}: no 'pos_embed' tensor", p.display()))?;
-    Ok(Some(SourcePosEmbed { shape, data }))
-}
-
 #[derive(Debug, Serialize)]
 pub struct Summary {
     pub steps: u64,
@@ -637,7 +553,7 @@ pub fn train<B: AutodiffBackend>(
     device: &B::Device,
     log: &dyn Fn(&str),
 ) -> Result<Summary> {
-    let config_path = run.join("config.toml");
+    let config_path = rundir::config_path(run);
     let text = cfg.to_toml();
     if resume {
         let old = std::fs::read_to_string(&config_path)
@@ -650,16 +566,15 @@ pub fn train<B: AutodiffBackend>(
                 config_path.display()
             );
         }
-    } else if !checkpoints(run).is_empty() {
+    } else if !rundir::checkpoints(run).is_empty() {
         bail!("{} already holds checkpoints; pass --resume to continue it or choose another run directory", run.display());
     }
 
     let mut trainer = Trainer::<B>::new(cfg, device)?;
     let mut loader_state = LoaderState::default();
-    let ckpt_dir = run.join("checkpoints");
     let mut last_ckpt = None;
     if resume {
-        if let Some(c) = checkpoints(run).pop() {
+        if let Some(c) = rundir::newest_checkpoint(run) {
             loader_state = trainer.load_checkpoint(&c)?.loader;
             log(&format!("resumed from {} (step {})", c.display(), trainer.step));
             last_ckpt = Some(c);
@@ -685,10 +600,7 @@ pub fn train<B: AutodiffBackend>(
     std::fs::create_dir_all(run).with_context(|| format!("cannot create {}", run.display()))?;
     mosic::fsutil::write_atomic(&config_path, text.as_bytes())?;
     if let Some(src) = trainer.source_pos_embed() {
-        let tensors = [("pos_embed".to_string(), (src.shape.clone(), src.data.clone()))]
-            .into_iter()
-            .collect();
-        params::save_safetensors(&source_pos_embed_path(run), &tensors)?;
+        rundir::write_source_pos_embed(run, src)?;
     }
     let spec = loader.spec().clone();
     let schedule = match cfg.run.steps {
@@ -720,16 +632,14 @@ pub fn train<B: AutodiffBackend>(
             set.describe()
         ));
     }
-    let metrics_path = run.join("metrics.jsonl");
-    let mut history = read_metrics(&metrics_path, trainer.step)?;
-    rewrite_metrics(&metrics_path, &history)?;
-    let mut metrics = std::fs::OpenOptions::new().append(true).create(true).open(&metrics_path)?;
+    let mut history = rundir::read_metrics(run, trainer.step);
+    let mut metrics = MetricsLog::open(run, &history)?;
     let start = Instant::now();
     let first_step = trainer.step;
     let end = stop_after.unwrap_or(total).min(total);
     let (mut last_read, mut read_step) = (Instant::now(), trainer.step);
     let stopped = |e: anyhow::Error, history: &[StepStats], last: &Option<PathBuf>| {
-        plot_history(run, history);
+        crate::plot::run_curves(run, history);
         let keep = match last {
             Some(c) => format!("the last good checkpoint is {}", c.display()),
             None => "no checkpoint was written before it".to_string(),
@@ -752,7 +662,7 @@ pub fn train<B: AutodiffBackend>(
         stats.seconds = Some(secs);
         if let (Some(set), true) = (&val_set, val_now) {
             let size = if val_cfg.img_size == 0 { cfg.model.img_size } else { val_cfg.img_size };
-            let vit = trainer.teacher.backbone.clone().with_img_size(size)?;
+            let vit = weights::resize(trainer.teacher.backbone.clone(), size)?;
             let v = set.evaluate(&vit, val_cfg.overclustering, cfg.data.batch_size.max(8));
             let shown: Vec<String> =
                 v.iter().map(|(k, x)| format!("{k} {:.1}", 100.0 * x)).collect();
@@ -760,7 +670,7 @@ pub fn train<B: AutodiffBackend>(
             stats.validation = Some(v);
         }
         if log_now || stats.validation.is_some() {
-            writeln!(metrics, "{}", serde_json::to_string(&stats)?)?;
+            metrics.append(&stats)?;
             history.push(stats.clone());
         }
         if log_now {
@@ -777,9 +687,9 @@ pub fn train<B: AutodiffBackend>(
         }
         if ckpt_now {
             metrics.flush()?;
-            last_ckpt = Some(trainer.save_checkpoint(&ckpt_dir, loader.state())?);
-            prune_checkpoints(run, cfg.run.keep_checkpoints);
-            plot_history(run, &history);
+            last_ckpt = Some(trainer.save_checkpoint(run, loader.state())?);
+            rundir::prune_checkpoints(run, cfg.run.keep_checkpoints);
+            crate::plot::run_curves(run, &history);
         }
     }
     let done = trainer.step - first_step;
@@ -792,170 +702,6 @@ pub fn train<B: AutodiffBackend>(
         clips_per_second: (done * cfg.data.batch_size as u64) as f64 / seconds.max(1e-9),
         last_checkpoint: last_ckpt,
     })
-}
-
-fn read_metrics(path: &Path, upto: u64) -> Result<Vec<StepStats>> {
-    let Ok(text) = std::fs::read_to_string(path) else { return Ok(Vec::new()) };
-    // Steps after the checkpoint being resumed are dropped: they will be run again.
-    Ok(text
-        .lines()
-        .filter_map(|l| serde_json::from_str::<StepStats>(l).ok())
-        .filter(|s| s.step <= upto)
-        .collect())
-}
-
-fn rewrite_metrics(path: &Path, history: &[StepStats]) -> Result<()> {
-    let mut text = String::new();
-    for s in history {
-        text.push_str(&serde_json::to_string(s)?);
-        text.push('\n');
-    }
-    mosic::fsutil::write_atomic(path, text.as_bytes())?;
-    Ok(())
-}
-
-fn prune_checkpoints(run: &Path, keep: usize) {
-    let all = checkpoints(run);
-    if all.len() > keep + 1 {
-        for old in &all[..all.len() - keep - 1] {
-            let _ = std::fs::remove_dir_all(old);
-        }
-    }
-}
-
-fn plot_history(run: &Path, history: &[StepStats]) {
-    let loss: Vec<(f64, f64)> = history.iter().map(|s| (s.step as f64, s.loss)).collect();
-    let lr: Vec<(f64, f64)> = history.iter().map(|s| (s.step as f64, s.lr)).collect();
-    if let Err(e) =
-        crate::plot::save(&run.join("loss.png"), &[("loss", &loss), ("learning rate", &lr)])
-    {
-        eprintln!("warning: could not write {}: {e:#}", run.join("loss.png").display());
-    }
-    let mut val: std::collections::BTreeMap<&str, Vec<(f64, f64)>> = Default::default();
-    for s in history {
-        for (k, v) in s.validation.iter().flatten() {
-            val.entry(k.as_str()).or_default().push((s.step as f64, 100.0 * v));
-        }
-    }
-    if !val.is_empty() {
-        let titles: Vec<String> = val.keys().map(|k| format!("validation miou % {k}")).collect();
-        let series: Vec<(&str, &[(f64, f64)])> =
-            titles.iter().zip(val.values()).map(|(t, v)| (t.as_str(), v.as_slice())).collect();
-        if let Err(e) = crate::plot::save(&run.join("validation.png"), &series) {
-            eprintln!("warning: could not write {}: {e:#}", run.join("validation.png").display());
-        }
-    }
-}
-
-/// Writes the teacher backbone of a checkpoint as timm safetensors at `img_size` (None: the
-/// run's). While the run's position embedding is frozen it is resampled from the weights
-/// file's grid, as timm resamples the original checkpoint.
-pub fn export<B: Backend>(
-    run: &Path,
-    checkpoint: Option<&Path>,
-    img_size: Option<usize>,
-    out: &Path,
-    device: &B::Device,
-) -> Result<PathBuf> {
-    let ckpt = match checkpoint {
-        Some(c) => c.to_path_buf(),
-        None => checkpoints(run)
-            .pop()
-            .with_context(|| format!("{} has no checkpoint", run.display()))?,
-    };
-    let model = crate::features::load_backbone::<B>(
-        &crate::features::Weights::Run {
-            dir: run.to_path_buf(),
-            checkpoint: Some(ckpt.clone()),
-            initial: false,
-        },
-        img_size,
-        device,
-    )?;
-    model.save_safetensors(out)?;
-    Ok(ckpt)
-}
-
-/// A batch of random clips of the configured shape: every point selected and inside the crop.
-pub fn random_batch(cfg: &TrainConfig, frames: usize, points: usize) -> Batch {
-    let (b, s) = (cfg.data.batch_size, cfg.model.img_size);
-    let mut rng = SplitMix64::new(cfg.run.seed);
-    Batch {
-        clips: b,
-        frames,
-        points,
-        size: s,
-        images: (0..b * frames * 3 * s * s).map(|_| rng.below(256) as u8).collect(),
-        tracks: (0..b * frames * points * 2)
-            .map(|_| rng.uniform(0.0, (s - 1) as f64) as f32)
-            .collect(),
-        visibility: (0..b * frames * points).map(|_| (rng.next_f64() < 0.8) as u8 as f32).collect(),
-        inside: vec![1.0; b * frames * points],
-        ids: vec![String::new(); b],
-    }
-}
-
-/// Seconds per training step and clips/s on random batches of the configured shape.
-pub fn bench<B: AutodiffBackend>(
-    cfg: &TrainConfig,
-    device: &B::Device,
-    frames: usize,
-    points: usize,
-    warmup: usize,
-    steps: usize,
-) -> Result<BenchFigures> {
-    let t_start = Instant::now();
-    let mut trainer = Trainer::<B>::new(cfg, device)?;
-    trainer.total_steps = (warmup + steps + 1) as u64;
-    let batch = random_batch(cfg, frames, points);
-    // The first step on a fresh process: allocation, and on GPUs kernel compilation and
-    // autotuning, which the caches cut on later runs.
-    trainer.step(&batch)?;
-    let first_step_s = t_start.elapsed().as_secs_f64();
-    for _ in 1..warmup.max(1) {
-        trainer.step(&batch)?;
-    }
-    let step_s = if crate::backend::is_cpu::<B>(device) {
-        // A CPU step is done when it returns: each is timed, and the median reported, as
-        // torch_step.py does.
-        let mut times = Vec::with_capacity(steps.max(1));
-        for _ in 0..steps.max(1) {
-            let t0 = Instant::now();
-            let out = trainer.step_async(&batch)?;
-            times.push(t0.elapsed().as_secs_f64());
-            trainer.read(out)?;
-        }
-        times.sort_by(f64::total_cmp);
-        times[times.len() / 2]
-    } else {
-        // Timed as training runs on a device: queued steps, one read at the end.
-        let t0 = Instant::now();
-        let mut last = None;
-        for _ in 0..steps.max(1) {
-            last = Some(trainer.step_async(&batch)?);
-        }
-        trainer.read(last.expect("at least one step"))?;
-        t0.elapsed().as_secs_f64() / steps.max(1) as f64
-    };
-    let statistic = if crate::backend::is_cpu::<B>(device) { "median" } else { "mean" };
-    Ok(BenchFigures {
-        first_step_s,
-        step_s,
-        clips_per_s: cfg.data.batch_size as f64 / step_s,
-        statistic,
-    })
-}
-
-/// What `bench` measured.
-#[derive(Debug, Clone, Copy)]
-pub struct BenchFigures {
-    /// From the start of the process's trainer to the end of its first step.
-    pub first_step_s: f64,
-    /// Step after the warm-up: the median on a CPU backend, the mean of queued steps on a device.
-    pub step_s: f64,
-    pub clips_per_s: f64,
-    /// "median" or "mean".
-    pub statistic: &'static str,
 }
 
 #[cfg(test)]
@@ -1028,7 +774,7 @@ mod tests {
         (ProjectionHead { layers }, protos.normalized())
     }
 
-    fn tiny(precision: crate::model::Precision) -> TrainConfig {
+    fn tiny(precision: crate::backend::Precision) -> TrainConfig {
         let set: Vec<String> = [
             "model.preset=vit_tiny_test",
             "model.img_size=56",
@@ -1076,9 +822,9 @@ mod tests {
 
     #[test]
     fn a_non_finite_step_is_skipped_on_the_device_and_named_at_the_next_read() {
-        let cfg = tiny(crate::model::Precision::Fp32);
+        let cfg = tiny(crate::backend::Precision::Fp32);
         let mut trainer = Trainer::<AB>::new(&cfg, &Default::default()).unwrap();
-        let good = random_batch(&cfg, 3, 9);
+        let good = Batch::random(cfg.data.batch_size, 3, 9, cfg.model.img_size, cfg.run.seed);
         trainer.step(&good).unwrap();
         let before = params::collect(&trainer.student, |_| true);
         // An infinite weight makes the loss non-finite.
@@ -1092,7 +838,7 @@ mod tests {
         assert!(e.contains("not finite at step 2"), "{e}");
         let after = params::collect(&trainer.student, |_| true);
         // Step 3 was a good one and did train; nothing non-finite ever reached the weights.
-        assert!(after.values().all(|(_, v)| v.iter().all(|x| x.is_finite())));
+        assert!(after.values().all(|t| t.data.iter().all(|x| x.is_finite())));
         assert_ne!(before, after);
         assert!(trainer.check_finite().is_err());
     }
@@ -1103,12 +849,12 @@ mod tests {
     #[test]
     fn a_bf16_step_stays_close_to_the_fp32_step() {
         type F = Autodiff<burn::backend::Flex>;
-        use crate::model::Precision;
+        use crate::backend::Precision;
         let dev = Default::default();
         let mut runs = Vec::new();
         for p in [Precision::Fp32, Precision::Bf16] {
             let cfg = tiny(p);
-            let batch = random_batch(&cfg, 3, 9);
+            let batch = Batch::random(cfg.data.batch_size, 3, 9, cfg.model.img_size, cfg.run.seed);
             let mut trainer = Trainer::<F>::new(&cfg, &dev).unwrap();
             let stats: Vec<StepStats> = (0..3).map(|_| trainer.step(&batch).unwrap()).collect();
             let x = Tensor::<burn::backend::Flex, 4>::ones([1, 3, 56, 56], &dev);

@@ -4,7 +4,9 @@ use std::fs::File;
 use std::io::BufWriter;
 use std::path::Path;
 
+use image::imageops::FilterType;
 use image::{Rgb, RgbImage};
+use imageproc::drawing::{draw_filled_circle_mut, draw_hollow_circle_mut, draw_line_segment_mut};
 
 use crate::{Mp4Writer, VideoError};
 
@@ -99,21 +101,25 @@ pub fn render(
     let visible = |k: usize, i: usize| visibility[k * n + i] != 0;
     let colors: Vec<Rgb<u8>> = (0..n).map(|i| point_color(i, n)).collect();
 
-    let draw = |k: usize| {
-        let mut canvas = upscale(&frames[k], s, cw, ch);
+    // Frame `k` upscaled onto the canvas, with `trail` frames of trail behind each point.
+    let draw = |k: usize, trail: usize| {
+        let mut canvas = RgbImage::new(cw, ch);
+        let big = image::imageops::resize(&frames[k], w * s, h * s, FilterType::Nearest);
+        image::imageops::replace(&mut canvas, &big, 0, 0);
+        let at = |p: (i32, i32)| (p.0 as f32, p.1 as f32);
         for (i, &c) in colors.iter().enumerate() {
-            for j in k.saturating_sub(opts.trail)..k {
+            for j in k.saturating_sub(trail)..k {
                 if let (Some(a), Some(b), true, true) =
                     (pos(j, i), pos(j + 1, i), visible(j, i), visible(j + 1, i))
                 {
-                    line(&mut canvas, a, b, c);
+                    draw_line_segment_mut(&mut canvas, at(a), at(b), c);
                 }
             }
         }
         for (i, &c) in colors.iter().enumerate() {
             match pos(k, i) {
-                Some(p) if visible(k, i) => disc(&mut canvas, p, opts.radius, c),
-                Some(p) => ring(&mut canvas, p, opts.radius, c),
+                Some(p) if visible(k, i) => draw_filled_circle_mut(&mut canvas, p, opts.radius, c),
+                Some(p) => draw_hollow_circle_mut(&mut canvas, p, opts.radius, c),
                 None => {}
             }
         }
@@ -123,27 +129,8 @@ pub fn render(
     match format {
         Format::Png => {
             // One still: the last frame with every point's whole trail.
-            let still = RenderOptions { trail: t, ..opts.clone() };
-            let draw_all = |k: usize| {
-                let mut canvas = upscale(&frames[k], s, cw, ch);
-                for (i, &c) in colors.iter().enumerate() {
-                    for j in k.saturating_sub(still.trail)..k {
-                        if let (Some(a), Some(b), true, true) =
-                            (pos(j, i), pos(j + 1, i), visible(j, i), visible(j + 1, i))
-                        {
-                            line(&mut canvas, a, b, c);
-                        }
-                    }
-                    match pos(k, i) {
-                        Some(p) if visible(k, i) => disc(&mut canvas, p, opts.radius, c),
-                        Some(p) => ring(&mut canvas, p, opts.radius, c),
-                        None => {}
-                    }
-                }
-                canvas
-            };
             let tmp = crate::tmp_path(out);
-            let res = draw_all(t - 1)
+            let res = draw(t - 1, t)
                 .save_with_format(&tmp, image::ImageFormat::Png)
                 .map_err(|e| VideoError::Encode { path: out.into(), message: e.to_string() })
                 .and_then(|_| {
@@ -158,7 +145,7 @@ pub fn render(
         Format::Mp4 => {
             let mut writer = Mp4Writer::create(out, cw, ch, opts.fps)?;
             for k in 0..t {
-                writer.push(&draw(k))?;
+                writer.push(&draw(k, opts.trail))?;
             }
             writer.finish()
         }
@@ -180,8 +167,12 @@ pub fn render(
                 // Browsers replace delays below 2 cs with 10 cs, i.e. slow down.
                 let delay = (100.0 / opts.fps as f64).round().max(2.0) as u16;
                 for k in 0..t {
-                    let mut frame =
-                        gif::Frame::from_rgb_speed(cw as u16, ch as u16, draw(k).as_raw(), 10);
+                    let mut frame = gif::Frame::from_rgb_speed(
+                        cw as u16,
+                        ch as u16,
+                        draw(k, opts.trail).as_raw(),
+                        10,
+                    );
                     frame.delay = delay;
                     enc.write_frame(&frame).map_err(gif_err)?;
                 }
@@ -215,70 +206,6 @@ pub fn point_color(i: usize, n: usize) -> Rgb<u8> {
     };
     let q = |v: f32| (v * 255.0).round() as u8;
     Rgb([q(r), q(g), q(b)])
-}
-
-/// Nearest-neighbour upscale by `s` onto a black `cw`x`ch` canvas.
-fn upscale(src: &RgbImage, s: u32, cw: u32, ch: u32) -> RgbImage {
-    let mut out = RgbImage::new(cw, ch);
-    for (x, y, p) in src.enumerate_pixels() {
-        for dy in 0..s {
-            for dx in 0..s {
-                out.put_pixel(x * s + dx, y * s + dy, *p);
-            }
-        }
-    }
-    out
-}
-
-fn put(img: &mut RgbImage, x: i32, y: i32, c: Rgb<u8>) {
-    if x >= 0 && y >= 0 && (x as u32) < img.width() && (y as u32) < img.height() {
-        img.put_pixel(x as u32, y as u32, c);
-    }
-}
-
-// `r² + r` instead of `r²` rounds the outline, avoiding single-pixel nubs at
-// the four extremes of small circles.
-fn disc(img: &mut RgbImage, (cx, cy): (i32, i32), r: i32, c: Rgb<u8>) {
-    for dy in -r..=r {
-        for dx in -r..=r {
-            if dx * dx + dy * dy <= r * r + r {
-                put(img, cx + dx, cy + dy, c);
-            }
-        }
-    }
-}
-
-fn ring(img: &mut RgbImage, (cx, cy): (i32, i32), r: i32, c: Rgb<u8>) {
-    let inner = (r - 1) * (r - 1);
-    for dy in -r..=r {
-        for dx in -r..=r {
-            let d = dx * dx + dy * dy;
-            if d > inner && d <= r * r + r {
-                put(img, cx + dx, cy + dy, c);
-            }
-        }
-    }
-}
-
-fn line(img: &mut RgbImage, (mut x, mut y): (i32, i32), (x1, y1): (i32, i32), c: Rgb<u8>) {
-    let (dx, dy) = ((x1 - x).abs(), -(y1 - y).abs());
-    let (sx, sy) = ((x1 - x).signum(), (y1 - y).signum());
-    let mut err = dx + dy;
-    loop {
-        put(img, x, y, c);
-        if (x, y) == (x1, y1) {
-            return;
-        }
-        let e2 = 2 * err;
-        if e2 >= dy {
-            err += dy;
-            x += sx;
-        }
-        if e2 <= dx {
-            err += dx;
-            y += sy;
-        }
-    }
 }
 
 #[cfg(test)]
@@ -353,14 +280,19 @@ mod tests {
     }
 
     #[test]
-    fn raster_helpers_clip_at_edges() {
-        let mut img = RgbImage::new(8, 8);
-        let c = Rgb([1, 2, 3]);
-        disc(&mut img, (0, 0), 3, c);
-        ring(&mut img, (8, 8), 3, c);
-        line(&mut img, (-5, 3), (20, 3), c);
-        assert!((0..8).all(|x| img.get_pixel(x, 3) == &c));
-        line(&mut img, (6, 0), (6, 7), c);
-        assert!((0..8).all(|y| img.get_pixel(6, y) == &c));
+    fn markers_at_the_frame_edges_are_clipped() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("edge.png");
+        let frames = vec![RgbImage::new(8, 8); 2];
+        // Point 0 from the bottom-left corner to the top-right one; point 1 in the bottom-right
+        // corner, hidden at the end.
+        let tracks = [0.0, 7.0, 7.0, 7.0, 7.0, 0.0, 7.0, 7.0];
+        let opts = RenderOptions { upscale: 1, radius: 3, ..Default::default() };
+        render(&frames, &tracks, &[1, 1, 1, 0], 2, &out, &opts).unwrap();
+        let img = image::open(&out).unwrap().to_rgb8();
+        assert_eq!(img.get_pixel(0, 7).0, point_color(0, 2).0);
+        assert_eq!(img.get_pixel(4, 3).0, point_color(0, 2).0, "trail from (0, 7) to (7, 0)");
+        assert_eq!(img.get_pixel(7, 4).0, point_color(1, 2).0, "ring around (7, 7)");
+        assert_eq!(img.get_pixel(7, 7).0, [0, 0, 0], "a ring leaves its centre");
     }
 }

@@ -1,0 +1,57 @@
+//! What the protocols need from a model: dense features of images. The trainer implements
+//! [`Backbone`] for its ViT on any Burn backend; anything else that gives feature maps can
+//! too, so this crate stays free of any deep-learning framework.
+
+use crate::card::ProtocolCard;
+use crate::cluster::Score;
+use crate::dense::FeatureMap;
+use anyhow::Result;
+use image::RgbImage;
+
+/// Images in, feature maps out.
+pub trait Backbone {
+    /// Patch-token feature maps of `images`, each resized to the square input of
+    /// [`Backbone::input_size`].
+    fn features(&self, images: &[RgbImage]) -> Result<Vec<FeatureMap>>;
+    /// Channels of a feature map.
+    fn dim(&self) -> usize;
+    /// Input side in pixels.
+    fn input_size(&self) -> usize;
+    /// Images per forward pass: [`extract`] calls in whole multiples of it, so features do
+    /// not depend on how a set is split into calls.
+    fn batch(&self) -> usize;
+}
+
+/// Progress of a long step: (what is counted, done, total).
+pub type Progress<'a> = dyn Fn(&str, u64, u64) + Sync + 'a;
+
+/// No progress reports.
+pub fn quiet(_: &str, _: u64, _: u64) {}
+
+/// What a protocol run gives: its scores and the card that says how they were made.
+#[derive(Clone, Debug)]
+pub struct Evaluation {
+    pub scores: Vec<Score>,
+    pub card: ProtocolCard,
+}
+
+/// Images given to the backbone per call in [`extract`]: enough to keep a device busy,
+/// few enough that images and features of one call stay small.
+pub const EXTRACT_CHUNK: usize = 64;
+
+/// Features of `images`, a chunk at a time, counted under `what`.
+pub fn extract(
+    bb: &dyn Backbone,
+    images: &[RgbImage],
+    what: &str,
+    progress: &Progress,
+) -> Result<Vec<FeatureMap>> {
+    let mut out = Vec::with_capacity(images.len());
+    progress(what, 0, images.len() as u64);
+    let b = bb.batch().max(1);
+    for chunk in images.chunks(EXTRACT_CHUNK.div_ceil(b) * b) {
+        out.extend(bb.features(chunk)?);
+        progress(what, out.len() as u64, images.len() as u64);
+    }
+    Ok(out)
+}
