@@ -198,6 +198,35 @@ fn bad_config_values_are_refused_before_any_work() {
     }
 }
 
+/// A device the backend cannot use, a backend not built in, or bf16 where there is none: one
+/// line naming the option, before any run directory is made (no GPU here, so these are the
+/// errors a researcher sees first).
+#[test]
+fn devices_and_backends_are_checked_before_any_work() {
+    let tmp = tempfile::tempdir().unwrap();
+    let runs = tmp.path().join("runs");
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (vec!["--device", "cuda:0"], "--device cuda:0"),
+        (vec!["--device", "gpu7"], "--device \"gpu7\""),
+        (vec!["--backend", "ndarray", "--set", "model.precision=bf16"], "bf16"),
+        #[cfg(not(feature = "tch"))]
+        (vec!["--backend", "tch"], "--backend tch: not built into this binary"),
+        #[cfg(not(feature = "cuda"))]
+        (vec!["--backend", "cuda", "--device", "cuda:0"], "--backend cuda: not built into this binary"),
+    ];
+    for (extra, want) in cases {
+        let config = repo_root().join("configs/tiny_synth.toml");
+        let mut a = vec!["train", "--runs", runs.to_str().unwrap(), "--config", config.to_str().unwrap()];
+        a.extend(extra.iter().copied());
+        let o = run(&a);
+        let err = String::from_utf8_lossy(&o.stderr).to_string();
+        assert!(!o.status.success(), "{extra:?} ran");
+        assert!(err.contains(want), "{extra:?}: {err}");
+        assert_eq!(err.trim_end().lines().count(), 1, "{extra:?}: one line, not a backtrace: {err}");
+        assert!(!runs.exists(), "{extra:?} made {}", runs.display());
+    }
+}
+
 /// `make train` again and again: every run gets its own directory, `--resume` continues the
 /// newest, and the step count comes from the epochs.
 #[test]

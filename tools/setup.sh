@@ -23,6 +23,9 @@ fi
 if ! python3 -c "import pyarrow, pandas, numpy, onnxruntime" 2>/dev/null; then
   python3 -m pip install -q --disable-pip-version-check -r tools/requirements-ci.txt
 fi
+for c in fmt clippy; do
+  cargo $c --version >/dev/null 2>&1 || { echo "setup: cargo $c is missing: rustup component add rustfmt clippy" >&2; exit 1; }
+done
 if ! cargo nextest --version >/dev/null 2>&1; then
   cargo install --locked cargo-nextest
 fi

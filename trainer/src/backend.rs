@@ -284,6 +284,46 @@ mod tests {
     }
 
     #[test]
+    fn devices_parse_and_are_checked_against_the_backend() {
+        use super::{Device, Precision, Target};
+        assert_eq!("cuda:1".parse::<Device>().unwrap(), Device::Cuda(1));
+        assert_eq!("cuda".parse::<Device>().unwrap(), Device::Cuda(0));
+        assert_eq!("cpu".parse::<Device>().unwrap(), Device::Cpu);
+        assert_eq!(Device::Cuda(3).to_string(), "cuda:3");
+        let err = |b: &str, d: &str, p: Precision| Target::resolve(b, d, p).unwrap_err().to_string();
+        let checks = [
+            (err("flex", "cuda:x", Precision::Fp32), "--device \"cuda:x\""),
+            (err("flex", "cuda:0", Precision::Fp32), "--device cuda:0: the flex backend runs on the CPU only"),
+            (err("ndarray", "cpu", Precision::Bf16), "bf16"),
+            (err("metal", "cpu", Precision::Fp32), "--backend metal: not built into this binary"),
+        ];
+        for (e, want) in checks {
+            assert!(e.contains(want), "{e}");
+            assert!(!e.contains('\n'), "one line: {e}");
+        }
+        assert_eq!(Target::resolve("flex", "cpu", Precision::Bf16).unwrap(), Target::cpu());
+        if !cfg!(feature = "cuda") {
+            assert!(err("cuda", "cuda:0", Precision::Fp32).contains("--backend cuda: not built"));
+        }
+        #[cfg(feature = "tch")]
+        {
+            assert!(Target::resolve("tch", "cpu", Precision::Bf16).is_ok());
+            if !tch::Cuda::is_available() {
+                let e = err("tch", "cuda:0", Precision::Fp32);
+                assert!(e.contains("--device cuda:0: libtorch sees 0 CUDA device"), "{e}");
+            }
+        }
+        #[cfg(feature = "cuda")]
+        {
+            // SAFETY: only looks for the library.
+            if !unsafe { cudarc::driver::sys::is_culib_present() } {
+                let e = err("cuda", "cuda:0", Precision::Fp32);
+                assert!(e.contains("no NVIDIA driver"), "{e}");
+            }
+        }
+    }
+
+    #[test]
     fn cpu_backends_are_recognised_under_autodiff() {
         use burn::backend::{Autodiff, Flex, NdArray};
         assert!(super::is_cpu::<Flex>(&Default::default()));

@@ -283,13 +283,13 @@ pub fn mosic_loss<B: Backend>(
 mod tests {
     use super::*;
     use crate::head::{ProjectionHead, Prototypes};
-    use burn::backend::{Autodiff, NdArray};
+    use burn::backend::Autodiff;
     use burn::module::Param;
     use burn::nn::Linear;
     use burn::tensor::{Distribution, TensorData};
     use safetensors::SafeTensors;
 
-    type Inner = NdArray<f32>;
+    type Inner = crate::testing::Golden;
     type B = Autodiff<Inner>;
 
     fn vec<BB: Backend, const D: usize>(x: Tensor<BB, D>) -> Vec<f32> {

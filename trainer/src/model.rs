@@ -685,6 +685,11 @@ mod tests {
         timm_cases::<B>("ndarray");
         timm_cases::<burn::backend::Flex>("flex");
         timm_cases::<burn::backend::Autodiff<B>>("autodiff<ndarray>");
+        #[cfg(feature = "tch")]
+        {
+            timm_cases::<burn::backend::LibTorch<f32>>("tch (cpu)");
+            timm_cases::<burn::backend::Autodiff<burn::backend::LibTorch<f32>>>("autodiff<tch (cpu)>");
+        }
     }
 
     fn timm_cases<B: Backend>(backend: &str) {

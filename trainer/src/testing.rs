@@ -1,6 +1,19 @@
 //! Fixtures and comparisons the trainer's golden tests share.
 
 use crate::model::VitConfig;
+
+/// The backend the goldens run on: ndarray, or in a build with `tch` libtorch's CPU device
+/// (the libtorch that runs on GPUs, here with its CPU kernels).
+#[cfg(not(feature = "tch"))]
+pub type Golden = burn::backend::NdArray<f32>;
+#[cfg(feature = "tch")]
+pub type Golden = burn::backend::LibTorch<f32>;
+
+/// A CPU backend with bfloat16 tensors: Flex, or libtorch's CPU device with `tch`.
+#[cfg(not(feature = "tch"))]
+pub type Bf16 = burn::backend::Flex;
+#[cfg(feature = "tch")]
+pub type Bf16 = burn::backend::LibTorch<f32>;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData};
 use mosic::tensors::HostTensor;

@@ -710,11 +710,11 @@ mod tests {
     use crate::config::Masking;
     use crate::loader::{clip_points, select_points, Aug};
     use crate::loss::{LossConfig, Sampling};
-    use burn::backend::{Autodiff, NdArray};
+    use burn::backend::Autodiff;
     use burn::nn::Linear;
     use std::collections::HashMap;
 
-    type Inner = NdArray<f32>;
+    type Inner = crate::testing::Golden;
     type AB = Autodiff<Inner>;
 
     /// Every tensor of a safetensors fixture as (shape, f32 values); int64 tensors converted.
@@ -843,12 +843,45 @@ mod tests {
         assert!(trainer.check_finite().is_err());
     }
 
+    /// A trainer checkpointed after 2 steps and resumed in a new process's worth of state
+    /// ends where an uninterrupted 4-step run ends, bit for bit: student, EMA teacher and
+    /// optimiser moments (the masks follow the restored step).
+    #[test]
+    fn a_resumed_trainer_equals_an_uninterrupted_one() {
+        let cfg = tiny(crate::backend::Precision::Fp32);
+        let dev = Default::default();
+        let batches: Vec<Batch> = (0..4u64)
+            .map(|i| Batch::random(cfg.data.batch_size, 3, 9, cfg.model.img_size, cfg.run.seed + i))
+            .collect();
+        let mut straight = Trainer::<AB>::new(&cfg, &dev).unwrap();
+        for b in &batches {
+            straight.step(b).unwrap();
+        }
+        let tmp = tempfile::tempdir().unwrap();
+        let mut first = Trainer::<AB>::new(&cfg, &dev).unwrap();
+        for b in &batches[..2] {
+            first.step(b).unwrap();
+        }
+        let ckpt = first.save_checkpoint(tmp.path(), LoaderState::default()).unwrap();
+        drop(first);
+        let mut resumed = Trainer::<AB>::new(&cfg, &dev).unwrap();
+        assert_eq!(resumed.load_checkpoint(&ckpt).unwrap().step, 2);
+        for b in &batches[2..] {
+            resumed.step(b).unwrap();
+        }
+        let all = |_: &str| true;
+        assert_eq!(params::collect(&straight.student, all), params::collect(&resumed.student, all));
+        assert_eq!(params::collect(&straight.teacher, all), params::collect(&resumed.teacher, all));
+        assert_eq!(straight.opt.state(), resumed.opt.state());
+        assert_ne!(params::collect(&straight.student, all), params::collect(&Trainer::<AB>::new(&cfg, &dev).unwrap().student, all));
+    }
+
     /// bfloat16 for the teacher and the frozen blocks: the step's loss and gradient norm stay
-    /// within 2% of the float32 step's (stated tolerance; measured on Flex, which has bf16 on
-    /// the CPU), and the teacher's matrix products really ran in bf16.
+    /// within 2% of the float32 step's (stated tolerance; on Flex, or on libtorch's CPU device
+    /// in a `tch` build), and the teacher's matrix products really ran in bf16.
     #[test]
     fn a_bf16_step_stays_close_to_the_fp32_step() {
-        type F = Autodiff<burn::backend::Flex>;
+        type F = Autodiff<crate::testing::Bf16>;
         use crate::backend::Precision;
         let dev = Default::default();
         let mut runs = Vec::new();
@@ -857,7 +890,7 @@ mod tests {
             let batch = Batch::random(cfg.data.batch_size, 3, 9, cfg.model.img_size, cfg.run.seed);
             let mut trainer = Trainer::<F>::new(&cfg, &dev).unwrap();
             let stats: Vec<StepStats> = (0..3).map(|_| trainer.step(&batch).unwrap()).collect();
-            let x = Tensor::<burn::backend::Flex, 4>::ones([1, 3, 56, 56], &dev);
+            let x = Tensor::<crate::testing::Bf16, 4>::ones([1, 3, 56, 56], &dev);
             let tokens = values(trainer.teacher.backbone.forward_patch_tokens(x, None));
             runs.push((stats, tokens));
         }
