@@ -209,20 +209,30 @@ fn devices_and_backends_are_checked_before_any_work() {
         (vec!["--device", "cuda:0"], "--device cuda:0"),
         (vec!["--device", "gpu7"], "--device \"gpu7\""),
         (vec!["--backend", "ndarray", "--set", "model.precision=bf16"], "bf16"),
+        (vec!["--devices", "3"], "data.batch_size = 8 does not split over 3 devices"),
+        (vec!["--devices", "cpu,cuda:1"], "--device cuda:1"),
         #[cfg(not(feature = "tch"))]
         (vec!["--backend", "tch"], "--backend tch: not built into this binary"),
         #[cfg(not(feature = "cuda"))]
-        (vec!["--backend", "cuda", "--device", "cuda:0"], "--backend cuda: not built into this binary"),
+        (
+            vec!["--backend", "cuda", "--device", "cuda:0"],
+            "--backend cuda: not built into this binary",
+        ),
     ];
     for (extra, want) in cases {
         let config = repo_root().join("configs/tiny_synth.toml");
-        let mut a = vec!["train", "--runs", runs.to_str().unwrap(), "--config", config.to_str().unwrap()];
+        let mut a =
+            vec!["train", "--runs", runs.to_str().unwrap(), "--config", config.to_str().unwrap()];
         a.extend(extra.iter().copied());
         let o = run(&a);
         let err = String::from_utf8_lossy(&o.stderr).to_string();
         assert!(!o.status.success(), "{extra:?} ran");
         assert!(err.contains(want), "{extra:?}: {err}");
-        assert_eq!(err.trim_end().lines().count(), 1, "{extra:?}: one line, not a backtrace: {err}");
+        assert_eq!(
+            err.trim_end().lines().count(),
+            1,
+            "{extra:?}: one line, not a backtrace: {err}"
+        );
         assert!(!runs.exists(), "{extra:?} made {}", runs.display());
     }
 }

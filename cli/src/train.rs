@@ -31,8 +31,12 @@ pub struct TrainArgs {
     #[arg(long, default_value = mosic_trainer::backend::DEFAULT)]
     backend: String,
     /// Device: cpu, or cuda:N for the cuda and tch backends.
-    #[arg(long, default_value = "cpu")]
+    #[arg(long, default_value = "cpu", conflicts_with = "devices")]
     device: String,
+    /// Train over several devices, one worker each, sharing every batch of data.batch_size
+    /// clips: a count of CPU workers (2), or a list (cuda:0,cuda:1,...).
+    #[arg(long)]
+    devices: Option<String>,
     /// Stop (with a checkpoint) after this step; `--resume` continues the same schedule.
     #[arg(long)]
     stop_after: Option<u64>,
@@ -48,15 +52,31 @@ struct Train {
 impl WithBackend for Train {
     type Output = mosic_trainer::train::Summary;
     fn run<B: AutodiffBackend>(self, device: B::Device) -> Result<Self::Output> {
+        self.run_on::<B>(vec![device])
+    }
+    fn run_on<B: AutodiffBackend>(self, devices: Vec<B::Device>) -> Result<Self::Output> {
         mosic_trainer::train::train::<B>(
             &self.cfg,
             &self.out,
             self.resume,
             self.stop_after,
-            &device,
+            &devices,
             &|l| eprintln!("{l}"),
         )
     }
+}
+
+/// The backend on the devices `--devices` (or `--device`) names, checked with the config:
+/// every device usable, and the global batch split evenly over them.
+fn target(backend: &str, device: &str, devices: Option<&str>, cfg: &TrainConfig) -> Result<Target> {
+    let target = Target::resolve(backend, devices.unwrap_or(device), cfg.model.precision)?;
+    let n = target.devices.len();
+    anyhow::ensure!(
+        cfg.data.batch_size.is_multiple_of(n),
+        "--devices: data.batch_size = {} does not split over {n} devices; use a multiple of {n} (it is the global batch)",
+        cfg.data.batch_size
+    );
+    Ok(target)
 }
 
 pub fn train(a: TrainArgs) -> Result<ExitCode> {
@@ -81,7 +101,7 @@ pub fn train(a: TrainArgs) -> Result<ExitCode> {
     };
     // Every value is checked before a run directory is made.
     let cfg = TrainConfig::load(config.as_deref(), &a.set)?;
-    let target = Target::resolve(&a.backend, &a.device, cfg.model.precision)?;
+    let target = target(&a.backend, &a.device, a.devices.as_deref(), &cfg)?;
     let out = if out.as_os_str().is_empty() {
         rundir::new_run(&rundir::runs_of(&a.runs, a.config.as_deref()))?
     } else {
@@ -149,8 +169,12 @@ pub struct BenchTrainArgs {
     #[arg(long, default_value = mosic_trainer::backend::DEFAULT)]
     backend: String,
     /// cpu, or cuda:N for the cuda and tch backends.
-    #[arg(long, default_value = "cpu")]
+    #[arg(long, default_value = "cpu", conflicts_with = "devices")]
     device: String,
+    /// Device sets to compare, one run each: CPU worker counts (`1,2`), or repeated lists
+    /// (`--devices cuda:0 --devices cuda:0,cuda:1`). Prints clips/s and the scaling efficiency.
+    #[arg(long)]
+    devices: Vec<String>,
     /// Frames per clip and points per clip of the random batches.
     #[arg(long, default_value_t = 12)]
     frames: usize,
@@ -175,9 +199,12 @@ struct Bench {
 impl WithBackend for Bench {
     type Output = mosic_trainer::bench::BenchFigures;
     fn run<B: AutodiffBackend>(self, device: B::Device) -> Result<Self::Output> {
-        mosic_trainer::bench::bench::<B>(
+        self.run_on::<B>(vec![device])
+    }
+    fn run_on<B: AutodiffBackend>(self, devices: Vec<B::Device>) -> Result<Self::Output> {
+        mosic_trainer::bench::bench_devices::<B>(
             &self.cfg,
-            &device,
+            &devices,
             self.frames,
             self.points,
             self.warmup,
@@ -186,41 +213,80 @@ impl WithBackend for Bench {
     }
 }
 
+/// `--devices 1,2` is two runs (one and two CPU workers); any other value is one device set.
+fn device_sets(specs: &[String], device: &str) -> Vec<String> {
+    if specs.is_empty() {
+        return vec![device.to_string()];
+    }
+    specs
+        .iter()
+        .flat_map(|s| {
+            let counts: Vec<&str> = s.split(',').collect();
+            if counts.iter().all(|c| c.trim().parse::<usize>().is_ok()) {
+                counts.into_iter().map(|c| c.trim().to_string()).collect()
+            } else {
+                vec![s.clone()]
+            }
+        })
+        .collect()
+}
+
 pub fn bench(a: BenchTrainArgs) -> Result<ExitCode> {
     let cfg = TrainConfig::load(a.config.as_deref(), &a.set)?;
-    let target = Target::resolve(&a.backend, &a.device, cfg.model.precision)?;
-    let f = dispatch(
-        &target,
-        Bench {
-            cfg: cfg.clone(),
-            frames: a.frames,
-            points: a.points,
-            steps: a.steps,
-            warmup: a.warmup,
-        },
-    )
-    .with_context(|| format!("bench on backend {}", a.backend))?;
-    println!("backend          {} on {}", a.backend, a.device);
+    let sets = device_sets(&a.devices, &a.device);
+    let targets = sets
+        .iter()
+        .map(|d| target(&a.backend, "cpu", Some(d), &cfg))
+        .collect::<Result<Vec<_>>>()?;
     println!(
         "model            {} at {} px, trainable blocks {:?}",
         cfg.model.preset, cfg.model.img_size, cfg.model.trainable_blocks
     );
     println!(
-        "batch            {} clips x {} frames x {} points, mask ratio {}",
+        "batch            {} clips (global) x {} frames x {} points, mask ratio {}",
         cfg.data.batch_size, a.frames, a.points, cfg.objective.mask_ratio
     );
-    println!(
-        "step             {:.1} ms ({} of {} after {} warm-up steps)",
-        f.step_s * 1e3,
-        f.statistic,
-        a.steps,
-        a.warmup
-    );
-    println!("throughput       {:.2} clips/s", f.clips_per_s);
-    println!(
-        "first step       {:.1} s (process start of the trainer to the end of step 1)",
-        f.first_step_s
-    );
+    let mut rows = Vec::new();
+    for (spec, target) in sets.iter().zip(&targets) {
+        let job = Bench {
+            cfg: cfg.clone(),
+            frames: a.frames,
+            points: a.points,
+            steps: a.steps,
+            warmup: a.warmup,
+        };
+        let f = dispatch(target, job)
+            .with_context(|| format!("bench on backend {} with devices {spec}", a.backend))?;
+        println!(
+            "{} on {spec}: step {:.1} ms ({} of {} after {} warm-up), {:.2} clips/s, first step {:.1} s",
+            a.backend,
+            f.step_s * 1e3,
+            f.statistic,
+            a.steps,
+            a.warmup,
+            f.clips_per_s,
+            f.first_step_s
+        );
+        rows.push((spec.clone(), target.devices.len(), f));
+    }
+    if rows.len() > 1 {
+        println!();
+        println!(
+            "| devices | workers | ms/step | clips/s | clips/s per worker | scaling efficiency |"
+        );
+        println!("|---|---|---|---|---|---|");
+        let base = rows[0].2.clips_per_s / rows[0].1 as f64;
+        for (spec, n, f) in &rows {
+            let per = f.clips_per_s / *n as f64;
+            println!(
+                "| {spec} | {n} | {:.1} | {:.2} | {per:.2} | {:.2} |",
+                f.step_s * 1e3,
+                f.clips_per_s,
+                per / base
+            );
+        }
+        println!("scaling efficiency = clips/s per worker / that of the first row");
+    }
     println!("peak memory      {} (resident set, host)", peak_rss());
     Ok(ExitCode::SUCCESS)
 }

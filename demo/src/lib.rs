@@ -61,7 +61,7 @@ impl WithBackend for TrainRun {
     fn run<B: AutodiffBackend>(self, device: B::Device) -> Result<Self::Output> {
         let resume = !mosic_trainer::rundir::checkpoints(&self.dir).is_empty();
         let name = self.dir.file_name().unwrap_or_default().to_string_lossy().into_owned();
-        mosic_trainer::train::train::<B>(&self.cfg, &self.dir, resume, None, &device, &|l| {
+        mosic_trainer::train::train::<B>(&self.cfg, &self.dir, resume, None, &[device], &|l| {
             eprintln!("[{name}] {l}")
         })
     }

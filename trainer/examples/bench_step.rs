@@ -2,7 +2,8 @@
 //! Runtime dependencies, for GPU machines that lack those libraries:
 //!   cargo build --release -p mosic-trainer --example bench_step --features cuda
 //!   bench_step BACKEND CONFIG [KEY=VALUE ...]
-//! BENCH_DEVICE (default cuda:0 for cuda and tch, else cpu) names the device; BENCH_WARMUP and
+//! BENCH_DEVICE (default cuda:0 for cuda and tch, else cpu) names the device, or a list of them
+//! (`cuda:0,cuda:0`: two workers sharing the global batch); BENCH_WARMUP and
 //! BENCH_STEPS (default 3 and 10) set the untimed and timed steps.
 use anyhow::Result;
 use burn::tensor::backend::AutodiffBackend;
@@ -17,12 +18,15 @@ struct Bench(TrainConfig);
 impl WithBackend for Bench {
     type Output = mosic_trainer::bench::BenchFigures;
     fn run<B: AutodiffBackend>(self, device: B::Device) -> Result<Self::Output> {
+        self.run_on::<B>(vec![device])
+    }
+    fn run_on<B: AutodiffBackend>(self, devices: Vec<B::Device>) -> Result<Self::Output> {
         let n = |key: &str, default: usize| {
             std::env::var(key).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
         };
-        mosic_trainer::bench::bench::<B>(
+        mosic_trainer::bench::bench_devices::<B>(
             &self.0,
-            &device,
+            &devices,
             12,
             256,
             n("BENCH_WARMUP", 3),

@@ -18,9 +18,16 @@ pub enum Precision {
 }
 
 /// Work to run on whichever backend the user names.
-pub trait WithBackend {
+pub trait WithBackend: Sized {
     type Output;
     fn run<B: AutodiffBackend>(self, device: B::Device) -> Result<Self::Output>;
+
+    /// Work that spans several devices of the backend (training over N devices); by default
+    /// it runs on the first.
+    fn run_on<B: AutodiffBackend>(self, devices: Vec<B::Device>) -> Result<Self::Output> {
+        let first = devices.into_iter().next().ok_or_else(|| anyhow::anyhow!("no device"))?;
+        self.run::<B>(first)
+    }
 }
 
 /// Flex: gemm's AVX-512/AVX2 kernels and SIMD elementwise ops (ndarray's products are 2-3x
@@ -72,19 +79,44 @@ impl std::fmt::Display for Device {
     }
 }
 
-/// A backend and a device on it, checked: the backend is built in, the device exists, and
-/// it has bfloat16 when the run asks for it. Made by [`Target::resolve`] before any work.
+/// A backend and its devices (one worker each), checked: the backend is built in, every
+/// device exists, and has bfloat16 when the run asks for it. Made by [`Target::resolve`]
+/// before any work.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Target {
     pub backend: String,
-    pub device: Device,
+    pub devices: Vec<Device>,
+}
+
+/// `--devices`: a count of CPU workers (`2`) or a comma list (`cuda:0,cuda:1`; a device may
+/// repeat: two workers on one GPU).
+pub fn parse_devices(spec: &str) -> Result<Vec<Device>> {
+    if let Ok(n) = spec.trim().parse::<usize>() {
+        ensure!(n >= 1, "--devices {spec}: at least one device");
+        return Ok(vec![Device::Cpu; n]);
+    }
+    let list: Vec<Device> = spec.split(',').map(str::parse).collect::<Result<_>>()?;
+    ensure!(!list.is_empty(), "--devices {spec:?}: no device");
+    Ok(list)
 }
 
 impl Target {
-    /// Checks `backend` on `device` for a run at `precision`; every problem is one line that
-    /// names the option to change.
-    pub fn resolve(backend: &str, device: &str, precision: Precision) -> Result<Self> {
-        let device: Device = device.parse()?;
+    /// Checks `backend` on `devices` (see [`parse_devices`]; a single device too) for a run at
+    /// `precision`; every problem is one line that names the option to change.
+    pub fn resolve(backend: &str, devices: &str, precision: Precision) -> Result<Self> {
+        let devices = parse_devices(devices)?;
+        for d in &devices {
+            Self::check(backend, *d, precision)?;
+        }
+        Ok(Self { backend: backend.to_string(), devices })
+    }
+
+    /// The first device (the only one of a single-device target).
+    pub fn device(&self) -> Device {
+        self.devices[0]
+    }
+
+    fn check(backend: &str, device: Device, precision: Precision) -> Result<()> {
         if !available().contains(&backend) {
             bail!(
                 "--backend {backend}: not built into this binary (built in: {}); build with --features {backend} for cuda, tch or candle",
@@ -107,12 +139,12 @@ impl Target {
         if precision == Precision::Bf16 && !has_bf16(backend) {
             bail!("model.precision = \"bf16\": the {backend} backend has no bfloat16 tensors (cuda, tch, flex, candle have); use \"fp32\" or another --backend");
         }
-        Ok(Self { backend: backend.to_string(), device })
+        Ok(())
     }
 
     /// The CPU on the default backend (tests, tools).
     pub fn cpu() -> Self {
-        Self { backend: DEFAULT.to_string(), device: Device::Cpu }
+        Self { backend: DEFAULT.to_string(), devices: vec![Device::Cpu] }
     }
 }
 
@@ -154,46 +186,53 @@ pub fn is_cpu<B: burn::tensor::backend::Backend>(device: &B::Device) -> bool {
     matches!(inner, "ndarray" | "flex" | "candle<cpu>")
 }
 
-/// Runs `work` on the target's backend and device.
+/// Runs `work` on the target's backend and devices.
 pub fn dispatch<W: WithBackend>(target: &Target, work: W) -> Result<W::Output> {
     use burn::backend::Autodiff;
-    let cpu = |what: &str| -> Result<()> {
-        ensure!(
-            target.device == Device::Cpu,
-            "--device {}: {what} runs on the CPU only",
-            target.device
-        );
-        Ok(())
+    let cpu = |what: &str| -> Result<usize> {
+        if let Some(d) = target.devices.iter().find(|d| **d != Device::Cpu) {
+            bail!("--device {d}: {what} runs on the CPU only");
+        }
+        Ok(target.devices.len())
     };
     match target.backend.as_str() {
         "ndarray" => {
-            cpu("ndarray")?;
-            work.run::<Autodiff<burn::backend::NdArray<f32>>>(Default::default())
+            let n = cpu("ndarray")?;
+            work.run_on::<Autodiff<burn::backend::NdArray<f32>>>(vec![Default::default(); n])
         }
         "flex" => {
-            cpu("flex")?;
-            work.run::<Autodiff<burn::backend::Flex>>(Default::default())
+            let n = cpu("flex")?;
+            work.run_on::<Autodiff<burn::backend::Flex>>(vec![Default::default(); n])
         }
         #[cfg(feature = "candle")]
         "candle" => {
-            cpu("candle")?;
-            work.run::<Autodiff<burn::backend::Candle<f32>>>(Default::default())
+            let n = cpu("candle")?;
+            work.run_on::<Autodiff<burn::backend::Candle<f32>>>(vec![Default::default(); n])
         }
         #[cfg(feature = "cuda")]
-        "cuda" => match target.device {
-            Device::Cuda(index) => {
-                work.run::<Autodiff<burn::backend::Cuda<f32>>>(burn::backend::cuda::CudaDevice { index })
-            }
-            Device::Cpu => bail!("--device cpu: the cuda backend runs on NVIDIA GPUs only"),
-        },
+        "cuda" => {
+            let devices = target
+                .devices
+                .iter()
+                .map(|d| match d {
+                    Device::Cuda(index) => Ok(burn::backend::cuda::CudaDevice { index: *index }),
+                    Device::Cpu => bail!("--device cpu: the cuda backend runs on NVIDIA GPUs only"),
+                })
+                .collect::<Result<Vec<_>>>()?;
+            work.run_on::<Autodiff<burn::backend::Cuda<f32>>>(devices)
+        }
         #[cfg(feature = "tch")]
         "tch" => {
             use burn::backend::libtorch::LibTorchDevice;
-            let device = match target.device {
-                Device::Cpu => LibTorchDevice::Cpu,
-                Device::Cuda(n) => LibTorchDevice::Cuda(n),
-            };
-            work.run::<Autodiff<burn::backend::LibTorch<f32>>>(device)
+            let devices = target
+                .devices
+                .iter()
+                .map(|d| match d {
+                    Device::Cpu => LibTorchDevice::Cpu,
+                    Device::Cuda(n) => LibTorchDevice::Cuda(*n),
+                })
+                .collect();
+            work.run_on::<Autodiff<burn::backend::LibTorch<f32>>>(devices)
         }
         other => bail!(
             "--backend {other}: not built into this binary (built in: {}); build with --features {other} for cuda, tch or candle",
@@ -206,7 +245,7 @@ pub fn dispatch<W: WithBackend>(target: &Target, work: W) -> Result<W::Output> {
 #[cfg(any(feature = "cuda", feature = "tch"))]
 mod gpu {
     use super::{Device, Precision};
-    use anyhow::{bail, ensure, Result};
+    use anyhow::{bail, Result};
 
     #[cfg(feature = "cuda")]
     pub fn check_cuda(n: usize, precision: Precision) -> Result<()> {
@@ -290,10 +329,14 @@ mod tests {
         assert_eq!("cuda".parse::<Device>().unwrap(), Device::Cuda(0));
         assert_eq!("cpu".parse::<Device>().unwrap(), Device::Cpu);
         assert_eq!(Device::Cuda(3).to_string(), "cuda:3");
-        let err = |b: &str, d: &str, p: Precision| Target::resolve(b, d, p).unwrap_err().to_string();
+        let err =
+            |b: &str, d: &str, p: Precision| Target::resolve(b, d, p).unwrap_err().to_string();
         let checks = [
             (err("flex", "cuda:x", Precision::Fp32), "--device \"cuda:x\""),
-            (err("flex", "cuda:0", Precision::Fp32), "--device cuda:0: the flex backend runs on the CPU only"),
+            (
+                err("flex", "cuda:0", Precision::Fp32),
+                "--device cuda:0: the flex backend runs on the CPU only",
+            ),
             (err("ndarray", "cpu", Precision::Bf16), "bf16"),
             (err("metal", "cpu", Precision::Fp32), "--backend metal: not built into this binary"),
         ];
@@ -302,6 +345,11 @@ mod tests {
             assert!(!e.contains('\n'), "one line: {e}");
         }
         assert_eq!(Target::resolve("flex", "cpu", Precision::Bf16).unwrap(), Target::cpu());
+        let two = Target::resolve("flex", "2", Precision::Fp32).unwrap();
+        assert_eq!(two.devices, vec![Device::Cpu, Device::Cpu]);
+        assert_eq!(super::parse_devices("cuda:0,cuda:0").unwrap(), vec![Device::Cuda(0); 2]);
+        assert!(err("flex", "0", Precision::Fp32).contains("at least one device"));
+        assert!(err("flex", "cpu,cuda:1", Precision::Fp32).contains("--device cuda:1"));
         if !cfg!(feature = "cuda") {
             assert!(err("cuda", "cuda:0", Precision::Fp32).contains("--backend cuda: not built"));
         }

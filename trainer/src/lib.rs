@@ -14,10 +14,13 @@
 //!   [`plot`]: figures; [`compare`]: runs side by side.
 //! - [`features`]: backbones from runs or weight files, dense features of images;
 //!   [`validate`]: the in-loop clustering validation.
-//! - [`train`]: student and EMA teacher, the step, the loop; [`bench`]: the step benchmark.
+//! - [`collective`]: all-reduce between the workers of one process (one per device);
+//!   [`train`]: student and EMA teacher, the step, the loop over one or more devices;
+//!   [`bench`]: the step benchmark.
 
 pub mod backend;
 pub mod bench;
+pub mod collective;
 pub mod compare;
 pub mod config;
 pub mod features;

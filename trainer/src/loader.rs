@@ -218,6 +218,34 @@ impl Batch {
     }
 
     /// Share of the grid positions that hold a stored point (1 unless the stored grid is too coarse).
+    /// Clips `start..start + count`, as a batch of their own.
+    pub fn clips_range(&self, start: usize, count: usize) -> Batch {
+        let (t, n, s) = (self.frames, self.points, self.size);
+        let per_image = t * 3 * s * s;
+        let cut = |v: &[f32], per: usize| v[start * per..(start + count) * per].to_vec();
+        Batch {
+            clips: count,
+            frames: t,
+            points: n,
+            size: s,
+            images: if self.images.is_empty() {
+                Vec::new()
+            } else {
+                self.images[start * per_image..(start + count) * per_image].to_vec()
+            },
+            tracks: cut(&self.tracks, t * n * 2),
+            visibility: cut(&self.visibility, t * n),
+            inside: cut(&self.inside, t * n),
+            ids: self.ids.get(start..start + count).map(<[String]>::to_vec).unwrap_or_default(),
+        }
+    }
+
+    /// The batch in `parts` equal runs of clips (the caller checks divisibility).
+    pub fn split(&self, parts: usize) -> Vec<Batch> {
+        let per = self.clips / parts.max(1);
+        (0..parts).map(|r| self.clips_range(r * per, per)).collect()
+    }
+
     pub fn filled(&self) -> f64 {
         let (b, t, n) = (self.clips, self.frames, self.points);
         let sum: f32 = (0..b).map(|c| self.inside[c * t * n..][..n].iter().sum::<f32>()).sum();
@@ -924,103 +952,9 @@ fn build_batch(raw: &RawBatch, source: &Source, cfg: &LoaderConfig) -> Result<Ba
 #[cfg(test)]
 mod tests {
     use super::*;
-    use mosic::clip::TrackerInfo;
+    use crate::testing::shards::{clip, clip_of, dot, dot_point, spec, write_dir};
     use mosic::shard::WriteOptions;
     use mosic::ShardWriter;
-
-    fn spec(t: u32, grid: u32, size: u32) -> ShardSpec {
-        ShardSpec {
-            frames_per_clip: t,
-            grid_size: grid,
-            width: size,
-            height: size,
-            query_frame: 0,
-            tracker: TrackerInfo {
-                name: "test".into(),
-                model_sha256: String::new(),
-                params: serde_json::json!({}),
-            },
-        }
-    }
-
-    /// The stored point clip i's dot starts on: an interior grid point (the first on small grids).
-    fn dot_point(i: u32, g: u32) -> usize {
-        if g < 3 {
-            return 0;
-        }
-        let inner = g - 2;
-        ((1 + i % inner) * g + 1 + (i / inner) % inner) as usize
-    }
-
-    /// Centre of clip i's 5 x 5 white dot in frame k: it starts on its stored point and moves
-    /// right and down by whole pixels.
-    fn dot(i: u32, k: u32, spec: &ShardSpec) -> [f32; 2] {
-        let q = mosic::grid_points(spec.grid_size, spec.width, spec.height)
-            [dot_point(i, spec.grid_size)];
-        [q[0] + 2.0 * k as f32, q[1] + k as f32]
-    }
-
-    /// Clip i of video `video`: a white dot on a dark background that tells clips apart; the
-    /// dot's stored point tracks it, the others stay on the grid, every third one hidden.
-    fn clip_of(i: u32, video: u32, index: u32, spec: &ShardSpec) -> Clip {
-        let t = spec.t();
-        let size = spec.width;
-        let grid = mosic::grid_points(spec.grid_size, spec.width, spec.height);
-        let p0 = dot_point(i, spec.grid_size);
-        let (mut frames, mut tracks, mut visibility) = (Vec::new(), Vec::new(), Vec::new());
-        for k in 0..t as u32 {
-            let d = dot(i, k, spec);
-            let img = image::RgbImage::from_fn(size, size, |x, y| {
-                let on = (x as f32 - d[0]).abs() <= 2.0 && (y as f32 - d[1]).abs() <= 2.0;
-                if on {
-                    image::Rgb([255, 255, 255])
-                } else {
-                    image::Rgb([(20 + 3 * i) as u8, 30, (x / 4) as u8])
-                }
-            });
-            frames.push(mosic::imageio::encode_jpeg(&img, 95).unwrap());
-            for (p, &g) in grid.iter().enumerate() {
-                tracks.push(if p == p0 { d } else { g });
-                visibility.push(p == p0 || p % 3 != 0);
-            }
-        }
-        Clip {
-            dataset: "test".into(),
-            video_id: format!("v{video:03}"),
-            clip_index: index,
-            frame_indices: (0..t as u32).map(|k| k + 100 * index).collect(),
-            source_fps: 30.0,
-            frames,
-            queries: grid,
-            tracks,
-            visibility,
-        }
-    }
-
-    fn clip(i: u32, spec: &ShardSpec) -> Clip {
-        clip_of(i, i, 0, spec)
-    }
-
-    /// Writes shards of `rows[j]` clips each, `per_group` clips per row group.
-    fn write_dir(dir: &Path, spec: &ShardSpec, rows: &[u32], per_group: usize) {
-        let mut m = Manifest::new(spec.clone(), serde_json::json!({}));
-        let mut next = 0;
-        for (j, &r) in rows.iter().enumerate() {
-            let path = dir.join(format!("shard-{j:05}.parquet"));
-            let mut w = ShardWriter::create(
-                &path,
-                spec,
-                &WriteOptions { rows_per_group: per_group, zstd_level: 1 },
-            )
-            .unwrap();
-            for i in next..next + r {
-                w.write(clip(i, spec)).unwrap();
-            }
-            next += r;
-            m.shards.push(w.finish().unwrap());
-        }
-        m.save(dir).unwrap();
-    }
 
     fn cfg(batch: usize, size: usize, seed: u64) -> LoaderConfig {
         LoaderConfig {

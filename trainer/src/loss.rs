@@ -7,6 +7,8 @@
 //! the device only gathers rows; the rest is batched tensor ops on whichever device the
 //! backend uses.
 
+use crate::collective::{Group, Op};
+use anyhow::Result;
 use burn::tensor::activation::log_softmax;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor, TensorData};
@@ -147,10 +149,12 @@ pub fn sample_points<B: Backend>(
     gather_points(features.reshape([b * t * hw, d]), &taps).reshape([b, t, n, d])
 }
 
-/// SwAV's `distributed_sinkhorn` (the released `find_optimal_assignment`) on one device over
-/// the rows `rows` selects: `scores` `[M, K]` -> assignments `[M, K]` whose selected rows sum
-/// to 1 and whose columns tend to (selected rows) / K; rows left out are 0 and do not count.
-/// Not differentiated.
+/// SwAV's `distributed_sinkhorn` (the released `find_optimal_assignment`) over the rows
+/// `rows` selects: `scores` `[M, K]` -> assignments `[M, K]` whose selected rows sum to 1 and
+/// whose columns tend to (selected rows) / K; rows left out are 0 and do not count. Not
+/// differentiated. With a `group` the rows are spread over its workers and every sum over
+/// rows (the total, each prototype's column, the row count) and the shift are global, as the
+/// released code all-reduces them; without one, the batch is all on this device.
 ///
 /// Kept in `[M, K]` orientation; SwAV's `K x M` row step is the column step here.
 pub fn sinkhorn<B: Backend>(
@@ -158,34 +162,53 @@ pub fn sinkhorn<B: Backend>(
     rows: Option<Tensor<B, 1>>,
     epsilon: f32,
     iterations: usize,
-) -> Tensor<B, 2> {
+    group: Option<&Group>,
+) -> Result<Tensor<B, 2>> {
     let [m, k] = scores.dims();
+    let device = scores.device();
     let s = scores.detach() / epsilon;
     let tiny = f32::MIN_POSITIVE;
+    let global = |t: Tensor<B, 1>, op: Op| -> Result<Tensor<B, 1>> {
+        match group {
+            Some(g) => g.reduce(t, op),
+            None => Ok(t),
+        }
+    };
     let (q, count) = match rows {
         None => {
             // The global shift cancels in the first normalisation but keeps exp finite.
-            let max = s.clone().max().reshape([1, 1]);
-            ((s - max).exp(), None)
+            let max = global(s.clone().max(), Op::Max)?.reshape([1, 1]);
+            let count = match group {
+                Some(_) => {
+                    Some(global(Tensor::from_floats([m as f32], &device), Op::Sum)?.reshape([1, 1]))
+                }
+                None => None,
+            };
+            ((s - max).exp(), count)
         }
         Some(rows) => {
             let keep = rows.reshape([m, 1]);
             let out = keep.clone().lower_elem(0.5).expand([m, k]);
-            let max = s.clone().mask_fill(out, f32::MIN).max().reshape([1, 1]);
+            let max = global(s.clone().mask_fill(out, f32::MIN).max(), Op::Max)?.reshape([1, 1]);
             // Rows left out may lie above the kept maximum: clamped so exp stays finite before the 0.
-            ((s - max).clamp_max(0.0).exp() * keep.clone(), Some(keep.sum().reshape([1, 1])))
+            let count = global(keep.clone().sum(), Op::Sum)?.reshape([1, 1]);
+            ((s - max).clamp_max(0.0).exp() * keep.clone(), Some(count))
         }
     };
-    let mut q = q.clone() / q.sum().reshape([1, 1]);
+    let mut q = q.clone() / global(q.sum(), Op::Sum)?.reshape([1, 1]);
     for _ in 0..iterations {
-        q = q.clone() / q.clone().sum_dim(0).clamp_min(tiny) / k as f32;
+        let cols = match group {
+            Some(g) => g.reduce(q.clone().sum_dim(0), Op::Sum)?,
+            None => q.clone().sum_dim(0),
+        };
+        q = q.clone() / cols.clamp_min(tiny) / k as f32;
         let r = q.clone() / q.clone().sum_dim(1).clamp_min(tiny);
         q = match &count {
             None => r / m as f32,
             Some(c) => r / c.clone(),
         };
     }
-    q.clone() / q.sum_dim(1).clamp_min(tiny)
+    Ok(q.clone() / q.sum_dim(1).clamp_min(tiny))
 }
 
 /// How the per-entry cross-entropies are averaged.
@@ -239,14 +262,17 @@ pub struct LossOutput<B: Backend> {
 /// `teacher_scores`: `[B, T, N, K]` cosine scores of the teacher at each frame's tracked
 /// point. `weights`: `[B, T, N]`, each entry's weight (visibility, times the masking rule).
 /// `rows`: `[B*T*N]`, 1 for the teacher rows Sinkhorn balances (None: all). Each entry's
-/// argmax is the target of its track's student prediction, frame 0 included.
+/// argmax is the target of its track's student prediction, frame 0 included. With a `group`,
+/// this worker's part of the global batch: the loss is its share of the global loss (the
+/// denominator is global), so the group's gradients sum to the global loss's gradient.
 pub fn mosic_loss<B: Backend>(
     student_scores: Tensor<B, 3>,
     teacher_scores: Tensor<B, 4>,
     weights: Tensor<B, 3>,
     rows: Option<Tensor<B, 1>>,
     cfg: &LossConfig,
-) -> LossOutput<B> {
+    group: Option<&Group>,
+) -> Result<LossOutput<B>> {
     let [b, t, n, k] = teacher_scores.dims();
     assert_eq!(student_scores.dims(), [b, n, k], "student scores vs teacher [B, T, N, K]");
     assert_eq!(weights.dims(), [b, t, n], "weights vs teacher [B, T, N, K]");
@@ -254,7 +280,13 @@ pub fn mosic_loss<B: Backend>(
     let device = weights.device();
     let rows = rows.map(|r| r.detach());
     let assignments =
-        sinkhorn(teacher_scores.reshape([m, k]), rows.clone(), cfg.epsilon, cfg.iterations);
+        sinkhorn(teacher_scores.reshape([m, k]), rows.clone(), cfg.epsilon, cfg.iterations, group)?;
+    let global = |t: Tensor<B, 1>| -> Result<Tensor<B, 1>> {
+        match group {
+            Some(g) => g.reduce(t, Op::Sum),
+            None => Ok(t),
+        }
+    };
     let flat_targets = assignments.clone().argmax(1); // [M, 1]
     let targets = flat_targets.reshape([b, t, n]);
 
@@ -263,20 +295,24 @@ pub fn mosic_loss<B: Backend>(
     let nll = logp.gather(3, targets.clone().unsqueeze_dim(3)).reshape([b, t, n]).neg();
     let w = weights.detach();
     let total = (nll * w.clone()).sum();
-    let weight = w.sum();
+    let weight = global(w.sum())?;
+    let entries = match group {
+        Some(g) => g.reduce_host(vec![m as f32], Op::Sum)?[0],
+        None => m as f32,
+    };
     let loss = match cfg.reduction {
         // clamped so that a batch with nothing to learn from gives 0, not NaN
         Reduction::Visible => total / weight.clone().clamp_min(1.0),
-        Reduction::All => total / m as f32,
+        Reduction::All => total / entries,
     };
 
     // Usage without a one-hot: an assignment row's maximum marks its target.
     let rows = rows.unwrap_or_else(|| Tensor::ones([m], &device));
     let hard = assignments.clone().greater_equal(assignments.clone().max_dim(1)).float()
         * rows.clone().reshape([m, 1]);
-    let usage = hard.sum_dim(0).reshape([k]) / rows.sum().clamp_min(1.0);
+    let usage = global(hard.sum_dim(0).reshape([k]))? / global(rows.sum())?.clamp_min(1.0);
     let usage_entropy = (usage.clone() * usage.clamp_min(1e-12).log()).sum().neg();
-    LossOutput { loss, targets, assignments, weight, usage_entropy }
+    Ok(LossOutput { loss, targets, assignments, weight, usage_entropy })
 }
 
 #[cfg(test)]
@@ -306,7 +342,7 @@ mod tests {
         let dev = Default::default();
         let (m, k) = (200, 10);
         let scores = Tensor::<Inner, 2>::random([m, k], Distribution::Uniform(-1.0, 1.0), &dev);
-        let q = sinkhorn(scores, None, 0.06, 100);
+        let q = sinkhorn(scores, None, 0.06, 100, None).unwrap();
         for r in vec(q.clone().sum_dim(1)) {
             assert!((r - 1.0).abs() < 1e-5, "row sum {r}");
         }
@@ -327,13 +363,19 @@ mod tests {
         let mask: Vec<f32> = (0..m).map(|i| (i % 3 != 1) as u8 as f32).collect();
         // A left-out row far above the others must not disturb the kept rows' numerics.
         let scores = scores.slice_assign([1..2, 0..k], Tensor::full([1, k], 40.0, &dev));
-        let masked =
-            sinkhorn(scores.clone(), Some(Tensor::from_floats(mask.as_slice(), &dev)), 0.05, 10);
+        let masked = sinkhorn(
+            scores.clone(),
+            Some(Tensor::from_floats(mask.as_slice(), &dev)),
+            0.05,
+            10,
+            None,
+        )
+        .unwrap();
         let idx = Tensor::<Inner, 1, Int>::from_data(
             TensorData::new(keep.iter().map(|&i| i as i64).collect::<Vec<_>>(), [keep.len()]),
             &dev,
         );
-        let alone = sinkhorn(scores.select(0, idx.clone()), None, 0.05, 10);
+        let alone = sinkhorn(scores.select(0, idx.clone()), None, 0.05, 10, None).unwrap();
         assert!(max_abs_diff(masked.clone().select(0, idx), alone) < 1e-6);
         let left_out: Vec<f32> = vec(masked)
             .chunks(k)
@@ -363,7 +405,7 @@ mod tests {
         for (vis, reduction, want) in cases {
             let vis = Tensor::<Inner, 3>::from_floats([[[vis[0]], [vis[1]]]], &dev);
             let cfg = LossConfig { reduction, ..Default::default() };
-            let out = mosic_loss(student.clone(), teacher.clone(), vis, None, &cfg);
+            let out = mosic_loss(student.clone(), teacher.clone(), vis, None, &cfg, None).unwrap();
             assert_eq!(out.targets.into_data().iter::<i64>().collect::<Vec<_>>(), [0, 1]);
             let got = out.loss.into_scalar() as f64;
             assert!((got - want).abs() < 1e-6, "{reduction:?}: {got} vs {want}");
@@ -371,7 +413,8 @@ mod tests {
             assert!((h - 2f64.ln()).abs() < 1e-6);
         }
         let nothing = Tensor::<Inner, 3>::zeros([1, 2, 1], &dev);
-        let out = mosic_loss(student, teacher, nothing, None, &LossConfig::default());
+        let out =
+            mosic_loss(student, teacher, nothing, None, &LossConfig::default(), None).unwrap();
         assert_eq!(out.loss.into_scalar(), 0.0);
     }
 
@@ -552,7 +595,8 @@ mod tests {
             };
             let s_scores = s_protos.scores(student.forward(student_feats.clone()));
             check("student scores", max_abs_diff(s_scores.clone(), g.tensor("student_scores")));
-            let out = mosic_loss(s_scores, t_scores.clone(), vis.clone(), None, &cfg);
+            let out =
+                mosic_loss(s_scores, t_scores.clone(), vis.clone(), None, &cfg, None).unwrap();
             check("sinkhorn", max_abs_diff(out.assignments.clone(), g.tensor("sinkhorn")));
             let want: Vec<i64> =
                 g.tensor::<Inner, 3>("targets").into_data().iter::<i64>().collect();

@@ -688,7 +688,9 @@ mod tests {
         #[cfg(feature = "tch")]
         {
             timm_cases::<burn::backend::LibTorch<f32>>("tch (cpu)");
-            timm_cases::<burn::backend::Autodiff<burn::backend::LibTorch<f32>>>("autodiff<tch (cpu)>");
+            timm_cases::<burn::backend::Autodiff<burn::backend::LibTorch<f32>>>(
+                "autodiff<tch (cpu)>",
+            );
         }
     }
 

@@ -329,6 +329,44 @@ pub fn grad_sq_sum<B: AutodiffBackend, M: Module<B>>(
     v.sum.unwrap_or_else(|| Tensor::zeros([1], device))
 }
 
+struct Grads<'a, B: AutodiffBackend> {
+    path: PathTracker,
+    grads: &'a GradientsParams,
+    out: BTreeMap<String, HostTensor>,
+    _b: std::marker::PhantomData<B>,
+}
+
+impl<B: AutodiffBackend> ModuleVisitor<B> for Grads<'_, B> {
+    fn enter_module(&mut self, name: &str, _: &str) {
+        self.path.enter(name);
+    }
+    fn exit_module(&mut self, _: &str, _: &str) {
+        self.path.exit();
+    }
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+        if let Some(g) = self.grads.get::<B::InnerBackend, D>(param.id) {
+            let shape = g.dims().to_vec();
+            let data = g.into_data().convert::<f32>().to_vec::<f32>().expect("f32 data");
+            self.out.insert(self.path.key(), HostTensor::new(shape, data));
+        }
+    }
+}
+
+/// The gradients of `module`'s parameters by path, on the host.
+pub fn collect_grads<B: AutodiffBackend, M: Module<B>>(
+    module: &M,
+    grads: &GradientsParams,
+) -> BTreeMap<String, HostTensor> {
+    let mut v = Grads::<B> {
+        path: PathTracker::default(),
+        grads,
+        out: BTreeMap::new(),
+        _b: std::marker::PhantomData,
+    };
+    module.visit(&mut v);
+    v.out
+}
+
 struct Ema<'a, B: Backend> {
     path: PathTracker,
     student: &'a HashMap<String, Tensor<B, 1>>,

@@ -66,3 +66,106 @@ pub fn cases() -> Vec<(PathBuf, Case)> {
     assert!(v.len() >= 6, "expected the generated fixture cases in {}", fixtures().display());
     v
 }
+
+/// Shards of synthetic clips the loader and training tests read: a white dot per clip whose
+/// stored point follows it.
+pub mod shards {
+    use mosic::clip::TrackerInfo;
+    use mosic::shard::WriteOptions;
+    use mosic::{Clip, Manifest, ShardSpec, ShardWriter};
+    use std::path::Path;
+
+    pub fn spec(t: u32, grid: u32, size: u32) -> ShardSpec {
+        ShardSpec {
+            frames_per_clip: t,
+            grid_size: grid,
+            width: size,
+            height: size,
+            query_frame: 0,
+            tracker: TrackerInfo {
+                name: "test".into(),
+                model_sha256: String::new(),
+                params: serde_json::json!({}),
+            },
+        }
+    }
+
+    /// The stored point clip i's dot starts on: an interior grid point (the first on small grids).
+    pub fn dot_point(i: u32, g: u32) -> usize {
+        if g < 3 {
+            return 0;
+        }
+        let inner = g - 2;
+        ((1 + i % inner) * g + 1 + (i / inner) % inner) as usize
+    }
+
+    /// Centre of clip i's 5 x 5 white dot in frame k: it starts on its stored point and moves
+    /// right and down by whole pixels.
+    pub fn dot(i: u32, k: u32, spec: &ShardSpec) -> [f32; 2] {
+        let q = mosic::grid_points(spec.grid_size, spec.width, spec.height)
+            [dot_point(i, spec.grid_size)];
+        [q[0] + 2.0 * k as f32, q[1] + k as f32]
+    }
+
+    /// Clip i of video `video`: a white dot on a dark background that tells clips apart; the
+    /// dot's stored point tracks it, the others stay on the grid, every third one hidden.
+    pub fn clip_of(i: u32, video: u32, index: u32, spec: &ShardSpec) -> Clip {
+        let t = spec.t();
+        let size = spec.width;
+        let grid = mosic::grid_points(spec.grid_size, spec.width, spec.height);
+        let p0 = dot_point(i, spec.grid_size);
+        let (mut frames, mut tracks, mut visibility) = (Vec::new(), Vec::new(), Vec::new());
+        for k in 0..t as u32 {
+            let d = dot(i, k, spec);
+            let img = image::RgbImage::from_fn(size, size, |x, y| {
+                let on = (x as f32 - d[0]).abs() <= 2.0 && (y as f32 - d[1]).abs() <= 2.0;
+                if on {
+                    image::Rgb([255, 255, 255])
+                } else {
+                    image::Rgb([(20 + 3 * i) as u8, 30, (x / 4) as u8])
+                }
+            });
+            frames.push(mosic::imageio::encode_jpeg(&img, 95).unwrap());
+            for (p, &g) in grid.iter().enumerate() {
+                tracks.push(if p == p0 { d } else { g });
+                visibility.push(p == p0 || p % 3 != 0);
+            }
+        }
+        Clip {
+            dataset: "test".into(),
+            video_id: format!("v{video:03}"),
+            clip_index: index,
+            frame_indices: (0..t as u32).map(|k| k + 100 * index).collect(),
+            source_fps: 30.0,
+            frames,
+            queries: grid,
+            tracks,
+            visibility,
+        }
+    }
+
+    pub fn clip(i: u32, spec: &ShardSpec) -> Clip {
+        clip_of(i, i, 0, spec)
+    }
+
+    /// Writes shards of `rows[j]` clips each, `per_group` clips per row group.
+    pub fn write_dir(dir: &Path, spec: &ShardSpec, rows: &[u32], per_group: usize) {
+        let mut m = Manifest::new(spec.clone(), serde_json::json!({}));
+        let mut next = 0;
+        for (j, &r) in rows.iter().enumerate() {
+            let path = dir.join(format!("shard-{j:05}.parquet"));
+            let mut w = ShardWriter::create(
+                &path,
+                spec,
+                &WriteOptions { rows_per_group: per_group, zstd_level: 1 },
+            )
+            .unwrap();
+            for i in next..next + r {
+                w.write(clip(i, spec)).unwrap();
+            }
+            next += r;
+            m.shards.push(w.finish().unwrap());
+        }
+        m.save(dir).unwrap();
+    }
+}
