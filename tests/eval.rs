@@ -320,6 +320,18 @@ fn image_protocols_run_on_a_plain_layout() {
     assert_eq!((s[0].2.len(), s[1].2.len()), (1, 2), "{s:?}");
     let c = card(&json, "Hummingbird", 56, 56, &[3, 4]);
     assert_eq!(c["bank_size"].as_str(), Some("200"), "{c}");
+    assert!(text(&o).contains("(0 B of features on disk)"), "{}", text(&o));
+    // A memory budget a fraction of the features' size: bank and validation features go to
+    // disk, the scores stay the same to the last bit.
+    let small = tmp.path().join("incontext-small.json");
+    let mut b = a.clone();
+    let at = b.iter().position(|x| x.as_str() == "--json").unwrap() + 1;
+    b[at] = small.to_str().unwrap().to_string();
+    b.extend(["--memory-gb", "0.00002"].map(String::from));
+    let o = run(&b.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains(" KB of features on disk)"), "{}", text(&o));
+    assert_eq!(scores(&small), s, "scores with features on disk");
     // 8 images x 2 passes share 200 patches: 12 per image, 192 in all.
     assert!(c["settings"]["bank"].as_str().unwrap().contains("1/1: 192"), "{c}");
     // Published lists: names resolved in the training split, a missing list named.

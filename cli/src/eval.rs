@@ -10,6 +10,7 @@ use mosic_eval::card::ProtocolCard;
 use mosic_eval::cluster::{ImageProtocol, ImageSet, Score};
 use mosic_eval::incontext::{InContextConfig, RetrievalSet};
 use mosic_eval::linear::{LinearConfig, ProbeSet};
+use mosic_eval::products::Products;
 use mosic_eval::video::{VideoProtocol, VideoSet};
 use mosic_eval::{Backbone, Evaluation};
 use mosic_trainer::features::{read_image, save_features, with_backbone, Weights};
@@ -66,7 +67,7 @@ impl ModelArgs {
 fn on_backbone<T>(
     m: &ModelArgs,
     size: Option<usize>,
-    f: impl FnOnce(&dyn Backbone) -> Result<T>,
+    f: impl FnOnce(&dyn Backbone, &dyn Products) -> Result<T>,
 ) -> Result<T> {
     let target =
         mosic_trainer::backend::Target::resolve(&m.backend, &m.device, Default::default())?;
@@ -184,7 +185,7 @@ pub fn features(a: FeaturesArgs) -> Result<ExitCode> {
     let (names, images) = read_inputs(&a.input, a.every)?;
     let stages = Stages::new();
     let t0 = Instant::now();
-    let (maps, size) = on_backbone(&a.model, a.size, |bb| {
+    let (maps, size) = on_backbone(&a.model, a.size, |bb, _| {
         let report = |w: &str, d: u64, t: u64| stages.report(w, d, t);
         Ok((
             mosic_eval::backbone::extract(bb, &images, "features: images", &report)?,
@@ -253,6 +254,30 @@ pub struct Common {
     /// Write the scores and the protocol card as JSON here too.
     #[arg(long)]
     json: Option<PathBuf>,
+    /// Memory the evaluation may hold (GiB); features beyond it (bank, validation set) go to
+    /// disk in chunks under --scratch.
+    #[arg(long, default_value_t = mosic_eval::store::Budget::DEFAULT_GB)]
+    memory_gb: f64,
+    /// Folder for features that do not fit the memory budget (default: the system's temp).
+    #[arg(long)]
+    scratch: Option<PathBuf>,
+}
+
+impl Common {
+    fn budget(&self) -> Result<mosic_eval::store::Budget> {
+        ensure!(
+            self.memory_gb.is_finite() && self.memory_gb > 0.0,
+            "--memory-gb must be positive, not {}",
+            self.memory_gb
+        );
+        if let Some(s) = &self.scratch {
+            ensure!(s.is_dir(), "--scratch {}: not a folder", s.display());
+        }
+        Ok(mosic_eval::store::Budget {
+            scratch: self.scratch.clone(),
+            ..mosic_eval::store::Budget::gb(self.memory_gb)
+        })
+    }
 }
 
 #[derive(Args)]
@@ -415,7 +440,7 @@ pub fn eval(c: EvalCommand) -> Result<ExitCode> {
                 pca_dim: a.pca_dim,
                 precision: !a.match_by_iou,
             };
-            let ev = on_backbone(&c.model, Some(set.size), |bb| {
+            let ev = on_backbone(&c.model, Some(set.size), |bb, _| {
                 mosic_eval::cluster::run_leopart(bb, &set, &p, &report)
             })?;
             ("cluster", c, ev)
@@ -442,7 +467,7 @@ pub fn eval(c: EvalCommand) -> Result<ExitCode> {
                 over_k_dataset: a.over_dataset,
                 precision: !a.match_by_iou,
             };
-            let ev = on_backbone(&c.model, Some(size), |bb| {
+            let ev = on_backbone(&c.model, Some(size), |bb, _| {
                 mosic_eval::video::run_timet(bb, &set, &p, &report)
             })?;
             ("video", c, ev)
@@ -469,7 +494,7 @@ pub fn eval(c: EvalCommand) -> Result<ExitCode> {
                 shuffle: true,
                 seed: a.seed,
             };
-            let ev = on_backbone(&c.model, Some(set.size), |bb| {
+            let ev = on_backbone(&c.model, Some(set.size), |bb, _| {
                 mosic_eval::linear::run_probe(bb, &set, &cfg, &report, &log)
             })?;
             ("linear", c, ev)
@@ -504,8 +529,11 @@ pub fn eval(c: EvalCommand) -> Result<ExitCode> {
                 passes: a.passes,
                 ignore: 255,
             };
-            let ev = on_backbone(&c.model, Some(size), |bb| {
-                mosic_eval::incontext::run_hummingbird(bb, &set, &cfg, &report, &log)
+            let budget = c.budget()?;
+            let ev = on_backbone(&c.model, Some(size), |bb, products| {
+                mosic_eval::incontext::run_hummingbird(
+                    bb, &set, &cfg, products, &budget, &report, &log,
+                )
             })?;
             ("incontext", c, ev)
         }

@@ -39,6 +39,13 @@ pub struct Evaluation {
 /// few enough that images and features of one call stay small.
 pub const EXTRACT_CHUNK: usize = 64;
 
+/// Images per call of [`extract`]: [`EXTRACT_CHUNK`] rounded up to whole batches, so a set
+/// split into calls of this size is embedded in the same batches as in one call.
+pub fn chunk_len(bb: &dyn Backbone) -> usize {
+    let b = bb.batch().max(1);
+    EXTRACT_CHUNK.div_ceil(b) * b
+}
+
 /// Features of `images`, a chunk at a time, counted under `what`.
 pub fn extract(
     bb: &dyn Backbone,
@@ -48,8 +55,7 @@ pub fn extract(
 ) -> Result<Vec<FeatureMap>> {
     let mut out = Vec::with_capacity(images.len());
     progress(what, 0, images.len() as u64);
-    let b = bb.batch().max(1);
-    for chunk in images.chunks(EXTRACT_CHUNK.div_ceil(b) * b) {
+    for chunk in images.chunks(chunk_len(bb)) {
         out.extend(bb.features(chunk)?);
         progress(what, out.len() as u64, images.len() as u64);
     }

@@ -16,7 +16,9 @@
 
 use crate::data::Mask;
 use crate::dense::{Bilinear, FeatureMap};
+use crate::products::{Cpu, Products, TopK};
 use crate::segmentation::{reference_score, Confusion, RefMatching};
+use crate::store::{Budget, MapStore, RowStore};
 use mosic::rng::SplitMix64;
 use rayon::prelude::*;
 
@@ -76,26 +78,63 @@ pub fn patch_labels(
     Ok(hist.iter().map(|&v| v as f32 / n).collect())
 }
 
-/// The memory bank: unit-length features and label distributions.
-#[derive(Clone, Debug, Default)]
+/// The memory bank: unit-length features (in a [`RowStore`]: in memory up to the bank's share
+/// of the budget, on disk beyond) and label distributions, kept sparse (the classes a patch
+/// holds; a patch holds one or two of them).
 pub struct Bank {
     pub dim: usize,
     pub classes: usize,
-    pub features: Vec<f32>,
-    pub labels: Vec<f32>,
+    features: RowStore,
+    /// Patch i's (class, share) pairs are `entries[offsets[i]..offsets[i + 1]]`.
+    offsets: Vec<u64>,
+    entries: Vec<(u16, f32)>,
 }
 
+/// Bank rows are searched in tiles of this many rows: one product per tile and query block.
+const TILE_ROWS: usize = 8192;
+
 impl Bank {
+    /// A bank that stays in memory.
     pub fn new(dim: usize, classes: usize) -> Self {
-        Self { dim, classes, ..Default::default() }
+        Self::with_memory(dim, classes, u64::MAX, &Budget::default())
+    }
+
+    /// A bank holding up to `mem_bytes` of features in memory, the rest on disk.
+    pub fn with_memory(dim: usize, classes: usize, mem_bytes: u64, budget: &Budget) -> Self {
+        Self {
+            dim,
+            classes,
+            features: RowStore::new(dim, mem_bytes, budget),
+            offsets: vec![0],
+            entries: Vec::new(),
+        }
     }
 
     pub fn len(&self) -> usize {
-        self.features.len() / self.dim.max(1)
+        self.offsets.len() - 1
     }
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// Bytes of features written to disk.
+    pub fn spilled_bytes(&self) -> u64 {
+        self.features.spilled_bytes
+    }
+
+    /// Patch `i`'s label distribution, dense.
+    pub fn label(&self, i: usize) -> Vec<f32> {
+        let mut l = vec![0.0; self.classes];
+        for &(c, v) in &self.entries[self.offsets[i] as usize..self.offsets[i + 1] as usize] {
+            l[c as usize] = v;
+        }
+        l
+    }
+
+    /// Patch `i`'s feature.
+    pub fn feature(&self, i: usize) -> anyhow::Result<Vec<f32>> {
+        self.features.rows(i, 1)
     }
 
     /// Patches each image contributes: `memory / (images x passes)` (at least 1), or all of
@@ -120,6 +159,7 @@ impl Bank {
             f.dim,
             self.dim
         );
+        anyhow::ensure!(self.classes <= u16::MAX as usize + 1, "{} classes", self.classes);
         let c = self.classes;
         let labels = patch_labels(mask, f.height, f.width, c)?;
         let n = f.len();
@@ -144,61 +184,93 @@ impl Bank {
             _ => (0..n).collect(),
         };
         let unit = f.normalized();
+        let mut rows = Vec::with_capacity(chosen.len() * self.dim);
         for i in chosen {
-            self.features.extend_from_slice(&unit.data[i * self.dim..(i + 1) * self.dim]);
-            self.labels.extend_from_slice(&labels[i * c..(i + 1) * c]);
+            rows.extend_from_slice(&unit.data[i * self.dim..(i + 1) * self.dim]);
+            let l = &labels[i * c..(i + 1) * c];
+            self.entries.extend(
+                l.iter().enumerate().filter(|(_, v)| **v != 0.0).map(|(j, &v)| (j as u16, v)),
+            );
+            self.offsets.push(self.entries.len() as u64);
         }
-        Ok(())
+        self.features.extend(&rows)
+    }
+
+    /// The top-`k` bank patches of every query row (`queries`, unit rows), exact, ties by
+    /// index; the bank is read once, tile by tile.
+    pub fn search(
+        &self,
+        queries: &[f32],
+        k: usize,
+        products: &dyn Products,
+    ) -> anyhow::Result<Vec<TopK>> {
+        let q = queries.len() / self.dim;
+        let mut top = vec![TopK::with_capacity(k + 1); q];
+        let k = k.min(self.len());
+        self.features.for_each_block(|first, rows| {
+            for (t, tile) in rows.chunks(TILE_ROWS * self.dim).enumerate() {
+                products.search_block(
+                    queries,
+                    self.dim,
+                    tile,
+                    first + t * TILE_ROWS,
+                    k,
+                    &mut top,
+                )?;
+            }
+            Ok(())
+        })?;
+        Ok(top)
+    }
+
+    /// The label distributions of `top`'s patches averaged with softmax(similarity / T)
+    /// weights, per query row (`[rows][classes]`).
+    fn vote(&self, top: &[TopK], temperature: f32) -> Vec<f32> {
+        let c = self.classes;
+        let mut dist = vec![0.0f32; top.len() * c];
+        for (d, t) in dist.chunks_mut(c).zip(top) {
+            let m = t.iter().map(|s| s.0).fold(f32::NEG_INFINITY, f32::max);
+            let w: Vec<f32> = t.iter().map(|s| ((s.0 - m) / temperature).exp()).collect();
+            let z: f32 = w.iter().sum();
+            for (wi, &(_, i)) in w.iter().zip(t) {
+                // Only the classes the patch holds: adding wi / z x 0 changes nothing.
+                for &(j, l) in &self.entries[self.offsets[i] as usize..self.offsets[i + 1] as usize]
+                {
+                    d[j as usize] += wi / z * l;
+                }
+            }
+        }
+        dist
     }
 }
 
 /// Indices of the `k` bank entries most similar to each query row (exact inner-product
 /// search; with unit-length bank entries that is the cosine order), best first, ties by index.
-pub fn nearest(bank: &Bank, queries: &[f32], k: usize) -> Vec<Vec<(f32, usize)>> {
-    let (dim, n) = (bank.dim, bank.len());
-    let q = queries.len() / dim;
-    let k = k.min(n);
-    let mut best: Vec<Vec<(f32, usize)>> = vec![Vec::with_capacity(k + 1); q];
-    let block = 8192;
-    let mut dot = vec![0.0f32; q * block];
-    for (b, chunk) in bank.features.chunks(block * dim).enumerate() {
-        let rows = chunk.len() / dim;
-        // dot[q x rows] = Q * chunk^T
-        unsafe {
-            matrixmultiply::sgemm(
-                q,
-                dim,
-                rows,
-                1.0,
-                queries.as_ptr(),
-                dim as isize,
-                1,
-                chunk.as_ptr(),
-                1,
-                dim as isize,
-                0.0,
-                dot.as_mut_ptr(),
-                rows as isize,
-                1,
-            );
-        }
-        best.par_iter_mut().enumerate().for_each(|(i, top)| {
-            for (j, &s) in dot[i * rows..(i + 1) * rows].iter().enumerate() {
-                let idx = b * block + j;
-                if top.len() == k && !better((s, idx), top[k - 1]) {
-                    continue;
-                }
-                let pos = top.partition_point(|&t| better(t, (s, idx)));
-                top.insert(pos, (s, idx));
-                top.truncate(k);
-            }
-        });
-    }
-    best
+pub fn nearest(bank: &Bank, queries: &[f32], k: usize) -> Vec<TopK> {
+    bank.search(queries, k, &Cpu).expect("a bank in memory")
 }
 
-fn better(a: (f32, usize), b: (f32, usize)) -> bool {
-    a.0 > b.0 || (a.0 == b.0 && a.1 < b.1)
+/// Class per pixel of a query image at `out_h x out_w`, from its neighbours `top` (one list
+/// per patch).
+fn predict_from(
+    bank: &Bank,
+    query: &FeatureMap,
+    top: &[TopK],
+    out_h: usize,
+    out_w: usize,
+    cfg: &InContextConfig,
+) -> Vec<u32> {
+    let c = bank.classes;
+    let dist = bank.vote(top, cfg.temperature);
+    let up = Bilinear::new(query.height, query.width, out_h, out_w).apply(&dist, c);
+    up.chunks(c)
+        .map(|d| {
+            d.iter()
+                .enumerate()
+                .fold((0, f32::NEG_INFINITY), |b, (i, &v)| if v > b.1 { (i, v) } else { b })
+                .0 as u32
+        })
+        .collect()
 }
 
 /// Class per pixel of a query image at `out_h x out_w`.
@@ -209,29 +281,9 @@ pub fn predict(
     out_w: usize,
     cfg: &InContextConfig,
 ) -> Vec<u32> {
-    let c = bank.classes;
     let unit = query.normalized();
     let top = nearest(bank, &unit.data, cfg.neighbours);
-    let mut dist = vec![0.0f32; query.len() * c];
-    for (d, t) in dist.chunks_mut(c).zip(&top) {
-        let m = t.iter().map(|s| s.0).fold(f32::NEG_INFINITY, f32::max);
-        let w: Vec<f32> = t.iter().map(|s| ((s.0 - m) / cfg.temperature).exp()).collect();
-        let z: f32 = w.iter().sum();
-        for (wi, &(_, i)) in w.iter().zip(t) {
-            for (dj, l) in d.iter_mut().zip(&bank.labels[i * c..(i + 1) * c]) {
-                *dj += wi / z * l;
-            }
-        }
-    }
-    let up = Bilinear::new(query.height, query.width, out_h, out_w).apply(&dist, c);
-    up.chunks(c)
-        .map(|d| {
-            d.iter()
-                .enumerate()
-                .fold((0, f32::NEG_INFINITY), |b, (i, &v)| if v > b.1 { (i, v) } else { b })
-                .0 as u32
-        })
-        .collect()
+    predict_from(bank, query, &top, out_h, out_w, cfg)
 }
 
 /// Adds a prediction to the confusion, leaving out the ignore label and labels >= classes.
@@ -259,6 +311,49 @@ pub fn evaluate(bank: &Bank, val: &[(FeatureMap, Mask)], cfg: &InContextConfig) 
         total.counts.iter_mut().zip(&p.counts).for_each(|(a, b)| *a += b);
     }
     reference_score(&total, RefMatching::Hungarian).miou
+}
+
+/// [`evaluate`] for a validation set too large to hold: features from `val` (a store), masks
+/// from `masks(range)` (read again per block), queries searched in blocks of images whose
+/// patches and neighbour lists fit `query_bytes`, each block against one pass over the bank,
+/// its products on `products`. The same score as [`evaluate`].
+pub fn evaluate_stored(
+    bank: &Bank,
+    val: &MapStore,
+    masks: &dyn Fn(std::ops::Range<usize>) -> anyhow::Result<Vec<Mask>>,
+    cfg: &InContextConfig,
+    products: &dyn Products,
+    query_bytes: u64,
+    progress: &crate::backbone::Progress,
+) -> anyhow::Result<f64> {
+    let c = bank.classes;
+    let patches = val.height * val.width;
+    // A query row costs its feature, its neighbour list and a tile row of products.
+    let per_image = (patches * (bank.dim * 4 + cfg.neighbours * 16 + TILE_ROWS * 4)) as u64;
+    let block = ((query_bytes / per_image.max(1)) as usize).clamp(1, val.len().max(1));
+    let mut total = Confusion::new(c, c);
+    let mut done = 0;
+    progress("queries searched", 0, val.len() as u64);
+    while done < val.len() {
+        let range = done..(done + block).min(val.len());
+        let maps: Vec<FeatureMap> =
+            range.clone().map(|i| val.get(i)).collect::<anyhow::Result<_>>()?;
+        let queries: Vec<f32> = maps.iter().flat_map(|m| m.normalized().data).collect();
+        let top = bank.search(&queries, cfg.neighbours, products)?;
+        let ms = masks(range.clone())?;
+        anyhow::ensure!(ms.len() == maps.len(), "{} masks for {} images", ms.len(), maps.len());
+        for ((f, m), t) in maps.iter().zip(&ms).zip(top.chunks(patches)) {
+            accumulate(
+                &mut total,
+                &predict_from(bank, f, t, m.height, m.width, cfg),
+                m,
+                cfg.ignore,
+            );
+        }
+        done = range.end;
+        progress("queries searched", done as u64, val.len() as u64);
+    }
+    Ok(reference_score(&total, RefMatching::Hungarian).miou)
 }
 
 /// The labelled image set of an in-context run and its training subsets.
@@ -291,10 +386,16 @@ const SAMPLE_SEED: u64 = 0x5a3e;
 const BANK_CHUNK: usize = 64;
 
 /// `mosic eval incontext`: Hummingbird's dense retrieval, one bank per training subset.
+///
+/// Memory: the validation features take up to a quarter of `budget`, each bank under half of
+/// it, and a block of queries with its neighbour lists a fifth; what does not fit is on disk
+/// in the budget's scratch folder. The products (search) run on `products`.
 pub fn run_hummingbird(
     bb: &dyn crate::Backbone,
     set: &RetrievalSet,
     cfg: &InContextConfig,
+    products: &dyn Products,
+    budget: &Budget,
     progress: &crate::backbone::Progress,
     log: &dyn Fn(&str),
 ) -> anyhow::Result<crate::Evaluation> {
@@ -361,13 +462,29 @@ pub fn run_hummingbird(
         }
     }
 
-    let (vi, vm) = load_items(&val, s, s)?;
-    let val_pairs: Vec<(FeatureMap, Mask)> =
-        extract(bb, &vi, "val images embedded", progress)?.into_iter().zip(vm).collect();
+    // Validation features once, under their share of the budget; masks are read again per block.
+    let mut val_store: Option<MapStore> = None;
+    let per_call = crate::backbone::chunk_len(bb);
+    for (ci, chunk) in val.chunks(per_call).enumerate() {
+        let imgs: Vec<image::RgbImage> =
+            chunk.par_iter().map(|it| read_image(&it.image)).collect::<anyhow::Result<_>>()?;
+        for f in extract(bb, &imgs, "", &quiet)? {
+            let store = val_store.get_or_insert_with(|| {
+                MapStore::new(f.height, f.width, f.dim, budget.share(0.25), budget)
+            });
+            store.push(&f)?;
+        }
+        let done = (ci * per_call + chunk.len()) as u64;
+        progress("val images embedded", done, val.len() as u64);
+    }
+    let val_store = val_store.context("no validation images")?;
+    let val_masks = |r: std::ops::Range<usize>| -> anyhow::Result<Vec<Mask>> {
+        Ok(load_items(&val[r], s, s)?.1)
+    };
     let mut results: Vec<(usize, f64, usize)> = Vec::new();
     for (n, label, items) in &subsets {
         let t0 = std::time::Instant::now();
-        let mut bank = Bank::new(bb.dim(), classes);
+        let mut bank = Bank::with_memory(bb.dim(), classes, budget.share(0.45), budget);
         let per = Bank::per_image(&cfg, items.len());
         let passes = if set.augment { cfg.passes.max(1) } else { 1 };
         let total = (passes * items.len()) as u64;
@@ -401,9 +518,18 @@ pub fn run_hummingbird(
                 progress(&format!("bank {label}: images"), done, total);
             }
         }
-        let v = evaluate(&bank, &val_pairs, &cfg);
+        let v = evaluate_stored(
+            &bank,
+            &val_store,
+            &val_masks,
+            &cfg,
+            products,
+            budget.share(0.2),
+            progress,
+        )?;
+        let disk = crate::store::human_bytes(bank.spilled_bytes() + val_store.spilled_bytes());
         log(&format!(
-            "in-context {label}: {} images, {} bank patches, mIoU {v:.4} ({:.1} s)",
+            "in-context {label}: {} images, {} bank patches ({disk} of features on disk), mIoU {v:.4} ({:.1} s)",
             items.len(),
             bank.len(),
             t0.elapsed().as_secs_f64()
@@ -486,7 +612,7 @@ mod tests {
         let mut bank = Bank::new(2, 2);
         bank.add(&f, &mask, Some(1), &mut SplitMix64::new(0)).unwrap();
         assert_eq!(bank.len(), 1);
-        assert_eq!(bank.labels, vec![0.0, 1.0]);
+        assert_eq!(bank.label(0), vec![0.0, 1.0]);
         let cfg = InContextConfig { memory_size: Some(100), passes: 2, ..Default::default() };
         assert_eq!(Bank::per_image(&cfg, 10), Some(5));
         assert_eq!(Bank::per_image(&InContextConfig { memory_size: None, ..cfg }, 10), None);
@@ -513,13 +639,10 @@ mod tests {
         let cfg = InContextConfig { neighbours: 5, ..Default::default() };
         assert!(evaluate(&bank, &val, &cfg) > 0.99);
         // The search returns the exact top-k in order.
-        let q = bank.features[..4].to_vec();
+        let q = bank.feature(0).unwrap();
         let top = &nearest(&bank, &q, 3)[0];
-        let mut all: Vec<(f32, usize)> = bank
-            .features
-            .chunks(4)
-            .enumerate()
-            .map(|(i, b)| (b.iter().zip(&q).map(|(x, y)| x * y).sum(), i))
+        let mut all: Vec<(f32, usize)> = (0..bank.len())
+            .map(|i| (bank.feature(i).unwrap().iter().zip(&q).map(|(x, y)| x * y).sum(), i))
             .collect();
         all.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
         assert_eq!(

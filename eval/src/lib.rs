@@ -20,7 +20,9 @@ pub mod incontext;
 pub mod kmeans;
 pub mod linear;
 pub mod pca;
+pub mod products;
 pub mod segmentation;
+pub mod store;
 pub mod video;
 
 pub use backbone::{Backbone, Evaluation};

@@ -5,6 +5,7 @@
 //! eigenvectors of the largest eigenvalues, no whitening, fitted on at most 1000 points per
 //! input dimension).
 
+use crate::products::{Cpu, Products};
 use mosic::rng::SplitMix64;
 use rayon::prelude::*;
 
@@ -101,6 +102,11 @@ impl Pca {
     /// on a seeded sample of that many (FAISS draws its own sample; which rows does not matter
     /// beyond sampling noise).
     pub fn fit(data: &[f32], dim: usize, dim_out: usize) -> Self {
+        Self::fit_on(data, dim, dim_out, &Cpu)
+    }
+
+    /// [`Pca::fit`] with the covariance's products on `products`.
+    pub fn fit_on(data: &[f32], dim: usize, dim_out: usize, products: &dyn Products) -> Self {
         let n = data.len() / dim;
         assert!(dim_out <= dim, "PCA to {dim_out} dims of {dim}-dim features");
         assert!(n >= dim, "PCA needs at least as many points ({n}) as dimensions ({dim})");
@@ -120,7 +126,7 @@ impl Pca {
         let (sum, _) = column_moments(x, dim);
         let mean: Vec<f64> = sum.iter().map(|s| s / n as f64).collect();
         // Centred scatter matrix X^T X - n m m^T, accumulated in f64 over f32 GEMM blocks.
-        let cov = scatter(x, dim, &mean);
+        let cov = scatter(x, dim, &mean, products);
         let eig = nalgebra::SymmetricEigen::new(nalgebra::DMatrix::from_row_slice(dim, dim, &cov));
         let mut order: Vec<usize> = (0..dim).collect();
         order.sort_by(|&a, &b| eig.eigenvalues[b].total_cmp(&eig.eigenvalues[a]).then(a.cmp(&b)));
@@ -173,37 +179,45 @@ impl Pca {
     }
 }
 
-fn scatter(x: &[f32], dim: usize, mean: &[f64]) -> Vec<f64> {
-    let block = 4096;
+/// `X^T X` of one block of rows, an f32 GEMM widened to f64.
+pub fn gram(x: &[f32], dim: usize) -> Vec<f64> {
+    let n = x.len() / dim;
+    let mut g = vec![0.0f32; dim * dim];
+    // SAFETY: the strides describe the row-major `n x dim` block and the `dim x dim` output.
+    unsafe {
+        matrixmultiply::sgemm(
+            dim,
+            n,
+            dim,
+            1.0,
+            x.as_ptr(),
+            1,
+            dim as isize,
+            x.as_ptr(),
+            dim as isize,
+            1,
+            0.0,
+            g.as_mut_ptr(),
+            dim as isize,
+            1,
+        );
+    }
+    g.into_iter().map(|v| v as f64).collect()
+}
+
+/// Rows per block of the scatter matrix: each block's Gram matrix is one product.
+const SCATTER_BLOCK: usize = 4096;
+
+fn scatter(x: &[f32], dim: usize, mean: &[f64], products: &dyn Products) -> Vec<f64> {
     let parts: Vec<Vec<f64>> = x
-        .par_chunks(block * dim)
+        .par_chunks(SCATTER_BLOCK * dim)
         .map(|rows| {
-            let n = rows.len() / dim;
             // Centre in f32 first: the scatter of centred data loses far less to rounding.
             let c: Vec<f32> = rows
                 .chunks_exact(dim)
                 .flat_map(|r| r.iter().zip(mean).map(|(&v, &m)| (v as f64 - m) as f32))
                 .collect();
-            let mut g = vec![0.0f32; dim * dim];
-            unsafe {
-                matrixmultiply::sgemm(
-                    dim,
-                    n,
-                    dim,
-                    1.0,
-                    c.as_ptr(),
-                    1,
-                    dim as isize,
-                    c.as_ptr(),
-                    dim as isize,
-                    1,
-                    0.0,
-                    g.as_mut_ptr(),
-                    dim as isize,
-                    1,
-                );
-            }
-            g.into_iter().map(|v| v as f64).collect()
+            products.gram(&c, dim).expect("the Gram matrix of a block")
         })
         .collect();
     let mut cov = vec![0.0f64; dim * dim];

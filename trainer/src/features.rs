@@ -183,14 +183,19 @@ impl<B: Backend> mosic_eval::Backbone for Extractor<B> {
     }
 }
 
+/// What evaluation work is given: the backbone and the heavy products on the same device.
+pub type OnBackbone<'a, T> =
+    dyn FnOnce(&dyn mosic_eval::Backbone, &dyn mosic_eval::products::Products) -> Result<T> + 'a;
+
 /// Runs `f` on the backbone `weights` names, at input size `size` (None: its own), on
-/// `target`, `batch` images per forward pass.
+/// `target`, `batch` images per forward pass, with the evaluation's products on the same
+/// device.
 pub fn with_backbone<T>(
     target: &crate::backend::Target,
     weights: &Weights,
     size: Option<usize>,
     batch: usize,
-    f: impl FnOnce(&dyn mosic_eval::Backbone) -> Result<T>,
+    f: impl FnOnce(&dyn mosic_eval::Backbone, &dyn mosic_eval::products::Products) -> Result<T>,
 ) -> Result<T> {
     struct Job<'a, T, F> {
         weights: &'a Weights,
@@ -201,12 +206,13 @@ pub fn with_backbone<T>(
     }
     impl<T, F> crate::backend::WithBackend for Job<'_, T, F>
     where
-        F: FnOnce(&dyn mosic_eval::Backbone) -> Result<T>,
+        F: FnOnce(&dyn mosic_eval::Backbone, &dyn mosic_eval::products::Products) -> Result<T>,
     {
         type Output = T;
         fn run<B: burn::tensor::backend::AutodiffBackend>(self, device: B::Device) -> Result<T> {
             let vit = load_backbone::<B::InnerBackend>(self.weights, self.size, &device)?;
-            (self.f)(&Extractor { vit, batch: self.batch.max(1) })
+            let products = crate::products::OnDevice::<B::InnerBackend>::new(&device);
+            (self.f)(&Extractor { vit, batch: self.batch.max(1) }, &products)
         }
     }
     let job = Job { weights, size, batch, f, out: std::marker::PhantomData };

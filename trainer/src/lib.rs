@@ -13,6 +13,7 @@
 //! - [`rundir`]: the run directory (config, metrics, checkpoints, evaluation results);
 //!   [`plot`]: figures; [`compare`]: runs side by side.
 //! - [`features`]: backbones from runs or weight files, dense features of images;
+//!   [`products`]: the evaluation's heavy products on the backend's device;
 //!   [`validate`]: the in-loop clustering validation.
 //! - [`collective`]: all-reduce between the workers of one process (one per device);
 //!   [`train`]: student and EMA teacher, the step, the loop over one or more devices;
@@ -31,6 +32,7 @@ pub mod loss;
 pub mod model;
 pub mod params;
 pub mod plot;
+pub mod products;
 pub mod rundir;
 #[cfg(test)]
 mod testing;

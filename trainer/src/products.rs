@@ -1,0 +1,188 @@
+//! The evaluation's heavy products ([`mosic_eval::products::Products`]) on a Burn backend's
+//! device: the bank search as one matrix product and a top-k per tile, the k-means assignment
+//! as one product and an arg-max, the Gram matrix of PCA as one product. Only the short
+//! results cross back to the host; the neighbours equal the CPU path's (a tile whose k-th
+//! similarity ties with one left out is resolved on the host, by index).
+
+use anyhow::Result;
+use burn::tensor::backend::Backend;
+use burn::tensor::{Int, Tensor, TensorData};
+use mosic_eval::products::{offer, Products, TopK};
+use std::sync::Mutex;
+
+pub struct OnDevice<B: Backend> {
+    device: B::Device,
+    /// The query block of the last search, kept on the device across the bank's tiles.
+    queries: Mutex<Option<(usize, usize, Tensor<B, 2>)>>,
+}
+
+impl<B: Backend> OnDevice<B> {
+    pub fn new(device: &B::Device) -> Self {
+        Self { device: device.clone(), queries: Mutex::new(None) }
+    }
+
+    fn matrix(&self, data: &[f32], cols: usize) -> Tensor<B, 2> {
+        Tensor::from_data(TensorData::new(data.to_vec(), [data.len() / cols, cols]), &self.device)
+    }
+}
+
+fn host_f32<B: Backend, const D: usize>(t: Tensor<B, D>) -> Vec<f32> {
+    t.into_data().convert::<f32>().into_vec().expect("f32 data")
+}
+
+fn host_i64<B: Backend, const D: usize>(t: Tensor<B, D, Int>) -> Vec<i64> {
+    t.into_data().convert::<i64>().into_vec().expect("int data")
+}
+
+impl<B: Backend> Products for OnDevice<B>
+where
+    B::Device: Sync,
+{
+    fn name(&self) -> String {
+        B::name(&self.device)
+    }
+
+    fn search_block(
+        &self,
+        queries: &[f32],
+        dim: usize,
+        bank: &[f32],
+        first: usize,
+        k: usize,
+        top: &mut [TopK],
+    ) -> Result<()> {
+        let rows = bank.len() / dim;
+        let kk = k.min(rows);
+        if kk == 0 {
+            return Ok(());
+        }
+        let q = {
+            let mut cache = self.queries.lock().unwrap_or_else(|e| e.into_inner());
+            let key = (queries.as_ptr() as usize, queries.len());
+            match cache.as_ref() {
+                Some((p, n, t)) if (*p, *n) == key => t.clone(),
+                _ => {
+                    let t = self.matrix(queries, dim);
+                    *cache = Some((key.0, key.1, t.clone()));
+                    t
+                }
+            }
+        };
+        let scores = q.matmul(self.matrix(bank, dim).transpose());
+        let (values, indices) = scores.clone().topk_with_indices(kk, 1);
+        // A row whose k-th value has more equals than the top-k kept is a boundary tie: which
+        // of them count is decided on the host, by index.
+        let kth = values.clone().narrow(1, kk - 1, 1);
+        let at_least = scores.clone().greater_equal(kth).int().sum_dim(1);
+        let (values, indices, at_least) = (host_f32(values), host_i64(indices), host_i64(at_least));
+        let ties: Vec<usize> =
+            at_least.iter().enumerate().filter(|(_, &c)| c as usize > kk).map(|(i, _)| i).collect();
+        for (i, t) in top.iter_mut().enumerate() {
+            if ties.binary_search(&i).is_ok() {
+                continue;
+            }
+            for j in 0..kk {
+                offer(t, k, (values[i * kk + j], first + indices[i * kk + j] as usize));
+            }
+        }
+        for &i in &ties {
+            let row = host_f32(scores.clone().narrow(0, i, 1));
+            for (j, &s) in row.iter().enumerate() {
+                offer(&mut top[i], k, (s, first + j));
+            }
+        }
+        Ok(())
+    }
+
+    fn nearest_centroids(
+        &self,
+        data: &[f32],
+        dim: usize,
+        centroids: &[f32],
+    ) -> Result<(Vec<u32>, Vec<f32>)> {
+        let x = self.matrix(data, dim);
+        let c = self.matrix(centroids, dim);
+        // argmax 2 x.c - |c|^2, the squared distance |x|^2 minus that maximum.
+        let norms = (c.clone() * c.clone()).sum_dim(1).transpose();
+        let score = x.clone().matmul(c.transpose()) * 2.0 - norms;
+        let (best, idx) = score.max_dim_with_indices(1);
+        let xx = (x.clone() * x).sum_dim(1);
+        let d = (xx - best).clamp_min(0.0);
+        let labels = host_i64(idx).into_iter().map(|v| v as u32).collect();
+        Ok((labels, host_f32(d)))
+    }
+
+    fn gram(&self, x: &[f32], dim: usize) -> Result<Vec<f64>> {
+        let m = self.matrix(x, dim);
+        let g = m.clone().transpose().matmul(m);
+        Ok(host_f32(g).into_iter().map(|v| v as f64).collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mosic::rng::SplitMix64;
+    use mosic_eval::products::Cpu;
+
+    fn on<B: Backend>() -> OnDevice<B>
+    where
+        B::Device: Default,
+    {
+        OnDevice::<B>::new(&Default::default())
+    }
+
+    /// The device search returns the CPU path's neighbours exactly, ties included, over
+    /// several tiles; the k-means assignment gives the same labels and distances within 1e-4
+    /// (of |x|^2 ~ 10); the Gram matrix agrees within 1e-5 relative.
+    fn same_as_cpu<B: Backend>(p: &OnDevice<B>)
+    where
+        B::Device: Sync,
+    {
+        let mut rng = SplitMix64::new(3);
+        let dim = 8;
+        // Bank: random unit vectors plus exact duplicates (equal similarities).
+        let mut bank: Vec<f32> = Vec::new();
+        for i in 0..300 {
+            let v: Vec<f32> = if i % 7 == 0 && i > 0 {
+                bank[(i - 7) * dim..(i - 6) * dim].to_vec()
+            } else {
+                let v: Vec<f32> = (0..dim).map(|_| rng.uniform(-1.0, 1.0) as f32).collect();
+                let n = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+                v.iter().map(|x| x / n).collect()
+            };
+            bank.extend(v);
+        }
+        let queries: Vec<f32> = bank[..40 * dim].to_vec();
+        for k in [1, 5, 30] {
+            let (mut a, mut b) = (vec![TopK::new(); 40], vec![TopK::new(); 40]);
+            for (t, tile) in bank.chunks(64 * dim).enumerate() {
+                Cpu.search_block(&queries, dim, tile, t * 64, k, &mut a).unwrap();
+                p.search_block(&queries, dim, tile, t * 64, k, &mut b).unwrap();
+            }
+            let ids = |v: &[TopK]| -> Vec<Vec<usize>> {
+                v.iter().map(|t| t.iter().map(|c| c.1).collect()).collect()
+            };
+            assert_eq!(ids(&a), ids(&b), "k {k} on {}", p.name());
+        }
+        let data: Vec<f32> = (0..500 * dim).map(|_| rng.uniform(-2.0, 2.0) as f32).collect();
+        let cents: Vec<f32> = data[..16 * dim].to_vec();
+        let (la, da) = Cpu.nearest_centroids(&data, dim, &cents).unwrap();
+        let (lb, db) = p.nearest_centroids(&data, dim, &cents).unwrap();
+        assert_eq!(la, lb);
+        // Squared distances of points with |x|^2 around 10, by |x|^2 - 2 x.c + |c|^2: the
+        // rounding of those terms, not of the distance, bounds the difference.
+        let worst = da.iter().zip(&db).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max);
+        assert!(worst < 1e-4, "distances differ by {worst}");
+        let (ga, gb) = (Cpu.gram(&data, dim).unwrap(), p.gram(&data, dim).unwrap());
+        let worst =
+            ga.iter().zip(&gb).map(|(x, y)| (x - y).abs() / x.abs().max(1.0)).fold(0.0, f64::max);
+        assert!(worst < 1e-5, "gram differs by {worst}");
+    }
+
+    #[test]
+    fn device_products_equal_the_cpu_path() {
+        same_as_cpu(&on::<burn::backend::Flex>());
+        same_as_cpu(&on::<crate::testing::Golden>());
+    }
+}
