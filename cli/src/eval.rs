@@ -345,6 +345,11 @@ pub struct VideoArgs {
     /// Overclustering matches each cluster by IoU instead of precision.
     #[arg(long)]
     match_by_iou: bool,
+    /// D only: reproduce TimeT's uint8 `annotations *= 255` wrap (label l scored as
+    /// (l * 255) mod 256: label 1 left out as 255, ignore scored as 1), to compare with
+    /// numbers printed by its code. Default: the intended labels.
+    #[arg(long)]
+    timet_uint8_wrap: bool,
 }
 
 /// Training and evaluation splits of a labelled image set.
@@ -440,8 +445,9 @@ pub fn eval(c: EvalCommand) -> Result<ExitCode> {
                 pca_dim: a.pca_dim,
                 precision: !a.match_by_iou,
             };
-            let ev = on_backbone(&c.model, Some(set.size), |bb, _| {
-                mosic_eval::cluster::run_leopart(bb, &set, &p, &report)
+            let budget = c.budget()?;
+            let ev = on_backbone(&c.model, Some(set.size), |bb, products| {
+                mosic_eval::cluster::run_leopart(bb, &set, &p, products, &budget, &report)
             })?;
             ("cluster", c, ev)
         }
@@ -466,6 +472,7 @@ pub fn eval(c: EvalCommand) -> Result<ExitCode> {
                 over_k_local: a.over_local,
                 over_k_dataset: a.over_dataset,
                 precision: !a.match_by_iou,
+                timet_uint8_wrap: a.timet_uint8_wrap,
             };
             let ev = on_backbone(&c.model, Some(size), |bb, _| {
                 mosic_eval::video::run_timet(bb, &set, &p, &report)
@@ -494,8 +501,9 @@ pub fn eval(c: EvalCommand) -> Result<ExitCode> {
                 shuffle: true,
                 seed: a.seed,
             };
-            let ev = on_backbone(&c.model, Some(set.size), |bb, _| {
-                mosic_eval::linear::run_probe(bb, &set, &cfg, &report, &log)
+            let budget = c.budget()?;
+            let ev = on_backbone(&c.model, Some(set.size), |bb, products| {
+                mosic_eval::linear::run_probe(bb, &set, &cfg, products, &budget, &report, &log)
             })?;
             ("linear", c, ev)
         }

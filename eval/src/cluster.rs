@@ -401,6 +401,61 @@ pub fn score_cluster_maps(
     reference_score(&conf, matching)
 }
 
+/// [`protocol_tokens`] of a set held in a store (in memory up to its share of the budget, on
+/// disk beyond), in two passes: column moments, then standardisation and projection block by
+/// block. Only the PCA sample (at most [`crate::pca::MAX_POINTS_PER_DIM`] x dim rows) and the
+/// projected rows are held. The same values as the in-memory path.
+pub fn protocol_tokens_stored(
+    store: &crate::store::MapStore,
+    pca_dim: usize,
+    products: &dyn crate::products::Products,
+) -> anyhow::Result<(Vec<f32>, usize)> {
+    use crate::pca::{column_partials, sample_rows, Pca, Standardizer};
+    let rows = store.rows();
+    let (dim, n) = (rows.dim(), rows.len());
+    if pca_dim == 0 {
+        return Ok((rows.rows(0, n)?, dim));
+    }
+    let (mut sum, mut sq) = (vec![0.0f64; dim], vec![0.0f64; dim]);
+    rows.for_each_block(|_, block| {
+        for (ps, pq) in column_partials(block, dim) {
+            sum.iter_mut().zip(&ps).for_each(|(a, b)| *a += b);
+            sq.iter_mut().zip(&pq).for_each(|(a, b)| *a += b);
+        }
+        Ok(())
+    })?;
+    let st = Standardizer::from_moments(&sum, &sq, n);
+    let mut sample = match sample_rows(n, dim) {
+        Some(idx) => {
+            let mut out = Vec::with_capacity(idx.len() * dim);
+            let mut at = 0;
+            rows.for_each_block(|first, block| {
+                let end = first + block.len() / dim;
+                while at < idx.len() && idx[at] < end {
+                    let r = idx[at] - first;
+                    out.extend_from_slice(&block[r * dim..(r + 1) * dim]);
+                    at += 1;
+                }
+                Ok(())
+            })?;
+            out
+        }
+        None => rows.rows(0, n)?,
+    };
+    st.apply(&mut sample);
+    let out_dim = pca_dim.min(dim);
+    let pca = Pca::fit_sample(&sample, dim, out_dim, products);
+    drop(sample);
+    let mut out = Vec::with_capacity(n * out_dim);
+    rows.for_each_block(|_, block| {
+        let mut b = block.to_vec();
+        st.apply(&mut b);
+        out.extend(pca.apply(&b));
+        Ok(())
+    })?;
+    Ok((out, out_dim))
+}
+
 /// Leopart's protocol ([`ImageProtocol`]) on an image set: `features[i]` and `masks[i]` (at the
 /// evaluation size, e.g. 100 x 100).
 pub fn leopart_clustering(
@@ -412,8 +467,21 @@ pub fn leopart_clustering(
     assert_eq!(features.len(), masks.len());
     let maps: Vec<&FeatureMap> = features.iter().collect();
     let (tokens, dim) = protocol_tokens(&maps, p.pca_dim);
-    let n = tokens.len() / dim;
     let grids: Vec<(usize, usize)> = features.iter().map(|f| (f.height, f.width)).collect();
+    leopart_on_tokens(&tokens, dim, &grids, masks, classes, p)
+}
+
+/// Leopart's clustering and scoring of the set's projected tokens (`grids[i]`: image i's
+/// patch grid; its tokens follow those of the images before it).
+pub fn leopart_on_tokens(
+    tokens: &[f32],
+    dim: usize,
+    grids: &[(usize, usize)],
+    masks: &[Mask],
+    classes: usize,
+    p: &ImageProtocol,
+) -> Vec<Score> {
+    let n = tokens.len() / dim;
     p.ks.iter()
         .map(|&k| {
             let k = if k == 0 { classes } else { k }.min(n);
@@ -423,9 +491,9 @@ pub fn leopart_clustering(
                 .iter()
                 .map(|&seed| {
                     let km =
-                        faiss_kmeans(&tokens, dim, k, &FaissParams::new(p.niter, p.nredo, seed));
-                    let (labels, _) = nearest_centroids(&tokens, dim, &km.centroids);
-                    score_cluster_maps(&labels, &grids, masks, k, classes, matching).miou
+                        faiss_kmeans(tokens, dim, k, &FaissParams::new(p.niter, p.nredo, seed));
+                    let (labels, _) = nearest_centroids(tokens, dim, &km.centroids);
+                    score_cluster_maps(&labels, grids, masks, k, classes, matching).miou
                 })
                 .collect();
             let name = match matching {
@@ -462,23 +530,49 @@ pub struct ImageSet {
 }
 
 /// `mosic eval cluster`: Leopart's image clustering and overclustering on `set`.
+///
+/// Memory: the set's features stay in memory up to half of `budget`, on disk beyond; then the
+/// PCA sample and the projected tokens (`pca_dim` values a patch) are held.
 pub fn run_leopart(
     bb: &dyn crate::Backbone,
     set: &ImageSet,
     p: &ImageProtocol,
+    products: &dyn crate::products::Products,
+    budget: &crate::store::Budget,
     progress: &crate::backbone::Progress,
 ) -> anyhow::Result<crate::Evaluation> {
     use crate::card::{self, ProtocolCard};
-    use crate::data::{load_items, open_image_set, resolve_classes, spread};
+    use crate::data::{open_image_set, resolve_classes, spread};
     let (mut items, info) = open_image_set(&set.data, set.split.as_deref())?;
     if let Some(m) = set.max_images {
         items = spread(items.len(), m).into_iter().map(|i| items[i].clone()).collect();
     }
-    let (images, masks) = load_items(&items, set.size, set.mask_size)?;
+    // Masks first (small, and a bad one is reported before any work), then features.
+    let masks: Vec<Mask> = items
+        .par_iter()
+        .map(|it| crate::data::load_mask(it, set.size, set.mask_size))
+        .collect::<anyhow::Result<_>>()?;
     let names: Vec<&str> = items.iter().map(|i| i.mask.to_str().unwrap_or("")).collect();
     let classes = resolve_classes(set.classes, &info, &masks.iter().collect::<Vec<_>>(), &names)?;
-    let feats = crate::backbone::extract(bb, &images, "images embedded", progress)?;
-    let scores = leopart_clustering(&feats, &masks, classes, p);
+    let mut store: Option<crate::store::MapStore> = None;
+    let per_call = crate::backbone::chunk_len(bb);
+    for (ci, chunk) in items.chunks(per_call).enumerate() {
+        let images: Vec<image::RgbImage> = chunk
+            .par_iter()
+            .map(|it| crate::data::read_image(&it.image))
+            .collect::<anyhow::Result<_>>()?;
+        for f in crate::backbone::extract(bb, &images, "", &crate::backbone::quiet)? {
+            let s = store.get_or_insert_with(|| {
+                crate::store::MapStore::new(f.height, f.width, f.dim, budget.share(0.5), budget)
+            });
+            s.push(&f)?;
+        }
+        progress("images embedded", (ci * per_call + chunk.len()) as u64, items.len() as u64);
+    }
+    let store = store.ok_or_else(|| anyhow::anyhow!("{}: no images", set.data.display()))?;
+    let (tokens, dim) = protocol_tokens_stored(&store, p.pca_dim, products)?;
+    let grids = vec![(store.height, store.width); store.len()];
+    let scores = leopart_on_tokens(&tokens, dim, &grids, &masks, classes, p);
     let reference = format!(
         "{} experiments/overcluster/sup_overcluster.py, experiments/utils.py",
         card::LEOPART
@@ -510,6 +604,30 @@ pub fn run_leopart(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The two-pass projection of a stored set equals the in-memory one, bit for bit, when the
+    /// set spills to disk and the PCA samples its rows.
+    #[test]
+    fn stored_tokens_equal_the_in_memory_tokens() {
+        let mut rng = SplitMix64::new(5);
+        let (g, dim) = (64, 4);
+        let maps: Vec<FeatureMap> = (0..6)
+            .map(|_| {
+                let data = (0..g * g * dim).map(|_| rng.uniform(-1.0, 3.0) as f32).collect();
+                FeatureMap::new(g, g, dim, data)
+            })
+            .collect();
+        let budget = crate::store::Budget { bytes: 0, scratch: None };
+        let mut store = crate::store::MapStore::new(g, g, dim, 1000, &budget);
+        maps.iter().for_each(|m| store.push(m).unwrap());
+        assert!(store.spilled_bytes() > 0);
+        assert!(crate::pca::sample_rows(6 * g * g, dim).is_some());
+        let refs: Vec<&FeatureMap> = maps.iter().collect();
+        let (a, da) = protocol_tokens(&refs, 2);
+        let (b, db) = protocol_tokens_stored(&store, 2, &crate::products::Cpu).unwrap();
+        assert_eq!(da, db);
+        assert!(a == b, "projected tokens differ");
+    }
     use mosic::rng::SplitMix64;
 
     /// Features whose direction encodes the label of the patch (plus noise): clustering must

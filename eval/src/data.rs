@@ -15,18 +15,16 @@ pub struct Mask {
 }
 
 impl Mask {
-    /// Nearest-neighbour resize (pixel-centre sampling, as PIL's NEAREST); labels are never blended.
+    /// Nearest-neighbour resize exactly as Pillow's `Image.resize(size, NEAREST)` (what the
+    /// references' torchvision `Resize(..., NEAREST)` does to PIL masks): source indices from
+    /// [`pillow_nearest_index`] per axis; labels are never blended.
     pub fn resize_nearest(&self, width: usize, height: usize) -> Mask {
-        let src = |out: usize, inp: usize, i: usize| {
-            (((i as f64 + 0.5) * inp as f64 / out as f64) as usize).min(inp - 1)
-        };
-        let mut labels = Vec::with_capacity(width * height);
-        for y in 0..height {
-            let sy = src(height, self.height, y);
-            for x in 0..width {
-                labels.push(self.labels[sy * self.width + src(width, self.width, x)]);
-            }
-        }
+        let ys = pillow_nearest_index(self.height, height);
+        let xs = pillow_nearest_index(self.width, width);
+        let labels = ys
+            .iter()
+            .flat_map(|&y| xs.iter().map(move |&x| self.labels[y * self.width + x]))
+            .collect();
         Mask { width, height, labels }
     }
 
@@ -57,6 +55,27 @@ impl Mask {
 pub fn torch_nearest_index(inp: usize, out: usize) -> Vec<usize> {
     let scale = inp as f32 / out as f32;
     (0..out).map(|o| ((o as f32 * scale).floor() as usize).min(inp - 1)).collect()
+}
+
+/// Source indices of Pillow's NEAREST resize from `inp` to `out` samples, bit for bit as
+/// `ImagingScaleAffine` (libImaging/Geometry.c, reached from `Image.resize` through `_resize`
+/// and `ImagingTransform`) computes them: in `double`, the step `a = inp / out`, a coordinate
+/// starting at `0 + a * 0.5` and advanced by `xo += a` per output sample (accumulated, not
+/// `(x + 0.5) * a`), truncated towards zero. Where the exact coordinate is a whole number the
+/// accumulated one can fall just below it and pick the lower pixel, as Pillow does. (Pillow
+/// fills a coordinate at or past `inp` with 0; the accumulation error is far too small for
+/// that to happen at image sizes, and the index is clamped instead.)
+pub fn pillow_nearest_index(inp: usize, out: usize) -> Vec<usize> {
+    // `box` is float32 in `_resize`; whole sides below 2^24 convert exactly.
+    let a = inp as f64 / out as f64;
+    let mut xo = 0.0 + a * 0.5;
+    (0..out)
+        .map(|_| {
+            let i = (xo as usize).min(inp - 1);
+            xo += a;
+            i
+        })
+        .collect()
 }
 
 /// Reads a label PNG: palette indices of an indexed PNG (VOC, DAVIS, YouTube-VOS) or the
@@ -622,10 +641,13 @@ pub fn video_set(root: &Path, split: Option<&str>, every: usize) -> Result<Vec<L
 /// An image and its mask: the mask nearest-resized (PIL) to `size` and then, if `mask_size`
 /// differs, with PyTorch's nearest (the references' two steps).
 pub fn load_item(it: &LabelledImage, size: usize, mask_size: usize) -> Result<(RgbImage, Mask)> {
-    let img = read_image(&it.image)?;
+    Ok((read_image(&it.image)?, load_mask(it, size, mask_size)?))
+}
+
+/// The mask of [`load_item`] alone.
+pub fn load_mask(it: &LabelledImage, size: usize, mask_size: usize) -> Result<Mask> {
     let m = it.read_mask()?.resize_nearest(size, size);
-    let m = if mask_size == size { m } else { m.resize_nearest_torch(mask_size, mask_size) };
-    Ok((img, m))
+    Ok(if mask_size == size { m } else { m.resize_nearest_torch(mask_size, mask_size) })
 }
 
 /// [`load_item`] of every item, decoded in parallel.
@@ -727,6 +749,66 @@ mod tests {
         assert_eq!(r.labels, vec![0, 1, 2, 255]);
         let up = m.resize_nearest(8, 4);
         assert_eq!(&up.labels[..8], &[0, 0, 0, 0, 1, 1, 1, 1]);
+    }
+
+    fn resize_fixture(name: &str) -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/eval").join(name)
+    }
+
+    /// Every (input -> output) side of tools/make_resize_golden.py: Pillow's own choice of
+    /// source column and row, matched exactly, through both axes of `resize_nearest`.
+    #[test]
+    fn nearest_resize_matches_pillow_per_axis() {
+        let text = std::fs::read_to_string(resize_fixture("resize_nearest.json")).unwrap();
+        let doc: serde_json::Value = serde_json::from_str(&text).unwrap();
+        let pairs = doc["pairs"].as_array().unwrap();
+        assert!(pairs.len() > 100);
+        // The pixel-centre rule computed exactly, for the count of what it got wrong.
+        let exact =
+            |n: usize, m: usize, x: usize| ((x as f64 + 0.5) * n as f64 / m as f64) as usize;
+        let mut differs = 0;
+        for p in pairs {
+            let (n, m) = (p["in"].as_u64().unwrap() as usize, p["out"].as_u64().unwrap() as usize);
+            let want: Vec<usize> = p["index"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_u64().unwrap() as usize)
+                .collect();
+            assert_eq!(want.len(), m);
+            assert_eq!(pillow_nearest_index(n, m), want, "{n} -> {m}");
+            differs += want.iter().enumerate().filter(|&(x, &i)| exact(n, m, x) != i).count();
+            // Labels x mod 251 tell neighbouring source indices apart.
+            let labels: Vec<u8> = (0..n).map(|i| (i % 251) as u8).collect();
+            let want_labels: Vec<u8> = want.iter().map(|&i| (i % 251) as u8).collect();
+            let row = Mask { width: n, height: 1, labels: labels.clone() };
+            assert_eq!(row.resize_nearest(m, 1).labels, want_labels, "columns {n} -> {m}");
+            let col = Mask { width: 1, height: n, labels };
+            assert_eq!(col.resize_nearest(1, m).labels, want_labels, "rows {n} -> {m}");
+        }
+        // Pillow does depart from the exact rule (e.g. 28 of 448 columns from 512).
+        assert!(differs > 0);
+    }
+
+    /// A whole label image resized by Pillow (NEAREST) to several sizes.
+    #[test]
+    fn nearest_resize_matches_pillow_2d() {
+        let text = std::fs::read_to_string(resize_fixture("resize_nearest.json")).unwrap();
+        let doc: serde_json::Value = serde_json::from_str(&text).unwrap();
+        let src = read_mask(&resize_fixture(doc["input"]["file"].as_str().unwrap())).unwrap();
+        let (sw, sh) = (doc["input"]["width"].as_u64(), doc["input"]["height"].as_u64());
+        assert_eq!((Some(src.width as u64), Some(src.height as u64)), (sw, sh));
+        let images = doc["images"].as_array().unwrap();
+        assert!(!images.is_empty());
+        for im in images {
+            let want = read_mask(&resize_fixture(im["file"].as_str().unwrap())).unwrap();
+            let (w, h) =
+                (im["width"].as_u64().unwrap() as usize, im["height"].as_u64().unwrap() as usize);
+            assert_eq!((want.width, want.height), (w, h));
+            let got = src.resize_nearest(w, h);
+            let wrong = got.labels.iter().zip(&want.labels).filter(|(a, b)| a != b).count();
+            assert_eq!(wrong, 0, "{w}x{h}: {wrong} pixels differ from Pillow");
+        }
     }
 
     #[test]

@@ -104,6 +104,19 @@ impl Bilinear {
         ]
     }
 
+    /// The map as a dense `[out_h * out_w, in_h * in_w]` row-major matrix (for a device's
+    /// matrix products; four non-zeros a row, summed where taps coincide).
+    pub fn matrix(&self) -> Vec<f32> {
+        let inp = self.in_h * self.in_w;
+        let mut m = vec![0.0f32; self.out_len() * inp];
+        for o in 0..self.out_len() {
+            for (i, w) in self.weights(o) {
+                m[o * inp + i] += w;
+            }
+        }
+        m
+    }
+
     /// `input[in_h * in_w, dim]` -> `[out_h * out_w, dim]`.
     pub fn apply(&self, input: &[f32], dim: usize) -> Vec<f32> {
         assert_eq!(input.len(), self.in_h * self.in_w * dim);

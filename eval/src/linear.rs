@@ -217,10 +217,22 @@ pub type BatchData<'a> = dyn FnMut(usize, &[usize]) -> anyhow::Result<Vec<(Featu
 
 /// Trains `probe` on `n` training images whose pairs `data` supplies batch by batch.
 pub fn train_probe_batches(
+    probe: LinearProbe,
+    n: usize,
+    cfg: &LinearConfig,
+    data: &mut BatchData<'_>,
+    log: &dyn Fn(&str),
+) -> anyhow::Result<LinearProbe> {
+    train_probe_on(probe, n, cfg, data, &crate::products::Cpu, log)
+}
+
+/// [`train_probe_batches`] with each batch's loss and gradient computed on `products`.
+pub fn train_probe_on(
     mut probe: LinearProbe,
     n: usize,
     cfg: &LinearConfig,
     data: &mut BatchData<'_>,
+    products: &dyn crate::products::Products,
     log: &dyn Fn(&str),
 ) -> anyhow::Result<LinearProbe> {
     anyhow::ensure!(n > 0, "no training images");
@@ -241,7 +253,7 @@ pub fn train_probe_batches(
             }
             let pairs = data(epoch, chunk)?;
             let batch: Vec<(&FeatureMap, &Mask)> = pairs.iter().map(|(f, m)| (f, m)).collect();
-            let (loss, gw, gb) = probe.loss_and_grad(&batch);
+            let (loss, gw, gb) = products.probe_grad(&probe, &batch)?;
             sgd.step(&mut probe, &gw, &gb, lr, cfg.momentum, cfg.weight_decay);
             sum += loss;
             batches += 1;
@@ -295,10 +307,16 @@ pub struct ProbeSet {
 }
 
 /// `mosic eval linear`: Leopart's linear probe on `set`.
+///
+/// Memory: training features computed once (without augmentation) stay in memory up to half
+/// of `budget` and go to disk beyond; with augmentation they are made batch by batch. The
+/// probe's loss and gradients run on `products`.
 pub fn run_probe(
     bb: &dyn crate::Backbone,
     set: &ProbeSet,
     cfg: &LinearConfig,
+    products: &dyn crate::products::Products,
+    budget: &crate::store::Budget,
     progress: &crate::backbone::Progress,
     log: &dyn Fn(&str),
 ) -> anyhow::Result<crate::Evaluation> {
@@ -328,7 +346,7 @@ pub fn run_probe(
     };
     let probe = if set.augment {
         let seed = cfg.seed;
-        train_probe_batches(
+        train_probe_on(
             probe,
             train.len(),
             cfg,
@@ -347,17 +365,33 @@ pub fn run_probe(
                 let (imgs, masks): (Vec<image::RgbImage>, Vec<Mask>) = pairs.into_iter().unzip();
                 Ok(extract(bb, &imgs, "", &quiet)?.into_iter().zip(masks).collect())
             },
+            products,
             &epoch_log,
         )?
     } else {
-        let (imgs, masks) = load_items(&train, size, ms)?;
-        let pairs: Vec<(FeatureMap, Mask)> =
-            extract(bb, &imgs, "train images embedded", progress)?.into_iter().zip(masks).collect();
-        train_probe_batches(
+        // Features once; masks (small) in memory, features under half the budget.
+        let mut store: Option<crate::store::MapStore> = None;
+        let mut masks = Vec::with_capacity(train.len());
+        let per_call = crate::backbone::chunk_len(bb);
+        for (ci, chunk) in train.chunks(per_call).enumerate() {
+            let (imgs, ms_) = load_items(chunk, size, ms)?;
+            for f in extract(bb, &imgs, "", &quiet)? {
+                let s = store.get_or_insert_with(|| {
+                    crate::store::MapStore::new(f.height, f.width, f.dim, budget.share(0.5), budget)
+                });
+                s.push(&f)?;
+            }
+            masks.extend(ms_);
+            let done = (ci * per_call + chunk.len()) as u64;
+            progress("train images embedded", done, train.len() as u64);
+        }
+        let store = store.ok_or_else(|| anyhow::anyhow!("no training images"))?;
+        train_probe_on(
             probe,
-            pairs.len(),
+            train.len(),
             cfg,
-            &mut |_, idx| Ok(idx.iter().map(|&i| pairs[i].clone()).collect()),
+            &mut |_, idx| idx.iter().map(|&i| Ok((store.get(i)?, masks[i].clone()))).collect(),
+            products,
             &epoch_log,
         )?
     };

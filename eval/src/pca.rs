@@ -28,6 +28,11 @@ impl Standardizer {
         let n = data.len() / dim;
         assert!(n > 0 && data.len() == n * dim, "no rows to standardise");
         let (sum, sq) = column_moments(data, dim);
+        Self::from_moments(&sum, &sq, n)
+    }
+
+    /// From column sums and sums of squares over `n` rows.
+    pub fn from_moments(sum: &[f64], sq: &[f64], n: usize) -> Self {
         let mean: Vec<f64> = sum.iter().map(|s| s / n as f64).collect();
         let scale = sq
             .iter()
@@ -59,10 +64,24 @@ impl Standardizer {
     }
 }
 
+/// Rows per partial sum of [`column_moments`]; a streamed pass folds the partials of blocks
+/// that are multiples of it and gets the same sums.
+pub const MOMENT_BLOCK: usize = 4096;
+
 /// Column sums and sums of squares in f64 (fixed chunk order, so thread-count independent).
 fn column_moments(data: &[f32], dim: usize) -> (Vec<f64>, Vec<f64>) {
-    let parts: Vec<(Vec<f64>, Vec<f64>)> = data
-        .par_chunks(4096 * dim)
+    let mut s = vec![0.0f64; dim];
+    let mut q = vec![0.0f64; dim];
+    for (ps, pq) in column_partials(data, dim) {
+        s.iter_mut().zip(&ps).for_each(|(a, b)| *a += b);
+        q.iter_mut().zip(&pq).for_each(|(a, b)| *a += b);
+    }
+    (s, q)
+}
+
+/// The partial column sums and sums of squares of every [`MOMENT_BLOCK`] rows, in order.
+pub fn column_partials(data: &[f32], dim: usize) -> Vec<(Vec<f64>, Vec<f64>)> {
+    data.par_chunks(MOMENT_BLOCK * dim)
         .map(|rows| {
             let mut s = vec![0.0f64; dim];
             let mut q = vec![0.0f64; dim];
@@ -74,14 +93,7 @@ fn column_moments(data: &[f32], dim: usize) -> (Vec<f64>, Vec<f64>) {
             }
             (s, q)
         })
-        .collect();
-    let mut s = vec![0.0f64; dim];
-    let mut q = vec![0.0f64; dim];
-    for (ps, pq) in parts {
-        s.iter_mut().zip(&ps).for_each(|(a, b)| *a += b);
-        q.iter_mut().zip(&pq).for_each(|(a, b)| *a += b);
-    }
-    (s, q)
+        .collect()
 }
 
 /// A linear map `y = A x + b` onto the leading principal axes.
@@ -108,21 +120,25 @@ impl Pca {
     /// [`Pca::fit`] with the covariance's products on `products`.
     pub fn fit_on(data: &[f32], dim: usize, dim_out: usize, products: &dyn Products) -> Self {
         let n = data.len() / dim;
+        let sample: Vec<f32>;
+        let x = match sample_rows(n, dim) {
+            Some(idx) => {
+                sample = idx
+                    .iter()
+                    .flat_map(|&i| data[i * dim..(i + 1) * dim].iter().copied())
+                    .collect();
+                &sample[..]
+            }
+            None => data,
+        };
+        Self::fit_sample(x, dim, dim_out, products)
+    }
+
+    /// The fit on the rows [`sample_rows`] chose (or all rows).
+    pub fn fit_sample(x: &[f32], dim: usize, dim_out: usize, products: &dyn Products) -> Self {
+        let n = x.len() / dim;
         assert!(dim_out <= dim, "PCA to {dim_out} dims of {dim}-dim features");
         assert!(n >= dim, "PCA needs at least as many points ({n}) as dimensions ({dim})");
-        let cap = MAX_POINTS_PER_DIM * dim;
-        let sample: Vec<f32>;
-        let (x, n) = if n > cap {
-            let mut idx: Vec<usize> = (0..n).collect();
-            SplitMix64::new(1234).shuffle(&mut idx);
-            idx.truncate(cap);
-            idx.sort_unstable();
-            sample =
-                idx.iter().flat_map(|&i| data[i * dim..(i + 1) * dim].iter().copied()).collect();
-            (&sample[..], cap)
-        } else {
-            (data, n)
-        };
         let (sum, _) = column_moments(x, dim);
         let mean: Vec<f64> = sum.iter().map(|s| s / n as f64).collect();
         // Centred scatter matrix X^T X - n m m^T, accumulated in f64 over f32 GEMM blocks.
@@ -177,6 +193,21 @@ impl Pca {
             });
         out
     }
+}
+
+/// The rows a PCA of `n` rows is fitted on, ascending, when there are more than
+/// [`MAX_POINTS_PER_DIM`] x `dim` of them (a seeded draw; FAISS draws its own, which rows does
+/// not matter beyond sampling noise); None: all.
+pub fn sample_rows(n: usize, dim: usize) -> Option<Vec<usize>> {
+    let cap = MAX_POINTS_PER_DIM * dim;
+    if n <= cap {
+        return None;
+    }
+    let mut idx: Vec<usize> = (0..n).collect();
+    SplitMix64::new(1234).shuffle(&mut idx);
+    idx.truncate(cap);
+    idx.sort_unstable();
+    Some(idx)
 }
 
 /// `X^T X` of one block of rows, an f32 GEMM widened to f64.

@@ -5,6 +5,9 @@
 //! deep-learning framework. Every implementation returns the same neighbours (ties broken by
 //! the lower bank index) and the same labels.
 
+use crate::data::Mask;
+use crate::dense::FeatureMap;
+use crate::linear::LinearProbe;
 use anyhow::Result;
 use rayon::prelude::*;
 
@@ -53,6 +56,16 @@ pub trait Products: Sync {
 
     /// `X^T X` of the rows of `x` (`dim x dim`, row-major), accumulated in f64.
     fn gram(&self, x: &[f32], dim: usize) -> Result<Vec<f64>>;
+
+    /// The linear probe's mean cross-entropy over a batch and its gradient (weight, bias), as
+    /// [`LinearProbe::loss_and_grad`] defines them.
+    fn probe_grad(
+        &self,
+        probe: &LinearProbe,
+        batch: &[(&FeatureMap, &Mask)],
+    ) -> Result<(f64, Vec<f32>, Vec<f32>)> {
+        Ok(probe.loss_and_grad(batch))
+    }
 }
 
 /// The products on this machine's CPU (all cores).

@@ -66,9 +66,10 @@ impl RowStore {
     pub fn new(dim: usize, mem_bytes: u64, budget: &Budget) -> Self {
         let row = (dim * 4).max(1) as u64;
         let mem_rows = (mem_bytes / row).max(1) as usize;
-        let chunk_rows = (CHUNK_BYTES.min(mem_bytes.max(row)) / row).max(1) as usize;
-        let chunk_rows =
-            if chunk_rows >= ROW_ALIGN { chunk_rows / ROW_ALIGN * ROW_ALIGN } else { chunk_rows };
+        // Whole multiples of ROW_ALIGN rows, at least one: a budget smaller than that holds
+        // one chunk's worth beyond it while the chunk fills.
+        let chunk_rows = (CHUNK_BYTES.min(mem_bytes) / row) as usize / ROW_ALIGN * ROW_ALIGN;
+        let chunk_rows = chunk_rows.max(ROW_ALIGN);
         Self {
             dim,
             mem_rows,
@@ -101,21 +102,21 @@ impl RowStore {
     /// Appends rows (a multiple of `dim` values).
     pub fn extend(&mut self, rows: &[f32]) -> Result<()> {
         ensure!(
-            rows.len() % self.dim.max(1) == 0,
+            rows.len().is_multiple_of(self.dim.max(1)),
             "{} values are not rows of {}",
             rows.len(),
             self.dim
         );
         self.tail.extend_from_slice(rows);
         // Spill whole chunks from the front of the tail once it outgrows its share.
-        while self.tail.len() / self.dim > self.mem_rows {
+        while self.tail.len() / self.dim > self.mem_rows && self.tail.len() / self.dim >= self.chunk_rows {
             self.spill()?;
         }
         Ok(())
     }
 
     fn spill(&mut self) -> Result<()> {
-        let n = self.chunk_rows.min(self.tail.len() / self.dim);
+        let n = self.chunk_rows;
         if self.dir.is_none() {
             let mut b = tempfile::Builder::new();
             b.prefix("mosic-eval-");
@@ -210,6 +211,12 @@ fn read_f32(path: &Path, offset: usize, count: usize, out: &mut Vec<f32>) -> Res
     Ok(())
 }
 
+/// Memory a store of `dim`-wide rows may hold at once given `mem_bytes`: its share, or one
+/// chunk of [`ROW_ALIGN`] rows if that is more.
+pub fn store_bound(dim: usize, mem_bytes: u64) -> u64 {
+    mem_bytes.max((ROW_ALIGN * dim * 4) as u64)
+}
+
 /// Feature maps of one shape under a budget: rows of patches in a [`RowStore`], a map at a
 /// time or in runs.
 pub struct MapStore {
@@ -254,6 +261,11 @@ impl MapStore {
     pub fn spilled_bytes(&self) -> u64 {
         self.rows.spilled_bytes
     }
+
+    /// The patches of every map as rows, in order.
+    pub fn rows(&self) -> &RowStore {
+        &self.rows
+    }
 }
 
 #[cfg(test)]
@@ -263,33 +275,37 @@ mod tests {
     #[test]
     fn rows_spill_past_the_budget_and_read_back_in_order() {
         let budget = Budget { bytes: 0, scratch: None };
-        // 3-wide rows, 5 rows in memory at most, chunks of 5 rows.
-        let mut s = RowStore::new(3, 5 * 12, &budget);
-        let all: Vec<f32> = (0..3 * 23).map(|v| v as f32).collect();
-        for part in all.chunks(3 * 4) {
+        // 3-wide rows, 1000 rows of memory: chunks of ROW_ALIGN rows go to disk.
+        let mut s = RowStore::new(3, 1000 * 12, &budget);
+        let rows = 3 * ROW_ALIGN + 123;
+        let all: Vec<f32> = (0..3 * rows).map(|v| v as f32).collect();
+        for part in all.chunks(3 * 1000) {
             s.extend(part).unwrap();
         }
-        assert_eq!(s.len(), 23);
-        assert!(s.rows_in_memory() <= 5);
-        assert!(s.spilled_bytes >= 18 * 12);
+        assert_eq!(s.len(), rows);
+        assert!(s.rows_in_memory() < ROW_ALIGN);
+        assert_eq!(s.spilled_bytes, (3 * ROW_ALIGN * 12) as u64);
         let mut seen = Vec::new();
-        s.for_each_block(|first, rows| {
+        s.for_each_block(|first, block| {
             assert_eq!(first * 3, seen.len());
-            seen.extend_from_slice(rows);
+            assert!(first % ROW_ALIGN == 0);
+            seen.extend_from_slice(block);
             Ok(())
         })
         .unwrap();
         assert_eq!(seen, all);
-        assert_eq!(s.rows(4, 9).unwrap(), all[12..39]);
-        assert_eq!(s.rows(20, 3).unwrap(), all[60..69]);
-        assert!(s.rows(22, 2).is_err());
+        let r = ROW_ALIGN - 2;
+        assert_eq!(s.rows(r, 9).unwrap(), all[3 * r..3 * (r + 9)]);
+        assert_eq!(s.rows(rows - 3, 3).unwrap(), all[3 * (rows - 3)..]);
+        assert!(s.rows(rows - 1, 2).is_err());
     }
 
     #[test]
     fn maps_round_trip_through_disk() {
         let budget = Budget { bytes: 0, scratch: None };
         let mut m = MapStore::new(2, 2, 3, 0, &budget);
-        let maps: Vec<crate::FeatureMap> = (0..5)
+        // 4 rows a map: 2,100 maps fill a chunk of ROW_ALIGN rows and some.
+        let maps: Vec<crate::FeatureMap> = (0..2100)
             .map(|i| {
                 crate::FeatureMap::new(2, 2, 3, (0..12).map(|v| (i * 12 + v) as f32).collect())
             })

@@ -48,6 +48,13 @@ pub struct VideoProtocol {
     pub over_k_dataset: usize,
     /// Many-to-one matching by precision (TimeT's overclustering setting) or by IoU.
     pub precision: bool,
+    /// D only: score the labels TimeT's code ends up with rather than the intended ones. Its
+    /// dataset-wise branch multiplies the uint8 annotations by 255 in place (`annotations *=
+    /// 255` in `Evaluator.evaluate`, meant for float ToTensor masks), which wraps: label `l`
+    /// becomes `(l * 255) mod 256` (0 stays 0, 1 -> 255, 2 -> 254, ..., 255 -> 1), and the
+    /// pixels then equal to 255 (label 1) are left out as ignore while the ignore pixels
+    /// (255 -> 1) are scored. Off by default: we score the intended labels.
+    pub timet_uint8_wrap: bool,
 }
 
 impl Default for VideoProtocol {
@@ -62,6 +69,7 @@ impl Default for VideoProtocol {
             over_k_local: 10,
             over_k_dataset: 200,
             precision: true,
+            timet_uint8_wrap: false,
         }
     }
 }
@@ -200,7 +208,9 @@ fn dataset(clips: &[Clip], over: Option<usize>, seed: u64, p: &VideoProtocol) ->
                     m.resize_nearest_torch(s, s)
                 }
             })
+            .map(|m| if p.timet_uint8_wrap { timet_uint8_wrap(m) } else { m })
             .collect();
+    // The wrap is one-to-one on u8 values, so K (distinct labels) is the same either way.
     let k = over.unwrap_or_else(|| distinct_labels(&masks));
     let refs: Vec<&FeatureMap> = pca.iter().collect();
     let ids = cluster_pixels(&refs, s, k, seed, p);
@@ -209,6 +219,14 @@ fn dataset(clips: &[Clip], over: Option<usize>, seed: u64, p: &VideoProtocol) ->
         None => RefMatching::Hungarian,
     };
     (unit_score(&ids, &masks.iter().collect::<Vec<_>>(), k, matching, true), k)
+}
+
+/// TimeT's in-place `annotations *= 255` on uint8 masks (its D path): `l -> (l * 255) mod 256`.
+fn timet_uint8_wrap(mut m: Mask) -> Mask {
+    for l in &mut m.labels {
+        *l = l.wrapping_mul(255);
+    }
+    m
 }
 
 /// Every level of the protocol, each a mean over `p.seeds`.
@@ -379,7 +397,15 @@ pub fn run_timet(
             if p.precision { "precision" } else { "IoU" }
         ),
     )
-    .set("D size", format!("{0}x{0}", p.dataset_size));
+    .set("D size", format!("{0}x{0}", p.dataset_size))
+    .set(
+        "D labels",
+        if p.timet_uint8_wrap {
+            "TimeT's uint8 wrap (label l scored as 255 l mod 256; 1 left out)"
+        } else {
+            "as annotated"
+        },
+    );
     Ok(crate::Evaluation { scores, card })
 }
 
@@ -435,5 +461,67 @@ mod tests {
             assert!(x.mean > 0.9, "{x:?}");
         }
         assert_eq!(s[2].k, 4);
+    }
+
+    /// TimeT's `annotations *= 255` on uint8 (D only): label 1 wraps to 255 and is left
+    /// out, 255 (ignore) wraps to 1 and is scored, 2 becomes 254; F and C are untouched.
+    #[test]
+    fn timet_uint8_wrap_changes_only_dataset_level() {
+        let m = Mask { width: 5, height: 1, labels: vec![0, 1, 2, 3, 255] };
+        assert_eq!(timet_uint8_wrap(m).labels, vec![0, 255, 254, 253, 1]);
+
+        // 4x4 frames, row-major cells: label 0 on feature blob 0 (cells 0-5) and blob 1
+        // (6-7), label 1 on blob 1 (8-10), label 2 on blob 2 (11-13), 255 on blob 3 (14-15).
+        let (g, dim) = (4, 8);
+        let blob = [0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 2, 2, 2, 3, 3];
+        let labels = vec![0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 2, 2, 2, 255, 255];
+        let mut rng = SplitMix64::new(9);
+        let clips: Vec<Clip> = (0..2)
+            .map(|c| {
+                let frames = (0..3)
+                    .map(|_| {
+                        let data = blob
+                            .iter()
+                            .flat_map(|&b| (0..dim).map(move |i| (i == b) as u8 as f32 * 4.0))
+                            .map(|v| v + rng.uniform(-0.1, 0.1) as f32)
+                            .collect();
+                        FeatureMap::new(g, g, dim, data)
+                    })
+                    .collect();
+                let masks = vec![Mask { width: g, height: g, labels: labels.clone() }; 3];
+                Clip { name: format!("c{c}"), frames, masks }
+            })
+            .collect();
+        let off = VideoProtocol {
+            dataset_size: g,
+            pca_dim: 4,
+            niter: 20,
+            over_k_local: 4,
+            over_k_dataset: 4,
+            ..Default::default()
+        };
+        let on = VideoProtocol { timet_uint8_wrap: true, ..off.clone() };
+        // Intended labels {0, 1, 2}: blob 1 goes to label 1 (IoU 3/5), label 0 keeps blob 0
+        // only (6/8), label 2 is exact; 255 left out.
+        let intended = (0.75 + 0.6 + 1.0) / 3.0;
+        for over in [None, Some(4)] {
+            let (d, k) = dataset(&clips, over, 1, &off);
+            assert!((d - intended).abs() < 1e-12, "{over:?}: {d}");
+            assert_eq!(k, 4);
+            // Wrapped {0, 254, 1}: label 1's pixels are left out, so blob 1 only covers
+            // label 0 and every remaining label is exact.
+            let (d, k) = dataset(&clips, over, 1, &on);
+            assert!((d - 1.0).abs() < 1e-12, "{over:?}: {d}");
+            assert_eq!(k, 4);
+        }
+        let (a, b) = (timet_clustering(&clips, &off), timet_clustering(&clips, &on));
+        for (a, b) in a.iter().zip(&b) {
+            assert_eq!(a.name, b.name);
+            if a.name.starts_with('D') {
+                assert!((a.mean - intended).abs() < 1e-12 && (b.mean - 1.0).abs() < 1e-12, "{a:?}");
+            } else {
+                assert_eq!(a.mean, b.mean, "{}", a.name);
+            }
+        }
     }
 }

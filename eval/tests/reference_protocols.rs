@@ -307,6 +307,7 @@ fn timet_video_end_to_end() {
         over_k_local: 10,
         over_k_dataset: 8,
         precision: true,
+        timet_uint8_wrap: false,
     };
     let ours = timet_clustering(&clips, &p);
     let order =

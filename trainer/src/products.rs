@@ -7,7 +7,11 @@
 use anyhow::Result;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor, TensorData};
+use mosic_eval::dense::{Bilinear, FeatureMap};
+use mosic_eval::linear::LinearProbe;
 use mosic_eval::products::{offer, Products, TopK};
+use mosic_eval::segmentation::IGNORE;
+use mosic_eval::Mask;
 use std::sync::Mutex;
 
 pub struct OnDevice<B: Backend> {
@@ -117,6 +121,61 @@ where
         let g = m.clone().transpose().matmul(m);
         Ok(host_f32(g).into_iter().map(|v| v as f64).collect())
     }
+
+    /// The probe's batch as matrix products: patch logits, the bilinear upsampling as a dense
+    /// map, softmax cross-entropy on the labelled pixels, and the gradient back through the
+    /// map's transpose. Batches of mixed shapes take the host path.
+    fn probe_grad(
+        &self,
+        probe: &LinearProbe,
+        batch: &[(&FeatureMap, &Mask)],
+    ) -> Result<(f64, Vec<f32>, Vec<f32>)> {
+        let Some(&(f0, m0)) = batch.first() else { return Ok(probe.loss_and_grad(batch)) };
+        let same = batch.iter().all(|(f, m)| {
+            (f.height, f.width, f.dim, m.height, m.width) == (f0.height, f0.width, f0.dim, m0.height, m0.width)
+        });
+        if !same || f0.dim != probe.dim {
+            return Ok(probe.loss_and_grad(batch));
+        }
+        let (b, hw, d, c) = (batch.len(), f0.len(), probe.dim, probe.classes);
+        let px = m0.height * m0.width;
+        let x: Vec<f32> = batch.iter().flat_map(|(f, _)| f.data.iter().copied()).collect();
+        let x = self.matrix(&x, d); // [B*hw, d]
+        let w = self.matrix(&probe.weight, d); // [c, d]
+        let bias = Tensor::<B, 1>::from_data(TensorData::new(probe.bias.clone(), [c]), &self.device);
+        let logits = (x.clone().matmul(w.transpose()) + bias.unsqueeze::<2>()).reshape([b, hw, c]);
+        let up_map = self.matrix(&Bilinear::new(f0.height, f0.width, m0.height, m0.width).matrix(), hw); // [px, hw]
+        let up = up_map.clone().unsqueeze::<3>().expand([b, px, hw]).matmul(logits); // [B, px, c]
+        let labels: Vec<i64> = batch.iter().flat_map(|(_, m)| m.labels.iter().map(|&l| l as i64)).collect();
+        let valid: Vec<f32> = batch.iter().flat_map(|(_, m)| m.labels.iter().map(|&l| (l as u32 != IGNORE) as u8 as f32)).collect();
+        let pixels = valid.iter().filter(|&&v| v > 0.0).count();
+        if let Some(l) = batch.iter().flat_map(|(_, m)| m.labels.iter()).find(|&&l| l as u32 != IGNORE && l as usize >= c) {
+            anyhow::bail!("label {l} >= {c} classes");
+        }
+        let y = Tensor::<B, 1, Int>::from_data(
+            TensorData::new(labels.iter().map(|&l| if l as u32 == IGNORE { 0 } else { l }).collect::<Vec<_>>(), [b * px]),
+            &self.device,
+        )
+        .reshape([b, px, 1]);
+        let valid = Tensor::<B, 1>::from_data(TensorData::new(valid, [b * px]), &self.device).reshape([b, px, 1]);
+        let max = up.clone().max_dim(2);
+        let shifted = up - max;
+        let e = shifted.clone().exp();
+        let z = e.clone().sum_dim(2);
+        let picked = shifted.gather(2, y.clone());
+        let loss = ((z.clone().log() - picked) * valid.clone()).sum();
+        let onehot = Tensor::<B, 3>::zeros([b, px, c], &self.device).scatter(2, y, valid.clone().ones_like(), burn::tensor::IndexingUpdateOp::Add);
+        let dup = (e / z - onehot) * valid; // [B, px, c]
+        let dpatch = up_map.transpose().unsqueeze::<3>().expand([b, hw, px]).matmul(dup); // [B, hw, c]
+        let dpatch = dpatch.reshape([b * hw, c]);
+        let gw = dpatch.clone().transpose().matmul(x); // [c, d]
+        let gb = dpatch.sum_dim(0).reshape([c]);
+        let n = pixels.max(1) as f32;
+        let loss: f64 = host_f32(loss)[0] as f64;
+        let gw = host_f32(gw).into_iter().map(|v| v / n).collect();
+        let gb = host_f32(gb).into_iter().map(|v| v / n).collect();
+        Ok((loss / n as f64, gw, gb))
+    }
 }
 
 #[cfg(test)]
@@ -180,8 +239,40 @@ mod tests {
         assert!(worst < 1e-5, "gram differs by {worst}");
     }
 
+    /// The probe's loss and gradients on the device equal the host's within 1e-5 relative
+    /// (f32 sums in another order; the host sums its exponentials in f64).
+    fn probe_as_cpu<B: Backend>(p: &OnDevice<B>)
+    where
+        B::Device: Sync,
+    {
+        let mut rng = SplitMix64::new(9);
+        let (g, d, c, px) = (4, 6, 5, 10);
+        let probe = LinearProbe::new(d, c, 3);
+        let maps: Vec<FeatureMap> = (0..3)
+            .map(|_| FeatureMap::new(g, g, d, (0..g * g * d).map(|_| rng.uniform(-1.0, 1.0) as f32).collect()))
+            .collect();
+        let masks: Vec<Mask> = (0..3)
+            .map(|_| Mask {
+                width: px,
+                height: px,
+                labels: (0..px * px).map(|_| if rng.below(6) == 0 { 255 } else { rng.below(c as u64) as u8 }).collect(),
+            })
+            .collect();
+        let batch: Vec<(&FeatureMap, &Mask)> = maps.iter().zip(&masks).collect();
+        let (la, wa, ba) = Cpu.probe_grad(&probe, &batch).unwrap();
+        let (lb, wb, bb) = p.probe_grad(&probe, &batch).unwrap();
+        let rel = |x: &[f32], y: &[f32]| {
+            let scale = x.iter().map(|v| v.abs()).fold(0.0, f32::max).max(1e-6);
+            x.iter().zip(y).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max) / scale
+        };
+        assert!((la - lb).abs() / la < 1e-5, "loss {la} vs {lb}");
+        assert!(rel(&wa, &wb) < 1e-5 && rel(&ba, &bb) < 1e-5, "gradients differ");
+    }
+
     #[test]
     fn device_products_equal_the_cpu_path() {
+        probe_as_cpu(&on::<burn::backend::Flex>());
+        probe_as_cpu(&on::<crate::testing::Golden>());
         same_as_cpu(&on::<burn::backend::Flex>());
         same_as_cpu(&on::<crate::testing::Golden>());
     }
