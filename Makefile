@@ -20,6 +20,9 @@ CONFIG   ?= configs/tiny_synth.toml
 SHARDS   ?= $(TRACKS)
 WEIGHTS  ?=
 BACKEND  ?= flex
+# Training over several devices (one worker each, data.batch_size the global batch):
+# DEVICES=cuda:0,cuda:1,... or a count of CPU workers.
+DEVICES  ?=
 RUN      ?=
 RESUME   ?=
 FEATURES := $(if $(filter cuda tch candle,$(BACKEND)),--features $(BACKEND),)
@@ -69,7 +72,7 @@ else
 train: build
 endif
 	$(MOSIC) train --config $(CONFIG) --set data.shards=$(SHARDS) $(if $(WEIGHTS),--set model.weights=$(WEIGHTS)) \
-		--backend $(BACKEND) --device $(DEVICE) $(if $(RUN),--out $(RUN)) $(if $(RESUME),--resume)
+		--backend $(BACKEND) $(if $(DEVICES),--devices $(DEVICES),--device $(DEVICE)) $(if $(RUN),--out $(RUN)) $(if $(RESUME),--resume)
 
 # The whole chain on the synthetic set: tracks and their accuracy, then MoSiC and the no-motion
 # ablation trained for 3 seeds, evaluated on held-out videos: runs/demo/report.md.

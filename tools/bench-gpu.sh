@@ -1,48 +1,60 @@
 #!/usr/bin/env bash
-# The prepared trainer-speed run for a lent GPU machine: our step beside the PyTorch step
-# (torch_step.py, timm) on the same GPU in one run, at identical settings, one table.
+# The one prepared run for a lent GPU machine (an H200 with PyTorch 2.11 + CUDA, no network,
+# 10 minutes a command): our training step on the `cuda` and `tch` backends beside the PyTorch
+# step (torch_step.py, timm) on the same GPU in one run, at identical settings; the two-worker
+# path (two workers sharing one GPU); one table, most important rows first.
 #
-# Build here, then carry the binary and the reference script:
+# Build here, then carry the binaries and the reference script (64 MiB in all):
 #   cargo build --release -p mosic-trainer --example bench_step --features cuda
+#     cp target/release/examples/bench_step bench_step_cuda
+#   tools/libtorch-cpu.sh /tmp/lt && LIBTORCH=/tmp/lt/torch LIBTORCH_BYPASS_VERSION_CHECK=1 \
+#     CARGO_TARGET_DIR=target/tch cargo build --release -p mosic-trainer --example bench_step --features tch
+#     cp target/tch/release/examples/bench_step bench_step_tch
+#   strip bench_step_cuda bench_step_tch
 #   tools/bench-gpu.sh            (on the GPU machine, from the repository root)
+# The tch binary is linked against libtorch_cpu and libc10 of the torch 2.11.0 wheel; there it
+# runs with that machine's torch/lib (same version), and libtorch_cuda is preloaded so that
+# libtorch registers its CUDA kernels.
+#
 # Environment (defaults in brackets):
-#   BENCH    our binary [target/release/examples/bench_step]
-#   REF      the PyTorch step [shared/reference/torch_step.py]
+#   BENCH_CUDA, BENCH_TCH  our binaries [bench_step_cuda, bench_step_tch]; a missing one skips its rows
+#   REF      the PyTorch step [shared/reference/torch_step.py, else ../shared/...]
 #   PY       Python with torch and timm [python3]
-#   BACKEND  our backend [cuda]   DEVICE  the reference's device [cuda]
-#   RUNS     "precision:batch" pairs, headline first [bf16:16 bf16:64 fp32:16 fp32:64]
-#   BUDGET_S stop starting new rows after this many seconds [420]
+#   DEVICE   the GPU [cuda:0] (cpu: a dry run on the CPU, with BACKENDS="flex tch")
+#   BACKENDS [cuda tch]
+#   RUNS     "precision:batch", most important first [bf16:64 bf16:16 fp32:64 fp32:16]
+#   WORKERS  a device list for the multi-worker row [cuda:0,cuda:0] (empty: none)
+#   BUDGET_S stop starting new rows after this many seconds [480]
 # Settings of both sides: ViT-S/14 at 224 px, 12 frames x 256 points, last 2 blocks
 # trainable, head 384-2048-2048-256, 100 prototypes, Sinkhorn 0.05 x 10 over all points, no
 # masking, nearest sampling, EMA 0.99, AdamW, random weights; 10 timed steps after 3 warm-up.
-#
-# Kernel and autotune caches: CubeCL keeps them under the project's target/ (its default when
-# run from a folder with a Cargo.toml), so a second run on a warm machine skips compilation;
-# "first step" in the table is the time a cold process needs before its first update.
-# PROFILE=1 reruns the headline with CUBECL_DEBUG_OPTION=profile-medium and prints the
-# top kernels. With no GPU (BACKEND=flex DEVICE=cpu) the same script runs on the CPU as a
-# dry run.
+# "first step" is the time a cold process needs before its first update (CubeCL compiles and
+# autotunes kernels on the first steps; its caches under target/ shorten later runs).
 set -uo pipefail
-BENCH=${BENCH:-target/release/examples/bench_step}
-REF=${REF:-shared/reference/torch_step.py}
+BENCH_CUDA=${BENCH_CUDA:-bench_step_cuda}
+BENCH_TCH=${BENCH_TCH:-bench_step_tch}
+REF=${REF:-$( [ -e shared/reference/torch_step.py ] && echo shared/reference/torch_step.py || echo ../shared/reference/torch_step.py )}
 PY=${PY:-python3}
-BACKEND=${BACKEND:-cuda}
-DEVICE=${DEVICE:-cuda}
-RUNS=${RUNS:-bf16:16 bf16:64 fp32:16 fp32:64}
-BUDGET_S=${BUDGET_S:-420}
+DEVICE=${DEVICE:-cuda:0}
+BACKENDS=${BACKENDS:-cuda tch}
+RUNS=${RUNS:-bf16:64 bf16:16 fp32:64 fp32:16}
+WORKERS=${WORKERS-cuda:0,cuda:0}
+BUDGET_S=${BUDGET_S:-480}
 CONFIG=${CONFIG:-configs/dinov2_s14_ytvos.toml}
 
-for f in "$BENCH" "$REF" "$CONFIG"; do
+for f in "$REF" "$CONFIG"; do
   [ -e "$f" ] || { echo "bench-gpu: $f not found (see the comment at the top of $0)" >&2; exit 2; }
 done
 "$PY" -c 'import torch, timm' 2>/dev/null || { echo "bench-gpu: $PY cannot import torch and timm" >&2; exit 2; }
+torch_lib=$("$PY" -c 'import os, torch; print(os.path.join(os.path.dirname(torch.__file__), "lib"))')
+nvidia_libs=$("$PY" -c 'import glob, os, torch; print(":".join(sorted(glob.glob(os.path.join(os.path.dirname(os.path.dirname(torch.__file__)), "nvidia", "*", "lib")))))')
+"$PY" -c 'import torch; print("torch", torch.__version__, "cuda", torch.version.cuda)'
 
 have_smi=0
-if command -v nvidia-smi >/dev/null 2>&1; then
+if [ "$DEVICE" != cpu ] && command -v nvidia-smi >/dev/null 2>&1; then
   have_smi=1
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 fi
-"$PY" -c 'import torch; print("torch", torch.__version__, "cuda", torch.version.cuda)'
 
 # Peak device memory (MiB, whole device, 100 ms samples) of one command; "n/a" without a GPU.
 peak_of() {
@@ -58,43 +70,72 @@ peak_of() {
   return $rc
 }
 field() { sed -n "s/.*[ ]$1=\([^ ]*\).*/\1/p" <<<"$2" | tail -1; }
+binary() { case $1 in cuda) echo "$BENCH_CUDA" ;; tch) echo "$BENCH_TCH" ;; *) echo "${BENCH_CPU:-target/release/examples/bench_step}" ;; esac; }
+
+# Our step on backend $1, device $2, precision $3, batch $4: prints the bench_step line.
+ours() {
+  local bin; bin=$(binary "$1")
+  [ -x "$bin" ] || { echo "bench-gpu: $bin not found: $1 rows skipped" >&2; return 3; }
+  local env=(BENCH_DEVICE="$2")
+  if [ "$1" = tch ]; then
+    env+=(LD_LIBRARY_PATH="$torch_lib:$nvidia_libs:${LD_LIBRARY_PATH:-}")
+    [ "$2" != cpu ] && [ -e "$torch_lib/libtorch_cuda.so" ] && env+=(LD_PRELOAD="$torch_lib/libtorch_cuda.so")
+  fi
+  env "${env[@]}" "$bin" "$1" "$CONFIG" data.batch_size="$4" model.precision="$3" model.trainable_blocks=2 \
+    'head.hidden=[2048,2048]' head.out_dim=256 head.prototypes=100 objective.epsilon=0.05 \
+    objective.sinkhorn_iterations=10 objective.ema=0.99 objective.mask_ratio=0 \
+    objective.teacher_sampling=nearest objective.student_sampling=nearest objective.sinkhorn_rows=all
+}
 
 start=$(date +%s)
 rows=()
+over() { [ $(( $(date +%s) - start )) -gt "$BUDGET_S" ]; }
+ref_device=${DEVICE%%:*}
 for run in $RUNS; do
   p=${run%%:*}; b=${run##*:}
-  if [ $(( $(date +%s) - start )) -gt "$BUDGET_S" ]; then echo "budget of ${BUDGET_S}s spent: $run not run"; continue; fi
-  echo "== ours: $BACKEND $p batch $b"
-  out=$(mktemp)
-  peak_of "$BENCH" "$BACKEND" "$CONFIG" data.batch_size="$b" model.precision="$p" model.trainable_blocks=2 \
-    'head.hidden=[2048,2048]' head.out_dim=256 head.prototypes=100 objective.epsilon=0.05 \
-    objective.sinkhorn_iterations=10 objective.ema=0.99 objective.mask_ratio=0 \
-    objective.teacher_sampling=nearest objective.student_sampling=nearest objective.sinkhorn_rows=all >"$out" 2>&1
-  rc=$?; ours=$(grep '^bench_step ' "$out"); ours_peak=$PEAK
-  [ $rc = 0 ] || { tail -20 "$out"; rows+=("| $p | $b | failed (exit $rc) | | | | | | | |"); rm -f "$out"; continue; }
-  echo "$ours"
+  if over; then echo "budget of ${BUDGET_S}s spent: $run not run"; continue; fi
   echo "== PyTorch: $DEVICE $p batch $b"
-  peak_of "$PY" "$REF" --device "$DEVICE" --precision "$p" --batch "$b" --trainable 2 --hidden 2048 2048 \
+  out=$(mktemp)
+  peak_of "$PY" "$REF" --device "$ref_device" --precision "$p" --batch "$b" --trainable 2 --hidden 2048 2048 \
     --out-dim 256 --prototypes 100 --eps 0.05 --iters 10 --ema 0.99 --steps 10 --warmup 3 >"$out" 2>&1
-  rc=$?; ref=$(cat "$out"); ref_peak=$PEAK; rm -f "$out"
-  echo "$ref" | tail -3
-  [ $rc = 0 ] || { rows+=("| $p | $b | $(field step_ms "$ours") | failed (exit $rc) | | | | | | |"); continue; }
-  ours_ms=$(field step_ms "$ours")
+  rc=$?; ref=$(cat "$out"); ref_peak=$PEAK
+  echo "$ref" | tail -2
   ref_ms=$(sed -n 's/.*: *\([0-9.]*\) ms\/step.*/\1/p' <<<"$ref" | tail -1)
-  ratio=$(awk -v a="$ours_ms" -v b="$ref_ms" 'BEGIN { if (a > 0) printf "%.2f", b / a; else print "n/a" }')
-  rows+=("| $p | $b | $ours_ms | $ref_ms | **${ratio}x** | $(field clips_per_s "$ours") | $(awk -v b="$b" -v m="$ref_ms" 'BEGIN { printf "%.1f", b * 1000 / m }') | $ours_peak | $ref_peak | $(field first_step_s "$ours") |")
+  [ $rc = 0 ] || ref_ms=""
+  for be in $BACKENDS; do
+    if over; then echo "budget of ${BUDGET_S}s spent: $be $run not run"; continue; fi
+    echo "== ours: $be $DEVICE $p batch $b"
+    peak_of ours "$be" "$DEVICE" "$p" "$b" >"$out" 2>&1
+    rc=$?; line=$(grep '^bench_step ' "$out"); ours_peak=$PEAK
+    if [ $rc = 3 ]; then continue; fi
+    if [ $rc != 0 ]; then tail -15 "$out"; rows+=("| $p | $b | $be | failed (exit $rc) | ${ref_ms:-failed} | | | | | | |"); continue; fi
+    echo "$line"
+    ms=$(field step_ms "$line")
+    ratio=$(awk -v a="$ms" -v r="$ref_ms" 'BEGIN { if (a > 0 && r > 0) printf "%.2f", r / a; else print "n/a" }')
+    ref_cps=$(awk -v b="$b" -v m="$ref_ms" 'BEGIN { if (m > 0) printf "%.1f", b * 1000 / m; else print "n/a" }')
+    rows+=("| $p | $b | $be | $ms | ${ref_ms:-failed} | **${ratio}x** | $(field clips_per_s "$line") | $ref_cps | $ours_peak | $ref_peak | $(field first_step_s "$line") |")
+  done
+  rm -f "$out"
 done
 
-echo
-echo "our backend $BACKEND, reference on $DEVICE; ratio = PyTorch ms / ours ms (above 1: ours faster); peak = device MiB (nvidia-smi, whole device)"
-echo "| precision | clips | ours ms/step | PyTorch ms/step | ratio | ours clips/s | PyTorch clips/s | ours peak MiB | PyTorch peak MiB | ours first step s |"
-echo "|---|---|---|---|---|---|---|---|---|---|"
-printf '%s\n' "${rows[@]}"
-
-if [ "${PROFILE:-0}" = 1 ] && [ "$BACKEND" = cuda ]; then
+# Two workers sharing the global batch on the device list WORKERS (one GPU: the multi-device
+# path's collectives run; a second GPU would split the work).
+if [ -n "$WORKERS" ] && [ "$DEVICE" != cpu ] && ! over; then
   first=${RUNS%% *}; p=${first%%:*}; b=${first##*:}
-  echo; echo "== top kernels, $p batch $b (CUBECL_DEBUG_OPTION=profile-medium)"
-  CUBECL_DEBUG_OPTION=profile-medium CUBECL_DEBUG_LOG=stdout "$BENCH" "$BACKEND" "$CONFIG" data.batch_size="$b" \
-    model.precision="$p" 'head.hidden=[2048,2048]' objective.mask_ratio=0 objective.teacher_sampling=nearest \
-    objective.student_sampling=nearest objective.sinkhorn_rows=all 2>&1 | tail -60
+  for be in $BACKENDS; do
+    echo "== ours: $be workers $WORKERS $p batch $b"
+    out=$(mktemp)
+    peak_of ours "$be" "$WORKERS" "$p" "$b" >"$out" 2>&1
+    rc=$?; line=$(grep '^bench_step ' "$out")
+    [ $rc = 3 ] && { rm -f "$out"; continue; }
+    [ $rc = 0 ] || tail -15 "$out"
+    rows+=("| $p | $b | $be on $WORKERS | $(field step_ms "$line") | | | $(field clips_per_s "$line") | | $PEAK | | $(field first_step_s "$line") |")
+    rm -f "$out"
+  done
 fi
+
+echo
+echo "device $DEVICE; ratio = PyTorch ms / ours ms (above 1: ours faster); peak = device MiB (nvidia-smi, whole device)"
+echo "| precision | clips | ours | ours ms/step | PyTorch ms/step | ratio | ours clips/s | PyTorch clips/s | ours peak MiB | PyTorch peak MiB | ours first step s |"
+echo "|---|---|---|---|---|---|---|---|---|---|---|"
+printf '%s\n' "${rows[@]}"
