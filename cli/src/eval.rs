@@ -474,8 +474,8 @@ pub fn eval(c: EvalCommand) -> Result<ExitCode> {
                 precision: !a.match_by_iou,
                 timet_uint8_wrap: a.timet_uint8_wrap,
             };
-            let ev = on_backbone(&c.model, Some(size), |bb, _| {
-                mosic_eval::video::run_timet(bb, &set, &p, &report)
+            let ev = on_backbone(&c.model, Some(size), |bb, products| {
+                mosic_eval::video::run_timet(bb, &set, &p, products, &report)
             })?;
             ("video", c, ev)
         }

@@ -60,6 +60,10 @@ enum BenchCommand {
     Step(bench::BenchStepArgs),
     /// Clips/s of the training loader (read, decode, crop) from real shards, by decode threads.
     Loader(bench::BenchLoaderArgs),
+    /// Queries/s of the exact top-k search on random unit vectors (tools/bench_faiss.py compares FAISS).
+    Knn(bench::BenchKnnArgs),
+    /// Points/s of the FAISS-style k-means on random unit vectors (tools/bench_faiss.py compares FAISS).
+    Kmeans(bench::BenchKmeansArgs),
 }
 
 #[derive(Args)]
@@ -177,6 +181,8 @@ fn run(command: Command) -> Result<ExitCode> {
         Command::Bench(BenchCommand::Train(a)) => train::bench(a),
         Command::Bench(BenchCommand::Step(a)) => bench::step(a),
         Command::Bench(BenchCommand::Loader(a)) => bench::loader(a),
+        Command::Bench(BenchCommand::Knn(a)) => bench::knn(a),
+        Command::Bench(BenchCommand::Kmeans(a)) => bench::kmeans(a),
         Command::Train(a) => train::train(a),
         Command::Export(a) => train::export(a),
         Command::Features(a) => eval::features(a),

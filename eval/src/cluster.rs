@@ -11,7 +11,7 @@
 
 use crate::data::Mask;
 use crate::dense::FeatureMap;
-use crate::kmeans::{faiss_kmeans, kmeans, nearest_centroids, FaissParams};
+use crate::kmeans::{faiss_kmeans_on, kmeans, FaissParams};
 use crate::segmentation::{
     hungarian_score, miou, overclustering_score, reference_score, Confusion, RefMatching, RefScore,
     SegScore, IGNORE,
@@ -468,7 +468,8 @@ pub fn leopart_clustering(
     let maps: Vec<&FeatureMap> = features.iter().collect();
     let (tokens, dim) = protocol_tokens(&maps, p.pca_dim);
     let grids: Vec<(usize, usize)> = features.iter().map(|f| (f.height, f.width)).collect();
-    leopart_on_tokens(&tokens, dim, &grids, masks, classes, p)
+    leopart_on_tokens(&tokens, dim, &grids, masks, classes, p, &crate::products::Cpu)
+        .expect("the CPU products")
 }
 
 /// Leopart's clustering and scoring of the set's projected tokens (`grids[i]`: image i's
@@ -480,7 +481,8 @@ pub fn leopart_on_tokens(
     masks: &[Mask],
     classes: usize,
     p: &ImageProtocol,
-) -> Vec<Score> {
+    products: &dyn crate::products::Products,
+) -> anyhow::Result<Vec<Score>> {
     let n = tokens.len() / dim;
     p.ks.iter()
         .map(|&k| {
@@ -490,17 +492,17 @@ pub fn leopart_on_tokens(
                 .seeds
                 .iter()
                 .map(|&seed| {
-                    let km =
-                        faiss_kmeans(tokens, dim, k, &FaissParams::new(p.niter, p.nredo, seed));
-                    let (labels, _) = nearest_centroids(tokens, dim, &km.centroids);
-                    score_cluster_maps(&labels, grids, masks, k, classes, matching).miou
+                    let fp = FaissParams::new(p.niter, p.nredo, seed);
+                    let km = faiss_kmeans_on(products, tokens, dim, k, &fp)?;
+                    let (labels, _) = products.nearest_centroids(tokens, dim, &km.centroids)?;
+                    Ok(score_cluster_maps(&labels, grids, masks, k, classes, matching).miou)
                 })
-                .collect();
+                .collect::<anyhow::Result<_>>()?;
             let name = match matching {
                 RefMatching::Hungarian => format!("K={k} hungarian"),
                 _ => format!("K={k} overclustering"),
             };
-            Score::new(name, k, matching_label(matching), per_seed)
+            Ok(Score::new(name, k, matching_label(matching), per_seed))
         })
         .collect()
 }
@@ -572,7 +574,7 @@ pub fn run_leopart(
     let store = store.ok_or_else(|| anyhow::anyhow!("{}: no images", set.data.display()))?;
     let (tokens, dim) = protocol_tokens_stored(&store, p.pca_dim, products)?;
     let grids = vec![(store.height, store.width); store.len()];
-    let scores = leopart_on_tokens(&tokens, dim, &grids, &masks, classes, p);
+    let scores = leopart_on_tokens(&tokens, dim, &grids, &masks, classes, p, products)?;
     let reference = format!(
         "{} experiments/overcluster/sup_overcluster.py, experiments/utils.py",
         card::LEOPART

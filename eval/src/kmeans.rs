@@ -365,67 +365,28 @@ pub struct FaissKMeans {
     pub objective: f64,
 }
 
-/// Points per block of the nearest-centroid search.
-const SEARCH_BLOCK: usize = 2048;
-
 /// Nearest centroid (lowest index on ties) and squared distance of every row of `data`,
-/// computed as FAISS's flat L2 index does: |x|^2 + |c|^2 - 2 x.c with a GEMM.
+/// computed as FAISS's flat L2 index does: |x|^2 + |c|^2 - 2 x.c, here on the fused kernel of
+/// [`crate::search`] (each x.c one fixed chain of multiply-adds, so labels do not depend on the
+/// thread count).
 pub fn nearest_centroids(data: &[f32], dim: usize, centroids: &[f32]) -> (Vec<u32>, Vec<f32>) {
-    let k = centroids.len() / dim;
-    assert!(k > 0 && centroids.len() == k * dim);
-    let cn: Vec<f32> = centroids.chunks_exact(dim).map(|c| c.iter().map(|v| v * v).sum()).collect();
-    let parts: Vec<(Vec<u32>, Vec<f32>)> = data
-        .par_chunks(SEARCH_BLOCK * dim)
-        .map(|x| {
-            let rows = x.len() / dim;
-            let mut dot = vec![0.0f32; rows * k];
-            // dot[rows x k] = x[rows x dim] * C^T
-            unsafe {
-                matrixmultiply::sgemm(
-                    rows,
-                    dim,
-                    k,
-                    1.0,
-                    x.as_ptr(),
-                    dim as isize,
-                    1,
-                    centroids.as_ptr(),
-                    1,
-                    dim as isize,
-                    0.0,
-                    dot.as_mut_ptr(),
-                    k as isize,
-                    1,
-                );
-            }
-            let mut labels = Vec::with_capacity(rows);
-            let mut dists = Vec::with_capacity(rows);
-            for (r, row) in x.chunks_exact(dim).enumerate() {
-                let xn: f32 = row.iter().map(|v| v * v).sum();
-                let mut best = (0u32, f32::INFINITY);
-                for (j, d) in dot[r * k..(r + 1) * k].iter().enumerate() {
-                    let dist = cn[j] - 2.0 * d;
-                    if dist < best.1 {
-                        best = (j as u32, dist);
-                    }
-                }
-                labels.push(best.0);
-                dists.push((xn + best.1).max(0.0));
-            }
-            (labels, dists)
-        })
-        .collect();
-    let mut labels = Vec::with_capacity(data.len() / dim);
-    let mut dists = Vec::with_capacity(data.len() / dim);
-    for (l, d) in parts {
-        labels.extend(l);
-        dists.extend(d);
-    }
-    (labels, dists)
+    crate::search::nearest_centroids(data, dim, centroids)
 }
 
 /// FAISS-style k-means of the rows of `data` (see [`FaissParams`]).
 pub fn faiss_kmeans(data: &[f32], dim: usize, k: usize, p: &FaissParams) -> FaissKMeans {
+    faiss_kmeans_on(&crate::products::Cpu, data, dim, k, p).expect("the CPU assignment")
+}
+
+/// [`faiss_kmeans`] with the assignment step (the product of points and centroids) where
+/// `products` computes it, e.g. on the evaluated model's device.
+pub fn faiss_kmeans_on(
+    products: &dyn crate::products::Products,
+    data: &[f32],
+    dim: usize,
+    k: usize,
+    p: &FaissParams,
+) -> anyhow::Result<FaissKMeans> {
     let n = data.len() / dim;
     assert!(dim > 0 && data.len() == n * dim, "data is not rows of {dim} values");
     assert!(k >= 1 && k <= n, "k-means needs 1 <= k <= n (k = {k}, n = {n})");
@@ -441,7 +402,7 @@ pub fn faiss_kmeans(data: &[f32], dim: usize, k: usize, p: &FaissParams) -> Fais
         (data, n)
     };
     if n == k {
-        return FaissKMeans { centroids: x.to_vec(), objective: 0.0 };
+        return Ok(FaissKMeans { centroids: x.to_vec(), objective: 0.0 });
     }
     let mut best: Option<FaissKMeans> = None;
     for redo in 0..p.nredo.max(1) {
@@ -452,7 +413,7 @@ pub fn faiss_kmeans(data: &[f32], dim: usize, k: usize, p: &FaissParams) -> Fais
         let mut split_rng = SplitMix64::new(1234);
         let mut objective = 0.0f64;
         for _ in 0..p.niter {
-            let (labels, d2) = nearest_centroids(x, dim, &centroids);
+            let (labels, d2) = products.nearest_centroids(x, dim, &centroids)?;
             objective = d2.iter().map(|&d| d as f64).sum();
             let counts = means(x, dim, k, &labels, &mut centroids);
             split_empty(dim, k, n, counts, &mut centroids, &mut split_rng);
@@ -461,7 +422,7 @@ pub fn faiss_kmeans(data: &[f32], dim: usize, k: usize, p: &FaissParams) -> Fais
             best = Some(FaissKMeans { centroids, objective });
         }
     }
-    best.expect("at least one run")
+    Ok(best.expect("at least one run"))
 }
 
 /// Centroids as the means of their points (f64 sums over fixed chunks); an empty cluster

@@ -2,6 +2,7 @@
 //! protocol run takes any [`Backbone`] (images in, feature maps out) and gives an
 //! [`Evaluation`]: `cluster::run_leopart`, `video::run_timet`, `linear::run_probe`,
 //! `incontext::run_hummingbird`. The pieces they are built from:
+//! exact top-k search and the k-means assignment step on one CPU kernel ([`search`]),
 //! exact assignment ([`hungarian`]), seeded k-means ([`kmeans`]), clustering mIoU under
 //! Hungarian or overclustering matching ([`segmentation`]), labelled datasets on disk
 //! ([`data`]), and the protocols built on them: clustering of images and videos
@@ -21,6 +22,7 @@ pub mod kmeans;
 pub mod linear;
 pub mod pca;
 pub mod products;
+pub mod search;
 pub mod segmentation;
 pub mod store;
 pub mod video;

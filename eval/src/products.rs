@@ -86,31 +86,10 @@ impl Products for Cpu {
         k: usize,
         top: &mut [TopK],
     ) -> Result<()> {
-        let q = queries.len() / dim;
-        let rows = bank.len() / dim;
-        let mut dot = vec![0.0f32; q * rows];
-        // dot[q x rows] = Q * bank^T
-        // SAFETY: the strides describe the row-major buffers above.
-        unsafe {
-            matrixmultiply::sgemm(
-                q,
-                dim,
-                rows,
-                1.0,
-                queries.as_ptr(),
-                dim as isize,
-                1,
-                bank.as_ptr(),
-                1,
-                dim as isize,
-                0.0,
-                dot.as_mut_ptr(),
-                rows as isize,
-                1,
-            );
-        }
-        top.par_iter_mut().enumerate().for_each(|(i, t)| {
-            for (j, &s) in dot[i * rows..(i + 1) * rows].iter().enumerate() {
+        // The block's own top-k on the fused kernel, then merged into the running lists.
+        let found = crate::search::search(queries, bank, dim, k);
+        top.par_iter_mut().zip(found).for_each(|(t, hits)| {
+            for (s, j) in hits {
                 offer(t, k, (s, first + j));
             }
         });

@@ -109,7 +109,9 @@ impl RowStore {
         );
         self.tail.extend_from_slice(rows);
         // Spill whole chunks from the front of the tail once it outgrows its share.
-        while self.tail.len() / self.dim > self.mem_rows && self.tail.len() / self.dim >= self.chunk_rows {
+        while self.tail.len() / self.dim > self.mem_rows
+            && self.tail.len() / self.dim >= self.chunk_rows
+        {
             self.spill()?;
         }
         Ok(())

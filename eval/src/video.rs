@@ -18,7 +18,8 @@
 use crate::cluster::Score;
 use crate::data::Mask;
 use crate::dense::{Bilinear, FeatureMap};
-use crate::kmeans::{faiss_kmeans, nearest_centroids, FaissParams};
+use crate::kmeans::{faiss_kmeans_on, FaissParams};
+use crate::products::{Cpu, Products};
 use crate::segmentation::{timet_score, Confusion, RefMatching, IGNORE};
 use rayon::prelude::*;
 
@@ -100,22 +101,24 @@ fn distinct_labels<'a>(masks: impl IntoIterator<Item = &'a Mask>) -> usize {
     seen.iter().filter(|&&s| s).count()
 }
 
-/// Cluster ids of every pixel of `maps` upsampled to `size x size`, with `k` clusters.
+/// Cluster ids of every pixel of `maps` upsampled to `size x size`, with `k` clusters, the
+/// assignment products where `products` computes them.
 fn cluster_pixels(
     maps: &[&FeatureMap],
     size: usize,
     k: usize,
     seed: u64,
     p: &VideoProtocol,
-) -> Vec<u32> {
+    products: &dyn Products,
+) -> anyhow::Result<Vec<u32>> {
     let dim = maps[0].dim;
     let pixels: Vec<f32> = maps
         .par_iter()
         .flat_map_iter(|m| Bilinear::new(m.height, m.width, size, size).apply_f64(&m.data, dim))
         .collect();
     let k = k.min(pixels.len() / dim).max(1);
-    let km = faiss_kmeans(&pixels, dim, k, &FaissParams::new(p.niter, p.nredo, seed));
-    nearest_centroids(&pixels, dim, &km.centroids).0
+    let km = faiss_kmeans_on(products, &pixels, dim, k, &FaissParams::new(p.niter, p.nredo, seed))?;
+    Ok(products.nearest_centroids(&pixels, dim, &km.centroids)?.0)
 }
 
 /// TimeT score of cluster ids against masks (concatenated in order), every label counted
@@ -182,7 +185,8 @@ fn local(clips: &[Clip], level: Level, over: Option<usize>, seed: u64, p: &Video
                         "masks must be square and of one size"
                     );
                     let k = over.unwrap_or_else(|| distinct_labels(m.iter().copied()));
-                    let ids = cluster_pixels(f, size, k, seed, p);
+                    // Small units, many at once: on the host's cores.
+                    let ids = cluster_pixels(f, size, k, seed, p, &Cpu).expect("CPU products");
                     unit_score(&ids, m, k, matching, false)
                 })
                 .collect();
@@ -192,8 +196,15 @@ fn local(clips: &[Clip], level: Level, over: Option<usize>, seed: u64, p: &Video
     batch_scores.iter().sum::<f64>() / batch_scores.len() as f64
 }
 
-/// D: one clustering of the whole set at `p.dataset_size`.
-fn dataset(clips: &[Clip], over: Option<usize>, seed: u64, p: &VideoProtocol) -> (f64, usize) {
+/// D: one clustering of the whole set at `p.dataset_size` (the protocol's largest, on
+/// `products`).
+fn dataset(
+    clips: &[Clip],
+    over: Option<usize>,
+    seed: u64,
+    p: &VideoProtocol,
+    products: &dyn Products,
+) -> anyhow::Result<(f64, usize)> {
     let maps: Vec<&FeatureMap> = clips.iter().flat_map(|c| &c.frames).collect();
     let pca = transform(&maps, p.pca_dim);
     let s = p.dataset_size;
@@ -213,12 +224,12 @@ fn dataset(clips: &[Clip], over: Option<usize>, seed: u64, p: &VideoProtocol) ->
     // The wrap is one-to-one on u8 values, so K (distinct labels) is the same either way.
     let k = over.unwrap_or_else(|| distinct_labels(&masks));
     let refs: Vec<&FeatureMap> = pca.iter().collect();
-    let ids = cluster_pixels(&refs, s, k, seed, p);
+    let ids = cluster_pixels(&refs, s, k, seed, p, products)?;
     let matching = match over {
         Some(_) => RefMatching::ManyToOne { precision: p.precision },
         None => RefMatching::Hungarian,
     };
-    (unit_score(&ids, &masks.iter().collect::<Vec<_>>(), k, matching, true), k)
+    Ok((unit_score(&ids, &masks.iter().collect::<Vec<_>>(), k, matching, true), k))
 }
 
 /// TimeT's in-place `annotations *= 255` on uint8 masks (its D path): `l -> (l * 255) mod 256`.
@@ -231,6 +242,15 @@ fn timet_uint8_wrap(mut m: Mask) -> Mask {
 
 /// Every level of the protocol, each a mean over `p.seeds`.
 pub fn timet_clustering(clips: &[Clip], p: &VideoProtocol) -> Vec<Score> {
+    timet_clustering_on(clips, p, &Cpu).expect("the CPU products")
+}
+
+/// [`timet_clustering`] with the dataset-level k-means on `products`.
+pub fn timet_clustering_on(
+    clips: &[Clip],
+    p: &VideoProtocol,
+    products: &dyn Products,
+) -> anyhow::Result<Vec<Score>> {
     assert!(
         !clips.is_empty()
             && clips.iter().all(|c| !c.frames.is_empty() && c.frames.len() == c.masks.len()),
@@ -243,7 +263,8 @@ pub fn timet_clustering(clips: &[Clip], p: &VideoProtocol) -> Vec<Score> {
         Score::new("F hungarian".into(), 0, hung, run(&|s| local(clips, Level::Frame, None, s, p))),
         Score::new("C hungarian".into(), 0, hung, run(&|s| local(clips, Level::Clip, None, s, p))),
     ];
-    let d = run(&|s| dataset(clips, None, s, p).0);
+    let d = p.seeds.iter().map(|&s| Ok(dataset(clips, None, s, p, products)?.0));
+    let d = d.collect::<anyhow::Result<Vec<f64>>>()?;
     out.push(Score::new("D hungarian".into(), dataset_k(clips, p), hung, d));
     if p.over_k_local > 0 {
         let k = p.over_k_local;
@@ -262,14 +283,10 @@ pub fn timet_clustering(clips: &[Clip], p: &VideoProtocol) -> Vec<Score> {
     }
     if p.over_k_dataset > 0 {
         let k = p.over_k_dataset;
-        out.push(Score::new(
-            format!("D over K={k}"),
-            k,
-            over,
-            run(&|s| dataset(clips, Some(k), s, p).0),
-        ));
+        let d = p.seeds.iter().map(|&s| Ok(dataset(clips, Some(k), s, p, products)?.0));
+        out.push(Score::new(format!("D over K={k}"), k, over, d.collect::<anyhow::Result<_>>()?));
     }
-    out
+    Ok(out)
 }
 
 /// K of the dataset-level clustering: distinct labels over all masks at the D size.
@@ -335,6 +352,7 @@ pub fn run_timet(
     bb: &dyn crate::Backbone,
     set: &VideoSet,
     p: &VideoProtocol,
+    products: &dyn Products,
     progress: &crate::backbone::Progress,
 ) -> anyhow::Result<crate::Evaluation> {
     use crate::card::{self, ProtocolCard};
@@ -365,7 +383,7 @@ pub fn run_timet(
         clips.push(Clip { name: v.name.clone(), frames, masks });
         progress("videos embedded", done as u64 + 1, videos.len() as u64);
     }
-    let scores = timet_clustering(&clips, p);
+    let scores = timet_clustering_on(&clips, p, products)?;
     let frames = if set.frames_per_clip > 0 {
         format!("{} drawn per clip (seed {seed0})", set.frames_per_clip)
     } else {
@@ -505,12 +523,12 @@ mod tests {
         // only (6/8), label 2 is exact; 255 left out.
         let intended = (0.75 + 0.6 + 1.0) / 3.0;
         for over in [None, Some(4)] {
-            let (d, k) = dataset(&clips, over, 1, &off);
+            let (d, k) = dataset(&clips, over, 1, &off, &Cpu).unwrap();
             assert!((d - intended).abs() < 1e-12, "{over:?}: {d}");
             assert_eq!(k, 4);
             // Wrapped {0, 254, 1}: label 1's pixels are left out, so blob 1 only covers
             // label 0 and every remaining label is exact.
-            let (d, k) = dataset(&clips, over, 1, &on);
+            let (d, k) = dataset(&clips, over, 1, &on, &Cpu).unwrap();
             assert!((d - 1.0).abs() < 1e-12, "{over:?}: {d}");
             assert_eq!(k, 4);
         }

@@ -239,7 +239,8 @@ mod tests {
     #[test]
     fn perfect_prediction_scores_one() {
         let g = clip(&[[10.0, 10.0], [12.0, 10.0], [14.0, 11.0]], &[true, true, false]);
-        let m = evaluate_clips(std::slice::from_ref(&g), &[g.clone()], &spec()).unwrap();
+        let m =
+            evaluate_clips(std::slice::from_ref(&g), std::slice::from_ref(&g), &spec()).unwrap();
         assert_eq!(m.average_position_accuracy, 1.0);
         assert_eq!(m.occlusion_accuracy, 1.0);
         assert_eq!(m.average_jaccard, 1.0);

@@ -189,7 +189,7 @@ pub type OnBackbone<'a, T> =
 
 /// Runs `f` on the backbone `weights` names, at input size `size` (None: its own), on
 /// `target`, `batch` images per forward pass, with the evaluation's products on the same
-/// device.
+/// device (on a CPU device, `mosic-eval`'s own).
 pub fn with_backbone<T>(
     target: &crate::backend::Target,
     weights: &Weights,
@@ -201,6 +201,7 @@ pub fn with_backbone<T>(
         weights: &'a Weights,
         size: Option<usize>,
         batch: usize,
+        host: bool,
         f: F,
         out: std::marker::PhantomData<T>,
     }
@@ -211,12 +212,37 @@ pub fn with_backbone<T>(
         type Output = T;
         fn run<B: burn::tensor::backend::AutodiffBackend>(self, device: B::Device) -> Result<T> {
             let vit = load_backbone::<B::InnerBackend>(self.weights, self.size, &device)?;
-            let products = crate::products::OnDevice::<B::InnerBackend>::new(&device);
-            (self.f)(&Extractor { vit, batch: self.batch.max(1) }, &products)
+            let bb = Extractor { vit, batch: self.batch.max(1) };
+            if self.host {
+                // On the CPU the evaluation's own kernels beat a framework's product + top-k.
+                (self.f)(&bb, &mosic_eval::products::Cpu)
+            } else {
+                (self.f)(&bb, &crate::products::OnDevice::<B::InnerBackend>::new(&device))
+            }
         }
     }
-    let job = Job { weights, size, batch, f, out: std::marker::PhantomData };
+    let host = target.device() == crate::backend::Device::Cpu;
+    let job = Job { weights, size, batch, host, f, out: std::marker::PhantomData };
     crate::backend::dispatch(target, job)
+}
+
+/// Runs `f` with the evaluation's products on `target`'s first device (no model: benches and
+/// work on features computed before).
+pub fn with_products<T>(
+    target: &crate::backend::Target,
+    f: impl FnOnce(&dyn mosic_eval::products::Products) -> Result<T>,
+) -> Result<T> {
+    struct Job<F, T>(F, std::marker::PhantomData<T>);
+    impl<T, F> crate::backend::WithBackend for Job<F, T>
+    where
+        F: FnOnce(&dyn mosic_eval::products::Products) -> Result<T>,
+    {
+        type Output = T;
+        fn run<B: burn::tensor::backend::AutodiffBackend>(self, device: B::Device) -> Result<T> {
+            (self.0)(&crate::products::OnDevice::<B::InnerBackend>::new(&device))
+        }
+    }
+    crate::backend::dispatch(target, Job(f, std::marker::PhantomData))
 }
 
 /// Writes feature maps of one shape as safetensors: `features` `[N, H, W, D]` float32, with

@@ -132,7 +132,8 @@ where
     ) -> Result<(f64, Vec<f32>, Vec<f32>)> {
         let Some(&(f0, m0)) = batch.first() else { return Ok(probe.loss_and_grad(batch)) };
         let same = batch.iter().all(|(f, m)| {
-            (f.height, f.width, f.dim, m.height, m.width) == (f0.height, f0.width, f0.dim, m0.height, m0.width)
+            (f.height, f.width, f.dim, m.height, m.width)
+                == (f0.height, f0.width, f0.dim, m0.height, m0.width)
         });
         if !same || f0.dim != probe.dim {
             return Ok(probe.loss_and_grad(batch));
@@ -142,29 +143,48 @@ where
         let x: Vec<f32> = batch.iter().flat_map(|(f, _)| f.data.iter().copied()).collect();
         let x = self.matrix(&x, d); // [B*hw, d]
         let w = self.matrix(&probe.weight, d); // [c, d]
-        let bias = Tensor::<B, 1>::from_data(TensorData::new(probe.bias.clone(), [c]), &self.device);
+        let bias =
+            Tensor::<B, 1>::from_data(TensorData::new(probe.bias.clone(), [c]), &self.device);
         let logits = (x.clone().matmul(w.transpose()) + bias.unsqueeze::<2>()).reshape([b, hw, c]);
-        let up_map = self.matrix(&Bilinear::new(f0.height, f0.width, m0.height, m0.width).matrix(), hw); // [px, hw]
+        let up_map =
+            self.matrix(&Bilinear::new(f0.height, f0.width, m0.height, m0.width).matrix(), hw); // [px, hw]
         let up = up_map.clone().unsqueeze::<3>().expand([b, px, hw]).matmul(logits); // [B, px, c]
-        let labels: Vec<i64> = batch.iter().flat_map(|(_, m)| m.labels.iter().map(|&l| l as i64)).collect();
-        let valid: Vec<f32> = batch.iter().flat_map(|(_, m)| m.labels.iter().map(|&l| (l as u32 != IGNORE) as u8 as f32)).collect();
+        let labels: Vec<i64> =
+            batch.iter().flat_map(|(_, m)| m.labels.iter().map(|&l| l as i64)).collect();
+        let valid: Vec<f32> = batch
+            .iter()
+            .flat_map(|(_, m)| m.labels.iter().map(|&l| (l as u32 != IGNORE) as u8 as f32))
+            .collect();
         let pixels = valid.iter().filter(|&&v| v > 0.0).count();
-        if let Some(l) = batch.iter().flat_map(|(_, m)| m.labels.iter()).find(|&&l| l as u32 != IGNORE && l as usize >= c) {
+        if let Some(l) = batch
+            .iter()
+            .flat_map(|(_, m)| m.labels.iter())
+            .find(|&&l| l as u32 != IGNORE && l as usize >= c)
+        {
             anyhow::bail!("label {l} >= {c} classes");
         }
         let y = Tensor::<B, 1, Int>::from_data(
-            TensorData::new(labels.iter().map(|&l| if l as u32 == IGNORE { 0 } else { l }).collect::<Vec<_>>(), [b * px]),
+            TensorData::new(
+                labels.iter().map(|&l| if l as u32 == IGNORE { 0 } else { l }).collect::<Vec<_>>(),
+                [b * px],
+            ),
             &self.device,
         )
         .reshape([b, px, 1]);
-        let valid = Tensor::<B, 1>::from_data(TensorData::new(valid, [b * px]), &self.device).reshape([b, px, 1]);
+        let valid = Tensor::<B, 1>::from_data(TensorData::new(valid, [b * px]), &self.device)
+            .reshape([b, px, 1]);
         let max = up.clone().max_dim(2);
         let shifted = up - max;
         let e = shifted.clone().exp();
         let z = e.clone().sum_dim(2);
         let picked = shifted.gather(2, y.clone());
         let loss = ((z.clone().log() - picked) * valid.clone()).sum();
-        let onehot = Tensor::<B, 3>::zeros([b, px, c], &self.device).scatter(2, y, valid.clone().ones_like(), burn::tensor::IndexingUpdateOp::Add);
+        let onehot = Tensor::<B, 3>::zeros([b, px, c], &self.device).scatter(
+            2,
+            y,
+            valid.clone().ones_like(),
+            burn::tensor::IndexingUpdateOp::Add,
+        );
         let dup = (e / z - onehot) * valid; // [B, px, c]
         let dpatch = up_map.transpose().unsqueeze::<3>().expand([b, hw, px]).matmul(dup); // [B, hw, c]
         let dpatch = dpatch.reshape([b * hw, c]);
@@ -233,6 +253,12 @@ mod tests {
         // rounding of those terms, not of the distance, bounds the difference.
         let worst = da.iter().zip(&db).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max);
         assert!(worst < 1e-4, "distances differ by {worst}");
+        // A whole k-means: the objective for a seed equal within 1e-4 relative.
+        let fp = mosic_eval::kmeans::FaissParams::new(10, 2, 5);
+        let ka = mosic_eval::kmeans::faiss_kmeans_on(&Cpu, &data, dim, 12, &fp).unwrap();
+        let kb = mosic_eval::kmeans::faiss_kmeans_on(p, &data, dim, 12, &fp).unwrap();
+        let rel = (ka.objective - kb.objective).abs() / ka.objective;
+        assert!(rel < 1e-4, "k-means objectives {} and {}", ka.objective, kb.objective);
         let (ga, gb) = (Cpu.gram(&data, dim).unwrap(), p.gram(&data, dim).unwrap());
         let worst =
             ga.iter().zip(&gb).map(|(x, y)| (x - y).abs() / x.abs().max(1.0)).fold(0.0, f64::max);
@@ -249,13 +275,22 @@ mod tests {
         let (g, d, c, px) = (4, 6, 5, 10);
         let probe = LinearProbe::new(d, c, 3);
         let maps: Vec<FeatureMap> = (0..3)
-            .map(|_| FeatureMap::new(g, g, d, (0..g * g * d).map(|_| rng.uniform(-1.0, 1.0) as f32).collect()))
+            .map(|_| {
+                FeatureMap::new(
+                    g,
+                    g,
+                    d,
+                    (0..g * g * d).map(|_| rng.uniform(-1.0, 1.0) as f32).collect(),
+                )
+            })
             .collect();
         let masks: Vec<Mask> = (0..3)
             .map(|_| Mask {
                 width: px,
                 height: px,
-                labels: (0..px * px).map(|_| if rng.below(6) == 0 { 255 } else { rng.below(c as u64) as u8 }).collect(),
+                labels: (0..px * px)
+                    .map(|_| if rng.below(6) == 0 { 255 } else { rng.below(c as u64) as u8 })
+                    .collect(),
             })
             .collect();
         let batch: Vec<(&FeatureMap, &Mask)> = maps.iter().zip(&masks).collect();

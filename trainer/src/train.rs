@@ -232,8 +232,11 @@ impl<B: AutodiffBackend> Trainer<B> {
                 .and_then(|i| i.parse::<usize>().ok())
                 .is_some_and(|i| i >= frozen)
         });
+        let mut student = student;
+        // As PyTorch's autocast: every matrix product of the backbone in model.precision, the
+        // trainable blocks' too (their master weights stay f32).
+        student.backbone.precision = cfg.model.precision;
         let mut teacher = student.valid();
-        // The teacher and the frozen prefix need no gradient: they run in model.precision.
         teacher.backbone.precision = cfg.model.precision;
         let o = &cfg.optim;
         Ok(Self {
@@ -986,8 +989,11 @@ mod tests {
     type Inner = crate::testing::Golden;
     type AB = Autodiff<Inner>;
 
+    /// Tensors by name: (shape, f32 values).
+    type Tensors = HashMap<String, (Vec<usize>, Vec<f32>)>;
+
     /// Every tensor of a safetensors fixture as (shape, f32 values); int64 tensors converted.
-    fn fixture(name: &str) -> (HashMap<String, (Vec<usize>, Vec<f32>)>, serde_json::Value) {
+    fn fixture(name: &str) -> (Tensors, serde_json::Value) {
         let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/fixtures/loss");
         let bytes = std::fs::read(format!("{dir}/{name}.safetensors")).expect("fixture");
         let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
