@@ -77,11 +77,14 @@ fn on_backbone<T>(
 /// One progress bar per stage a protocol reports.
 struct Stages {
     current: Mutex<Option<(String, Progress)>>,
+    /// When the last stage ended (or the evaluation began): where the next one's work began,
+    /// since a stage may first report with part of its work done.
+    since: Mutex<std::time::Instant>,
 }
 
 impl Stages {
     fn new() -> Self {
-        Self { current: Mutex::new(None) }
+        Self { current: Mutex::new(None), since: Mutex::new(std::time::Instant::now()) }
     }
     fn report(&self, what: &str, done: u64, total: u64) {
         if what.is_empty() {
@@ -90,12 +93,14 @@ impl Stages {
         let mut cur = self.current.lock().unwrap_or_else(|e| e.into_inner());
         if cur.as_ref().is_none_or(|(w, _)| w != what) {
             let (label, unit) = what.split_once(": ").unwrap_or(("eval", what));
-            *cur = Some((what.to_string(), Progress::new(label, unit)));
+            let since = *self.since.lock().unwrap_or_else(|e| e.into_inner());
+            *cur = Some((what.to_string(), Progress::since(label, unit, since)));
         }
         let (_, bar) = cur.as_ref().expect("set above");
         if done >= total {
             bar.finish(done, "");
             *cur = None;
+            *self.since.lock().unwrap_or_else(|e| e.into_inner()) = std::time::Instant::now();
         } else {
             bar.set(done, total, "");
         }
@@ -254,8 +259,9 @@ pub struct Common {
     /// Write the scores and the protocol card as JSON here too.
     #[arg(long)]
     json: Option<PathBuf>,
-    /// Memory the evaluation may hold (GiB); features beyond it (bank, validation set) go to
-    /// disk in chunks under --scratch.
+    /// Memory the evaluation's features may hold (GiB); features beyond it (bank, validation
+    /// set) go to disk in chunks under --scratch. The model and one --batch of its forward pass
+    /// come on top, whatever the dataset's size.
     #[arg(long, default_value_t = mosic_eval::store::Budget::DEFAULT_GB)]
     memory_gb: f64,
     /// Folder for features that do not fit the memory budget (default: the system's temp).

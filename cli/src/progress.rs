@@ -23,6 +23,15 @@ impl Progress {
         Self::with_terminal(label, unit, std::io::stderr().is_terminal())
     }
 
+    /// A bar whose work began at `start` (a stage first heard of when part of it is done),
+    /// so that its rate is not that part over no time.
+    pub fn since(label: &str, unit: &str, start: Instant) -> Self {
+        let mut p = Self::new(label, unit);
+        p.start = start;
+        p.bar = p.bar.map(|b| b.with_elapsed(start.elapsed()));
+        p
+    }
+
     fn with_terminal(label: &str, unit: &str, terminal: bool) -> Self {
         let bar = terminal.then(|| {
             let b = ProgressBar::with_draw_target(Some(0), ProgressDrawTarget::stderr_with_hz(5));

@@ -328,8 +328,10 @@ pub fn evaluate_stored(
 ) -> anyhow::Result<f64> {
     let c = bank.classes;
     let patches = val.height * val.width;
-    // A query row costs its feature, its neighbour list and a tile row of products.
-    let per_image = (patches * (bank.dim * 4 + cfg.neighbours * 16 + TILE_ROWS * 4)) as u64;
+    // A query row costs its feature twice (read, normalised), its running neighbour list and
+    // a tile's list before the merge; no product matrix is held (the CPU kernel keeps it in
+    // registers, a device in its own memory).
+    let per_image = (patches * (bank.dim * 8 + (cfg.neighbours + 1) * 32)) as u64;
     let block = ((query_bytes / per_image.max(1)) as usize).clamp(1, val.len().max(1));
     let mut total = Confusion::new(c, c);
     let mut done = 0;

@@ -12,17 +12,20 @@ use mosic_eval::linear::LinearProbe;
 use mosic_eval::products::{offer, Products, TopK};
 use mosic_eval::segmentation::IGNORE;
 use mosic_eval::Mask;
+use rayon::prelude::*;
 use std::sync::Mutex;
 
 pub struct OnDevice<B: Backend> {
     device: B::Device,
     /// The query block of the last search, kept on the device across the bank's tiles.
     queries: Mutex<Option<(usize, usize, Tensor<B, 2>)>>,
+    /// The most similarities one product holds (queries go in parts under it).
+    scores_bytes: usize,
 }
 
 impl<B: Backend> OnDevice<B> {
     pub fn new(device: &B::Device) -> Self {
-        Self { device: device.clone(), queries: Mutex::new(None) }
+        Self { device: device.clone(), queries: Mutex::new(None), scores_bytes: SCORES_BYTES }
     }
 
     fn matrix(&self, data: &[f32], cols: usize) -> Tensor<B, 2> {
@@ -72,28 +75,12 @@ where
                 }
             }
         };
-        let scores = q.matmul(self.matrix(bank, dim).transpose());
-        let (values, indices) = scores.clone().topk_with_indices(kk, 1);
-        // A row whose k-th value has more equals than the top-k kept is a boundary tie: which
-        // of them count is decided on the host, by index.
-        let kth = values.clone().narrow(1, kk - 1, 1);
-        let at_least = scores.clone().greater_equal(kth).int().sum_dim(1);
-        let (values, indices, at_least) = (host_f32(values), host_i64(indices), host_i64(at_least));
-        let ties: Vec<usize> =
-            at_least.iter().enumerate().filter(|(_, &c)| c as usize > kk).map(|(i, _)| i).collect();
-        for (i, t) in top.iter_mut().enumerate() {
-            if ties.binary_search(&i).is_ok() {
-                continue;
-            }
-            for j in 0..kk {
-                offer(t, k, (values[i * kk + j], first + indices[i * kk + j] as usize));
-            }
-        }
-        for &i in &ties {
-            let row = host_f32(scores.clone().narrow(0, i, 1));
-            for (j, &s) in row.iter().enumerate() {
-                offer(&mut top[i], k, (s, first + j));
-            }
+        let bank_t = self.matrix(bank, dim).transpose();
+        // Query rows in parts whose similarity matrix stays under SCORES_BYTES on the device.
+        let part = (self.scores_bytes / (4 * rows)).max(1);
+        for (p, top) in top.chunks_mut(part).enumerate() {
+            let q = q.clone().narrow(0, p * part, top.len());
+            search_part(q.matmul(bank_t.clone()), kk, k, first, top);
         }
         Ok(())
     }
@@ -198,6 +185,41 @@ where
     }
 }
 
+/// The similarities any one product may hold on the device (1 GiB).
+const SCORES_BYTES: usize = 1 << 30;
+
+/// Offers the top-`kk` of every row of `scores` (queries x bank tile) to `top`, rows whose
+/// k-th value ties with one left out resolved on the host, by index.
+fn search_part<B: Backend>(
+    scores: Tensor<B, 2>,
+    kk: usize,
+    k: usize,
+    first: usize,
+    top: &mut [TopK],
+) {
+    let (values, indices) = scores.clone().topk_with_indices(kk, 1);
+    // A row whose k-th value has more equals than the top-k kept is a boundary tie: which
+    // of them count is decided on the host, by index.
+    let kth = values.clone().narrow(1, kk - 1, 1);
+    let at_least = scores.clone().greater_equal(kth).int().sum_dim(1);
+    let (values, indices, at_least) = (host_f32(values), host_i64(indices), host_i64(at_least));
+    let ties: Vec<usize> =
+        at_least.iter().enumerate().filter(|(_, &c)| c as usize > kk).map(|(i, _)| i).collect();
+    top.par_iter_mut().enumerate().for_each(|(i, t)| {
+        if ties.binary_search(&i).is_err() {
+            for j in 0..kk {
+                offer(t, k, (values[i * kk + j], first + indices[i * kk + j] as usize));
+            }
+        }
+    });
+    for &i in &ties {
+        let row = host_f32(scores.clone().narrow(0, i, 1));
+        for (j, &s) in row.iter().enumerate() {
+            offer(&mut top[i], k, (s, first + j));
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -208,7 +230,8 @@ mod tests {
     where
         B::Device: Default,
     {
-        OnDevice::<B>::new(&Default::default())
+        // Parts of 5 query rows at the 64-row tiles below, so the split is exercised.
+        OnDevice { scores_bytes: 5 * 64 * 4, ..OnDevice::<B>::new(&Default::default()) }
     }
 
     /// The device search returns the CPU path's neighbours exactly, ties included, over
@@ -220,15 +243,15 @@ mod tests {
     {
         let mut rng = SplitMix64::new(3);
         let dim = 8;
-        // Bank: random unit vectors plus exact duplicates (equal similarities).
+        // Bank: multiples of 1/8 (every product and sum exact in f32, so any order of
+        // summation gives the same similarities), with exact duplicates and many equal
+        // similarities besides: ties, whatever kernel computes them.
         let mut bank: Vec<f32> = Vec::new();
         for i in 0..300 {
             let v: Vec<f32> = if i % 7 == 0 && i > 0 {
                 bank[(i - 7) * dim..(i - 6) * dim].to_vec()
             } else {
-                let v: Vec<f32> = (0..dim).map(|_| rng.uniform(-1.0, 1.0) as f32).collect();
-                let n = v.iter().map(|x| x * x).sum::<f32>().sqrt();
-                v.iter().map(|x| x / n).collect()
+                (0..dim).map(|_| (rng.below(17) as f32 - 8.0) / 8.0).collect()
             };
             bank.extend(v);
         }
