@@ -10,7 +10,7 @@
 set -euo pipefail
 dir=${1:?usage: tools/libtorch-cpu.sh DIR}
 TORCH=${TORCH_VERSION:-2.11.0}
-if [ -f "$dir/torch/lib/libtorch_cpu.so" ] && [ -f "$dir/torch/include/torch/all.h" ]; then
+if [ -f "$dir/torch/lib/libtorch_cpu.so" ] && [ -f "$dir/torch/include/torch/csrc/api/include/torch/all.h" ]; then
   exit 0
 fi
 mkdir -p "$dir"
@@ -35,7 +35,7 @@ for whl in glob.glob(os.path.join(wheels, "*.whl")):
             elif m.startswith("nvidia/") and name in ("libcudart.so.13", "libcupti.so.13"):
                 with z.open(m) as src, open(os.path.join(lib, name), "wb") as dst:
                     dst.write(src.read())
-missing = sorted(keep_torch | {"libcudart.so.13", "libcupti.so.13"} - set(os.listdir(lib)))
+missing = sorted((keep_torch | {"libcudart.so.13", "libcupti.so.13"}) - set(os.listdir(lib)))
 if missing:
     sys.exit(f"libtorch-cpu: not found in the wheels: {missing}")
 EOF

@@ -244,7 +244,9 @@ pub fn dispatch<W: WithBackend>(target: &Target, work: W) -> Result<W::Output> {
 /// Device checks that ask the driver or libtorch, so a missing GPU is an error, not a panic.
 #[cfg(any(feature = "cuda", feature = "tch"))]
 mod gpu {
-    use super::{Device, Precision};
+    #[cfg(feature = "tch")]
+    use super::Device;
+    use super::Precision;
     use anyhow::{bail, Result};
 
     #[cfg(feature = "cuda")]

@@ -7,7 +7,8 @@
 //! CosineAnnealingLR, fixed tracks instead of CoTracker. Our [`Trainer`] is set up for the
 //! released behaviour through config keys alone, starts from the same weights (backbone file,
 //! head and prototypes written into both copies) and takes the same batches on
-//! `Autodiff<NdArray<f32>>`. Regenerate the fixture with
+//! `Autodiff<NdArray<f32>>` (in a build with `tch`, libtorch's CPU device: the kernels it runs
+//! on GPUs, CPU versions). Regenerate the fixture with
 //! `python tools/make_train_loop_golden.py --mosic /path/to/MoSiC`.
 //!
 //! Checked, with their tolerances (measured worst in brackets):
@@ -33,7 +34,7 @@
 //! (`0.99 p + 0.01 p != p`; 1.1e-6 after ten steps, recorded as `frozen_teacher_drift`); ours
 //! leaves them alone. They are not part of the fixture: that drift is rounding, not training.
 
-use burn::backend::{Autodiff, NdArray};
+use burn::backend::Autodiff;
 use burn::module::AutodiffModule;
 use burn::tensor::{Int, Tensor, TensorData};
 use mosic::tensors::{read_safetensors, HostTensor};
@@ -47,8 +48,11 @@ use serde_json::Value;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-type AB = Autodiff<NdArray<f32>>;
-type IB = NdArray<f32>;
+#[cfg(not(feature = "tch"))]
+type IB = burn::backend::NdArray<f32>;
+#[cfg(feature = "tch")]
+type IB = burn::backend::LibTorch<f32>;
+type AB = Autodiff<IB>;
 
 const LOSS_ABS: f64 = 1e-5;
 const GRAD_NORM_REL: f64 = 1e-5;
