@@ -321,17 +321,43 @@ fn image_protocols_run_on_a_plain_layout() {
     let c = card(&json, "Hummingbird", 56, 56, &[3, 4]);
     assert_eq!(c["bank_size"].as_str(), Some("200"), "{c}");
     assert!(text(&o).contains("(0 B of features on disk)"), "{}", text(&o));
-    // A memory budget a fraction of the features' size: bank and validation features go to
-    // disk, the scores stay the same to the last bit.
-    let small = tmp.path().join("incontext-small.json");
-    let mut b = a.clone();
-    let at = b.iter().position(|x| x.as_str() == "--json").unwrap() + 1;
-    b[at] = small.to_str().unwrap().to_string();
-    b.extend(["--memory-gb", "0.00002"].map(String::from));
-    let o = run(&b.iter().map(String::as_str).collect::<Vec<_>>());
+    // A memory budget a fraction of the features' size: at 448 px every image has 1,024
+    // patches, so the whole bank (8 images, one pass) and the validation set are 8,192 rows
+    // each, the smallest chunk a store writes; under a 20 KB budget both go to disk, and the
+    // scores stay the same to the last bit.
+    let big = |json: &Path, budget: Option<&str>| -> Vec<String> {
+        let mut b = common("incontext", json);
+        let at = b.iter().position(|x| x.as_str() == "56").unwrap();
+        b[at] = "448".into();
+        b.extend(
+            [
+                "--fractions",
+                "1",
+                "--seeds",
+                "3",
+                "--neighbours",
+                "5",
+                "--train-split",
+                "train",
+                "--memory-size",
+                "0",
+                "--no-augment",
+            ]
+            .map(String::from),
+        );
+        if let Some(gb) = budget {
+            b.extend(["--memory-gb".to_string(), gb.to_string()]);
+        }
+        b
+    };
+    let (whole, small) = (tmp.path().join("incontext-448.json"), tmp.path().join("small.json"));
+    let o = run(&big(&whole, None).iter().map(String::as_str).collect::<Vec<_>>());
     assert!(o.status.success(), "{}", text(&o));
-    assert!(text(&o).contains(" KB of features on disk)"), "{}", text(&o));
-    assert_eq!(scores(&small), s, "scores with features on disk");
+    assert!(text(&o).contains("8192 bank patches (0 B of features on disk)"), "{}", text(&o));
+    let o = run(&big(&small, Some("0.00002")).iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("8192 bank patches (4.0 MB of features on disk)"), "{}", text(&o));
+    assert_eq!(scores(&small), scores(&whole), "scores with features on disk");
     // 8 images x 2 passes share 200 patches: 12 per image, 192 in all.
     assert!(c["settings"]["bank"].as_str().unwrap().contains("1/1: 192"), "{c}");
     // Published lists: names resolved in the training split, a missing list named.
