@@ -602,6 +602,11 @@ fn vectors(
 pub fn knn(a: BenchKnnArgs) -> Result<ExitCode> {
     use mosic_eval::search::TopK;
     let (n, m, d) = (a.bank, a.queries, a.dim);
+    for (flag, v) in [("--bank", n), ("--queries", m), ("--dim", d), ("--k", a.k)] {
+        if v == 0 {
+            bail!("{flag} must be at least 1");
+        }
+    }
     // Checked before the vectors are drawn or read.
     let target = match a.backend.as_str() {
         "cpu" => None,
@@ -684,8 +689,11 @@ pub fn knn(a: BenchKnnArgs) -> Result<ExitCode> {
 pub fn kmeans(a: BenchKmeansArgs) -> Result<ExitCode> {
     use mosic_eval::kmeans::{faiss_kmeans, FaissParams};
     let (n, d, k) = (a.points, a.dim, a.k);
+    if d == 0 {
+        bail!("--dim must be at least 1");
+    }
     if k == 0 || k > n {
-        bail!("need 1 <= k <= points");
+        bail!("--k must be between 1 and --points ({n}), not {k}");
     }
     let x = vectors(n, d, a.seed, &a.load, &a.save)?;
     let pool = pool(a.threads)?;
