@@ -4,14 +4,17 @@
 # step (torch_step.py, timm) on the same GPU in one run, at identical settings; the two-worker
 # path (two workers sharing one GPU); one table, most important rows first.
 #
-# Build here, then carry the binaries and the reference script (64 MiB in all):
+# Build here, then carry the binaries (gzip: the stripped pair is ~64 MB, the carry limit) and
+# the reference script:
 #   cargo build --release -p mosic-trainer --example bench_step --features cuda
-#     cp target/release/examples/bench_step bench_step_cuda
+#     cp target/release/examples/bench_step .gpu/bench_step_cuda
 #   tools/libtorch-cpu.sh /tmp/lt && LIBTORCH=/tmp/lt/torch LIBTORCH_BYPASS_VERSION_CHECK=1 \
 #     CARGO_TARGET_DIR=target/tch cargo build --release -p mosic-trainer --example bench_step --features tch
-#     cp target/tch/release/examples/bench_step bench_step_tch
-#   strip bench_step_cuda bench_step_tch
-#   tools/bench-gpu.sh            (on the GPU machine, from the repository root)
+#     cp target/tch/release/examples/bench_step .gpu/bench_step_tch
+#   strip .gpu/bench_step_*; gzip -9 .gpu/bench_step_*      (.gpu/ listed in .git/info/exclude, carried)
+# There, from the repository root:
+#   for f in .gpu/*.gz; do gunzip -f $f; done; chmod +x .gpu/*
+#   BENCH_CUDA=.gpu/bench_step_cuda BENCH_TCH=.gpu/bench_step_tch tools/bench-gpu.sh
 # The tch binary is linked against libtorch_cpu and libc10 of the torch 2.11.0 wheel; there it
 # runs with that machine's torch/lib (same version), and libtorch_cuda is preloaded so that
 # libtorch registers its CUDA kernels.
@@ -25,6 +28,7 @@
 #   RUNS     "precision:batch", most important first [bf16:64 bf16:16 fp32:64 fp32:16]
 #   WORKERS  a device list for the multi-worker row [cuda:0,cuda:0] (empty: none)
 #   BUDGET_S stop starting new rows after this many seconds [480]
+#   ROW_S    end any one process after this many seconds (a timed-out row says so) [240]
 # Settings of both sides: ViT-S/14 at 224 px, 12 frames x 256 points, last 2 blocks
 # trainable, head 384-2048-2048-256, 100 prototypes, Sinkhorn 0.05 x 10 over all points, no
 # masking, nearest sampling, EMA 0.99, AdamW, random weights; 10 timed steps after 3 warm-up.
@@ -40,6 +44,7 @@ BACKENDS=${BACKENDS:-cuda tch}
 RUNS=${RUNS:-bf16:64 bf16:16 fp32:64 fp32:16}
 WORKERS=${WORKERS-cuda:0,cuda:0}
 BUDGET_S=${BUDGET_S:-480}
+ROW_S=${ROW_S:-240}
 CONFIG=${CONFIG:-configs/dinov2_s14_ytvos.toml}
 
 for f in "$REF" "$CONFIG"; do
@@ -77,11 +82,13 @@ ours() {
   local bin; bin=$(binary "$1")
   [ -x "$bin" ] || { echo "bench-gpu: $bin not found: $1 rows skipped" >&2; return 3; }
   local env=(BENCH_DEVICE="$2")
+  # CubeCL loads NVRTC at run time: the toolkit's, else the wheels'.
+  [ "$1" = cuda ] && env+=(LD_LIBRARY_PATH="/usr/local/cuda/lib64:$nvidia_libs:${LD_LIBRARY_PATH:-}")
   if [ "$1" = tch ]; then
     env+=(LD_LIBRARY_PATH="$torch_lib:$nvidia_libs:${LD_LIBRARY_PATH:-}")
     [ "$2" != cpu ] && [ -e "$torch_lib/libtorch_cuda.so" ] && env+=(LD_PRELOAD="$torch_lib/libtorch_cuda.so")
   fi
-  env "${env[@]}" "$bin" "$1" "$CONFIG" data.batch_size="$4" model.precision="$3" model.trainable_blocks=2 \
+  timeout -k 10 "$ROW_S" env "${env[@]}" "$bin" "$1" "$CONFIG" data.batch_size="$4" model.precision="$3" model.trainable_blocks=2 \
     'head.hidden=[2048,2048]' head.out_dim=256 head.prototypes=100 objective.epsilon=0.05 \
     objective.sinkhorn_iterations=10 objective.ema=0.99 objective.mask_ratio=0 \
     objective.teacher_sampling=nearest objective.student_sampling=nearest objective.sinkhorn_rows=all
@@ -89,6 +96,8 @@ ours() {
 
 start=$(date +%s)
 rows=()
+# Each row is printed as soon as it is measured too, so a run cut short keeps what it found.
+row() { rows+=("$1"); echo "row: $1"; }
 over() { [ $(( $(date +%s) - start )) -gt "$BUDGET_S" ]; }
 ref_device=${DEVICE%%:*}
 for run in $RUNS; do
@@ -96,7 +105,7 @@ for run in $RUNS; do
   if over; then echo "budget of ${BUDGET_S}s spent: $run not run"; continue; fi
   echo "== PyTorch: $DEVICE $p batch $b"
   out=$(mktemp)
-  peak_of "$PY" "$REF" --device "$ref_device" --precision "$p" --batch "$b" --trainable 2 --hidden 2048 2048 \
+  peak_of timeout -k 10 "$ROW_S" "$PY" "$REF" --device "$ref_device" --precision "$p" --batch "$b" --trainable 2 --hidden 2048 2048 \
     --out-dim 256 --prototypes 100 --eps 0.05 --iters 10 --ema 0.99 --steps 10 --warmup 3 >"$out" 2>&1
   rc=$?; ref=$(cat "$out"); ref_peak=$PEAK
   echo "$ref" | tail -2
@@ -108,12 +117,12 @@ for run in $RUNS; do
     peak_of ours "$be" "$DEVICE" "$p" "$b" >"$out" 2>&1
     rc=$?; line=$(grep '^bench_step ' "$out"); ours_peak=$PEAK
     if [ $rc = 3 ]; then continue; fi
-    if [ $rc != 0 ]; then tail -15 "$out"; rows+=("| $p | $b | $be | failed (exit $rc) | ${ref_ms:-failed} | | | | | | |"); continue; fi
+    if [ $rc != 0 ]; then tail -15 "$out"; row "| $p | $b | $be | $( [ $rc = 124 ] && echo "timed out (${ROW_S}s)" || echo "failed (exit $rc)") | ${ref_ms:-failed} | | | | | | |"; continue; fi
     echo "$line"
     ms=$(field step_ms "$line")
     ratio=$(awk -v a="$ms" -v r="$ref_ms" 'BEGIN { if (a > 0 && r > 0) printf "%.2f", r / a; else print "n/a" }')
     ref_cps=$(awk -v b="$b" -v m="$ref_ms" 'BEGIN { if (m > 0) printf "%.1f", b * 1000 / m; else print "n/a" }')
-    rows+=("| $p | $b | $be | $ms | ${ref_ms:-failed} | **${ratio}x** | $(field clips_per_s "$line") | $ref_cps | $ours_peak | $ref_peak | $(field first_step_s "$line") |")
+    row "| $p | $b | $be | $ms | ${ref_ms:-failed} | **${ratio}x** | $(field clips_per_s "$line") | $ref_cps | $ours_peak | $ref_peak | $(field first_step_s "$line") |"
   done
   rm -f "$out"
 done
@@ -129,7 +138,7 @@ if [ -n "$WORKERS" ] && [ "$DEVICE" != cpu ] && ! over; then
     rc=$?; line=$(grep '^bench_step ' "$out")
     [ $rc = 3 ] && { rm -f "$out"; continue; }
     [ $rc = 0 ] || tail -15 "$out"
-    rows+=("| $p | $b | $be on $WORKERS | $(field step_ms "$line") | | | $(field clips_per_s "$line") | | $PEAK | | $(field first_step_s "$line") |")
+    row "| $p | $b | $be on $WORKERS | $(field step_ms "$line") | | | $(field clips_per_s "$line") | | $PEAK | | $(field first_step_s "$line") |"
     rm -f "$out"
   done
 fi

@@ -643,8 +643,9 @@ pub fn knn(a: BenchKnnArgs) -> Result<ExitCode> {
             Some(t) => pool.install(|| {
                 mosic_trainer::features::with_products(t, |p| {
                     let mut top = vec![Vec::with_capacity(a.k + 1); m];
+                    let mut block = p.queries(queries, d)?;
                     for (i, c) in bank.chunks(chunk * d).enumerate() {
-                        p.search_block(queries, d, c, i * chunk, a.k, &mut top)?;
+                        block.search_tile(c, i * chunk, a.k, &mut top)?;
                     }
                     Ok(top)
                 })

@@ -207,16 +207,10 @@ impl Bank {
         let q = queries.len() / self.dim;
         let mut top = vec![TopK::with_capacity(k + 1); q];
         let k = k.min(self.len());
+        let mut block = products.queries(queries, self.dim)?;
         self.features.for_each_block(|first, rows| {
             for (t, tile) in rows.chunks(TILE_ROWS * self.dim).enumerate() {
-                products.search_block(
-                    queries,
-                    self.dim,
-                    tile,
-                    first + t * TILE_ROWS,
-                    k,
-                    &mut top,
-                )?;
+                block.search_tile(tile, first + t * TILE_ROWS, k, &mut top)?;
             }
             Ok(())
         })?;

@@ -33,17 +33,10 @@ pub trait Products: Sync {
     /// Where the products run, for messages and protocol cards.
     fn name(&self) -> String;
 
-    /// Feeds bank rows `first..first + n` (`bank`, `n x dim`) to the running top-`k` of every
-    /// query (`queries`, `q x dim`; `top.len() == q`), by inner product.
-    fn search_block(
-        &self,
-        queries: &[f32],
-        dim: usize,
-        bank: &[f32],
-        first: usize,
-        k: usize,
-        top: &mut [TopK],
-    ) -> Result<()>;
+    /// A block of queries (`queries`, `q x dim`) made ready where the products run, to be fed
+    /// the bank tile by tile. The block borrows `queries`, so they cannot change while it is
+    /// searched: an implementation may keep its own copy for the block's whole life.
+    fn queries<'a>(&'a self, queries: &'a [f32], dim: usize) -> Result<Box<dyn Queries + 'a>>;
 
     /// For every row of `data`: the nearest centroid in L2 (the lower index on a tie) and the
     /// squared distance to it.
@@ -68,6 +61,14 @@ pub trait Products: Sync {
     }
 }
 
+/// A query block of [`Products::queries`].
+pub trait Queries {
+    /// Feeds bank rows `first..first + n` (`bank`, `n x dim`) to the running top-`k` of every
+    /// query of the block (`top.len() == q`), by inner product.
+    fn search_tile(&mut self, bank: &[f32], first: usize, k: usize, top: &mut [TopK])
+        -> Result<()>;
+}
+
 /// The products on this machine's CPU (all cores).
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Cpu;
@@ -77,23 +78,8 @@ impl Products for Cpu {
         "cpu".into()
     }
 
-    fn search_block(
-        &self,
-        queries: &[f32],
-        dim: usize,
-        bank: &[f32],
-        first: usize,
-        k: usize,
-        top: &mut [TopK],
-    ) -> Result<()> {
-        // The block's own top-k on the fused kernel, then merged into the running lists.
-        let found = crate::search::search(queries, bank, dim, k);
-        top.par_iter_mut().zip(found).for_each(|(t, hits)| {
-            for (s, j) in hits {
-                offer(t, k, (s, first + j));
-            }
-        });
-        Ok(())
+    fn queries<'a>(&'a self, queries: &'a [f32], dim: usize) -> Result<Box<dyn Queries + 'a>> {
+        Ok(Box::new(CpuQueries { queries, dim }))
     }
 
     fn nearest_centroids(
@@ -110,6 +96,30 @@ impl Products for Cpu {
     }
 }
 
+struct CpuQueries<'a> {
+    queries: &'a [f32],
+    dim: usize,
+}
+
+impl Queries for CpuQueries<'_> {
+    fn search_tile(
+        &mut self,
+        bank: &[f32],
+        first: usize,
+        k: usize,
+        top: &mut [TopK],
+    ) -> Result<()> {
+        // The tile's own top-k on the fused kernel, then merged into the running lists.
+        let found = crate::search::search(self.queries, bank, self.dim, k);
+        top.par_iter_mut().zip(found).for_each(|(t, hits)| {
+            for (s, j) in hits {
+                offer(t, k, (s, first + j));
+            }
+        });
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -123,10 +133,11 @@ mod tests {
         let queries: Vec<f32> = dirs.iter().flatten().copied().collect();
         let k = 7;
         let mut whole = vec![TopK::new(); 3];
-        Cpu.search_block(&queries, dim, &bank, 0, k, &mut whole).unwrap();
+        Cpu.queries(&queries, dim).unwrap().search_tile(&bank, 0, k, &mut whole).unwrap();
         let mut blocks = vec![TopK::new(); 3];
+        let mut q = Cpu.queries(&queries, dim).unwrap();
         for (b, chunk) in bank.chunks(dim * 9).enumerate() {
-            Cpu.search_block(&queries, dim, chunk, b * 9, k, &mut blocks).unwrap();
+            q.search_tile(chunk, b * 9, k, &mut blocks).unwrap();
         }
         assert_eq!(whole, blocks);
         // Brute force: sort all by (similarity desc, index asc).

@@ -9,23 +9,20 @@ use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor, TensorData};
 use mosic_eval::dense::{Bilinear, FeatureMap};
 use mosic_eval::linear::LinearProbe;
-use mosic_eval::products::{offer, Products, TopK};
+use mosic_eval::products::{offer, Products, Queries, TopK};
 use mosic_eval::segmentation::IGNORE;
 use mosic_eval::Mask;
 use rayon::prelude::*;
-use std::sync::Mutex;
 
 pub struct OnDevice<B: Backend> {
     device: B::Device,
-    /// The query block of the last search, kept on the device across the bank's tiles.
-    queries: Mutex<Option<(usize, usize, Tensor<B, 2>)>>,
     /// The most similarities one product holds (queries go in parts under it).
     scores_bytes: usize,
 }
 
 impl<B: Backend> OnDevice<B> {
     pub fn new(device: &B::Device) -> Self {
-        Self { device: device.clone(), queries: Mutex::new(None), scores_bytes: SCORES_BYTES }
+        Self { device: device.clone(), scores_bytes: SCORES_BYTES }
     }
 
     fn matrix(&self, data: &[f32], cols: usize) -> Tensor<B, 2> {
@@ -49,40 +46,9 @@ where
         B::name(&self.device)
     }
 
-    fn search_block(
-        &self,
-        queries: &[f32],
-        dim: usize,
-        bank: &[f32],
-        first: usize,
-        k: usize,
-        top: &mut [TopK],
-    ) -> Result<()> {
-        let rows = bank.len() / dim;
-        let kk = k.min(rows);
-        if kk == 0 {
-            return Ok(());
-        }
-        let q = {
-            let mut cache = self.queries.lock().unwrap_or_else(|e| e.into_inner());
-            let key = (queries.as_ptr() as usize, queries.len());
-            match cache.as_ref() {
-                Some((p, n, t)) if (*p, *n) == key => t.clone(),
-                _ => {
-                    let t = self.matrix(queries, dim);
-                    *cache = Some((key.0, key.1, t.clone()));
-                    t
-                }
-            }
-        };
-        let bank_t = self.matrix(bank, dim).transpose();
-        // Query rows in parts whose similarity matrix stays under SCORES_BYTES on the device.
-        let part = (self.scores_bytes / (4 * rows)).max(1);
-        for (p, top) in top.chunks_mut(part).enumerate() {
-            let q = q.clone().narrow(0, p * part, top.len());
-            search_part(q.matmul(bank_t.clone()), kk, k, first, top);
-        }
-        Ok(())
+    /// The block is copied to the device once and searched against every tile there.
+    fn queries<'a>(&'a self, queries: &'a [f32], dim: usize) -> Result<Box<dyn Queries + 'a>> {
+        Ok(Box::new(DeviceQueries { products: self, q: self.matrix(queries, dim), dim }))
     }
 
     fn nearest_centroids(
@@ -185,6 +151,37 @@ where
     }
 }
 
+/// A query block on the device, for the life of one search.
+struct DeviceQueries<'a, B: Backend> {
+    products: &'a OnDevice<B>,
+    q: Tensor<B, 2>,
+    dim: usize,
+}
+
+impl<B: Backend> Queries for DeviceQueries<'_, B> {
+    fn search_tile(
+        &mut self,
+        bank: &[f32],
+        first: usize,
+        k: usize,
+        top: &mut [TopK],
+    ) -> Result<()> {
+        let rows = bank.len() / self.dim;
+        let kk = k.min(rows);
+        if kk == 0 {
+            return Ok(());
+        }
+        let bank_t = self.products.matrix(bank, self.dim).transpose();
+        // Query rows in parts whose similarity matrix stays under SCORES_BYTES on the device.
+        let part = (self.products.scores_bytes / (4 * rows)).max(1);
+        for (p, top) in top.chunks_mut(part).enumerate() {
+            let q = self.q.clone().narrow(0, p * part, top.len());
+            search_part(q.matmul(bank_t.clone()), kk, k, first, top);
+        }
+        Ok(())
+    }
+}
+
 /// The similarities any one product may hold on the device (1 GiB).
 const SCORES_BYTES: usize = 1 << 30;
 
@@ -258,9 +255,11 @@ mod tests {
         let queries: Vec<f32> = bank[..40 * dim].to_vec();
         for k in [1, 5, 30] {
             let (mut a, mut b) = (vec![TopK::new(); 40], vec![TopK::new(); 40]);
+            let (mut qa, mut qb) =
+                (Cpu.queries(&queries, dim).unwrap(), p.queries(&queries, dim).unwrap());
             for (t, tile) in bank.chunks(64 * dim).enumerate() {
-                Cpu.search_block(&queries, dim, tile, t * 64, k, &mut a).unwrap();
-                p.search_block(&queries, dim, tile, t * 64, k, &mut b).unwrap();
+                qa.search_tile(tile, t * 64, k, &mut a).unwrap();
+                qb.search_tile(tile, t * 64, k, &mut b).unwrap();
             }
             let ids = |v: &[TopK]| -> Vec<Vec<usize>> {
                 v.iter().map(|t| t.iter().map(|c| c.1).collect()).collect()
@@ -325,6 +324,32 @@ mod tests {
         };
         assert!((la - lb).abs() / la < 1e-5, "loss {la} vs {lb}");
         assert!(rel(&wa, &wb) < 1e-5 && rel(&ba, &bb) < 1e-5, "gradients differ");
+    }
+
+    /// One host buffer reused for successive query blocks with new contents (as the
+    /// evaluation's blocks are, when the allocator hands the freed block back): every block
+    /// is searched with its own queries.
+    #[test]
+    fn a_reused_query_buffer_is_searched_with_its_new_contents() {
+        let p = on::<burn::backend::Flex>();
+        let mut rng = SplitMix64::new(5);
+        let dim = 8;
+        let bank: Vec<f32> = (0..200 * dim).map(|_| rng.uniform(-1.0, 1.0) as f32).collect();
+        let mut queries = vec![0.0f32; 10 * dim];
+        for block in 0..3 {
+            queries.iter_mut().for_each(|v| *v = rng.uniform(-1.0, 1.0) as f32);
+            let (mut a, mut b) = (vec![TopK::new(); 10], vec![TopK::new(); 10]);
+            let mut qb = p.queries(&queries, dim).unwrap();
+            for (t, tile) in bank.chunks(64 * dim).enumerate() {
+                Cpu.queries(&queries, dim).unwrap().search_tile(tile, t * 64, 5, &mut a).unwrap();
+                qb.search_tile(tile, t * 64, 5, &mut b).unwrap();
+            }
+            drop(qb);
+            let ids = |v: &[TopK]| -> Vec<Vec<usize>> {
+                v.iter().map(|t| t.iter().map(|c| c.1).collect()).collect()
+            };
+            assert_eq!(ids(&a), ids(&b), "query block {block}");
+        }
     }
 
     #[test]
