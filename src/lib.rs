@@ -16,6 +16,8 @@ pub mod rng;
 pub mod schema;
 pub mod shard;
 pub mod tensors;
+#[doc(hidden)]
+pub mod testing;
 pub mod verify;
 
 pub use clip::{grid_points, plan_clips, Clip, ClipPlan, ShardSpec, TrackerInfo};

@@ -1,11 +1,10 @@
 #!/usr/bin/env bash
 # The one prepared run for a lent GPU machine (an H200 with PyTorch 2.11 + CUDA, no network,
 # 10 minutes a command): our training step on the `cuda` and `tch` backends beside the PyTorch
-# step (torch_step.py, timm) on the same GPU in one run, at identical settings; the two-worker
+# step (tools/bench/torch_step.py, timm) on the same GPU in one run, at identical settings; the two-worker
 # path (two workers sharing one GPU); one table, most important rows first.
 #
-# Build here, then carry the binaries (gzip: the stripped pair is ~64 MB, the carry limit) and
-# the reference script:
+# Build here, then carry the binaries (gzip: the stripped pair is ~64 MB, the carry limit):
 #   cargo build --release -p mosic-trainer --example bench_step --features cuda
 #     cp target/release/examples/bench_step .gpu/bench_step_cuda
 #   tools/libtorch-cpu.sh /tmp/lt && LIBTORCH=/tmp/lt/torch LIBTORCH_BYPASS_VERSION_CHECK=1 \
@@ -21,7 +20,7 @@
 #
 # Environment (defaults in brackets):
 #   BENCH_CUDA, BENCH_TCH  our binaries [bench_step_cuda, bench_step_tch]; a missing one skips its rows
-#   REF      the PyTorch step [shared/reference/torch_step.py, else ../shared/...]
+#   REF      the PyTorch step [tools/bench/torch_step.py]
 #   PY       Python with torch and timm [python3]
 #   DEVICE   the GPU [cuda:0] (cpu: a dry run on the CPU, with BACKENDS="flex tch")
 #   BACKENDS [cuda tch]
@@ -37,7 +36,7 @@
 set -uo pipefail
 BENCH_CUDA=${BENCH_CUDA:-bench_step_cuda}
 BENCH_TCH=${BENCH_TCH:-bench_step_tch}
-REF=${REF:-$( [ -e shared/reference/torch_step.py ] && echo shared/reference/torch_step.py || echo ../shared/reference/torch_step.py )}
+REF=${REF:-tools/bench/torch_step.py}
 PY=${PY:-python3}
 DEVICE=${DEVICE:-cuda:0}
 BACKENDS=${BACKENDS:-cuda tch}

@@ -21,7 +21,7 @@ if [ "$need_apt" = 1 ]; then
     libavfilter-dev libavdevice-dev clang libclang-dev pkg-config >/dev/null
 fi
 if ! python3 -c "import pyarrow, pandas, numpy, onnxruntime" 2>/dev/null; then
-  python3 -m pip install -q --disable-pip-version-check -r tools/requirements-ci.txt
+  python3 -m pip install -q --disable-pip-version-check -r tools/ci/requirements-ci.txt
 fi
 for c in fmt clippy; do
   cargo $c --version >/dev/null 2>&1 || { echo "setup: cargo $c is missing: rustup component add rustfmt clippy" >&2; exit 1; }

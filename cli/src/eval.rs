@@ -6,14 +6,15 @@ use crate::progress::Progress;
 use anyhow::{bail, ensure, Context, Result};
 use clap::{Args, Subcommand};
 use image::RgbImage;
+use mosic_eval::backbone::Progress as EvalProgress;
 use mosic_eval::card::ProtocolCard;
-use mosic_eval::cluster::{ImageProtocol, ImageSet, Score};
-use mosic_eval::incontext::{InContextConfig, RetrievalSet};
-use mosic_eval::linear::{LinearConfig, ProbeSet};
-use mosic_eval::products::Products;
-use mosic_eval::video::{VideoProtocol, VideoSet};
-use mosic_eval::{Backbone, Evaluation};
-use mosic_trainer::features::{read_image, save_features, with_backbone, Weights};
+use mosic_eval::protocols::cluster::{ImageProtocol, ImageSet};
+use mosic_eval::protocols::incontext::{InContextConfig, RetrievalSet};
+use mosic_eval::protocols::linear::{LinearConfig, ProbeSet};
+use mosic_eval::protocols::video::{VideoProtocol, VideoSet};
+use mosic_eval::Evaluation;
+use mosic_eval::Score;
+use mosic_trainer::eval::features::{load, read_image, save_features, Loaded, Weights};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -63,15 +64,16 @@ impl ModelArgs {
     }
 }
 
-/// Runs a protocol (or any work) on the backbone `m` names, at input size `size`.
-fn on_backbone<T>(
-    m: &ModelArgs,
-    size: Option<usize>,
-    f: impl FnOnce(&dyn Backbone, &dyn Products) -> Result<T>,
-) -> Result<T> {
-    let target =
-        mosic_trainer::backend::Target::resolve(&m.backend, &m.device, Default::default())?;
-    with_backbone(&target, &m.weights()?, size, m.batch, f)
+impl ModelArgs {
+    /// The backbone these arguments name, at input size `size`, with the products on its device.
+    fn load(&self, size: Option<usize>) -> Result<Loaded> {
+        let target = mosic_trainer::backend::Target::resolve(
+            &self.backend,
+            &self.device,
+            Default::default(),
+        )?;
+        load(&target, &self.weights()?, size, self.batch)
+    }
 }
 
 /// One progress bar per stage a protocol reports.
@@ -190,13 +192,10 @@ pub fn features(a: FeaturesArgs) -> Result<ExitCode> {
     let (names, images) = read_inputs(&a.input, a.every)?;
     let stages = Stages::new();
     let t0 = Instant::now();
-    let (maps, size) = on_backbone(&a.model, a.size, |bb, _| {
-        let report = |w: &str, d: u64, t: u64| stages.report(w, d, t);
-        Ok((
-            mosic_eval::backbone::extract(bb, &images, "features: images", &report)?,
-            bb.input_size(),
-        ))
-    })?;
+    let m = a.model.load(a.size)?;
+    let report = |w: &str, d: u64, t: u64| stages.report(w, d, t);
+    let maps = mosic_eval::backbone::extract(m.backbone(), &images, "features: images", &report)?;
+    let size = m.backbone().input_size();
     eprintln!(
         "features: {} images from {} at {size} px in {:.1} s",
         images.len(),
@@ -262,7 +261,7 @@ pub struct Common {
     /// Memory the evaluation's features may hold (GiB); features beyond it (bank, validation
     /// set) go to disk in chunks under --scratch. The model and one --batch of its forward pass
     /// come on top, whatever the dataset's size.
-    #[arg(long, default_value_t = mosic_eval::store::Budget::DEFAULT_GB)]
+    #[arg(long, default_value_t = mosic_eval::data::store::Budget::DEFAULT_GB)]
     memory_gb: f64,
     /// Folder for features that do not fit the memory budget (default: the system's temp).
     #[arg(long)]
@@ -270,7 +269,7 @@ pub struct Common {
 }
 
 impl Common {
-    fn budget(&self) -> Result<mosic_eval::store::Budget> {
+    fn budget(&self) -> Result<mosic_eval::data::store::Budget> {
         ensure!(
             self.memory_gb.is_finite() && self.memory_gb > 0.0,
             "--memory-gb must be positive, not {}",
@@ -279,9 +278,9 @@ impl Common {
         if let Some(s) = &self.scratch {
             ensure!(s.is_dir(), "--scratch {}: not a folder", s.display());
         }
-        Ok(mosic_eval::store::Budget {
+        Ok(mosic_eval::data::store::Budget {
             scratch: self.scratch.clone(),
-            ..mosic_eval::store::Budget::gb(self.memory_gb)
+            ..mosic_eval::data::store::Budget::gb(self.memory_gb)
         })
     }
 }
@@ -430,132 +429,154 @@ pub struct InContextArgs {
 pub fn eval(c: EvalCommand) -> Result<ExitCode> {
     let stages = Stages::new();
     let report = |w: &str, d: u64, t: u64| stages.report(w, d, t);
-    let log = |l: &str| eprintln!("{l}");
     let t0 = Instant::now();
     let (name, common, ev) = match &c {
-        EvalCommand::Cluster(a) => {
-            let c = &a.common;
-            let set = ImageSet {
-                data: c.data.clone(),
-                split: a.split.clone(),
-                size: c.size.unwrap_or(448),
-                mask_size: c.mask_size.unwrap_or(100),
-                classes: c.classes,
-                max_images: a.max_images,
-            };
-            let p = ImageProtocol {
-                ks: a.k.clone(),
-                seeds: (0..a.seeds).collect(),
-                niter: a.niter,
-                nredo: a.nredo,
-                pca_dim: a.pca_dim,
-                precision: !a.match_by_iou,
-            };
-            let budget = c.budget()?;
-            let ev = on_backbone(&c.model, Some(set.size), |bb, products| {
-                mosic_eval::cluster::run_leopart(bb, &set, &p, products, &budget, &report)
-            })?;
-            ("cluster", c, ev)
-        }
-        EvalCommand::Video(a) => {
-            let c = &a.common;
-            let size = c.size.unwrap_or(224);
-            let set = VideoSet {
-                data: c.data.clone(),
-                split: a.split.clone(),
-                every: a.every,
-                frames_per_clip: a.frames_per_clip,
-                size,
-                mask_size: c.mask_size.unwrap_or(size),
-            };
-            let p = VideoProtocol {
-                seeds: a.seeds.clone(),
-                batch_clips: a.batch_clips,
-                dataset_size: a.dataset_size,
-                niter: a.niter,
-                nredo: a.nredo,
-                pca_dim: a.pca_dim,
-                over_k_local: a.over_local,
-                over_k_dataset: a.over_dataset,
-                precision: !a.match_by_iou,
-                timet_uint8_wrap: a.timet_uint8_wrap,
-            };
-            let ev = on_backbone(&c.model, Some(size), |bb, products| {
-                mosic_eval::video::run_timet(bb, &set, &p, products, &report)
-            })?;
-            ("video", c, ev)
-        }
-        EvalCommand::Linear(a) => {
-            let c = &a.common;
-            let set = ProbeSet {
-                data: c.data.clone(),
-                train_split: a.splits.train_split.clone(),
-                val_split: a.splits.val_split.clone(),
-                size: c.size.unwrap_or(448),
-                mask_size: c.mask_size.unwrap_or(100),
-                classes: c.classes,
-                augment: !a.no_augment,
-            };
-            let cfg = LinearConfig {
-                epochs: a.epochs,
-                lr: a.lr,
-                momentum: a.momentum,
-                weight_decay: a.weight_decay,
-                batch_size: a.batch_size,
-                lr_drops: a.lr_drops.clone(),
-                drop_last: true,
-                shuffle: true,
-                seed: a.seed,
-            };
-            let budget = c.budget()?;
-            let ev = on_backbone(&c.model, Some(set.size), |bb, products| {
-                mosic_eval::linear::run_probe(bb, &set, &cfg, products, &budget, &report, &log)
-            })?;
-            ("linear", c, ev)
-        }
-        EvalCommand::Incontext(a) => {
-            let c = &a.common;
-            let size = c.size.unwrap_or(504);
-            if let Some(m) = c.mask_size {
-                ensure!(m == size, "in-context predictions are scored at the input size; drop --mask-size or set it to {size}");
-            }
-            ensure!(
-                a.fractions.iter().all(|&n| n >= 1),
-                "--fractions are denominators (1, 8, 64, 128), not {:?}",
-                a.fractions
-            );
-            let set = RetrievalSet {
-                data: c.data.clone(),
-                train_split: a.splits.train_split.clone(),
-                val_split: a.splits.val_split.clone(),
-                file_sets: a.file_sets.clone(),
-                fractions: a.fractions.clone(),
-                seeds: a.seeds.clone(),
-                size,
-                classes: c.classes,
-                augment: !a.no_augment,
-                ignore: a.ignore,
-            };
-            let cfg = InContextConfig {
-                neighbours: a.neighbours,
-                temperature: a.temperature,
-                memory_size: (a.memory_size > 0).then_some(a.memory_size),
-                passes: a.passes,
-                ignore: 255,
-            };
-            let budget = c.budget()?;
-            let ev = on_backbone(&c.model, Some(size), |bb, products| {
-                mosic_eval::incontext::run_hummingbird(
-                    bb, &set, &cfg, products, &budget, &report, &log,
-                )
-            })?;
-            ("incontext", c, ev)
-        }
+        EvalCommand::Cluster(a) => ("cluster", &a.common, cluster(a, &report)?),
+        EvalCommand::Video(a) => ("video", &a.common, video(a, &report)?),
+        EvalCommand::Linear(a) => ("linear", &a.common, linear(a, &report)?),
+        EvalCommand::Incontext(a) => ("incontext", &a.common, incontext(a, &report)?),
     };
     eprintln!("eval {name}: {:.1} s", t0.elapsed().as_secs_f64());
     print_scores(common, &ev.card, &ev.scores)?;
     record(name, common, &ev)?;
     Ok(ExitCode::SUCCESS)
+}
+
+fn cluster(a: &ClusterArgs, report: &EvalProgress) -> Result<Evaluation> {
+    let c = &a.common;
+    let set = ImageSet {
+        data: c.data.clone(),
+        split: a.split.clone(),
+        size: c.size.unwrap_or(448),
+        mask_size: c.mask_size.unwrap_or(100),
+        classes: c.classes,
+        max_images: a.max_images,
+    };
+    let p = ImageProtocol {
+        ks: a.k.clone(),
+        seeds: (0..a.seeds).collect(),
+        niter: a.niter,
+        nredo: a.nredo,
+        pca_dim: a.pca_dim,
+        precision: !a.match_by_iou,
+    };
+    let budget = c.budget()?;
+    let m = c.model.load(Some(set.size))?;
+    mosic_eval::protocols::cluster::run_leopart(
+        m.backbone(),
+        &set,
+        &p,
+        m.products(),
+        &budget,
+        report,
+    )
+}
+
+fn video(a: &VideoArgs, report: &EvalProgress) -> Result<Evaluation> {
+    let c = &a.common;
+    let size = c.size.unwrap_or(224);
+    let set = VideoSet {
+        data: c.data.clone(),
+        split: a.split.clone(),
+        every: a.every,
+        frames_per_clip: a.frames_per_clip,
+        size,
+        mask_size: c.mask_size.unwrap_or(size),
+    };
+    let p = VideoProtocol {
+        seeds: a.seeds.clone(),
+        batch_clips: a.batch_clips,
+        dataset_size: a.dataset_size,
+        niter: a.niter,
+        nredo: a.nredo,
+        pca_dim: a.pca_dim,
+        over_k_local: a.over_local,
+        over_k_dataset: a.over_dataset,
+        precision: !a.match_by_iou,
+        timet_uint8_wrap: a.timet_uint8_wrap,
+    };
+    let m = c.model.load(Some(size))?;
+    mosic_eval::protocols::video::run_timet(m.backbone(), &set, &p, m.products(), report)
+}
+
+fn linear(a: &LinearArgs, report: &EvalProgress) -> Result<Evaluation> {
+    let c = &a.common;
+    let set = ProbeSet {
+        data: c.data.clone(),
+        train_split: a.splits.train_split.clone(),
+        val_split: a.splits.val_split.clone(),
+        size: c.size.unwrap_or(448),
+        mask_size: c.mask_size.unwrap_or(100),
+        classes: c.classes,
+        augment: !a.no_augment,
+    };
+    let cfg = LinearConfig {
+        epochs: a.epochs,
+        lr: a.lr,
+        momentum: a.momentum,
+        weight_decay: a.weight_decay,
+        batch_size: a.batch_size,
+        lr_drops: a.lr_drops.clone(),
+        drop_last: true,
+        shuffle: true,
+        seed: a.seed,
+    };
+    let budget = c.budget()?;
+    let m = c.model.load(Some(set.size))?;
+    let log = |l: &str| eprintln!("{l}");
+    mosic_eval::protocols::linear::run_probe(
+        m.backbone(),
+        &set,
+        &cfg,
+        m.products(),
+        &budget,
+        report,
+        &log,
+    )
+}
+
+fn incontext(a: &InContextArgs, report: &EvalProgress) -> Result<Evaluation> {
+    let c = &a.common;
+    let size = c.size.unwrap_or(504);
+    if let Some(m) = c.mask_size {
+        ensure!(m == size, "in-context predictions are scored at the input size; drop --mask-size or set it to {size}");
+    }
+    ensure!(
+        a.fractions.iter().all(|&n| n >= 1),
+        "--fractions are denominators (1, 8, 64, 128), not {:?}",
+        a.fractions
+    );
+    let set = RetrievalSet {
+        data: c.data.clone(),
+        train_split: a.splits.train_split.clone(),
+        val_split: a.splits.val_split.clone(),
+        file_sets: a.file_sets.clone(),
+        fractions: a.fractions.clone(),
+        seeds: a.seeds.clone(),
+        size,
+        classes: c.classes,
+        augment: !a.no_augment,
+        ignore: a.ignore,
+    };
+    let cfg = InContextConfig {
+        neighbours: a.neighbours,
+        temperature: a.temperature,
+        memory_size: (a.memory_size > 0).then_some(a.memory_size),
+        passes: a.passes,
+        ignore: 255,
+    };
+    let budget = c.budget()?;
+    let m = c.model.load(Some(size))?;
+    let log = |l: &str| eprintln!("{l}");
+    mosic_eval::protocols::incontext::run_hummingbird(
+        m.backbone(),
+        &set,
+        &cfg,
+        m.products(),
+        &budget,
+        report,
+        &log,
+    )
 }
 
 /// The result as JSON: card, backbone, data and scores.
@@ -588,7 +609,7 @@ fn record(name: &str, c: &Common, ev: &Evaluation) -> Result<()> {
         (None, false) => name.to_string(),
     };
     let path =
-        mosic_trainer::rundir::write_eval(run, &file, &result_json(c, &ev.card, &ev.scores)?)?;
+        mosic_trainer::run::dir::write_eval(run, &file, &result_json(c, &ev.card, &ev.scores)?)?;
     eprintln!("eval: recorded in {}", path.display());
     Ok(())
 }

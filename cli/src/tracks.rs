@@ -38,19 +38,19 @@ enum TracksCommand {
 pub struct RunArgs {
     /// Videos: a YouTube-VOS or DAVIS root or JPEGImages folder, a folder of video files, or one video.
     #[arg(long)]
-    input: Option<PathBuf>,
+    pub(crate) input: Option<PathBuf>,
     /// Output shard directory.
     #[arg(long, default_value = "data/tracks")]
     out: PathBuf,
     /// Dataset name stored in every row (default: the input folder's name).
     #[arg(long)]
     dataset: Option<String>,
-    /// CoTracker3 ONNX model (tools/export_cotracker3_onnx.py); without it the native tracker runs.
+    /// CoTracker3 ONNX model (tools/interop/export_cotracker3_onnx.py); without it the native tracker runs.
     #[arg(long)]
     model: Option<PathBuf>,
     /// Where the ONNX model runs: cpu, cuda (GPU 0) or cuda:N.
     #[arg(long, default_value = "cpu", value_parser = parse_device)]
-    device: Device,
+    pub(crate) device: Device,
     /// Run even if some nodes of the model fall back to the CPU on a GPU device.
     #[arg(long)]
     allow_cpu_fallback: bool,
@@ -113,25 +113,9 @@ fn parse_device(s: &str) -> Result<Device, String> {
     s.parse()
 }
 
-#[derive(Args)]
-pub struct BenchArgs {
-    #[command(flatten)]
-    run: RunArgs,
-    /// Instead of --input: synthetic sets of these many short videos (e.g. 50,200,500), made in a
-    /// temporary folder; prints clips/s and peak memory for each.
-    #[arg(long, value_delimiter = ',')]
-    synthetic: Vec<u32>,
-    /// Frames per synthetic video (30 fps).
-    #[arg(long, default_value_t = 100)]
-    synthetic_frames: u32,
-    /// Width and height of the synthetic videos.
-    #[arg(long, default_value = "160x96")]
-    synthetic_size: String,
-}
-
 impl RunArgs {
     /// The run's settings, checked before anything is loaded or listed.
-    fn config(&self) -> Result<TracksConfig> {
+    pub(crate) fn config(&self) -> Result<TracksConfig> {
         let input = self.input.clone().context(
             "--input is required (a dataset folder, a folder of videos, or a video file)",
         )?;
@@ -184,7 +168,7 @@ impl RunArgs {
         Ok(cfg)
     }
 
-    fn options(&self) -> RunOptions {
+    pub(crate) fn options(&self) -> RunOptions {
         RunOptions {
             keep_going: self.keep_going,
             retry_failed: self.retry_failed,
@@ -194,7 +178,7 @@ impl RunArgs {
         }
     }
 
-    fn tracker(&self) -> Result<(Box<dyn Tracker>, Vec<String>)> {
+    pub(crate) fn tracker(&self) -> Result<(Box<dyn Tracker>, Vec<String>)> {
         Ok(match &self.model {
             Some(model) => {
                 let params = CoTrackerParams {
@@ -240,7 +224,7 @@ impl RunArgs {
     }
 
     /// FFmpeg's and ONNX Runtime's messages go above the progress bar.
-    fn route_logs(&self, bar: &Arc<Progress>) {
+    pub(crate) fn route_logs(&self, bar: &Arc<Progress>) {
         let level = if self.verbose {
             mosic_video::log::Level::Debug
         } else {
@@ -365,205 +349,5 @@ fn print_report(report: &Report, dir: &Path) {
     }
     for (v, e) in &report.failed {
         eprintln!("failed: {v}: {e}");
-    }
-}
-
-pub fn bench(a: BenchArgs) -> Result<ExitCode> {
-    if !a.synthetic.is_empty() {
-        return bench_scale(&a);
-    }
-    let cfg = a.run.config()?;
-    let start = std::time::Instant::now();
-    let clips = mosic_pipeline::run::decode_only(&cfg)?;
-    let decode_s = start.elapsed().as_secs_f64();
-    let tmp = tempfile::tempdir()?;
-    let (mut tracker, notes) = a.run.tracker()?;
-    for n in &notes {
-        eprintln!("note: {n}");
-    }
-    let name = tracker.info().name;
-    let gpu = match a.run.device {
-        Device::Cuda(i) => Some(GpuMonitor::start(i)),
-        Device::Cpu => None,
-    };
-    let report =
-        mosic_pipeline::run(&cfg, &a.run.options(), tmp.path(), tracker.as_mut(), &|_| {})?;
-    let busy = gpu.map(GpuMonitor::stop);
-    let decode_rate = clips as f64 / decode_s;
-    println!("input            {}", cfg.input.display());
-    println!("threads          {}", cores());
-    println!("decode only      {clips} clips in {decode_s:.2} s = {decode_rate:.2} clips/s");
-    println!(
-        "whole stage      {} clips in {:.2} s = {:.2} clips/s (tracker: {name}, batch {})",
-        report.clips,
-        report.seconds,
-        report.clips_per_second,
-        tracker.batch_size()
-    );
-    println!(
-        "ratio            {:.2}x of decode-only throughput",
-        report.clips_per_second / decode_rate
-    );
-    let bytes: u64 = mosic::Manifest::load(tmp.path())?.shards.iter().map(|s| s.bytes).sum();
-    println!(
-        "shards           {:.1} MB, {:.0} KB per clip ({} points x {} frames at {}x{})",
-        bytes as f64 / 1e6,
-        bytes as f64 / 1e3 / report.clips.max(1) as f64,
-        cfg.grid_size * cfg.grid_size,
-        cfg.plan.frames,
-        cfg.width,
-        cfg.height
-    );
-    println!(
-        "tracker busy     {:.0}% of the stage's time",
-        100.0 * report.tracker_seconds / report.seconds.max(1e-9)
-    );
-    match busy {
-        Some(Ok(b)) => println!(
-            "GPU busy         {:.0}% (mean of {} nvidia-smi samples, every 100 ms)",
-            b.0, b.1
-        ),
-        Some(Err(e)) => println!("GPU busy         not measured: {e}"),
-        None => {}
-    }
-    Ok(ExitCode::SUCCESS)
-}
-
-/// The stage over synthetic sets of growing size: clips/s should stay flat and peak memory bounded.
-fn bench_scale(a: &BenchArgs) -> Result<ExitCode> {
-    let (w, h) = a
-        .synthetic_size
-        .split_once('x')
-        .and_then(|(w, h)| Some((w.parse::<u32>().ok()?, h.parse::<u32>().ok()?)))
-        .filter(|&(w, h)| w >= 16 && h >= 16)
-        .with_context(|| {
-            format!("--synthetic-size '{}' is not WIDTHxHEIGHT (at least 16x16)", a.synthetic_size)
-        })?;
-    if a.synthetic.contains(&0) {
-        bail!("--synthetic counts must be positive");
-    }
-    let mut run = a.run.clone();
-    let tmp = tempfile::tempdir()?;
-    run.input = Some(tmp.path().join("probe"));
-    run.config()?; // every other argument, before the synthetic set is made
-    let most = *a.synthetic.iter().max().expect("non-empty");
-    let data = tmp.path().join("synth");
-    let mut sc = mosic_synth::SynthConfig { videos: most, mp4: false, ..Default::default() };
-    (sc.scene.num_frames, sc.scene.width, sc.scene.height) = (a.synthetic_frames, w, h);
-    let start = std::time::Instant::now();
-    mosic_synth::generate(&sc, &data, &|_| {})?;
-    println!(
-        "synthetic set    {most} videos of {} frames at {w}x{h} in {:.1} s",
-        a.synthetic_frames,
-        start.elapsed().as_secs_f64()
-    );
-    let (tracker, notes) = a.run.tracker()?;
-    for n in &notes {
-        eprintln!("note: {n}");
-    }
-    println!(
-        "tracker          {} (batch {}), {} threads",
-        tracker.info().name,
-        tracker.batch_size(),
-        cores()
-    );
-    drop(tracker);
-    println!(
-        "{:>8}{:>8}{:>8}{:>10}{:>10}{:>12}{:>14}{:>12}",
-        "videos", "clips", "shards", "seconds", "clips/s", "peak RSS", "queue peak", "KB/clip"
-    );
-    let mut counts = a.synthetic.clone();
-    counts.sort();
-    for n in counts {
-        // The first n videos, as links, so every count reads the same files.
-        let subset = tmp.path().join(format!("set-{n}")).join("JPEGImages");
-        std::fs::create_dir_all(&subset)?;
-        for i in 0..n {
-            let name = sc.video_name(i);
-            std::os::unix::fs::symlink(data.join("JPEGImages").join(&name), subset.join(&name))?;
-        }
-        run.input = Some(subset.clone());
-        let cfg = run.config()?;
-        let (mut tracker, _) = run.tracker()?;
-        let out = tmp.path().join(format!("out-{n}"));
-        let reset = reset_peak_rss();
-        let report = mosic_pipeline::run(&cfg, &run.options(), &out, tracker.as_mut(), &|_| {})?;
-        let peak = peak_rss_bytes().filter(|_| reset);
-        let bytes: u64 =
-            mosic::Manifest::load(&cfg.worker_dir(&out))?.shards.iter().map(|s| s.bytes).sum();
-        println!(
-            "{n:>8}{:>8}{:>8}{:>10.1}{:>10.2}{:>12}{:>14}{:>12.0}",
-            report.clips,
-            report.shards,
-            report.seconds,
-            report.clips_per_second,
-            peak.map(|b| format!("{:.0} MB", b as f64 / 1048576.0)).unwrap_or_else(|| "n/a".into()),
-            format!("{} clips", report.queue_peak_clips),
-            bytes as f64 / 1e3 / report.clips.max(1) as f64
-        );
-        std::fs::remove_dir_all(&out).ok();
-    }
-    Ok(ExitCode::SUCCESS)
-}
-
-fn cores() -> usize {
-    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
-}
-
-/// Peak resident memory of this process since the last [`reset_peak_rss`] (VmHWM, Linux).
-fn peak_rss_bytes() -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    line.split_whitespace().nth(1)?.parse::<u64>().ok().map(|kb| kb * 1024)
-}
-
-/// Sets the peak resident memory back to the current one (`clear_refs` value 5, Linux 4.0+).
-fn reset_peak_rss() -> bool {
-    std::fs::write("/proc/self/clear_refs", "5").is_ok()
-}
-
-/// Samples the GPU's utilisation with nvidia-smi while a benchmark runs.
-struct GpuMonitor {
-    child: std::io::Result<std::process::Child>,
-}
-
-impl GpuMonitor {
-    fn start(index: u32) -> Self {
-        let child = std::process::Command::new("nvidia-smi")
-            .args([
-                "--query-gpu=utilization.gpu",
-                "--format=csv,noheader,nounits",
-                "-lms",
-                "100",
-                "-i",
-                &index.to_string(),
-            ])
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::null())
-            .spawn();
-        Self { child }
-    }
-
-    /// Mean utilisation in percent and the number of samples.
-    fn stop(self) -> Result<(f64, usize)> {
-        let mut child = self.child.context("nvidia-smi could not be started")?;
-        let _ = child.kill();
-        let out = child.wait_with_output()?;
-        mean_utilisation(&String::from_utf8_lossy(&out.stdout))
-            .context("nvidia-smi printed no samples")
-    }
-}
-
-fn mean_utilisation(text: &str) -> Option<(f64, usize)> {
-    let v: Vec<f64> = text.lines().filter_map(|l| l.trim().parse().ok()).collect();
-    (!v.is_empty()).then(|| (v.iter().sum::<f64>() / v.len() as f64, v.len()))
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn utilisation_samples_are_averaged() {
-        assert_eq!(super::mean_utilisation("97\n93\n\n95\n"), Some((95.0, 3)));
-        assert_eq!(super::mean_utilisation("[N/A]\n"), None);
     }
 }

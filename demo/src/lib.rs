@@ -6,17 +6,19 @@
 use anyhow::{Context, Result};
 use burn::tensor::backend::AutodiffBackend;
 use image::{Rgb, RgbImage};
-use mosic_eval::cluster::{
-    assign_pixels, cluster_videos, num_classes, stack_tokens, Score, VideoConfig, VideoSample,
+use mosic_eval::data::num_classes;
+use mosic_eval::protocols::cluster::{
+    assign_pixels, cluster_videos, stack_tokens, VideoConfig, VideoSample,
 };
-use mosic_eval::consistency::{track_consistency, Consistency, TrackedClip};
+use mosic_eval::protocols::consistency::{track_consistency, Consistency, TrackedClip};
 use mosic_eval::segmentation::{hungarian_score, Confusion};
+use mosic_eval::Score;
 use mosic_eval::{kmeans, FeatureMap, Mask};
 use mosic_trainer::backend::{dispatch, WithBackend};
-use mosic_trainer::features::{extract, load_backbone, Weights};
-use mosic_trainer::plot::{self, Chart, Series};
-use mosic_trainer::rundir;
-use mosic_trainer::validate::{load_videos, LoadedVideo};
+use mosic_trainer::eval::features::{extract, load_backbone, Weights};
+use mosic_trainer::eval::validate::{load_videos, LoadedVideo};
+use mosic_trainer::run::dir as rundir;
+use mosic_trainer::run::plot::{self, Chart, Series};
 use mosic_trainer::TrainConfig;
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -59,7 +61,7 @@ struct TrainRun {
 impl WithBackend for TrainRun {
     type Output = mosic_trainer::train::Summary;
     fn run<B: AutodiffBackend>(self, device: B::Device) -> Result<Self::Output> {
-        let resume = !mosic_trainer::rundir::checkpoints(&self.dir).is_empty();
+        let resume = !mosic_trainer::run::dir::checkpoints(&self.dir).is_empty();
         let name = self.dir.file_name().unwrap_or_default().to_string_lossy().into_owned();
         mosic_trainer::train::train::<B>(&self.cfg, &self.dir, resume, None, &[device], &|l| {
             eprintln!("[{name}] {l}")
@@ -406,9 +408,39 @@ fn write_report(
     seconds: f64,
 ) -> Result<String> {
     let cfg = TrainConfig::load(Some(&a.config), &a.set)?;
-    let frames: usize = test.iter().map(|v| v.frames.len()).sum();
     let mut r = String::new();
     writeln!(r, "# MoSiC demo report\n")?;
+    report_intro(&mut r, a, &cfg, summaries, test)?;
+    report_segmentation(&mut r, a, table)?;
+    report_result(&mut r, table)?;
+    report_consistency(&mut r, a, consistency, tracked)?;
+    report_training(&mut r, summaries)?;
+    report_figures(&mut r)?;
+    writeln!(r, "Total demo time (this invocation): {seconds:.0} s.")?;
+    mosic::fsutil::write_atomic(&a.out.join("report.md"), r.as_bytes())?;
+    let json = serde_json::json!({
+        "config": a.config, "tracks": a.tracks, "test": a.test, "seeds": a.seeds, "eval_size": a.eval_size,
+        "mask_size": a.mask_size, "every": a.every,
+        "scores": table.iter().map(|(l, s)| (l.to_string(), s.clone())).collect::<BTreeMap<_, _>>(),
+        "consistency_k": a.consistency_k,
+        "track_consistency": consistency,
+    });
+    mosic::fsutil::write_atomic(
+        &a.out.join("report.json"),
+        serde_json::to_string_pretty(&json)?.as_bytes(),
+    )?;
+    Ok(r)
+}
+
+/// What was trained, on what, and what it is evaluated on.
+fn report_intro(
+    r: &mut String,
+    a: &DemoConfig,
+    cfg: &TrainConfig,
+    summaries: &BTreeMap<(&str, u64), mosic_trainer::train::Summary>,
+    test: &[LoadedVideo],
+) -> std::fmt::Result {
+    let frames: usize = test.iter().map(|v| v.frames.len()).sum();
     writeln!(
         r,
         "A {} ({} px, random initialisation) post-trained for {} steps (batch {}) on track shards of \
@@ -429,6 +461,15 @@ fn write_report(
         a.mask_size,
         a.mask_size
     )?;
+    Ok(())
+}
+
+/// The held-out segmentation table.
+fn report_segmentation(
+    r: &mut String,
+    a: &DemoConfig,
+    table: &[(&str, Vec<Score>)],
+) -> std::fmt::Result {
     writeln!(
         r,
         "## Held-out video segmentation by clustering (mIoU %, mean ± std over {} seeds)\n",
@@ -453,6 +494,11 @@ fn write_report(
          matching per clip (D); \"over K=10\" clusters into 10 and matches many-to-one by precision. \
          Each seed is one training run and the same k-means seed.\n"
     )?;
+    Ok(())
+}
+
+/// MoSiC against the initial weights and the no-motion ablation, with the seed spread.
+fn report_result(r: &mut String, table: &[(&str, Vec<Score>)]) -> std::fmt::Result {
     let get = |label: &str, name: &str| {
         table
             .iter()
@@ -491,6 +537,16 @@ fn write_report(
             per_seed(&nm)
         )?;
     }
+    Ok(())
+}
+
+/// Track consistency of each variant.
+fn report_consistency(
+    r: &mut String,
+    a: &DemoConfig,
+    consistency: &BTreeMap<&str, Vec<Consistency>>,
+    tracked: usize,
+) -> std::fmt::Result {
     writeln!(
         r,
         "## Track consistency on held-out ground-truth tracks (mean ± std over {} seeds)\n",
@@ -533,6 +589,14 @@ fn write_report(
         };
         writeln!(r, "\n- MoSiC vs no-motion ablation, consistency: {d:+.1} points ({size}; spread {spread:.1}); per seed MoSiC {:?}, no-motion {:?}.\n", round1(&t.2), round1(&n.2))?;
     }
+    Ok(())
+}
+
+/// The training runs.
+fn report_training(
+    r: &mut String,
+    summaries: &BTreeMap<(&str, u64), mosic_trainer::train::Summary>,
+) -> std::fmt::Result {
     writeln!(r, "## Training\n")?;
     writeln!(
         r,
@@ -551,6 +615,10 @@ fn write_report(
         )?;
     }
     writeln!(r, "\n(Steps already done by an earlier, interrupted demo are not timed again.)\n")?;
+    Ok(())
+}
+
+fn report_figures(r: &mut String) -> std::fmt::Result {
     writeln!(r, "## Figures\n")?;
     writeln!(r, "- `tracks.png`: tracks of the first training clip over its last frame (filled: visible, ring: occluded).")?;
     writeln!(
@@ -559,20 +627,7 @@ fn write_report(
     )?;
     writeln!(r, "- `clusters.png`: middle frame of held-out clips; ground truth; per-clip clusters of each backbone (seed 0), coloured by their matched id.\n")?;
     writeln!(r, "![tracks](tracks.png)\n\n![curves](curves.png)\n\n![clusters](clusters.png)\n")?;
-    writeln!(r, "Total demo time (this invocation): {seconds:.0} s.")?;
-    mosic::fsutil::write_atomic(&a.out.join("report.md"), r.as_bytes())?;
-    let json = serde_json::json!({
-        "config": a.config, "tracks": a.tracks, "test": a.test, "seeds": a.seeds, "eval_size": a.eval_size,
-        "mask_size": a.mask_size, "every": a.every,
-        "scores": table.iter().map(|(l, s)| (l.to_string(), s.clone())).collect::<BTreeMap<_, _>>(),
-        "consistency_k": a.consistency_k,
-        "track_consistency": consistency,
-    });
-    mosic::fsutil::write_atomic(
-        &a.out.join("report.json"),
-        serde_json::to_string_pretty(&json)?.as_bytes(),
-    )?;
-    Ok(r)
+    Ok(())
 }
 
 fn round1(v: &[f64]) -> Vec<f64> {

@@ -3,8 +3,7 @@
 //! too, so this crate stays free of any deep-learning framework.
 
 use crate::card::ProtocolCard;
-use crate::cluster::Score;
-use crate::dense::FeatureMap;
+use crate::data::dense::FeatureMap;
 use anyhow::Result;
 use image::RgbImage;
 
@@ -60,4 +59,31 @@ pub fn extract(
         progress(what, out.len() as u64, images.len() as u64);
     }
     Ok(out)
+}
+
+/// One protocol's result over seeds.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Score {
+    /// e.g. "K=21 hungarian", "C over K=10".
+    pub name: String,
+    pub k: usize,
+    pub matching: String,
+    /// mIoU per seed, in [0, 1].
+    pub per_seed: Vec<f64>,
+    pub mean: f64,
+    /// Sample standard deviation over seeds (0 for one seed).
+    pub std: f64,
+}
+
+impl Score {
+    pub fn new(name: String, k: usize, matching: &str, per_seed: Vec<f64>) -> Self {
+        let n = per_seed.len() as f64;
+        let mean = per_seed.iter().sum::<f64>() / n;
+        let std = if per_seed.len() > 1 {
+            (per_seed.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (n - 1.0)).sqrt()
+        } else {
+            0.0
+        };
+        Self { name, k, matching: matching.into(), per_seed, mean, std }
+    }
 }

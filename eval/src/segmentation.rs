@@ -11,10 +11,9 @@
 //! Dataset-level scores accumulate one [`Confusion`] over all images and score it once
 //! ([`hungarian_score`], [`overclustering_score`]).
 
-use crate::hungarian;
+use crate::kernels::hungarian;
 
-/// Ground-truth label of pixels that are not evaluated (object boundaries in Pascal VOC).
-pub const IGNORE: u32 = 255;
+pub use crate::data::IGNORE;
 
 /// Pixel counts `counts[cluster * classes + class]`: rows are predicted cluster ids,
 /// columns ground-truth classes.

@@ -1,5 +1,5 @@
 //! The protocols against their reference implementations (tests/fixtures/eval/protocols.json,
-//! made by tools/make_protocol_goldens.py from Leopart, TimeT and open-hummingbird-eval).
+//! made by tools/goldens/make_protocol_goldens.py from Leopart, TimeT and open-hummingbird-eval).
 //!
 //! - With the reference's own k-means centroids (and PCA outputs), our assignment, upsampling,
 //!   matching and mIoU give the reference's score to 1e-6.
@@ -10,16 +10,17 @@
 //!   weights (1e-5) and the same mIoU (1e-6). Hummingbird (unbounded bank, exact search): the
 //!   same mIoU to 1e-6.
 
-use mosic_eval::cluster::{
+use mosic_eval::data::dense::{Bilinear, FeatureMap};
+use mosic_eval::data::Mask;
+use mosic_eval::kernels::kmeans::nearest_centroids;
+use mosic_eval::kernels::probe::LinearProbe;
+use mosic_eval::protocols::cluster::{
     image_matching, leopart_clustering, protocol_tokens, score_cluster_maps, ImageProtocol,
 };
-use mosic_eval::data::Mask;
-use mosic_eval::dense::{Bilinear, FeatureMap};
-use mosic_eval::incontext::{self, Bank, InContextConfig};
-use mosic_eval::kmeans::nearest_centroids;
-use mosic_eval::linear::{self, LinearConfig, LinearProbe};
+use mosic_eval::protocols::incontext::{self, Bank, InContextConfig};
+use mosic_eval::protocols::linear::{self, LinearConfig};
+use mosic_eval::protocols::video::{score_units, timet_clustering, Clip, VideoProtocol};
 use mosic_eval::segmentation::{confusion, reference_score, RefMatching};
-use mosic_eval::video::{score_units, timet_clustering, Clip, VideoProtocol};
 use serde_json::Value;
 
 fn golden() -> Value {

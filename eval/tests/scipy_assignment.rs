@@ -1,7 +1,7 @@
 //! `linear_sum_assignment` against scipy on larger matrices
-//! (tests/fixtures/eval/assignment.json, made by tools/make_eval_golden.py).
+//! (tests/fixtures/eval/assignment.json, made by tools/goldens/make_eval_golden.py).
 
-use mosic_eval::hungarian::{assignment_cost, linear_sum_assignment};
+use mosic_eval::kernels::hungarian::{assignment_cost, linear_sum_assignment};
 use serde::Deserialize;
 
 #[derive(Deserialize)]
@@ -23,7 +23,7 @@ struct Case {
 #[test]
 fn matches_scipy() {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/fixtures/eval/assignment.json");
-    let text = std::fs::read_to_string(path).expect("run tools/make_eval_golden.py");
+    let text = std::fs::read_to_string(path).expect("run tools/goldens/make_eval_golden.py");
     let golden: Golden = serde_json::from_str(&text).unwrap();
     assert!(golden.cases.len() >= 4);
     let mut compared_pairs = 0;

@@ -1,10 +1,11 @@
 //! Bilinear upsampling and the linear probe against PyTorch (tests/fixtures/eval/probe.json,
-//! made by tools/make_probe_golden.py). Tolerances: 1e-5 absolute on resampled values,
+//! made by tools/goldens/make_probe_golden.py). Tolerances: 1e-5 absolute on resampled values,
 //! loss and gradients; 1e-5 on parameters after three SGD steps (all float32).
 
+use mosic_eval::data::dense::FeatureMap;
 use mosic_eval::data::Mask;
-use mosic_eval::dense::FeatureMap;
-use mosic_eval::linear::{LinearProbe, Sgd};
+use mosic_eval::kernels::probe::LinearProbe;
+use mosic_eval::protocols::linear::Sgd;
 use serde::Deserialize;
 
 #[derive(Deserialize)]
@@ -50,8 +51,10 @@ struct Probe {
 
 fn golden() -> Golden {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/fixtures/eval/probe.json");
-    serde_json::from_str(&std::fs::read_to_string(path).expect("run tools/make_probe_golden.py"))
-        .unwrap()
+    serde_json::from_str(
+        &std::fs::read_to_string(path).expect("run tools/goldens/make_probe_golden.py"),
+    )
+    .unwrap()
 }
 
 fn max_diff(a: &[f32], b: &[f32]) -> f32 {

@@ -6,7 +6,7 @@
 //! visible points within 1, 2, 4, 8 and 16 px, average Jaccard scores position and
 //! visibility together; every metric is computed per clip and then averaged over clips
 //! (a clip where a metric is undefined, e.g. no visible point, is left out of that mean).
-//! `tests/fixtures/tapvid` pins this to the reference code (`tools/make_tapvid_golden.py`).
+//! `tests/fixtures/tapvid` pins this to the reference code (`tools/goldens/make_tapvid_golden.py`).
 //! Visibility recall and precision (not TAP-Vid metrics) are pooled over all entries.
 
 use anyhow::{bail, Context, Result};
@@ -316,7 +316,7 @@ mod tests {
         assert!(z.visibility.iter().all(|&v| v));
     }
 
-    /// TAP-Vid's own metric code on a seeded fixture (`tools/make_tapvid_golden.py`).
+    /// TAP-Vid's own metric code on a seeded fixture (`tools/goldens/make_tapvid_golden.py`).
     #[test]
     fn tapvid_golden() {
         let path =

@@ -34,16 +34,6 @@ pub struct Discovered {
     pub videos: Vec<Video>,
 }
 
-impl Discovered {
-    /// The entries that cannot be videos, with why.
-    pub fn rejected(&self) -> impl Iterator<Item = (&Video, &str)> {
-        self.videos.iter().filter_map(|v| match &v.source {
-            Source::Unusable(why) => Some((v, why.as_str())),
-            _ => None,
-        })
-    }
-}
-
 fn ext_in(p: &Path, list: &[&str]) -> bool {
     p.extension()
         .and_then(|e| e.to_str())

@@ -3,11 +3,10 @@
 
 use mosic::clip::TrackerInfo;
 use mosic::manifest::Manifest;
-use mosic::{Clip, ShardReader};
-use mosic_pipeline::run::{sanitize, RunOptions, TracksConfig};
+use mosic::testing::read_clips;
 use mosic_pipeline::tracker::native::{NativeParams, NativeTracker};
 use mosic_pipeline::tracker::{TrackRequest, TrackResult, Tracker};
-use std::collections::BTreeMap;
+use mosic_pipeline::{sanitize, RunOptions, TracksConfig};
 use std::path::Path;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
@@ -39,17 +38,6 @@ fn config(input: &Path) -> TracksConfig {
     };
     (c.plan.frames, c.plan.span_seconds) = (4, 0.4); // 10 frames a clip at 30 fps
     c
-}
-
-fn read_clips(dir: &Path) -> BTreeMap<(String, u32), Clip> {
-    let m = Manifest::load(dir).unwrap();
-    let mut out = BTreeMap::new();
-    for e in &m.shards {
-        for c in ShardReader::open(&Manifest::shard_path(dir, e)).unwrap().read_all(true).unwrap() {
-            assert!(out.insert((c.video_id.clone(), c.clip_index), c).is_none(), "duplicate clip");
-        }
-    }
-    out
 }
 
 /// Runs `f` on its own thread and fails the test instead of hanging if it takes too long.

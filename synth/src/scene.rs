@@ -7,7 +7,7 @@
 //! ground truth is the same transform the renderer uses. Motion magnitudes scale with the frame
 //! height (all constants below are quoted for 320x180 at 30 fps).
 
-use crate::texture::{mix, Raster, Rng, Texture};
+use crate::texture::{Raster, Rng, Texture};
 use image::{GrayImage, RgbImage};
 use rayon::prelude::*;
 use std::f64::consts::TAU;
@@ -52,11 +52,6 @@ pub enum Camera {
 
 /// Seconds the strong camera's zoom and turn are quoted over (the default clip span).
 pub const STRONG_SPAN_S: f64 = 3.2;
-
-/// Seed of video `index` in a dataset seeded with `seed`.
-pub fn video_seed(seed: u64, index: u64) -> u64 {
-    mix(mix(seed) ^ index.wrapping_mul(0xD1B5_4A32_D192_ED03))
-}
 
 /// Linear drift plus an elliptical oscillation, in pixels and seconds.
 #[derive(Clone, Debug)]
@@ -359,10 +354,6 @@ impl Scene {
         let raster =
             Raster::bake(&bg_tex, lo[0].floor() - 2.0, lo[1].floor() - 2.0, size(0), size(1));
         Scene { config: config.clone(), background: Background { raster, view }, objects }
-    }
-
-    pub fn num_objects(&self) -> usize {
-        self.objects.len()
     }
 
     pub fn config(&self) -> &SceneConfig {

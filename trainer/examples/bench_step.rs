@@ -16,7 +16,7 @@ static ALLOCATOR: mosic_trainer::backend::Allocator = mosic_trainer::backend::Al
 struct Bench(TrainConfig);
 
 impl WithBackend for Bench {
-    type Output = mosic_trainer::bench::BenchFigures;
+    type Output = mosic_trainer::train::bench::BenchFigures;
     fn run<B: AutodiffBackend>(self, device: B::Device) -> Result<Self::Output> {
         self.run_on::<B>(vec![device])
     }
@@ -24,7 +24,7 @@ impl WithBackend for Bench {
         let n = |key: &str, default: usize| {
             std::env::var(key).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
         };
-        mosic_trainer::bench::bench_devices::<B>(
+        mosic_trainer::train::bench::bench_devices::<B>(
             &self.0,
             &devices,
             12,

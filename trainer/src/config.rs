@@ -3,9 +3,8 @@
 //! paper gives no value, and the paper otherwise; each comment says which.
 
 use crate::backend::Precision;
-use crate::head::HeadConfig;
-use crate::loader::LoaderConfig;
-use crate::loss::{LossConfig, Reduction, Sampling, SinkhornRows};
+use crate::data::LoaderConfig;
+use crate::model::head::HeadConfig;
 use crate::model::VitConfig;
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
@@ -571,6 +570,60 @@ fn set_path(table: &mut toml::Table, key: &str, value: toml::Value) -> Result<()
     }
     t.insert(parts[parts.len() - 1].to_string(), value);
     Ok(())
+}
+
+// The objective's vocabulary, shared by the loss and the config.
+
+/// How a feature is read at a sub-patch point.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Sampling {
+    /// The patch containing the point.
+    #[default]
+    Nearest,
+    /// The 4 surrounding patch centres, weighted by distance, clamped at the border.
+    Bilinear,
+}
+
+/// Which teacher rows Sinkhorn balances.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SinkhornRows {
+    /// Selected points at the frames where they lie inside the crop.
+    #[default]
+    InCrop,
+    /// Every selected point at every frame (the released code; outside the crop a point reads
+    /// the clamped border patch).
+    All,
+}
+
+/// How the per-entry cross-entropies are averaged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Reduction {
+    /// Weighted sum / sum of the weights (the paper's sum over visible points).
+    #[default]
+    Visible,
+    /// Weighted sum / all `B*T*N` entries (the released code's mean).
+    All,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct LossConfig {
+    /// Student softmax temperature.
+    pub temperature: f32,
+    /// Sinkhorn entropy regularisation (what the released code runs: 0.05).
+    pub epsilon: f32,
+    /// Sinkhorn iterations (what the released code runs: 10).
+    pub iterations: usize,
+    pub reduction: Reduction,
+}
+
+impl Default for LossConfig {
+    fn default() -> Self {
+        Self { temperature: 0.1, epsilon: 0.05, iterations: 10, reduction: Reduction::Visible }
+    }
 }
 
 #[cfg(test)]

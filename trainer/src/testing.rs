@@ -70,25 +70,10 @@ pub fn cases() -> Vec<(PathBuf, Case)> {
 /// Shards of synthetic clips the loader and training tests read: a white dot per clip whose
 /// stored point follows it.
 pub mod shards {
-    use mosic::clip::TrackerInfo;
-    use mosic::shard::WriteOptions;
-    use mosic::{Clip, Manifest, ShardSpec, ShardWriter};
+    use mosic::{Clip, ShardSpec};
     use std::path::Path;
 
-    pub fn spec(t: u32, grid: u32, size: u32) -> ShardSpec {
-        ShardSpec {
-            frames_per_clip: t,
-            grid_size: grid,
-            width: size,
-            height: size,
-            query_frame: 0,
-            tracker: TrackerInfo {
-                name: "test".into(),
-                model_sha256: String::new(),
-                params: serde_json::json!({}),
-            },
-        }
-    }
+    pub use mosic::testing::spec;
 
     /// The stored point clip i's dot starts on: an interior grid point (the first on small grids).
     pub fn dot_point(i: u32, g: u32) -> usize {
@@ -148,24 +133,8 @@ pub mod shards {
         clip_of(i, i, 0, spec)
     }
 
-    /// Writes shards of `rows[j]` clips each, `per_group` clips per row group.
+    /// Writes shards of `rows[j]` dot clips each, `per_group` clips per row group.
     pub fn write_dir(dir: &Path, spec: &ShardSpec, rows: &[u32], per_group: usize) {
-        let mut m = Manifest::new(spec.clone(), serde_json::json!({}));
-        let mut next = 0;
-        for (j, &r) in rows.iter().enumerate() {
-            let path = dir.join(format!("shard-{j:05}.parquet"));
-            let mut w = ShardWriter::create(
-                &path,
-                spec,
-                &WriteOptions { rows_per_group: per_group, zstd_level: 1 },
-            )
-            .unwrap();
-            for i in next..next + r {
-                w.write(clip(i, spec)).unwrap();
-            }
-            next += r;
-            m.shards.push(w.finish().unwrap());
-        }
-        m.save(dir).unwrap();
+        mosic::testing::write_shards(dir, spec, rows, per_group, clip);
     }
 }

@@ -2,14 +2,14 @@
 //!
 //! `tests/fixtures/train_loop/` holds ten steps of the released loop (SMSD75/MoSiC,
 //! `experiments/exp_mosic_multigpu.py` at the commit its json records), run by
-//! `tools/make_train_loop_golden.py` on a tiny timm ViT of our `vit_tiny_test` shape: its own
+//! `tools/goldens/make_train_loop_golden.py` on a tiny timm ViT of our `vit_tiny_test` shape: its own
 //! `train_step`, `update_teacher` and parameter groups, with DeepSpeed's AdamW and
 //! CosineAnnealingLR, fixed tracks instead of CoTracker. Our [`Trainer`] is set up for the
 //! released behaviour through config keys alone, starts from the same weights (backbone file,
 //! head and prototypes written into both copies) and takes the same batches on
 //! `Autodiff<NdArray<f32>>` (in a build with `tch`, libtorch's CPU device: the kernels it runs
 //! on GPUs, CPU versions). Regenerate the fixture with
-//! `python tools/make_train_loop_golden.py --mosic /path/to/MoSiC`.
+//! `python tools/goldens/make_train_loop_golden.py --mosic /path/to/MoSiC`.
 //!
 //! Checked, with their tolerances (measured worst in brackets):
 //! - loss of every step: 1e-5 absolute [4.8e-7];
@@ -38,11 +38,11 @@ use burn::backend::Autodiff;
 use burn::module::AutodiffModule;
 use burn::tensor::{Int, Tensor, TensorData};
 use mosic::tensors::{read_safetensors, HostTensor};
-use mosic_trainer::loader::{Batch, MEAN, STD};
-use mosic_trainer::loss::patch_of;
+use mosic_trainer::data::{Batch, MEAN, STD};
+use mosic_trainer::model::paths;
 use mosic_trainer::model::Vit;
-use mosic_trainer::params;
-use mosic_trainer::train::{MosicModel, Trainer};
+use mosic_trainer::train::loss::patch_of;
+use mosic_trainer::train::step::{MosicModel, Trainer};
 use mosic_trainer::TrainConfig;
 use serde_json::Value;
 use std::collections::BTreeMap;
@@ -129,7 +129,7 @@ fn teacher_scores(teacher: &MosicModel<IB>, batch: &Batch) -> Vec<f32> {
 }
 
 fn timm_map(vit: &Vit<IB>) -> BTreeMap<String, HostTensor> {
-    vit.timm_tensors().into_iter().collect()
+    mosic_trainer::model::timm::tensors(vit).into_iter().collect()
 }
 
 #[test]
@@ -197,7 +197,7 @@ fn trainer_reproduces_the_released_loop() {
     assert_eq!(trainer.trainable_blocks(), trained.len());
 
     // Head and prototypes from the fixture, in both copies.
-    let mut values = params::collect(&trainer.student, |_| true);
+    let mut values = paths::collect(&trainer.student, |_| true);
     for (key, v) in &golden {
         if let Some(path) = key.strip_prefix("init.") {
             let old = values.get(path).unwrap_or_else(|| panic!("model has no {path}"));
@@ -205,9 +205,9 @@ fn trainer_reproduces_the_released_loop() {
             values.insert(path.to_string(), v.clone());
         }
     }
-    trainer.student = params::assign(trainer.student.clone(), &values, &dev, Path::new("student"))
+    trainer.student = paths::assign(trainer.student.clone(), &values, &dev, Path::new("student"))
         .expect("student");
-    trainer.teacher = params::assign(trainer.teacher.clone(), &values, &dev, Path::new("teacher"))
+    trainer.teacher = paths::assign(trainer.teacher.clone(), &values, &dev, Path::new("teacher"))
         .expect("teacher");
 
     let (images, tracks, vis) =
@@ -310,8 +310,8 @@ fn trainer_reproduces_the_released_loop() {
         }
     }
     let heads = [
-        ("student", params::collect(&trainer.student, |p| !p.starts_with("backbone."))),
-        ("teacher", params::collect(&trainer.teacher, |p| !p.starts_with("backbone."))),
+        ("student", paths::collect(&trainer.student, |p| !p.starts_with("backbone."))),
+        ("teacher", paths::collect(&trainer.teacher, |p| !p.starts_with("backbone."))),
     ];
     for (who, map) in &heads {
         for (path, ours) in map {

@@ -1,7 +1,7 @@
 //! CoTracker3 (offline) through ONNX Runtime.
 //!
 //! The model is an ONNX export with the contract of `schemas/cotracker3-onnx.md`
-//! (`tools/export_cotracker3_onnx.py` makes it). Around the model this does what
+//! (`tools/interop/export_cotracker3_onnx.py` makes it). Around the model this does what
 //! CoTracker's predictor does: resize to 384x512 (bilinear, corners aligned), scale the
 //! queries in, scale the tracks back, threshold visibility at 0.9 and pin each query
 //! point to its own position, visible, in its query frame. The resizing runs on the
@@ -368,7 +368,7 @@ impl CoTracker {
         if contract.as_deref() != Some(CONTRACT) {
             bail!(
                 "model {} does not declare the I/O contract '{CONTRACT}' (metadata mosic.contract = {contract:?}); \
-                 export it with tools/export_cotracker3_onnx.py",
+                 export it with tools/interop/export_cotracker3_onnx.py",
                 model.display()
             );
         }
@@ -389,7 +389,7 @@ impl CoTracker {
             if params.batch > max {
                 bail!(
                     "--batch {}: model {} takes at most {max} clip(s) per call (its 'video' input fixes the batch); \
-                     use --batch {max}, or export the model again with tools/export_cotracker3_onnx.py (dynamic batch)",
+                     use --batch {max}, or export the model again with tools/interop/export_cotracker3_onnx.py (dynamic batch)",
                     params.batch,
                     model.display()
                 );

@@ -1,0 +1,13 @@
+//! Training: [`loss`] (features at track points, Sinkhorn-Knopp, the loss), [`params`]
+//! (AdamW, the update gate, EMA), [`step`] (the MoSiC step), [`collective`] (reductions between
+//! ranks), `worker` (one device's loop), [`fit`] (the run), [`bench`] (the step benchmark).
+
+pub mod bench;
+pub mod collective;
+pub mod fit;
+pub mod loss;
+pub mod params;
+pub mod step;
+mod worker;
+
+pub use fit::{train, Summary};
