@@ -30,6 +30,33 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     Ok(())
 }
 
+/// The text of `path`, a regular file of at most `max` bytes. Anything else (a FIFO, a
+/// device such as `/dev/zero`, a directory, a file too large) is refused with an error that
+/// says so, without blocking on it or reading it whole: run directories are read from other
+/// people's machines. A missing file keeps the `NotFound` kind.
+pub fn read_text_bounded(path: &Path, max: u64) -> std::io::Result<String> {
+    use std::io::{Error as IoError, ErrorKind};
+    use std::os::unix::fs::OpenOptionsExt;
+    // Non-blocking, so that opening a FIFO does not wait for a writer.
+    let f = std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK).open(path)?;
+    let meta = f.metadata()?;
+    if !meta.is_file() {
+        return Err(IoError::new(ErrorKind::InvalidData, "not a regular file"));
+    }
+    if meta.len() > max {
+        return Err(IoError::new(
+            ErrorKind::InvalidData,
+            format!("{} bytes, more than the {max} read", meta.len()),
+        ));
+    }
+    let mut bytes = Vec::new();
+    f.take(max + 1).read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > max {
+        return Err(IoError::new(ErrorKind::InvalidData, "grew past the size read"));
+    }
+    String::from_utf8(bytes).map_err(|e| IoError::new(ErrorKind::InvalidData, e))
+}
+
 /// Makes a rename durable; best effort because not every filesystem allows it.
 pub fn sync_dir(path: &Path) {
     if let Some(dir) = path.parent() {

@@ -7,6 +7,7 @@ use std::process::ExitCode;
 mod bench;
 mod demo;
 mod eval;
+mod job;
 mod npy;
 mod peak;
 mod progress;

@@ -1,13 +1,17 @@
 //! `mosic train`, `mosic export` and `mosic bench train`.
 
+use crate::job::Job;
 use anyhow::{Context, Result};
 use burn::tensor::backend::AutodiffBackend;
 use clap::Args;
 use mosic_trainer::backend::{dispatch, Target, WithBackend};
 use mosic_trainer::run::dir as rundir;
+use mosic_trainer::train::comm::Comm;
+use mosic_trainer::train::fit::{train_in, World};
 use mosic_trainer::TrainConfig;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 #[derive(Args)]
 pub struct TrainArgs {
@@ -30,11 +34,13 @@ pub struct TrainArgs {
     /// Burn backend: flex or ndarray (CPU, always built), or cuda / tch / candle when built with that feature.
     #[arg(long, default_value = mosic_trainer::backend::DEFAULT)]
     backend: String,
-    /// Device: cpu, or cuda:N for the cuda and tch backends.
+    /// Device: cpu, or cuda:N for the cuda and tch backends. Under an MPI launcher, cpu or
+    /// cuda: each rank takes the GPU of its local rank.
     #[arg(long, default_value = "cpu", conflicts_with = "devices")]
     device: String,
-    /// Train over several devices, one worker each, sharing every batch of data.batch_size
-    /// clips: a count of CPU workers (2), or a list (cuda:0,cuda:1,...).
+    /// Train over several devices of this process, one worker thread each, sharing every
+    /// batch of data.batch_size clips: a count of CPU workers (2), or a list
+    /// (cuda:0,cuda:1,...). Across processes and nodes: mpirun instead (docs/devices.md).
     #[arg(long)]
     devices: Option<String>,
     /// Stop (with a checkpoint) after this step; `--resume` continues the same schedule.
@@ -47,6 +53,8 @@ struct Train {
     out: PathBuf,
     resume: bool,
     stop_after: Option<u64>,
+    /// The MPI job this process is a rank of.
+    job: Option<Arc<dyn Comm>>,
 }
 
 impl WithBackend for Train {
@@ -55,13 +63,18 @@ impl WithBackend for Train {
         self.run_on::<B>(vec![device])
     }
     fn run_on<B: AutodiffBackend>(self, devices: Vec<B::Device>) -> Result<Self::Output> {
-        mosic_trainer::train::train::<B>(
+        let world = match self.job {
+            Some(comm) => World::Rank { comm, device: devices[0].clone() },
+            None => World::Threads(devices),
+        };
+        train_in::<B>(
             &self.cfg,
             &self.out,
             self.resume,
             self.stop_after,
-            &devices,
+            world,
             &|l| eprintln!("{l}"),
+            None,
         )
     }
 }
@@ -85,6 +98,20 @@ pub(crate) fn target(
 }
 
 pub fn train(a: TrainArgs) -> Result<ExitCode> {
+    let job = Job::detect()?;
+    let r = train_as(a, &job);
+    // A rank that fails ends the whole job at once, with its message.
+    if let (Err(e), Some(j)) = (&r, &job) {
+        j.comm.fail(&format!("{e:#}"));
+    }
+    r
+}
+
+fn train_as(a: TrainArgs, job: &Option<Job>) -> Result<ExitCode> {
+    if let (Some(_), Some(d)) = (job, &a.devices) {
+        anyhow::bail!("--devices {d}: under an MPI launcher every process is one rank on one device; drop --devices (docs/devices.md)");
+    }
+    let lead = job.as_ref().is_none_or(|j| j.rank() == 0);
     let out = match (&a.out, a.resume) {
         (Some(o), _) => o.clone(),
         (None, true) => {
@@ -106,17 +133,49 @@ pub fn train(a: TrainArgs) -> Result<ExitCode> {
     };
     // Every value is checked before a run directory is made.
     let cfg = TrainConfig::load(config.as_deref(), &a.set)?;
-    let target = target(&a.backend, &a.device, a.devices.as_deref(), &cfg)?;
-    let out = if out.as_os_str().is_empty() {
+    let device = match job {
+        Some(j) => j.device(&a.device)?,
+        None => a.device.clone(),
+    };
+    let target = target(&a.backend, &device, a.devices.as_deref(), &cfg)?;
+    if let Some(j) = job {
+        anyhow::ensure!(
+            cfg.data.batch_size.is_multiple_of(j.comm.size()),
+            "data.batch_size = {} does not split over {} MPI ranks; use a multiple of {} (it is the global batch)",
+            cfg.data.batch_size,
+            j.comm.size(),
+            j.comm.size()
+        );
+    }
+    let out = if out.as_os_str().is_empty() && lead {
         rundir::new_run(&rundir::runs_of(&a.runs, a.config.as_deref()))?
     } else {
         out
     };
-    eprintln!("run directory {}", out.display());
+    // Every rank writes to or reads from rank 0's run directory.
+    let out = match job {
+        Some(j) => j.share_path(out)?,
+        None => out,
+    };
+    if lead {
+        eprintln!("run directory {}", out.display());
+        if let Some(j) = job {
+            eprintln!("ranks: {}", j.comm.describe());
+        }
+    }
     let s = dispatch(
         &target,
-        Train { cfg, out: out.clone(), resume: a.resume, stop_after: a.stop_after },
+        Train {
+            cfg,
+            out: out.clone(),
+            resume: a.resume,
+            stop_after: a.stop_after,
+            job: job.as_ref().map(|j| j.comm.clone()),
+        },
     )?;
+    if !lead {
+        return Ok(ExitCode::SUCCESS);
+    }
     println!(
         "train: {} steps, loss {} -> {}, {:.2} clips/s, run in {}{}",
         s.steps,

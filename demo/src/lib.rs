@@ -302,7 +302,7 @@ fn draw_curves(out: &Path, seeds: u64, png: &Path) -> Result<()> {
     for (variant, _) in VARIANTS {
         let (mut l, mut v) = (Vec::new(), Vec::new());
         for seed in 0..seeds {
-            let h = rundir::read_metrics(&out.join(format!("{variant}-seed{seed}")), u64::MAX);
+            let h = rundir::read_metrics(&out.join(format!("{variant}-seed{seed}")), u64::MAX)?;
             l.push(h.iter().map(|s| (s.step as f64, s.loss)).collect());
             v.push(
                 h.iter()

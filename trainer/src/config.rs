@@ -271,6 +271,13 @@ pub struct RunConfig {
     pub checkpoint_every: u64,
     /// Checkpoints kept besides the newest (older ones are deleted).
     pub keep_checkpoints: usize,
+    /// Seconds a rank waits in a collective of a step for the others before the run ends
+    /// with a message naming it (a rank stalled or dead). Not part of what a run is: a
+    /// resumed run may change it.
+    pub collective_timeout_s: f64,
+    /// Seconds the other ranks wait while rank 0 validates or writes a checkpoint, or loads
+    /// the weights it hands out.
+    pub rank0_timeout_s: f64,
 }
 
 impl Default for RunConfig {
@@ -282,7 +289,35 @@ impl Default for RunConfig {
             log_every: 10,
             checkpoint_every: 100,
             keep_checkpoints: 2,
+            collective_timeout_s: 300.0,
+            rank0_timeout_s: 3600.0,
         }
+    }
+}
+
+impl RunConfig {
+    /// How long ranks wait for each other.
+    pub fn limits(&self) -> Limits {
+        Limits {
+            step: std::time::Duration::from_secs_f64(self.collective_timeout_s),
+            rank0: std::time::Duration::from_secs_f64(self.rank0_timeout_s),
+        }
+    }
+}
+
+/// How long a rank waits for the others ([`RunConfig::collective_timeout_s`],
+/// [`RunConfig::rank0_timeout_s`]).
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// Within a step: longer than any step, short enough that a dead rank is found in minutes.
+    pub step: std::time::Duration,
+    /// While rank 0 validates or writes a checkpoint, which the others wait out.
+    pub rank0: std::time::Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        RunConfig::default().limits()
     }
 }
 
@@ -481,6 +516,17 @@ impl TrainConfig {
             );
         }
         need(r.log_every >= 1, "run.log_every", ">= 1", r.log_every.to_string());
+        for (v, key) in [
+            (r.collective_timeout_s, "run.collective_timeout_s"),
+            (r.rank0_timeout_s, "run.rank0_timeout_s"),
+        ] {
+            need(
+                v.is_finite() && v > 0.0 && v < 1e9,
+                key,
+                "a positive number of seconds",
+                v.to_string(),
+            );
+        }
         need(
             r.checkpoint_every >= 1,
             "run.checkpoint_every",
@@ -526,8 +572,21 @@ impl TrainConfig {
         }
     }
 
+    /// Whether `other` is the same run: equal in everything but the waiting limits, which a
+    /// resumed run may change.
+    pub fn same_run(&self, other: &TrainConfig) -> bool {
+        let limits = |c: &TrainConfig| {
+            let mut c = c.clone();
+            c.run.collective_timeout_s = 0.0;
+            c.run.rank0_timeout_s = 0.0;
+            c
+        };
+        limits(self) == limits(other)
+    }
+
     pub fn loader_config(&self) -> LoaderConfig {
         LoaderConfig {
+            share: (0, 1),
             batch_size: self.data.batch_size,
             input_size: self.model.img_size,
             grid: self.data.grid_size,

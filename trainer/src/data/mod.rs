@@ -91,6 +91,15 @@ pub struct LoaderConfig {
     pub expect_frames: Option<u32>,
     /// (width, height) of the stored frames.
     pub expect_size: Option<(u32, u32)>,
+    /// (rank, ranks): the batches hold rank's share of every global batch of `batch_size`
+    /// clips, the only clips decoded (an MPI rank's loader). (0, 1): the whole batch.
+    pub share: (usize, usize),
+}
+
+impl LoaderConfig {
+    pub fn with_share(self, share: (usize, usize)) -> Self {
+        Self { share, ..self }
+    }
 }
 
 impl Default for LoaderConfig {
@@ -109,6 +118,7 @@ impl Default for LoaderConfig {
             seed: 0,
             expect_frames: None,
             expect_size: None,
+            share: (0, 1),
         }
     }
 }
@@ -127,6 +137,12 @@ impl LoaderConfig {
         ensure!(
             lo > 0.0 && lo <= hi && hi.is_finite(),
             "loader: crop_ratio must satisfy 0 < min <= max, got ({lo}, {hi})"
+        );
+        let (rank, ranks) = self.share;
+        ensure!(
+            ranks >= 1 && rank < ranks && self.batch_size.is_multiple_of(ranks),
+            "loader: share {rank} of {ranks} does not split batches of {}",
+            self.batch_size
         );
         Ok(())
     }

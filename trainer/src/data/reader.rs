@@ -118,19 +118,26 @@ impl Reader {
 /// Decodes and augments one batch; runs on the decode pool.
 pub(super) fn build_batch(raw: &RawBatch, source: &Source, cfg: &LoaderConfig) -> Result<Batch> {
     let spec = &source.spec;
-    let (b, t, s) = (raw.clips.len(), spec.t(), cfg.input_size);
+    // This loader's share of the global batch: its clips alone are decoded, each drawn from
+    // its place in the global batch, so every share of a batch is what the whole batch holds.
+    let (rank, ranks) = cfg.share;
+    let per = raw.clips.len() / ranks.max(1);
+    let mine = rank * per..(rank + 1) * per;
+    let clips = &raw.clips[mine.clone()];
+    let units = &raw.units[mine.clone()];
+    let (b, t, s) = (clips.len(), spec.t(), cfg.input_size);
     let n = (cfg.grid * cfg.grid) as usize;
     let (w, h) = (spec.width, spec.height);
     let seed = epoch_seed(cfg.seed, raw.epoch, AUG);
-    let augs: Vec<Aug> = (0..b)
+    let augs: Vec<Aug> = mine
         .map(|i| Aug::draw(&mut SplitMix64::stream(seed, raw.first + i as u64), w, h, cfg))
         .collect();
 
     let mut images = vec![0u8; b * t * 3 * s * s];
     images.par_chunks_mut(3 * s * s).enumerate().try_for_each(|(i, out)| -> Result<()> {
         let (c, f) = (i / t, i % t);
-        let clip = &raw.clips[c];
-        let file = || source.path_of(raw.units[c]).display();
+        let clip = &clips[c];
+        let file = || source.path_of(units[c]).display();
         let bytes = clip
             .frames
             .get(f)
@@ -149,8 +156,7 @@ pub(super) fn build_batch(raw: &RawBatch, source: &Source, cfg: &LoaderConfig) -
         Ok(())
     })?;
 
-    let per_clip: Vec<_> = raw
-        .clips
+    let per_clip: Vec<_> = clips
         .par_iter()
         .zip(&augs)
         .map(|(clip, aug)| clip_points(clip, aug, s, cfg.grid))
@@ -172,6 +178,6 @@ pub(super) fn build_batch(raw: &RawBatch, source: &Source, cfg: &LoaderConfig) -
         tracks,
         visibility,
         inside,
-        ids: raw.clips.iter().map(Clip::id).collect(),
+        ids: clips.iter().map(Clip::id).collect(),
     })
 }

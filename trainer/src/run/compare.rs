@@ -68,7 +68,7 @@ pub fn summarize(dir: &Path) -> Result<RunSummary> {
         dir: dir.to_path_buf(),
         name: parent.map_or(own.clone(), |p| format!("{p}/{own}")),
         config,
-        history: rundir::read_metrics(dir, u64::MAX),
+        history: rundir::read_metrics(dir, u64::MAX)?,
         evals,
         batch_size: cfg.data.batch_size,
     })

@@ -24,9 +24,12 @@ use std::path::{Path, PathBuf};
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct StepStats {
     pub step: u64,
+    // JSON has no NaN: serde_json writes it as null, which reads back as NaN here.
+    #[serde(deserialize_with = "nan_if_null")]
     pub loss: f64,
     pub lr: f64,
     pub lr_backbone: f64,
+    #[serde(deserialize_with = "nan_if_null")]
     pub grad_norm: f64,
     /// Share of the selected points' entries (B x T x selected) that are visible in the crop.
     pub visible: f64,
@@ -36,16 +39,33 @@ pub struct StepStats {
     /// Share of the crop-grid positions that hold a stored point (1 unless the grid is coarse).
     #[serde(default = "one")]
     pub filled: f64,
+    #[serde(deserialize_with = "nan_if_null")]
     pub usage_entropy: f64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub seconds: Option<f64>,
-    /// Validation mIoU by protocol, on the steps where it ran.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// Validation mIoU by protocol, on the steps where it ran (NaN where a score was not a
+    /// number).
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "scores_nan_if_null"
+    )]
     pub validation: Option<BTreeMap<String, f64>>,
 }
 
 fn one() -> f64 {
     1.0
+}
+
+fn nan_if_null<'de, D: serde::Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+    Ok(Option::<f64>::deserialize(d)?.unwrap_or(f64::NAN))
+}
+
+fn scores_nan_if_null<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<BTreeMap<String, f64>>, D::Error> {
+    let m = Option::<BTreeMap<String, Option<f64>>>::deserialize(d)?;
+    Ok(m.map(|m| m.into_iter().map(|(k, v)| (k, v.unwrap_or(f64::NAN))).collect()))
 }
 
 pub fn config_path(run: &Path) -> PathBuf {
@@ -173,15 +193,39 @@ pub fn metrics_path(run: &Path) -> PathBuf {
     run.join("metrics.jsonl")
 }
 
-/// The logged steps up to `upto` (all with `u64::MAX`); lines that do not parse (a line cut
-/// by a kill) are skipped.
-pub fn read_metrics(run: &Path, upto: u64) -> Vec<StepStats> {
-    let Ok(text) = std::fs::read_to_string(metrics_path(run)) else { return Vec::new() };
-    text.lines()
-        .filter_map(|l| serde_json::from_str::<StepStats>(l).ok())
-        .filter(|s| s.step <= upto)
-        .collect()
+/// The logged steps up to `upto` (all with `u64::MAX`). A last line without its newline (a
+/// write cut by a kill) is left out; any other line that does not read is an error naming
+/// the file and the line, so that a resume never rewrites a history it could not read.
+pub fn read_metrics(run: &Path, upto: u64) -> Result<Vec<StepStats>> {
+    let path = metrics_path(run);
+    let text = match mosic::fsutil::read_text_bounded(&path, METRICS_MAX_BYTES) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => bail!("{}: {e}", path.display()),
+    };
+    let cut = !text.is_empty() && !text.ends_with('\n');
+    let lines: Vec<&str> = text.lines().collect();
+    let mut out = Vec::new();
+    for (i, l) in lines.iter().enumerate() {
+        if l.trim().is_empty() {
+            continue;
+        }
+        match serde_json::from_str::<StepStats>(l) {
+            Ok(s) if s.step <= upto => out.push(s),
+            Ok(_) => {}
+            Err(_) if cut && i + 1 == lines.len() => {}
+            Err(e) => bail!(
+                "{} line {}: {e}; the history is kept as it is (fix or move the file to go on)",
+                path.display(),
+                i + 1
+            ),
+        }
+    }
+    Ok(out)
 }
+
+/// The largest metrics file read (a line a step: far above any run's).
+const METRICS_MAX_BYTES: u64 = 1 << 30;
 
 /// The metrics file, rewritten to `history` (steps after a resumed checkpoint are dropped:
 /// they run again) and then appended to.
@@ -339,11 +383,11 @@ mod tests {
         log.append(&stats(2)).unwrap();
         log.append(&stats(3)).unwrap();
         log.flush().unwrap();
-        assert_eq!(read_metrics(run, u64::MAX).len(), 3);
-        assert_eq!(read_metrics(run, 2).len(), 2);
+        assert_eq!(read_metrics(run, u64::MAX).unwrap().len(), 3);
+        assert_eq!(read_metrics(run, 2).unwrap().len(), 2);
         // Resuming at step 2 drops step 3 from the file.
-        drop(MetricsLog::open(run, &read_metrics(run, 2)).unwrap());
-        assert_eq!(read_metrics(run, u64::MAX).len(), 2);
+        drop(MetricsLog::open(run, &read_metrics(run, 2).unwrap()).unwrap());
+        assert_eq!(read_metrics(run, u64::MAX).unwrap().len(), 2);
 
         write_eval(run, "cluster", &serde_json::json!({ "miou": 0.5 })).unwrap();
         assert_eq!(read_evals(run)["cluster"]["miou"], 0.5);

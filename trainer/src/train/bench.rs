@@ -3,10 +3,13 @@
 
 use crate::config::TrainConfig;
 use crate::data::Batch;
-use crate::train::collective::{Collective, Group};
+use crate::train::comm::threads::Threads;
+use crate::train::comm::{Comm, Group};
 use crate::train::step::Trainer;
+use crate::train::worker::FaultHook;
 use anyhow::{anyhow, ensure, Result};
 use burn::tensor::backend::AutodiffBackend;
+use std::sync::Arc;
 use std::time::Instant;
 
 /// Seconds per training step and clips/s on random batches of the configured shape.
@@ -18,25 +21,58 @@ pub fn bench<B: AutodiffBackend>(
     warmup: usize,
     steps: usize,
 ) -> Result<BenchFigures> {
-    let t_start = Instant::now();
-    let mut trainer = Trainer::<B>::new(cfg, device)?;
-    trainer.total_steps = (warmup + steps + 1) as u64;
     let batch =
         Batch::random(cfg.data.batch_size, frames, points, cfg.model.img_size, cfg.run.seed);
+    bench_rank::<B>(cfg, device, None, &batch, warmup, steps, None)
+}
+
+/// One rank's step on `batch` (its share), with `group` when there is one.
+fn bench_rank<B: AutodiffBackend>(
+    cfg: &TrainConfig,
+    device: &B::Device,
+    group: Option<Group>,
+    batch: &Batch,
+    warmup: usize,
+    steps: usize,
+    fault: Option<&FaultHook>,
+) -> Result<BenchFigures> {
+    let t_start = Instant::now();
+    let rank = group.as_ref().map_or(0, Group::rank);
+    let mut taken = 0;
+    let mut hook = || -> Result<()> {
+        taken += 1;
+        fault.map_or(Ok(()), |f| f(rank, taken))
+    };
+    let mut trainer = {
+        let _one_at_a_time = super::worker::INIT.lock().unwrap_or_else(|e| e.into_inner());
+        Trainer::<B>::new(cfg, device)?
+    };
+    trainer.total_steps = (warmup + steps + 1) as u64;
+    if group.is_some() {
+        trainer.group = group;
+        trainer.broadcast_from_rank0()?;
+    }
     // The first step on a fresh process: allocation, and on GPUs kernel compilation and
     // autotuning, which the caches cut on later runs.
-    trainer.step(&batch)?;
+    hook()?;
+    trainer.step(batch)?;
     let first_step_s = t_start.elapsed().as_secs_f64();
     for _ in 1..warmup.max(1) {
-        trainer.step(&batch)?;
+        hook()?;
+        trainer.step(batch)?;
     }
+    let group = trainer.group.clone();
+    let spent = || group.as_ref().map_or(0.0, Group::seconds);
+    let before = spent();
+    let t_timed = Instant::now();
     let step_s = if crate::backend::is_cpu::<B>(device) {
         // A CPU step is done when it returns: each is timed, and the median reported, as
-        // torch_step.py does.
+        // tools/bench/torch_step.py does.
         let mut times = Vec::with_capacity(steps.max(1));
         for _ in 0..steps.max(1) {
+            hook()?;
             let t0 = Instant::now();
-            let out = trainer.step_async(&batch)?;
+            let out = trainer.step_async(batch)?;
             times.push(t0.elapsed().as_secs_f64());
             trainer.read(out)?;
         }
@@ -47,17 +83,20 @@ pub fn bench<B: AutodiffBackend>(
         let t0 = Instant::now();
         let mut last = None;
         for _ in 0..steps.max(1) {
-            last = Some(trainer.step_async(&batch)?);
+            hook()?;
+            last = Some(trainer.step_async(batch)?);
         }
         trainer.read(last.expect("at least one step"))?;
         t0.elapsed().as_secs_f64() / steps.max(1) as f64
     };
+    let timed = t_timed.elapsed().as_secs_f64();
     let statistic = if crate::backend::is_cpu::<B>(device) { "median" } else { "mean" };
     Ok(BenchFigures {
         first_step_s,
         step_s,
         clips_per_s: cfg.data.batch_size as f64 / step_s,
         statistic,
+        collective_share: group.as_ref().map(|_| (spent() - before) / timed.max(1e-9)),
     })
 }
 
@@ -68,14 +107,19 @@ pub struct BenchFigures {
     pub first_step_s: f64,
     /// Step after the warm-up: the median on a CPU backend, the mean of queued steps on a device.
     pub step_s: f64,
+    /// Global clips per second.
     pub clips_per_s: f64,
     /// "median" or "mean".
     pub statistic: &'static str,
+    /// With several ranks: the share of rank 0's timed steps spent in collectives (host time:
+    /// on a GPU, the time to queue device reductions and to wait for host ones).
+    pub collective_share: Option<f64>,
 }
 
-/// The step over `devices` (one worker each, the global batch split between them): seconds
-/// per step (the median over the timed steps of worker 0, every step ending in the gradient
-/// all-reduce, so it is the group's step) and global clips/s.
+/// The step over `devices` (one thread each, the global batch split between them): seconds
+/// per step (the median over the timed steps of rank 0, every step ending in the gradient
+/// all-reduce, so it is the group's step) and global clips/s. A rank that fails (an error or
+/// a panic) ends the others at once.
 pub fn bench_devices<B: AutodiffBackend>(
     cfg: &TrainConfig,
     devices: &[B::Device],
@@ -83,6 +127,20 @@ pub fn bench_devices<B: AutodiffBackend>(
     points: usize,
     warmup: usize,
     steps: usize,
+) -> Result<BenchFigures> {
+    bench_devices_with::<B>(cfg, devices, frames, points, warmup, steps, None)
+}
+
+/// [`bench_devices`] with a fault a test injects.
+#[doc(hidden)]
+pub fn bench_devices_with<B: AutodiffBackend>(
+    cfg: &TrainConfig,
+    devices: &[B::Device],
+    frames: usize,
+    points: usize,
+    warmup: usize,
+    steps: usize,
+    fault: Option<&FaultHook>,
 ) -> Result<BenchFigures> {
     let n = devices.len();
     if n == 1 {
@@ -93,43 +151,36 @@ pub fn bench_devices<B: AutodiffBackend>(
         "data.batch_size = {} does not split over {n} devices",
         cfg.data.batch_size
     );
-    let t_start = Instant::now();
     let batch =
         Batch::random(cfg.data.batch_size, frames, points, cfg.model.img_size, cfg.run.seed);
     let parts = batch.split(n);
-    let collective = Collective::new(n, crate::train::fit::COLLECTIVE_TIMEOUT);
-    let figures: Vec<Result<(f64, f64)>> = std::thread::scope(|s| {
+    let threads = Threads::new(n);
+    let figures: Vec<Result<BenchFigures>> = std::thread::scope(|s| {
         let handles: Vec<_> = devices
             .iter()
             .zip(&parts)
             .enumerate()
             .map(|(rank, (device, part))| {
-                let collective = collective.clone();
-                s.spawn(move || -> Result<(f64, f64)> {
-                    let run = || -> Result<(f64, f64)> {
-                        let mut trainer = Trainer::<B>::new(cfg, device)?;
-                        trainer.total_steps = (warmup + steps + 1) as u64;
-                        let first_clip = rank * cfg.data.batch_size / n;
-                        trainer.group =
-                            Some(Group { rank, collective: collective.clone(), first_clip });
-                        trainer.broadcast_from_rank0()?;
-                        trainer.step(part)?;
-                        let first = t_start.elapsed().as_secs_f64();
-                        for _ in 1..warmup.max(1) {
-                            trainer.step(part)?;
+                let comm: Arc<dyn Comm> = Arc::new(threads.rank(rank));
+                s.spawn(move || -> Result<BenchFigures> {
+                    let group =
+                        Group::new(comm.clone(), rank * cfg.data.batch_size / n, cfg.run.limits());
+                    #[cfg(any(feature = "tch", feature = "cuda"))]
+                    let group = match super::comm::nccl::attach::<B>(group, device) {
+                        Ok(g) => g,
+                        Err(e) => {
+                            comm.fail(&format!("rank {rank}: {e:#}"));
+                            return Err(e);
                         }
-                        let mut times = Vec::with_capacity(steps.max(1));
-                        for _ in 0..steps.max(1) {
-                            let t0 = Instant::now();
-                            trainer.step(part)?;
-                            times.push(t0.elapsed().as_secs_f64());
-                        }
-                        times.sort_by(f64::total_cmp);
-                        Ok((first, times[times.len() / 2]))
                     };
-                    let r = run();
+                    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        bench_rank::<B>(cfg, device, Some(group), part, warmup, steps, fault)
+                    }))
+                    .unwrap_or_else(|p| {
+                        Err(anyhow!("panicked: {}", super::worker::panic_text(&*p)))
+                    });
                     if let Err(e) = &r {
-                        collective.fail(format!("worker {rank}: {e:#}"));
+                        comm.fail(&format!("rank {rank}: {e:#}"));
                     }
                     r
                 })
@@ -137,15 +188,45 @@ pub fn bench_devices<B: AutodiffBackend>(
             .collect();
         handles
             .into_iter()
-            .map(|h| h.join().unwrap_or_else(|_| Err(anyhow!("a worker panicked"))))
+            .map(|h| h.join().unwrap_or_else(|_| Err(anyhow!("a rank's thread died"))))
             .collect()
     });
+    if let Some(f) = threads.rank(0).failure() {
+        return Err(anyhow!("{f}"));
+    }
     let mut figures = figures.into_iter().collect::<Result<Vec<_>>>()?;
-    let (first_step_s, step_s) = figures.swap_remove(0);
-    Ok(BenchFigures {
-        first_step_s,
-        step_s,
-        clips_per_s: cfg.data.batch_size as f64 / step_s,
-        statistic: "median",
-    })
+    Ok(figures.swap_remove(0))
+}
+
+/// The step with this process as rank `comm.rank()` of an MPI job: its share of the global
+/// batch on `device`; rank 0's figures count.
+pub fn bench_in_job<B: AutodiffBackend>(
+    cfg: &TrainConfig,
+    comm: Arc<dyn Comm>,
+    device: &B::Device,
+    frames: usize,
+    points: usize,
+    warmup: usize,
+    steps: usize,
+) -> Result<BenchFigures> {
+    let (rank, n) = (comm.rank(), comm.size());
+    ensure!(
+        cfg.data.batch_size.is_multiple_of(n),
+        "data.batch_size = {} does not split over {n} ranks",
+        cfg.data.batch_size
+    );
+    let batch =
+        Batch::random(cfg.data.batch_size, frames, points, cfg.model.img_size, cfg.run.seed);
+    let part = batch.split(n).swap_remove(rank);
+    let group = Group::new(comm.clone(), rank * cfg.data.batch_size / n, cfg.run.limits());
+    #[cfg(any(feature = "tch", feature = "cuda"))]
+    let group = super::comm::nccl::attach::<B>(group, device)?;
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        bench_rank::<B>(cfg, device, Some(group), &part, warmup, steps, None)
+    }))
+    .unwrap_or_else(|p| Err(anyhow!("panicked: {}", super::worker::panic_text(&*p))));
+    if let Err(e) = &r {
+        comm.fail(&format!("{e:#}"));
+    }
+    r
 }

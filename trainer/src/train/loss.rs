@@ -8,7 +8,7 @@
 //! backend uses.
 
 use crate::config::{LossConfig, Reduction, Sampling};
-use crate::train::collective::{Group, Op};
+use crate::train::comm::{Group, Op};
 use anyhow::Result;
 use burn::tensor::activation::log_softmax;
 use burn::tensor::backend::Backend;
@@ -145,20 +145,25 @@ pub fn sinkhorn<B: Backend>(
     let device = scores.device();
     let s = scores.detach() / epsilon;
     let tiny = f32::MIN_POSITIVE;
-    let global = |t: Tensor<B, 1>, op: Op| -> Result<Tensor<B, 1>> {
+    let global = |t: Tensor<B, 1>, op: Op, what: &str| -> Result<Tensor<B, 1>> {
         match group {
-            Some(g) => g.reduce(t, op),
+            Some(g) => g.reduce(t, op, what),
             None => Ok(t),
         }
     };
     let (q, count) = match rows {
         None => {
             // The global shift cancels in the first normalisation but keeps exp finite.
-            let max = global(s.clone().max(), Op::Max)?.reshape([1, 1]);
+            let max = global(s.clone().max(), Op::Max, "Sinkhorn's shift")?.reshape([1, 1]);
             let count = match group {
-                Some(_) => {
-                    Some(global(Tensor::from_floats([m as f32], &device), Op::Sum)?.reshape([1, 1]))
-                }
+                Some(_) => Some(
+                    global(
+                        Tensor::from_floats([m as f32], &device),
+                        Op::Sum,
+                        "Sinkhorn's row count",
+                    )?
+                    .reshape([1, 1]),
+                ),
                 None => None,
             };
             ((s - max).exp(), count)
@@ -166,16 +171,23 @@ pub fn sinkhorn<B: Backend>(
         Some(rows) => {
             let keep = rows.reshape([m, 1]);
             let out = keep.clone().lower_elem(0.5).expand([m, k]);
-            let max = global(s.clone().mask_fill(out, f32::MIN).max(), Op::Max)?.reshape([1, 1]);
+            let max =
+                global(s.clone().mask_fill(out, f32::MIN).max(), Op::Max, "Sinkhorn's shift")?
+                    .reshape([1, 1]);
             // Rows left out may lie above the kept maximum: clamped so exp stays finite before the 0.
-            let count = global(keep.clone().sum(), Op::Sum)?.reshape([1, 1]);
+            let count =
+                global(keep.clone().sum(), Op::Sum, "Sinkhorn's row count")?.reshape([1, 1]);
             ((s - max).clamp_max(0.0).exp() * keep.clone(), Some(count))
         }
     };
-    let mut q = q.clone() / global(q.sum(), Op::Sum)?.reshape([1, 1]);
-    for _ in 0..iterations {
+    let mut q = q.clone() / global(q.sum(), Op::Sum, "Sinkhorn's total")?.reshape([1, 1]);
+    for i in 0..iterations {
         let cols = match group {
-            Some(g) => g.reduce(q.clone().sum_dim(0), Op::Sum)?,
+            Some(g) => g.reduce(
+                q.clone().sum_dim(0),
+                Op::Sum,
+                &format!("Sinkhorn's column sums (iteration {})", i + 1),
+            )?,
             None => q.clone().sum_dim(0),
         };
         q = q.clone() / cols.clamp_min(tiny) / k as f32;
@@ -231,7 +243,7 @@ pub fn mosic_loss<B: Backend>(
         sinkhorn(teacher_scores.reshape([m, k]), rows.clone(), cfg.epsilon, cfg.iterations, group)?;
     let global = |t: Tensor<B, 1>| -> Result<Tensor<B, 1>> {
         match group {
-            Some(g) => g.reduce(t, Op::Sum),
+            Some(g) => g.reduce(t, Op::Sum, "the loss weights' sum"),
             None => Ok(t),
         }
     };
@@ -245,7 +257,7 @@ pub fn mosic_loss<B: Backend>(
     let total = (nll * w.clone()).sum();
     let weight = global(w.sum())?;
     let entries = match group {
-        Some(g) => g.reduce_host(vec![m as f32], Op::Sum)?[0],
+        Some(g) => g.reduce_host(vec![m as f32], Op::Sum, "the entry count")?[0],
         None => m as f32,
     };
     let loss = match cfg.reduction {

@@ -1,9 +1,9 @@
 //! Training: [`loss`] (features at track points, Sinkhorn-Knopp, the loss), [`params`]
-//! (AdamW, the update gate, EMA), [`step`] (the MoSiC step), [`collective`] (reductions between
-//! ranks), `worker` (one device's loop), [`fit`] (the run), [`bench`] (the step benchmark).
+//! (AdamW, the update gate, EMA), [`step`] (the MoSiC step), [`comm`] (collectives between
+//! ranks: threads, MPI, NCCL), `worker` (one device's loop), [`fit`] (the run), [`bench`] (the step benchmark).
 
 pub mod bench;
-pub mod collective;
+pub mod comm;
 pub mod fit;
 pub mod loss;
 pub mod params;

@@ -10,7 +10,7 @@ use crate::model::weights;
 use crate::model::{Vit, VitConfig};
 use crate::run::dir as rundir;
 pub use crate::run::dir::StepStats;
-use crate::train::collective::{Group, Op};
+use crate::train::comm::{Group, Op};
 use crate::train::loss::{gather_points, mosic_loss, patch_of, point_taps, PointTaps};
 use crate::train::params::{self, AdamW};
 use anyhow::{bail, Context, Result};
@@ -40,6 +40,14 @@ pub struct CheckpointState {
     /// Steps completed.
     pub step: u64,
     pub loader: LoaderState,
+    /// Ranks the run was split over: a resume over another number would sum the same
+    /// gradients in another order, so it is refused.
+    #[serde(default = "one")]
+    pub world: usize,
+}
+
+fn one() -> usize {
+    1
 }
 
 /// What one step needs from its batch besides the images, worked out on the host: where the
@@ -259,29 +267,44 @@ impl<B: AutodiffBackend> Trainer<B> {
     pub fn broadcast_from_rank0(&mut self) -> Result<()> {
         let g = self.group.clone().context("broadcast without a group")?;
         let path = Path::new("rank 0's parameters");
-        let share = |values: BTreeMap<String, HostTensor>| -> Result<BTreeMap<String, HostTensor>> {
-            let flat: Vec<f32> = values
-                .values()
-                .flat_map(|t| if g.rank == 0 { t.data.clone() } else { vec![0.0; t.numel()] })
-                .collect();
-            let all = g.reduce_host(flat, Op::Sum)?;
-            let mut at = 0;
+        let share = |values: BTreeMap<String, HostTensor>,
+                     what: &str|
+         -> Result<BTreeMap<String, HostTensor>> {
+            let mut bytes: Vec<u8> =
+                values.values().flat_map(|t| t.data.iter().flat_map(|v| v.to_le_bytes())).collect();
+            g.broadcast(&mut bytes, what)?;
+            let mut floats =
+                bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]));
             Ok(values
                 .into_iter()
                 .map(|(k, t)| {
-                    let n = t.numel();
-                    at += n;
-                    (k, HostTensor::new(t.shape, all[at - n..at].to_vec()))
+                    let data = floats.by_ref().take(t.numel()).collect();
+                    (k, HostTensor::new(t.shape, data))
                 })
                 .collect())
         };
-        let student = share(paths::collect(&self.student, |_| true))?;
-        let teacher = share(paths::collect(&self.teacher, |_| true))?;
-        if g.rank != 0 {
+        let student = share(paths::collect(&self.student, |_| true), "rank 0's student")?;
+        let teacher = share(paths::collect(&self.teacher, |_| true), "rank 0's teacher")?;
+        if g.rank() != 0 {
             self.student = paths::assign(self.student.clone(), &student, &self.device, path)?;
             self.teacher = paths::assign(self.teacher.clone(), &teacher, &self.device, path)?;
         }
         Ok(())
+    }
+
+    /// A hash of the student's and the teacher's parameters (bits, in path order).
+    pub fn digest(&self) -> u64 {
+        use std::hash::Hasher;
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        for map in
+            [paths::collect(&self.student, |_| true), paths::collect(&self.teacher, |_| true)]
+        {
+            for (k, t) in map {
+                h.write(k.as_bytes());
+                t.data.iter().for_each(|v| h.write_u32(v.to_bits()));
+            }
+        }
+        h.finish()
     }
 
     /// The optimiser, with its moments.
@@ -365,6 +388,9 @@ impl<B: AutodiffBackend> Trainer<B> {
         if batch.size != self.vit.img_size {
             bail!("batch images are {} px, the model takes {}", batch.size, self.vit.img_size);
         }
+        if let Some(g) = &self.group {
+            g.at_step(self.step + 1);
+        }
         let obj = self.cfg.objective.clone();
         let masked = self.draw_mask(bsz);
         let (g, patch) = (self.vit.grid(), self.vit.patch_size as f32);
@@ -394,7 +420,7 @@ impl<B: AutodiffBackend> Trainer<B> {
         // loss), so every replica takes the same step; the loss reported is the global one.
         let (loss, grads) = match &group {
             Some(g) => (
-                g.reduce(out.loss.clone().inner(), Op::Sum)?,
+                g.reduce(out.loss.clone().inner(), Op::Sum, "the loss")?,
                 g.reduce_grads(&self.student, grads)?,
             ),
             None => (out.loss.clone().inner(), grads),
@@ -567,8 +593,11 @@ impl<B: AutodiffBackend> Trainer<B> {
         };
         let [v, l, sel] = inputs.counts;
         let entries = (batch.clips * batch.points) as f32;
-        let c =
-            g.reduce_host(vec![v, l, sel, batch.filled() as f32 * entries, entries], Op::Sum)?;
+        let c = g.reduce_host(
+            vec![v, l, sel, batch.filled() as f32 * entries, entries],
+            Op::Sum,
+            "the counts",
+        )?;
         let share = |x: f32, of: f32| x as f64 / of.max(1.0) as f64;
         Ok((share(c[0], c[2]), share(c[1], c[2]), share(c[3], c[4])))
     }
@@ -577,11 +606,18 @@ impl<B: AutodiffBackend> Trainer<B> {
     /// its update for a non-finite loss or gradient, naming the first.
     pub fn read(&self, out: StepOutput<B::InnerBackend>) -> Result<StepStats> {
         let bad = self.bad_step.clone().unwrap_or_else(|| Tensor::zeros([1], &self.device));
-        let v: Vec<f32> = Tensor::cat(vec![out.values, bad], 0)
-            .into_data()
-            .convert::<f32>()
-            .to_vec()
-            .expect("f32 data");
+        let read = || -> Vec<f32> {
+            Tensor::cat(vec![out.values, bad], 0)
+                .into_data()
+                .convert::<f32>()
+                .to_vec()
+                .expect("f32 data")
+        };
+        // The read waits for the step's device work, its device reductions included.
+        let v = match &self.group {
+            Some(g) => g.watched("reading the step's results", read),
+            None => read(),
+        };
         if v[3] > 0.0 {
             bail!(NonFinite { step: v[3] as u64 });
         }
@@ -608,10 +644,15 @@ impl<B: AutodiffBackend> Trainer<B> {
     }
 
     /// Writes the run's checkpoint of this step (student, teacher, optimiser, data position).
-    pub fn save_checkpoint(&self, run: &Path, loader: LoaderState) -> Result<PathBuf> {
+    pub fn save_checkpoint(
+        &self,
+        run: &Path,
+        loader: LoaderState,
+        world: usize,
+    ) -> Result<PathBuf> {
         let student = paths::collect(&self.student, |_| true);
         let teacher = paths::collect(&self.teacher, |_| true);
-        let state = CheckpointState { step: self.step, loader };
+        let state = CheckpointState { step: self.step, loader, world };
         let files =
             [("student", &student), ("teacher", &teacher), ("optimizer", &self.opt.state())];
         rundir::write_checkpoint(run, self.step, &files, &state)
