@@ -86,8 +86,10 @@ demo: build $(SYNTH)/synth.json $(DATA)/synth-val/synth.json $(DATA)/synth-test/
 	$(MOSIC) export --run runs/demo/mosic-seed0 --out runs/demo/backbone.safetensors
 
 # The test suite; CI runs exactly this.
+# MPI is built in for the tests: they start real processes under mpirun (tools/setup.sh
+# installs OpenMPI).
 test: setup
-	$(CARGO) nextest run --workspace --no-fail-fast
+	$(CARGO) nextest run --workspace --no-fail-fast --features mosic-cli/mpi
 
 clean-data:
 	rm -rf $(DATA) runs

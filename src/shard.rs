@@ -229,8 +229,10 @@ impl ShardReader {
     /// Opens a shard and checks its schema version and spec before anything is decoded.
     pub fn open(path: &Path) -> Result<Self> {
         let file = File::open(path).map_err(|e| Error::io(path, e))?;
-        let builder =
-            ParquetRecordBatchReaderBuilder::try_new(file).map_err(|e| Error::parquet(path, e))?;
+        let len = file.metadata().map_err(|e| Error::io(path, e))?.len();
+        let builder = decoder(path, || ParquetRecordBatchReaderBuilder::try_new(file))?
+            .map_err(|e| Error::parquet(path, e))?;
+        check_layout(path, builder.metadata(), len)?;
         let kv = builder.metadata().file_metadata().key_value_metadata();
         let get = |key: &str| {
             kv.and_then(|kv| kv.iter().find(|e| e.key == key)).and_then(|e| e.value.clone())
@@ -336,7 +338,8 @@ impl ShardReader {
         let reader =
             self.builder.with_projection(mask).build().map_err(|e| Error::parquet(&path, e))?;
         let mut keys = Vec::new();
-        for batch in reader {
+        let mut reader = reader;
+        while let Some(batch) = decoder(&path, || reader.next())? {
             let batch = batch.map_err(|e| Error::parquet(&path, e))?;
             let strs = |name: &str| -> Result<&StringArray> {
                 column(&batch, name)
@@ -378,7 +381,12 @@ impl Iterator for Clips {
             if let Some(c) = self.buffered.next() {
                 return Some(Ok(c));
             }
-            match self.reader.next()? {
+            let next = decoder(&self.path, || self.reader.next());
+            let next = match next {
+                Ok(n) => n?,
+                Err(e) => return Some(Err(e)),
+            };
+            match next {
                 Ok(batch) => match from_batch(&batch, &self.spec) {
                     Ok(clips) => self.buffered = clips.into_iter(),
                     Err(m) => return Some(Err(Error::invalid(&self.path, m))),
@@ -387,6 +395,53 @@ impl Iterator for Clips {
             }
         }
     }
+}
+
+/// Runs a step of the Parquet decoder, whose asserts on corrupt input become this file's
+/// error (shards come from other machines; a bad one must not bring down a run).
+fn decoder<T>(path: &Path, f: impl FnOnce() -> T) -> Result<T> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).map_err(|p| {
+        let why = p
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| p.downcast_ref::<String>().cloned())
+            .unwrap_or_default();
+        Error::parquet(path, format!("the Parquet decoder failed on this file ({why}): corrupt"))
+    })
+}
+
+/// Every row group and column chunk lies inside the file, with sizes that are not negative:
+/// checked before anything is read, so that sizes from a corrupt footer never drive a read
+/// or an allocation.
+fn check_layout(
+    path: &Path,
+    meta: &parquet::file::metadata::ParquetMetaData,
+    len: u64,
+) -> Result<()> {
+    for (g, rg) in meta.row_groups().iter().enumerate() {
+        if rg.num_rows() < 0 {
+            return Err(Error::invalid(
+                path,
+                format!("row group {g} has {} rows (corrupt)", rg.num_rows()),
+            ));
+        }
+        for (c, col) in rg.columns().iter().enumerate() {
+            let start = col.dictionary_page_offset().unwrap_or(col.data_page_offset());
+            let size = col.compressed_size();
+            let inside = start >= 0
+                && size >= 0
+                && (start as u64).checked_add(size as u64).is_some_and(|end| end <= len);
+            if !inside {
+                return Err(Error::invalid(
+                    path,
+                    format!(
+                        "column chunk {c} of row group {g} ({size} bytes at {start}) lies outside the file of {len} bytes (corrupt)"
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 fn column<'a>(batch: &'a RecordBatch, name: &str) -> Result<&'a ArrayRef, String> {

@@ -66,3 +66,100 @@ fn python_reads_shards_without_our_code() {
         assert!(text(&o).contains("ok: 2 shards, 5 clips"), "{}", text(&o));
     }
 }
+
+/// Peak resident memory of this test's process, MiB (nextest runs each test in its own).
+fn peak_mib() -> f64 {
+    let s = std::fs::read_to_string("/proc/self/status").unwrap();
+    let l = s.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
+    l.split_whitespace().nth(1).unwrap().parse::<f64>().unwrap() / 1024.0
+}
+
+/// Reads a shard whole, as the loader and `mosic shards verify` do.
+fn read_whole(path: &std::path::Path) -> std::thread::Result<mosic::Result<usize>> {
+    std::panic::catch_unwind(|| {
+        let r = ShardReader::open(path)?;
+        let _ = r.spec().clone();
+        Ok(r.read_all(true)?.len())
+    })
+}
+
+/// Shards mutated at random (bit flips, overwritten runs, cuts, inserted bytes, in the footer
+/// and the pages), from a fresh shard and from the corpus in `tests/fixtures/fuzz/shard`
+/// (inputs kept because they once failed): every read ends in clips or an error, never a
+/// panic, within a time and a memory bound. MOSIC_FUZZ_SECONDS sets the time spent (20 s).
+#[test]
+fn mutated_shards_are_read_or_refused_never_a_panic() {
+    let dir = tempfile::tempdir().unwrap();
+    let fresh = dir.path().join("fresh");
+    write_dir(&fresh, &spec(3, 3, 32), 3, 1);
+    let mut seeds = vec![std::fs::read(fresh.join("shard-00000.parquet")).unwrap()];
+    let corpus = repo_root().join("tests/fixtures/fuzz/shard");
+    let mut names: Vec<_> =
+        std::fs::read_dir(&corpus).unwrap().flatten().map(|e| e.path()).collect();
+    names.sort();
+    seeds.extend(names.iter().map(|p| std::fs::read(p).unwrap()));
+    let budget: f64 =
+        std::env::var("MOSIC_FUZZ_SECONDS").ok().and_then(|v| v.parse().ok()).unwrap_or(20.0);
+    let mut rng = mosic::rng::SplitMix64::new(11);
+    let path = dir.path().join("m.parquet");
+    let (mut ok, mut refused, mut cases) = (0, 0, 0);
+    let start = std::time::Instant::now();
+    // The corpus as it is first, then mutations of every seed in turn.
+    for s in &seeds[1..] {
+        std::fs::write(&path, s).unwrap();
+        assert!(read_whole(&path).is_ok(), "a corpus input panicked");
+    }
+    while start.elapsed().as_secs_f64() < budget {
+        let mut v = seeds[cases % seeds.len()].clone();
+        for _ in 0..1 + rng.below(4) {
+            let i = rng.below(v.len().max(1) as u64) as usize;
+            match rng.below(6) {
+                _ if v.is_empty() => v.push(rng.below(256) as u8),
+                0 => v[i] ^= 1 << rng.below(8),
+                1 => v[i] = rng.below(256) as u8,
+                2 => v.truncate(i),
+                3 => v.insert(i, rng.below(256) as u8),
+                // The footer (metadata, page index) is where sizes live.
+                4 => {
+                    let j = v.len() - 1 - rng.below(v.len().min(512) as u64) as usize;
+                    v[j] = rng.below(256) as u8;
+                }
+                _ => {
+                    let n = (1 + rng.below(8) as usize).min(v.len() - i);
+                    v[i..i + n].iter_mut().for_each(|b| *b = rng.below(256) as u8);
+                }
+            }
+        }
+        std::fs::write(&path, &v).unwrap();
+        let t0 = std::time::Instant::now();
+        match read_whole(&path) {
+            Ok(Ok(_)) => ok += 1,
+            Ok(Err(e)) => {
+                refused += 1;
+                // Inputs that reach the decoder's own asserts are worth keeping in the corpus.
+                if e.to_string().contains("the Parquet decoder failed") {
+                    let keep = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
+                        .join(format!("decoder-{cases}.parquet"));
+                    std::fs::copy(&path, &keep).unwrap();
+                    println!("kept {} ({e})", keep.display());
+                }
+            }
+            Err(_) => {
+                let keep = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
+                    .join(format!("panic-{cases}.parquet"));
+                std::fs::copy(&path, &keep).unwrap();
+                panic!(
+                    "case {cases}: the reader panicked (input kept at {}; add it to {})",
+                    keep.display(),
+                    corpus.display()
+                );
+            }
+        }
+        assert!(t0.elapsed().as_secs_f64() < 5.0, "case {cases} took {:?}", t0.elapsed());
+        cases += 1;
+    }
+    let peak = peak_mib();
+    println!("{cases} mutated shards: {ok} read, {refused} refused, peak {peak:.0} MiB");
+    assert!(cases > 100 && refused > 0);
+    assert!(peak < 1024.0, "peak {peak} MiB");
+}

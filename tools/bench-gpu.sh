@@ -26,6 +26,7 @@
 #   BACKENDS [cuda tch]
 #   RUNS     "precision:batch", most important first [bf16:64 bf16:16 fp32:64 fp32:16]
 #   WORKERS  a device list for the multi-worker row [cuda:0,cuda:0] (empty: none)
+#   (the one-rank NCCL check runs after the rows: libnccl.so.2 from the torch wheel's nvidia/nccl/lib)
 #   BUDGET_S stop starting new rows after this many seconds [480]
 #   ROW_S    end any one process after this many seconds (a timed-out row says so) [240]
 # Settings of both sides: ViT-S/14 at 224 px, 12 frames x 256 points, last 2 blocks
@@ -133,11 +134,31 @@ if [ -n "$WORKERS" ] && [ "$DEVICE" != cpu ] && ! over; then
   for be in $BACKENDS; do
     echo "== ours: $be workers $WORKERS $p batch $b"
     out=$(mktemp)
-    peak_of ours "$be" "$WORKERS" "$p" "$b" >"$out" 2>&1
+    # Two ranks on one GPU: NCCL refuses that (one rank per device), so their reductions
+    # take the host path here.
+    MOSIC_NCCL=off peak_of ours "$be" "$WORKERS" "$p" "$b" >"$out" 2>&1
     rc=$?; line=$(grep '^bench_step ' "$out")
     [ $rc = 3 ] && { rm -f "$out"; continue; }
     [ $rc = 0 ] || tail -15 "$out"
     row "| $p | $b | $be on $WORKERS | $(field step_ms "$line") | | | $(field clips_per_s "$line") | | $PEAK | | $(field first_step_s "$line") |"
+    rm -f "$out"
+  done
+fi
+
+# The one-GPU NCCL check: a world of one rank whose reductions (gradient buckets, Sinkhorn's
+# sums, the loss) go through NCCL, beside the step without a collective, same weights and batch.
+nccl_rows=()
+if [ "$DEVICE" != cpu ] && ! over; then
+  first=${RUNS%% *}; p=${first%%:*}; b=${first##*:}
+  for be in $BACKENDS; do
+    echo "== ours: $be one-rank NCCL check $p batch $b"
+    out=$(mktemp)
+    BENCH_NCCL=1 ours "$be" "$DEVICE" "$p" "$b" >"$out" 2>&1
+    rc=$?; line=$(grep '^nccl_check ' "$out")
+    [ $rc = 3 ] && { rm -f "$out"; continue; }
+    [ $rc = 0 ] || tail -15 "$out"
+    echo "$line"
+    nccl_rows+=("| $be | $p | $b | $(field version "$line") | $(field loss_rel "$line") | $(field grad_rel "$line") | $(field same_parameters "$line") | $(field step_ms "$line") | $(field step_nccl_ms "$line") |")
     rm -f "$out"
   done
 fi
@@ -147,3 +168,10 @@ echo "device $DEVICE; ratio = PyTorch ms / ours ms (above 1: ours faster); peak 
 echo "| precision | clips | ours | ours ms/step | PyTorch ms/step | ratio | ours clips/s | PyTorch clips/s | ours peak MiB | PyTorch peak MiB | ours first step s |"
 echo "|---|---|---|---|---|---|---|---|---|---|---|"
 printf '%s\n' "${rows[@]}"
+if [ ${#nccl_rows[@]} -gt 0 ]; then
+  echo
+  echo "One-rank NCCL check (reductions through NCCL vs no collective; rel = largest relative difference over 6 steps)"
+  echo "| backend | precision | clips | NCCL | loss rel | grad norm rel | same parameters | ms/step | ms/step with NCCL |"
+  echo "|---|---|---|---|---|---|---|---|---|"
+  printf '%s\n' "${nccl_rows[@]}"
+fi

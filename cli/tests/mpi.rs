@@ -23,6 +23,8 @@ fn mpirun(ranks: usize, args: &[&str]) -> Command {
         .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
         .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
         .env("OMPI_MCA_btl_vader_single_copy_mechanism", "none")
+        // No remote launcher is needed on one machine, and CI machines may have no ssh.
+        .env("OMPI_MCA_plm_rsh_agent", "")
         // One thread a rank: two ranks share the two cores of a CI machine.
         .env("RAYON_NUM_THREADS", "1");
     c

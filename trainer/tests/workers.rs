@@ -311,3 +311,21 @@ fn a_failing_or_stalled_rank_ends_the_benchmark() {
         assert!(t0.elapsed() < Duration::from_secs(60));
     }
 }
+
+/// A resume whose metrics history does not read stops before any work and leaves the file as
+/// it was (it used to start over with an empty history and rewrite the file empty).
+#[test]
+fn a_resume_never_wipes_a_history_it_cannot_read() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = shard_run(tmp.path(), 4);
+    let run = tmp.path().join("run");
+    let one = vec![Default::default()];
+    train::<AB>(&cfg, &run, false, Some(2), &one, &|_: &str| {}).unwrap();
+    let path = run.join("metrics.jsonl");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let damaged = text.replacen("\"step\":1", "\"step\":\u{0}1", 1);
+    std::fs::write(&path, &damaged).unwrap();
+    let e = format!("{:#}", train::<AB>(&cfg, &run, true, None, &one, &|_: &str| {}).unwrap_err());
+    assert!(e.contains("metrics.jsonl line 1"), "{e}");
+    assert_eq!(std::fs::read_to_string(&path).unwrap(), damaged);
+}

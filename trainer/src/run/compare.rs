@@ -38,8 +38,9 @@ impl RunSummary {
         let mut prev = 0;
         let mut total = 0.0;
         for s in &self.history {
-            total += s.seconds? * (s.step - prev) as f64;
-            prev = s.step;
+            // A history whose steps go back (two runs' logs mixed) counts no time backwards.
+            total += s.seconds? * s.step.saturating_sub(prev) as f64;
+            prev = prev.max(s.step);
         }
         (prev > 0).then_some(total)
     }
@@ -62,8 +63,8 @@ pub fn summarize(dir: &Path) -> Result<RunSummary> {
             }
         }
     }
-    let parent = dir.parent().and_then(|p| p.file_name()).map(|p| p.to_string_lossy().into_owned());
-    let own = dir.file_name().map(|p| p.to_string_lossy().into_owned()).unwrap_or_default();
+    let parent = dir.parent().and_then(|p| p.file_name()).map(|p| printable(&p.to_string_lossy()));
+    let own = dir.file_name().map(|p| printable(&p.to_string_lossy())).unwrap_or_default();
     Ok(RunSummary {
         dir: dir.to_path_buf(),
         name: parent.map_or(own.clone(), |p| format!("{p}/{own}")),
@@ -156,8 +157,20 @@ pub fn table(runs: &[RunSummary]) -> (Vec<String>, Vec<Vec<String>>) {
     (header, rows)
 }
 
+/// Text from other people's files as it may reach a terminal: control characters (escape
+/// sequences among them) shown as `\u{..}`.
+pub fn printable(s: &str) -> String {
+    s.chars()
+        .map(|c| if c.is_control() { c.escape_unicode().to_string() } else { c.to_string() })
+        .collect()
+}
+
 /// The table as aligned text.
 pub fn render(header: &[String], rows: &[Vec<String>]) -> String {
+    let header: Vec<String> = header.iter().map(|c| printable(c)).collect();
+    let rows: Vec<Vec<String>> =
+        rows.iter().map(|r| r.iter().map(|c| printable(c)).collect()).collect();
+    let (header, rows) = (&header[..], &rows[..]);
     let widths: Vec<usize> = (0..header.len())
         .map(|c| {
             rows.iter()
@@ -181,13 +194,16 @@ pub fn render(header: &[String], rows: &[Vec<String>]) -> String {
     out
 }
 
-/// The table as CSV (RFC 4180 quoting), for pandas.
+/// The table as CSV (RFC 4180 quoting), for pandas. A cell a spreadsheet would read as a
+/// formula (starting with `=`, `+`, `-`, `@`) is quoted behind a `'`, unless it is a number.
 pub fn csv(header: &[String], rows: &[Vec<String>]) -> String {
     let field = |s: &String| {
-        if s.contains([',', '"', '\n']) {
+        let formula = s.starts_with(['=', '+', '-', '@', '\t', '\r']) && s.parse::<f64>().is_err();
+        let s = if formula { format!("'{s}") } else { printable(s) };
+        if formula || s.contains([',', '"', '\n']) {
             format!("\"{}\"", s.replace('"', "\"\""))
         } else {
-            s.clone()
+            s
         }
     };
     let mut out = String::new();
@@ -292,5 +308,50 @@ mod tests {
         let png = tmp.path().join("runs.png");
         plot(&runs, &png).unwrap();
         assert!(image::open(&png).is_ok());
+    }
+
+    /// Run directories from other people's machines: a history whose steps go back, a
+    /// metrics file that is a link to /dev/zero or a FIFO, names with a terminal escape and
+    /// cells a spreadsheet would run as formulas. Each is read or refused at once, in bounded
+    /// memory, and printed harmless.
+    #[test]
+    fn foreign_run_directories_are_read_safely() {
+        let tmp = tempfile::tempdir().unwrap();
+        let back = tmp.path().join("back");
+        run(&back, &[], &[1.0, 0.9, 0.8]);
+        // Steps 10, 20, 30, then 5: two runs' logs mixed.
+        let mut text = std::fs::read_to_string(back.join("metrics.jsonl")).unwrap();
+        text.push_str(&text.lines().next().unwrap().replace("\"step\":10", "\"step\":5"));
+        text.push('\n');
+        std::fs::write(back.join("metrics.jsonl"), text).unwrap();
+        let r = summarize(&back).unwrap();
+        assert_eq!(r.wall_seconds(), Some(15.0));
+
+        let zero = tmp.path().join("zero");
+        run(&zero, &[], &[1.0]);
+        std::fs::remove_file(zero.join("metrics.jsonl")).unwrap();
+        std::os::unix::fs::symlink("/dev/zero", zero.join("metrics.jsonl")).unwrap();
+        let t0 = std::time::Instant::now();
+        let e = format!("{:#}", summarize(&zero).unwrap_err());
+        assert!(e.contains("not a regular file"), "{e}");
+
+        let fifo = tmp.path().join("fifo");
+        run(&fifo, &[], &[1.0]);
+        std::fs::remove_file(fifo.join("metrics.jsonl")).unwrap();
+        let c = std::ffi::CString::new(fifo.join("metrics.jsonl").to_str().unwrap()).unwrap();
+        // SAFETY: mkfifo on a path this test owns.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        let e = format!("{:#}", summarize(&fifo).unwrap_err());
+        assert!(e.contains("not a regular file"), "{e}");
+        assert!(t0.elapsed() < std::time::Duration::from_secs(5));
+
+        let evil = tmp.path().join("cfg").join("\u{1b}[2Jx=1+2");
+        run(&evil, &["optim.lr=2e-3"], &[1.0]);
+        let runs = vec![summarize(&back).unwrap(), summarize(&evil).unwrap()];
+        let (header, rows) = table(&runs);
+        let text = render(&header, &rows);
+        assert!(!text.contains('\u{1b}') && text.contains("\\u{1b}[2Jx=1+2"), "{text}");
+        let c = csv(&header, &[vec!["=cmd|' /C calc'!A0".into()], vec!["-1.5".into()]]);
+        assert!(c.contains("\"'=cmd|' /C calc'!A0\"") && c.contains("\n-1.5\n"), "{c}");
     }
 }

@@ -75,8 +75,13 @@ pub fn config_path(run: &Path) -> PathBuf {
 /// The configuration a run was made with.
 pub fn read_config(run: &Path) -> Result<TrainConfig> {
     let p = config_path(run);
-    let text = std::fs::read_to_string(&p)
-        .with_context(|| format!("{}: not a run directory (no config.toml)", run.display()))?;
+    let text = match mosic::fsutil::read_text_bounded(&p, SMALL_FILE_MAX_BYTES) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            bail!("{}: not a run directory (no config.toml)", run.display())
+        }
+        Err(e) => bail!("{}: {e}", p.display()),
+    };
     toml::from_str(&text).with_context(|| format!("{} is malformed", p.display()))
 }
 
@@ -227,6 +232,9 @@ pub fn read_metrics(run: &Path, upto: u64) -> Result<Vec<StepStats>> {
 /// The largest metrics file read (a line a step: far above any run's).
 const METRICS_MAX_BYTES: u64 = 1 << 30;
 
+/// The largest config or evaluation result read.
+const SMALL_FILE_MAX_BYTES: u64 = 16 << 20;
+
 /// The metrics file, rewritten to `history` (steps after a resumed checkpoint are dropped:
 /// they run again) and then appended to.
 pub struct MetricsLog {
@@ -275,7 +283,9 @@ pub fn read_evals(run: &Path) -> BTreeMap<String, serde_json::Value> {
     for e in std::fs::read_dir(run.join("eval")).into_iter().flatten().flatten() {
         let p = e.path();
         if p.extension().is_some_and(|x| x == "json") {
-            let v = std::fs::read_to_string(&p).ok().and_then(|t| serde_json::from_str(&t).ok());
+            let v = mosic::fsutil::read_text_bounded(&p, SMALL_FILE_MAX_BYTES)
+                .ok()
+                .and_then(|t| serde_json::from_str(&t).ok());
             if let (Some(stem), Some(v)) = (p.file_stem(), v) {
                 out.insert(stem.to_string_lossy().into_owned(), v);
             }
@@ -391,5 +401,41 @@ mod tests {
 
         write_eval(run, "cluster", &serde_json::json!({ "miou": 0.5 })).unwrap();
         assert_eq!(read_evals(run)["cluster"]["miou"], 0.5);
+    }
+
+    /// A metrics line that does not read is an error naming the file and the line (so that a
+    /// resume never rewrites a history it could not read), except a last line cut by a kill;
+    /// a validation score that is not a number reads back as NaN instead of dropping its line.
+    #[test]
+    fn metrics_are_read_strictly_and_keep_nan() {
+        let tmp = tempfile::tempdir().unwrap();
+        let run = tmp.path();
+        let stats = |step: u64, v: f64| StepStats {
+            step,
+            loss: f64::NAN,
+            lr: 1e-3,
+            lr_backbone: 1e-4,
+            grad_norm: 1.0,
+            visible: 0.9,
+            in_loss: 0.9,
+            filled: 1.0,
+            usage_entropy: 1.0,
+            seconds: Some(0.5),
+            validation: Some([("C hungarian".to_string(), v)].into()),
+        };
+        drop(MetricsLog::open(run, &[stats(1, 0.5), stats(2, f64::NAN)]).unwrap());
+        let back = read_metrics(run, u64::MAX).unwrap();
+        assert_eq!(back.len(), 2);
+        assert!(
+            back[1].validation.as_ref().unwrap()["C hungarian"].is_nan() && back[0].loss.is_nan()
+        );
+        let path = metrics_path(run);
+        let good = std::fs::read_to_string(&path).unwrap();
+        std::fs::write(&path, format!("{good}{{\"step\": 3, \"lo")).unwrap();
+        assert_eq!(read_metrics(run, u64::MAX).unwrap().len(), 2, "a cut last line is left out");
+        let lines: Vec<&str> = good.lines().collect();
+        std::fs::write(&path, format!("{}\n{{oops\n{}\n", lines[0], lines[1])).unwrap();
+        let e = format!("{:#}", read_metrics(run, u64::MAX).unwrap_err());
+        assert!(e.contains("metrics.jsonl line 2") && e.contains("history is kept"), "{e}");
     }
 }

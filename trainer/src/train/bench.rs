@@ -165,7 +165,7 @@ pub fn bench_devices_with<B: AutodiffBackend>(
                 s.spawn(move || -> Result<BenchFigures> {
                     let group =
                         Group::new(comm.clone(), rank * cfg.data.batch_size / n, cfg.run.limits());
-                    #[cfg(any(feature = "tch", feature = "cuda"))]
+                    #[cfg(feature = "tch")]
                     let group = match super::comm::nccl::attach::<B>(group, device) {
                         Ok(g) => g,
                         Err(e) => {
@@ -219,7 +219,7 @@ pub fn bench_in_job<B: AutodiffBackend>(
         Batch::random(cfg.data.batch_size, frames, points, cfg.model.img_size, cfg.run.seed);
     let part = batch.split(n).swap_remove(rank);
     let group = Group::new(comm.clone(), rank * cfg.data.batch_size / n, cfg.run.limits());
-    #[cfg(any(feature = "tch", feature = "cuda"))]
+    #[cfg(feature = "tch")]
     let group = super::comm::nccl::attach::<B>(group, device)?;
     let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         bench_rank::<B>(cfg, device, Some(group), &part, warmup, steps, None)
@@ -229,4 +229,67 @@ pub fn bench_in_job<B: AutodiffBackend>(
         comm.fail(&format!("{e:#}"));
     }
     r
+}
+
+/// What the one-GPU NCCL check found: the step through NCCL against the step without a
+/// collective, from the same weights on the same batch.
+#[cfg(feature = "tch")]
+#[derive(Debug, Clone)]
+pub struct NcclCheck {
+    /// NCCL's version, or None where this backend's tensors do not go through NCCL.
+    pub version: Option<i32>,
+    /// Largest relative difference of the loss and of the gradient norm over the steps.
+    pub loss_rel: f64,
+    pub grad_rel: f64,
+    /// Whether the parameters after the steps are bit for bit those of the step alone.
+    pub same_parameters: bool,
+    /// Mean seconds per step without and with the collective.
+    pub step_s: f64,
+    pub step_nccl_s: f64,
+}
+
+/// A world of one rank on `device` whose reductions go through NCCL (gradient buckets,
+/// Sinkhorn's sums, the loss), beside the step without a collective: the library is found,
+/// the communicator opens, and the results equal the plain step's.
+#[cfg(feature = "tch")]
+pub fn nccl_check<B: AutodiffBackend>(
+    cfg: &TrainConfig,
+    device: &B::Device,
+    frames: usize,
+    points: usize,
+    steps: usize,
+) -> Result<NcclCheck> {
+    let batch =
+        Batch::random(cfg.data.batch_size, frames, points, cfg.model.img_size, cfg.run.seed);
+    let mut plain = Trainer::<B>::new(cfg, device)?;
+    let mut through = Trainer::<B>::new(cfg, device)?;
+    let comm: Arc<dyn Comm> = Arc::new(Threads::new(1).rank(0));
+    let group = super::comm::nccl::attach::<B>(Group::new(comm, 0, cfg.run.limits()), device)?;
+    let version = group.nccl.as_ref().map(|n| n.version);
+    through.group = Some(group);
+    let (mut loss_rel, mut grad_rel) = (0f64, 0f64);
+    let rel = |a: f64, b: f64| (a - b).abs() / a.abs().max(1e-12);
+    let (mut t_plain, mut t_nccl) = (0.0, 0.0);
+    for k in 0..steps.max(2) {
+        let t0 = Instant::now();
+        let a = plain.step(&batch)?;
+        let t1 = Instant::now();
+        let b = through.step(&batch)?;
+        if k > 0 {
+            // The first step of each compiles and allocates.
+            t_plain += (t1 - t0).as_secs_f64();
+            t_nccl += t1.elapsed().as_secs_f64();
+        }
+        loss_rel = loss_rel.max(rel(a.loss, b.loss));
+        grad_rel = grad_rel.max(rel(a.grad_norm, b.grad_norm));
+    }
+    let timed = (steps.max(2) - 1) as f64;
+    Ok(NcclCheck {
+        version,
+        loss_rel,
+        grad_rel,
+        same_parameters: plain.digest() == through.digest(),
+        step_s: t_plain / timed,
+        step_nccl_s: t_nccl / timed,
+    })
 }

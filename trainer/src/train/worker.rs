@@ -76,7 +76,7 @@ pub(super) fn worker<B: AutodiffBackend>(
     trainer.total_steps = ctx.total;
     if n > 1 {
         let group = Group::new(comm, rank * cfg.data.batch_size / n, cfg.run.limits());
-        #[cfg(any(feature = "tch", feature = "cuda"))]
+        #[cfg(feature = "tch")]
         let group = super::comm::nccl::attach::<B>(group, device)?;
         trainer.group = Some(group);
     }

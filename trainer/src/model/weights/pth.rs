@@ -26,6 +26,7 @@ pub fn read(path: &Path) -> Result<HashMap<String, HostTensor>> {
             "not a zip archive ({e}; a legacy torch.save file? re-save it with a recent PyTorch)"
         )
     })?;
+    check_members(&mut zip)?;
     let pkl_name = zip
         .file_names()
         .filter(|k| k.ends_with("/data.pkl") && k.matches('/').count() == 1)
@@ -45,6 +46,11 @@ pub fn read(path: &Path) -> Result<HashMap<String, HostTensor>> {
 
     let mut storages: HashMap<String, Vec<u8>> = HashMap::new();
     let mut out = HashMap::new();
+    // What the tensors may hold in all: views of one storage can repeat it, a few times in
+    // a real checkpoint (tied weights), not without bound.
+    let file_bytes = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0) as usize;
+    let out_budget = file_bytes.saturating_add(1 << 20);
+    let mut out_elems = 0usize;
     for (name, t) in found {
         let Some(esize) = t.dtype.size() else {
             continue; // complex, quantised, ...: never a ViT weight
@@ -59,6 +65,19 @@ pub fn read(path: &Path) -> Result<HashMap<String, HostTensor>> {
         };
         let numel = checked_product(&t.shape)
             .ok_or_else(|| anyhow!("{name}: shape {:?} overflows", t.shape))?;
+        // A view with more elements than its storage repeats values (zero strides): never a
+        // weight, and the way a small file asks for terabytes.
+        if numel > bytes.len() / esize {
+            bail!(
+                "{name}: shape {:?} has {numel} elements, more than its storage's {} (a broadcast view, not a weight)",
+                t.shape,
+                bytes.len() / esize
+            );
+        }
+        out_elems = out_elems.saturating_add(numel);
+        if out_elems > out_budget {
+            bail!("the tensors view their storages more than once over ({out_elems} elements from a {file_bytes}-byte file)");
+        }
         // Elements from the offset to the last one the strides reach.
         let span = if numel == 0 {
             Some(0)
@@ -104,6 +123,25 @@ pub fn read(path: &Path) -> Result<HashMap<String, HostTensor>> {
         out.insert(name, HostTensor::new(t.shape, data));
     }
     Ok(out)
+}
+
+/// The archive's members may not share bytes: two members over the same data (a crafted
+/// archive) would let one storage stand for many.
+fn check_members<R: std::io::Read + std::io::Seek>(zip: &mut zip::ZipArchive<R>) -> Result<()> {
+    let mut spans = Vec::with_capacity(zip.len());
+    for i in 0..zip.len() {
+        let f = zip.by_index_raw(i).map_err(|e| anyhow!("zip member {i}: {e}"))?;
+        let start = f.header_start();
+        let end = f.data_start().unwrap_or(start).saturating_add(f.compressed_size());
+        spans.push((start, end, f.name().to_string()));
+    }
+    spans.sort();
+    for w in spans.windows(2) {
+        if w[1].0 < w[0].1 {
+            bail!("zip members {} and {} overlap (a crafted archive)", w[0].2, w[1].2);
+        }
+    }
+    Ok(())
 }
 
 fn checked_product(v: &[usize]) -> Option<usize> {
@@ -163,11 +201,15 @@ impl Pv {
             _ => 0,
         }
     }
-    /// Values in the tree, the cost of copying it (memo reads copy).
-    fn nodes(&self) -> usize {
+    /// The cost of copying the tree (DUP, PUT and memo reads copy): its values, and the
+    /// bytes of its strings.
+    fn cost(&self) -> usize {
         match self {
-            Pv::Tuple(v, _) | Pv::List(v, _) => 1 + v.iter().map(Pv::nodes).sum::<usize>(),
-            Pv::Dict(v, _) => 1 + v.iter().map(|(k, x)| k.nodes() + x.nodes()).sum::<usize>(),
+            Pv::Tuple(v, _) | Pv::List(v, _) => 1 + v.iter().map(Pv::cost).sum::<usize>(),
+            Pv::Dict(v, _) => 1 + v.iter().map(|(k, x)| k.cost() + x.cost()).sum::<usize>(),
+            Pv::Str(s) | Pv::Global(s) => 1 + s.len(),
+            Pv::Storage { key, .. } => 1 + key.len(),
+            Pv::Tensor(t) => 1 + t.key.len() + t.shape.len() + t.stride.len(),
             _ => 1,
         }
     }
@@ -276,10 +318,17 @@ fn unpickle(b: &[u8]) -> Result<Pv> {
     let mut c = Cursor { b, p: 0 };
     let mut stack: Vec<Pv> = Vec::new();
     let mut memo: HashMap<u64, Pv> = HashMap::new();
-    // Memo reads copy their value; bounded so a pickle that references large values over and
-    // over cannot take unbounded time or memory.
+    // DUP, PUT and memo reads copy their value; bounded so a pickle that copies large values
+    // over and over cannot take unbounded time or memory.
     let mut copied = 0usize;
     let budget = 64 * b.len() + 1_000_000;
+    let mut charge = |v: &Pv| -> Result<()> {
+        copied = copied.saturating_add(v.cost());
+        if copied > budget {
+            bail!("pickle: its values are copied more than the {budget} values and bytes it may copy (a crafted pickle)");
+        }
+        Ok(())
+    };
     fn pop(stack: &mut Vec<Pv>) -> Result<Pv> {
         stack.pop().ok_or_else(|| anyhow!("pickle: stack underflow"))
     }
@@ -316,14 +365,7 @@ fn unpickle(b: &[u8]) -> Result<Pv> {
                 // LONG1: little-endian two's complement of n bytes.
                 let n = c.u8()? as usize;
                 let bytes = c.take(n)?;
-                let mut v: i64 = 0;
-                for (i, &byte) in bytes.iter().enumerate().take(8) {
-                    v |= (byte as i64) << (8 * i);
-                }
-                if n > 0 && n < 8 && bytes[n - 1] & 0x80 != 0 {
-                    v -= 1i64 << (8 * n);
-                }
-                stack.push(Pv::Int(v));
+                stack.push(Pv::Int(long1(bytes)?));
             }
             b'G' => {
                 c.take(8)?;
@@ -363,16 +405,14 @@ fn unpickle(b: &[u8]) -> Result<Pv> {
                 };
                 let top =
                     stack.last().cloned().ok_or_else(|| anyhow!("pickle: PUT on empty stack"))?;
+                charge(&top)?;
                 memo.insert(idx, top);
             }
             b'h' | b'j' => {
                 let idx =
                     if op == b'h' { c.u8()? as u64 } else { u32::from_le_bytes(c.le()?) as u64 };
                 let v = memo.get(&idx).ok_or_else(|| anyhow!("pickle: unknown memo {idx}"))?;
-                copied += v.nodes();
-                if copied > budget {
-                    bail!("pickle: memo references copy more than {budget} values");
-                }
+                charge(v)?;
                 stack.push(v.clone());
             }
             b'0' => {
@@ -384,6 +424,7 @@ fn unpickle(b: &[u8]) -> Result<Pv> {
             b'2' => {
                 let top =
                     stack.last().cloned().ok_or_else(|| anyhow!("pickle: DUP on empty stack"))?;
+                charge(&top)?;
                 stack.push(top);
             }
             b't' => {
@@ -480,6 +521,24 @@ fn unpickle(b: &[u8]) -> Result<Pv> {
             _ => bail!("pickle: opcode 0x{op:02x} at byte {at} is not supported in a state dict"),
         }
     }
+}
+
+/// LONG1's little-endian two's complement, which must fit an i64 (bytes past the eighth only
+/// extend the sign).
+fn long1(bytes: &[u8]) -> Result<i64> {
+    let n = bytes.len();
+    if n == 0 {
+        return Ok(0);
+    }
+    let negative = bytes[n - 1] & 0x80 != 0;
+    let fill = if negative { 0xff } else { 0 };
+    let mut le = [fill; 8];
+    le[..n.min(8)].copy_from_slice(&bytes[..n.min(8)]);
+    let v = i64::from_le_bytes(le);
+    if n > 8 && (bytes[8..].iter().any(|&b| b != fill) || (v < 0) != negative) {
+        bail!("pickle: an integer of {n} bytes does not fit 64 bits");
+    }
+    Ok(v)
 }
 
 /// Tensors of nested dicts under dotted names.
@@ -624,13 +683,36 @@ mod tests {
         assert!(read(&path).unwrap_err().to_string().contains("no data.pkl"));
     }
 
-    /// Random bytes and mutations of a real checkpoint (bit flips, overwritten runs, cuts,
-    /// inserted bytes, in the archive and inside the pickle): every read returns, Ok or Err,
-    /// without panicking, and quickly.
+    /// The crafted archives of `tests/fixtures/fuzz/pth` (tools/goldens/make_fuzz_seeds.py).
+    fn corpus() -> Vec<(String, Vec<u8>)> {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/fixtures/fuzz/pth");
+        let mut v: Vec<(String, Vec<u8>)> = std::fs::read_dir(dir)
+            .unwrap()
+            .flatten()
+            .map(|e| {
+                (e.file_name().to_string_lossy().into_owned(), std::fs::read(e.path()).unwrap())
+            })
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// Random bytes and mutations of a real checkpoint and of the crafted corpus (bit flips,
+    /// overwritten runs, cuts, inserted bytes, in the archive and inside the pickle): every
+    /// read returns, Ok or Err, without panicking, quickly and in bounded memory. Every file of
+    /// the corpus is refused as it is. MOSIC_FUZZ_SECONDS bounds the time (20 s).
     #[test]
     fn random_and_mutated_inputs_never_panic_or_hang() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("f.pth");
+        let corpus = corpus();
+        assert!(corpus.len() >= 5);
+        for (name, data) in &corpus {
+            std::fs::write(&path, data).unwrap();
+            assert!(read(&path).is_err(), "{name} was read");
+        }
+        let budget: f64 =
+            std::env::var("MOSIC_FUZZ_SECONDS").ok().and_then(|v| v.parse().ok()).unwrap_or(20.0);
         let bytes = fixture();
         let m = members(&bytes);
         let pkl_at = m.iter().position(|(n, _)| n.ends_with("/data.pkl")).unwrap();
@@ -656,10 +738,17 @@ mod tests {
         };
         let (mut ok, mut err) = (0, 0);
         let start = Instant::now();
-        for case in 0..1500 {
-            let data = match case % 3 {
+        let mut case = 0;
+        while case < 1500 || start.elapsed().as_secs_f64() < budget {
+            case += 1;
+            let data = match case % 4 {
                 0 => {
                     let mut v = bytes.clone();
+                    mutate(&mut rng, &mut v);
+                    v
+                }
+                3 => {
+                    let mut v = corpus[case / 4 % corpus.len()].1.clone();
                     mutate(&mut rng, &mut v);
                     v
                 }
@@ -681,7 +770,122 @@ mod tests {
             }
             assert!(t0.elapsed() < Duration::from_secs(2), "case {case} took {:?}", t0.elapsed());
         }
-        println!("1500 inputs: {ok} read, {err} refused, {:.1} s", start.elapsed().as_secs_f64());
+        println!(
+            "{case} inputs: {ok} read, {err} refused, {:.1} s, peak {:.0} MiB",
+            start.elapsed().as_secs_f64(),
+            peak_mib()
+        );
         assert!(ok > 0 && err > 0);
+        assert!(peak_mib() < 1024.0);
+    }
+
+    /// A torch.save archive of one tensor whose pickle is `pkl` and whose storage "0" holds
+    /// `storage`.
+    fn archive(dir: &Path, pkl: Vec<u8>, storage: Vec<u8>) -> std::path::PathBuf {
+        let path = dir.join("crafted.pth");
+        write_zip(
+            &path,
+            &[("archive/data.pkl".to_string(), pkl), ("archive/data/0".to_string(), storage)],
+            false,
+        );
+        path
+    }
+
+    /// `{"w": _rebuild_tensor_v2(FloatStorage "0", 0, shape, stride, False, ())}`.
+    fn tensor_pickle(shape: &[i32], stride: &[i32]) -> Vec<u8> {
+        let mut p = b"\x80\x02}X\x01\x00\x00\x00wctorch._utils\n_rebuild_tensor_v2\n((X\x07\x00\x00\x00storagectorch\nFloatStorage\nX\x01\x00\x00\x000X\x03\x00\x00\x00cpuK\x01tQK\x00(".to_vec();
+        for d in shape {
+            p.push(b'J');
+            p.extend(d.to_le_bytes());
+        }
+        p.extend(b"t(");
+        for d in stride {
+            p.push(b'J');
+            p.extend(d.to_le_bytes());
+        }
+        p.extend(b"t\x89)tRs.");
+        p
+    }
+
+    /// Peak resident memory of this test's process (nextest runs each test in its own).
+    fn peak_mib() -> f64 {
+        let s = std::fs::read_to_string("/proc/self/status").unwrap();
+        let l = s.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
+        l.split_whitespace().nth(1).unwrap().parse::<f64>().unwrap() / 1024.0
+    }
+
+    /// Crafted files that ask for far more memory or time than they hold end in a clear
+    /// refusal, in bounded memory: a view of 2^40 elements over a 4-byte storage (zero
+    /// strides), a megabyte string duplicated twenty thousand times (DUP) or read back from the
+    /// memo as often (BINGET), an integer of nine bytes that does not fit 64 bits, and two zip
+    /// members over the same bytes.
+    #[test]
+    fn crafted_files_are_refused_in_bounded_memory() {
+        let dir = tempfile::tempdir().unwrap();
+        let refused = |path: &Path, want: &str| {
+            let e = format!("{:#}", read(path).unwrap_err());
+            println!("{want}: {e}");
+            assert!(e.contains(want), "{e}");
+        };
+        // A sane tensor of the same shape reads.
+        let ok = archive(dir.path(), tensor_pickle(&[1, 1], &[1, 1]), 1f32.to_le_bytes().to_vec());
+        assert_eq!(read(&ok).unwrap()["w"].data, vec![1.0]);
+
+        let big = archive(dir.path(), tensor_pickle(&[1 << 20, 1 << 20], &[0, 0]), vec![0; 4]);
+        refused(&big, "more than its storage");
+
+        let mega = 1usize << 20;
+        let mut string = b"\x80\x02X".to_vec();
+        string.extend((mega as u32).to_le_bytes());
+        string.extend(std::iter::repeat_n(b'a', mega));
+        let mut dup = string.clone();
+        dup.extend(std::iter::repeat_n(b'2', 20_000));
+        dup.push(b'.');
+        refused(&archive(dir.path(), dup, vec![0; 4]), "copied more than");
+        let mut memo = string.clone();
+        memo.extend(b"q\x00");
+        for _ in 0..20_000 {
+            memo.extend(b"h\x00");
+        }
+        memo.push(b'.');
+        refused(&archive(dir.path(), memo, vec![0; 4]), "copied more than");
+
+        let mut long = b"\x80\x02}X\x01\x00\x00\x00n\x8a\x09".to_vec();
+        long.extend([0, 0, 0, 0, 0, 0, 0, 0, 1]);
+        long.extend(b"s.");
+        refused(&archive(dir.path(), long, vec![0; 4]), "does not fit 64 bits");
+        assert_eq!(long1(&[5, 0, 0, 0, 0, 0, 0, 0, 0]).unwrap(), 5);
+        assert_eq!(long1(&[0xfb, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff]).unwrap(), -5);
+
+        // The second storage's central directory entry pointed at the first's local header.
+        let two = dir.path().join("two.pth");
+        write_zip(
+            &two,
+            &[
+                ("archive/data.pkl".to_string(), tensor_pickle(&[1], &[1])),
+                ("archive/data/0".to_string(), vec![0; 4]),
+                ("archive/data/1".to_string(), vec![0; 4]),
+            ],
+            false,
+        );
+        let mut bytes = std::fs::read(&two).unwrap();
+        let central: Vec<usize> = bytes
+            .windows(4)
+            .enumerate()
+            .filter(|(_, w)| *w == [0x50, 0x4b, 0x01, 0x02])
+            .map(|(i, _)| i)
+            .collect();
+        let offset_of =
+            |b: &[u8], c: usize| u32::from_le_bytes(b[c + 42..c + 46].try_into().unwrap());
+        let first = offset_of(&bytes, central[1]);
+        bytes[central[2] + 42..central[2] + 46].copy_from_slice(&first.to_le_bytes());
+        std::fs::write(&two, &bytes).unwrap();
+        let e = format!("{:#}", read(&two).unwrap_err());
+        println!("overlap: {e}");
+        assert!(e.contains("overlap") || e.contains("zip member"), "{e}");
+
+        let peak = peak_mib();
+        println!("peak resident memory {peak:.0} MiB");
+        assert!(peak < 1024.0, "peak {peak} MiB");
     }
 }

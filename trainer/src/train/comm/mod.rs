@@ -12,7 +12,7 @@
 
 #[cfg(feature = "mpi")]
 pub mod mpi;
-#[cfg(any(feature = "tch", feature = "cuda"))]
+#[cfg(feature = "tch")]
 pub mod nccl;
 pub mod threads;
 
@@ -97,7 +97,7 @@ pub struct Group {
     pub first_clip: usize,
     pub limits: Limits,
     /// Device reductions, where the backend's tensors live on GPUs NCCL can reach.
-    #[cfg(any(feature = "tch", feature = "cuda"))]
+    #[cfg(feature = "tch")]
     pub nccl: Option<Arc<nccl::Nccl>>,
     /// Nanoseconds spent in collectives (host-visible time).
     spent: Arc<AtomicU64>,
@@ -111,7 +111,7 @@ impl Group {
             comm,
             first_clip,
             limits,
-            #[cfg(any(feature = "tch", feature = "cuda"))]
+            #[cfg(feature = "tch")]
             nccl: None,
             spent: Arc::new(AtomicU64::new(0)),
             step: Arc::new(AtomicU64::new(0)),
@@ -205,7 +205,7 @@ impl Group {
         op: Op,
         what: &str,
     ) -> Result<Tensor<B, D>> {
-        #[cfg(any(feature = "tch", feature = "cuda"))]
+        #[cfg(feature = "tch")]
         if let Some(n) = &self.nccl {
             if let Some(out) = self.timed(|| n.reduce(&t, op))? {
                 return Ok(out);
