@@ -57,6 +57,32 @@ pub fn read_text_bounded(path: &Path, max: u64) -> std::io::Result<String> {
     String::from_utf8(bytes).map_err(|e| IoError::new(ErrorKind::InvalidData, e))
 }
 
+/// Whether the process `pid` that wrote something at `written` still runs: a process of that
+/// number exists and started before the write (a number reused by a later process does not
+/// count). Linux; elsewhere a live number counts.
+pub fn writer_alive(pid: u32, written: std::time::SystemTime) -> bool {
+    if pid == std::process::id() {
+        return true;
+    }
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { return false };
+    let started = (|| {
+        // Field 22 (starttime, clock ticks since boot), after the command in parentheses.
+        let ticks: u64 = stat.rsplit_once(')')?.1.split_whitespace().nth(19)?.parse().ok()?;
+        let btime: u64 = std::fs::read_to_string("/proc/stat")
+            .ok()?
+            .lines()
+            .find_map(|l| l.strip_prefix("btime "))?
+            .trim()
+            .parse()
+            .ok()?;
+        // SAFETY: sysconf has no preconditions.
+        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+        Some(std::time::UNIX_EPOCH + std::time::Duration::from_secs(btime + ticks / hz))
+    })();
+    // One second of slack for the clock-tick rounding.
+    started.is_none_or(|s| s <= written + std::time::Duration::from_secs(1))
+}
+
 /// Makes a rename durable; best effort because not every filesystem allows it.
 pub fn sync_dir(path: &Path) {
     if let Some(dir) = path.parent() {

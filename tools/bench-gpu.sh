@@ -7,23 +7,28 @@
 # Build here, then carry the binaries (gzip: the stripped pair is ~64 MB, the carry limit):
 #   cargo build --release -p mosic-trainer --example bench_step --features cuda
 #     cp target/release/examples/bench_step .gpu/bench_step_cuda
-#   tools/libtorch-cpu.sh /tmp/lt && LIBTORCH=/tmp/lt/torch LIBTORCH_BYPASS_VERSION_CHECK=1 \
+#   tools/libtorch-cpu.sh /tmp/lt && tools/libtorch-gpu-link.sh /tmp/lt /tmp/ltgpu
+#   LIBTORCH=/tmp/ltgpu/torch LIBTORCH_BYPASS_VERSION_CHECK=1 \
 #     CARGO_TARGET_DIR=target/tch cargo build --release -p mosic-trainer --example bench_step --features tch
+#     (linked against a libtorch without libtorch_cuda, burn-tch panics on every CUDA device)
 #     cp target/tch/release/examples/bench_step .gpu/bench_step_tch
 #   strip .gpu/bench_step_*; gzip -9 .gpu/bench_step_*      (.gpu/ listed in .git/info/exclude, carried)
 # There, from the repository root:
 #   for f in .gpu/*.gz; do gunzip -f $f; done; chmod +x .gpu/*
 #   BENCH_CUDA=.gpu/bench_step_cuda BENCH_TCH=.gpu/bench_step_tch tools/bench-gpu.sh
-# The tch binary is linked against libtorch_cpu and libc10 of the torch 2.11.0 wheel; there it
-# runs with that machine's torch/lib (same version), and libtorch_cuda is preloaded so that
-# libtorch registers its CUDA kernels.
+# The tch binary is linked against libtorch_cpu, libc10 and (a link-only stand-in for)
+# libtorch_cuda of the torch 2.11.0 wheel; there it runs with that machine's torch/lib (same
+# version), whose libtorch_cuda registers the CUDA kernels.
+# The cuda (CubeCL) binary compiles and autotunes its kernels on the first steps: on a cold
+# H200 its first ViT-S step took more than 255 s (CUBECL_AUTOTUNE_LEVEL=minimal); give it ROW_S
+# to match, or run the tch rows first.
 #
 # Environment (defaults in brackets):
 #   BENCH_CUDA, BENCH_TCH  our binaries [bench_step_cuda, bench_step_tch]; a missing one skips its rows
 #   REF      the PyTorch step [tools/bench/torch_step.py]
 #   PY       Python with torch and timm [python3]
 #   DEVICE   the GPU [cuda:0] (cpu: a dry run on the CPU, with BACKENDS="flex tch")
-#   BACKENDS [cuda tch]
+#   BACKENDS [tch cuda] (tch first: CubeCL spends minutes compiling on a cold machine)
 #   RUNS     "precision:batch", most important first [bf16:64 bf16:16 fp32:64 fp32:16]
 #   WORKERS  a device list for the multi-worker row [cuda:0,cuda:0] (empty: none)
 #   (the one-rank NCCL check runs after the rows: libnccl.so.2 from the torch wheel's nvidia/nccl/lib)
@@ -40,7 +45,7 @@ BENCH_TCH=${BENCH_TCH:-bench_step_tch}
 REF=${REF:-tools/bench/torch_step.py}
 PY=${PY:-python3}
 DEVICE=${DEVICE:-cuda:0}
-BACKENDS=${BACKENDS:-cuda tch}
+BACKENDS=${BACKENDS:-tch cuda}
 RUNS=${RUNS:-bf16:64 bf16:16 fp32:64 fp32:16}
 WORKERS=${WORKERS-cuda:0,cuda:0}
 BUDGET_S=${BUDGET_S:-480}
@@ -158,7 +163,7 @@ if [ "$DEVICE" != cpu ] && ! over; then
     [ $rc = 3 ] && { rm -f "$out"; continue; }
     [ $rc = 0 ] || tail -15 "$out"
     echo "$line"
-    nccl_rows+=("| $be | $p | $b | $(field version "$line") | $(field loss_rel "$line") | $(field grad_rel "$line") | $(field same_parameters "$line") | $(field step_ms "$line") | $(field step_nccl_ms "$line") |")
+    nccl_rows+=("| $be | $p | $b | $(field version "$line") | $(field loss_rel "$line") | $(field grad_rel "$line") | $(field same_parameters "$line") | $(field param_rel "$line") | $(field control_rel "$line") | $(field step_ms "$line") | $(field step_nccl_ms "$line") |")
     rm -f "$out"
   done
 fi
@@ -171,7 +176,7 @@ printf '%s\n' "${rows[@]}"
 if [ ${#nccl_rows[@]} -gt 0 ]; then
   echo
   echo "One-rank NCCL check (reductions through NCCL vs no collective; rel = largest relative difference over 6 steps)"
-  echo "| backend | precision | clips | NCCL | loss rel | grad norm rel | same parameters | ms/step | ms/step with NCCL |"
-  echo "|---|---|---|---|---|---|---|---|---|"
+  echo "| backend | precision | clips | NCCL | loss rel | grad norm rel | same parameters | parameters rel | plain rerun rel | ms/step | ms/step with NCCL |"
+  echo "|---|---|---|---|---|---|---|---|---|---|---|"
   printf '%s\n' "${nccl_rows[@]}"
 fi

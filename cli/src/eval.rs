@@ -268,20 +268,44 @@ pub struct Common {
     scratch: Option<PathBuf>,
 }
 
+/// Ctrl-C or SIGTERM removes the evaluation's spilled features before the process ends.
+fn remove_spills_on_interrupt() {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let Ok(mut signals) = signal_hook::iterator::Signals::new([SIGINT, SIGTERM]) else {
+            return;
+        };
+        std::thread::spawn(move || {
+            if let Some(sig) = signals.forever().next() {
+                mosic_eval::data::store::remove_spills();
+                eprintln!("interrupted: the evaluation's scratch files are removed");
+                std::process::exit(128 + sig);
+            }
+        });
+    });
+}
+
 impl Common {
+    /// The memory budget and scratch folder, checked before any work: a positive size, a
+    /// writable folder (each protocol checks its projected spill against the free space once
+    /// it has listed its data). Folders left by killed evaluations are removed, and Ctrl-C or
+    /// SIGTERM removes this one's.
     fn budget(&self) -> Result<mosic_eval::data::store::Budget> {
+        use mosic_eval::data::store;
         ensure!(
             self.memory_gb.is_finite() && self.memory_gb > 0.0,
-            "--memory-gb must be positive, not {}",
+            "--memory-gb must be a positive number of GiB, not {}",
             self.memory_gb
         );
-        if let Some(s) = &self.scratch {
-            ensure!(s.is_dir(), "--scratch {}: not a folder", s.display());
+        let budget =
+            store::Budget { scratch: self.scratch.clone(), ..store::Budget::gb(self.memory_gb) };
+        budget.check("the evaluation", 0, 1)?;
+        for note in store::sweep_stale(&budget.folder()) {
+            eprintln!("note: {note}");
         }
-        Ok(mosic_eval::data::store::Budget {
-            scratch: self.scratch.clone(),
-            ..mosic_eval::data::store::Budget::gb(self.memory_gb)
-        })
+        remove_spills_on_interrupt();
+        Ok(budget)
     }
 }
 
@@ -495,8 +519,9 @@ fn video(a: &VideoArgs, report: &EvalProgress) -> Result<Evaluation> {
         precision: !a.match_by_iou,
         timet_uint8_wrap: a.timet_uint8_wrap,
     };
+    let budget = c.budget()?;
     let m = c.model.load(Some(size))?;
-    mosic_eval::protocols::video::run_timet(m.backbone(), &set, &p, m.products(), report)
+    mosic_eval::protocols::video::run_timet(m.backbone(), &set, &p, m.products(), &budget, report)
 }
 
 fn linear(a: &LinearArgs, report: &EvalProgress) -> Result<Evaluation> {

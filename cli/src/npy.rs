@@ -35,6 +35,9 @@ pub fn write_f32_npy(path: &std::path::Path, shape: &[usize], v: &[f32]) -> Resu
     write_npy(path, "<f4", shape, |w| v.iter().try_for_each(|x| w.write_all(&x.to_le_bytes())))
 }
 
+/// The longest .npy header read (NumPy writes under 200 bytes; version 2 allows 4 GiB).
+const HEADER_MAX: usize = 1 << 16;
+
 /// Reads a 2-D little-endian float32 C-order .npy: (rows, cols, values). The values are read
 /// a slice at a time, so the file's bytes are never held beside them.
 pub fn read_f32_npy(path: &std::path::Path) -> Result<(usize, usize, Vec<f32>)> {
@@ -43,6 +46,7 @@ pub fn read_f32_npy(path: &std::path::Path) -> Result<(usize, usize, Vec<f32>)> 
     let mut f = std::io::BufReader::new(
         std::fs::File::open(path).with_context(|| format!("cannot read {}", path.display()))?,
     );
+    let file_len = f.get_ref().metadata().map(|m| m.len()).unwrap_or(0);
     let mut pre = [0u8; 8];
     f.read_exact(&mut pre).map_err(|_| bad())?;
     if &pre[..6] != b"\x93NUMPY" {
@@ -61,6 +65,10 @@ pub fn read_f32_npy(path: &std::path::Path) -> Result<(usize, usize, Vec<f32>)> 
         }
         _ => return Err(bad()),
     };
+    // The header is a short Python dict: its stated length never drives a large allocation.
+    if len > HEADER_MAX || len as u64 > file_len {
+        bail!("{}: a .npy header of {len} bytes (at most {HEADER_MAX} read)", path.display());
+    }
     let mut header = vec![0u8; len];
     f.read_exact(&mut header).map_err(|_| bad())?;
     let header = String::from_utf8(header)?;
@@ -75,7 +83,18 @@ pub fn read_f32_npy(path: &std::path::Path) -> Result<(usize, usize, Vec<f32>)> 
         .map(|s| s.parse::<usize>().map_err(|_| bad()))
         .collect::<Result<_>>()?;
     let [rows, cols] = dims[..] else { return Err(bad()) };
-    let mut v = Vec::with_capacity(rows * cols);
+    // The values the header promises must be in the file before any is allocated.
+    let values = rows.checked_mul(cols).filter(|n| n.checked_mul(4).is_some()).ok_or_else(bad)?;
+    let data_start = 8 + if pre[6] == 1 { 2 } else { 4 } + len as u64;
+    if file_len.checked_sub(data_start) != Some(values as u64 * 4) {
+        bail!(
+            "{}: the header promises {rows} x {cols} float32 values ({} bytes), the file holds {} after its header",
+            path.display(),
+            values as u64 * 4,
+            file_len.saturating_sub(data_start)
+        );
+    }
+    let mut v = Vec::with_capacity(values);
     let mut buf = vec![0u8; 1 << 20];
     while v.len() < rows * cols {
         let want = ((rows * cols - v.len()) * 4).min(buf.len());
@@ -86,4 +105,43 @@ pub fn read_f32_npy(path: &std::path::Path) -> Result<(usize, usize, Vec<f32>)> 
         return Err(bad());
     }
     Ok((rows, cols, v))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Headers that ask for far more than the file holds are refused before anything is
+    /// allocated: a 4 GiB version-2 header, a shape whose product overflows or exceeds the
+    /// data; a real file reads back.
+    #[test]
+    fn npy_headers_never_drive_allocations() {
+        let dir = tempfile::tempdir().unwrap();
+        let good = dir.path().join("good.npy");
+        write_f32_npy(&good, &[2, 3], &[1.0, 2.0, 3.0, 4.0, 5.0, 6.0]).unwrap();
+        assert_eq!(read_f32_npy(&good).unwrap(), (2, 3, vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.0]));
+        let raw = |name: &str, bytes: Vec<u8>| {
+            let p = dir.path().join(name);
+            std::fs::write(&p, bytes).unwrap();
+            format!("{:#}", read_f32_npy(&p).unwrap_err())
+        };
+        let mut v2 = b"\x93NUMPY\x02\x00".to_vec();
+        v2.extend(u32::MAX.to_le_bytes());
+        assert!(raw("v2.npy", v2).contains("header of 4294967295 bytes"));
+        let header = |shape: &str| {
+            let h = format!("{{'descr': '<f4', 'fortran_order': False, 'shape': ({shape}), }}\n");
+            let mut b = b"\x93NUMPY\x01\x00".to_vec();
+            b.extend((h.len() as u16).to_le_bytes());
+            b.extend(h.as_bytes());
+            b.extend([0u8; 16]);
+            b
+        };
+        assert!(raw("big.npy", header("1000000000, 1000000000"))
+            .contains("promises 1000000000 x 1000000000"));
+        assert!(
+            raw("overflow.npy", header("18446744073709551615, 2")).contains("not a 2-D float32")
+        );
+        assert!(raw("short.npy", header("4, 2"))
+            .contains("promises 4 x 2 float32 values (32 bytes), the file holds 16"));
+    }
 }

@@ -4,29 +4,11 @@
 //! crate, on the reference goldens.)
 
 mod common;
+mod sets;
 
 use common::*;
+use sets::*;
 use std::path::Path;
-
-fn synth(out: &Path, first: u32) {
-    let o = run(&[
-        "synth",
-        "--out",
-        out.to_str().unwrap(),
-        "--videos",
-        "2",
-        "--frames",
-        "24",
-        "--width",
-        "160",
-        "--height",
-        "96",
-        "--no-mp4",
-        "--first-video",
-        &first.to_string(),
-    ]);
-    assert!(o.status.success(), "{}", text(&o));
-}
 
 /// A random tiny ViT: the commands are tested, not the features.
 const MODEL: [&str; 5] = ["--random", "3", "--preset", "vit_tiny_test", "--batch=8"];
@@ -205,35 +187,6 @@ fn card(path: &Path, protocol: &str, input: u64, mask: u64, seeds: &[u64]) -> se
         c["seeds"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap()).collect();
     assert_eq!(got, seeds, "{c}");
     c
-}
-
-/// An images/ + masks/ set with train/val splits, from synthetic frames and instance masks.
-fn image_set(root: &Path) {
-    let data = root.join("synth");
-    synth(&data, 50);
-    std::fs::create_dir_all(root.join("set/images")).unwrap();
-    std::fs::create_dir_all(root.join("set/masks")).unwrap();
-    let (mut train, mut val) = (String::new(), String::new());
-    for v in ["synth_0050", "synth_0051"] {
-        for f in (0..24).step_by(3) {
-            let name = format!("{v}_{f:05}");
-            std::fs::copy(
-                data.join(format!("JPEGImages/{v}/{f:05}.jpg")),
-                root.join(format!("set/images/{name}.jpg")),
-            )
-            .unwrap();
-            std::fs::copy(
-                data.join(format!("Annotations/{v}/{f:05}.png")),
-                root.join(format!("set/masks/{name}.png")),
-            )
-            .unwrap();
-            let list = if v.ends_with('0') { &mut train } else { &mut val };
-            list.push_str(&name);
-            list.push('\n');
-        }
-    }
-    std::fs::write(root.join("set/train.txt"), train).unwrap();
-    std::fs::write(root.join("set/val.txt"), val).unwrap();
 }
 
 #[test]
@@ -544,4 +497,90 @@ fn training_validates_in_the_loop_and_evaluates_its_checkpoint() {
         "validation.data=/nonexistent/val",
     ]);
     assert!(!o.status.success() && text(&o).contains("/nonexistent/val"), "{}", text(&o));
+}
+
+/// The scratch folder of an evaluation: checked before any work (a file, an unwritable folder,
+/// a negative budget are refused by name), private while features spill there, removed on
+/// Ctrl-C, and swept on the next run when a killed evaluation left one behind.
+#[test]
+fn scratch_is_checked_private_and_removed_on_interrupt() {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = tempfile::tempdir().unwrap();
+    image_set(tmp.path());
+    let set = tmp.path().join("set");
+    let scratch = tmp.path().join("scratch");
+    std::fs::create_dir_all(&scratch).unwrap();
+    let args = |scratch: &Path, gb: &str| -> Vec<String> {
+        [
+            "eval",
+            "incontext",
+            "--data",
+            set.to_str().unwrap(),
+            "--size",
+            "448",
+            "--random",
+            "0",
+            "--preset",
+            "vit_tiny_test",
+            "--fractions",
+            "1",
+            "--seeds",
+            "3",
+            "--train-split",
+            "train",
+            "--memory-size",
+            "0",
+            "--no-augment",
+            "--scratch",
+            scratch.to_str().unwrap(),
+        ]
+        .map(String::from)
+        .into_iter()
+        .chain([format!("--memory-gb={gb}")])
+        .collect()
+    };
+    fn refs(a: &[String]) -> Vec<&str> {
+        a.iter().map(String::as_str).collect()
+    }
+    let file = tmp.path().join("a-file");
+    std::fs::write(&file, b"x").unwrap();
+    for (a, want) in [
+        (args(&file, "1"), "not a folder"),
+        (args(Path::new("/proc"), "1"), "cannot write there"),
+        (args(&scratch, "-1"), "--memory-gb must be a positive number"),
+    ] {
+        let o = run(&refs(&a));
+        assert!(!o.status.success());
+        assert!(text(&o).contains(want) && !text(&o).contains("embedded"), "{}", text(&o));
+    }
+    // A folder a killed evaluation left behind is swept by the next one.
+    let stale = scratch.join("mosic-eval-4194305-abc");
+    std::fs::create_dir_all(&stale).unwrap();
+    std::fs::write(stale.join("chunk-000000.f32"), vec![0u8; 4096]).unwrap();
+    let mut child = mosic()
+        .args(refs(&args(&scratch, "0.00002")))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let t0 = std::time::Instant::now();
+    let spill = loop {
+        let found = std::fs::read_dir(&scratch).unwrap().flatten().map(|e| e.path()).find(|p| {
+            p.file_name().unwrap().to_string_lossy().starts_with("mosic-eval-") && p != &stale
+        });
+        if let Some(d) = found.filter(|d| std::fs::read_dir(d).unwrap().next().is_some()) {
+            break d;
+        }
+        assert!(t0.elapsed().as_secs() < 120 && child.try_wait().unwrap().is_none(), "no spill");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    assert!(!stale.exists(), "the stale folder was not swept");
+    assert_eq!(std::fs::metadata(&spill).unwrap().permissions().mode() & 0o777, 0o700);
+    // SAFETY: sends SIGINT to a process this test started.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let o = child.wait_with_output().unwrap();
+    assert_eq!(o.status.code(), Some(130), "{}", text(&o));
+    assert!(text(&o).contains("scratch files are removed"), "{}", text(&o));
+    assert!(text(&o).contains("left by an evaluation that was killed"), "{}", text(&o));
+    assert!(!spill.exists(), "{} is left after Ctrl-C", spill.display());
 }

@@ -16,6 +16,8 @@ pub trait Backbone {
     fn dim(&self) -> usize;
     /// Input side in pixels.
     fn input_size(&self) -> usize;
+    /// Patch side in pixels: a feature map is `input_size / patch_size` on a side.
+    fn patch_size(&self) -> usize;
     /// Images per forward pass: [`extract`] calls in whole multiples of it, so features do
     /// not depend on how a set is split into calls.
     fn batch(&self) -> usize;
@@ -37,6 +39,12 @@ pub struct Evaluation {
 /// Images given to the backbone per call in [`extract`]: enough to keep a device busy,
 /// few enough that images and features of one call stay small.
 pub const EXTRACT_CHUNK: usize = 64;
+
+/// Patches in a feature map of `bb`.
+pub fn patches(bb: &dyn Backbone) -> u64 {
+    let g = (bb.input_size() / bb.patch_size().max(1)) as u64;
+    g * g
+}
 
 /// Images per call of [`extract`]: [`EXTRACT_CHUNK`] rounded up to whole batches, so a set
 /// split into calls of this size is embedded in the same batches as in one call.

@@ -47,11 +47,13 @@ impl WithBackend for NcclCheck {
     fn run<B: AutodiffBackend>(self, device: B::Device) -> Result<String> {
         let c = mosic_trainer::train::bench::nccl_check::<B>(&self.0, &device, 12, 256, 6)?;
         Ok(format!(
-            "nccl_check version={} loss_rel={:.1e} grad_rel={:.1e} same_parameters={} step_ms={:.2} step_nccl_ms={:.2}",
+            "nccl_check version={} loss_rel={:.1e} grad_rel={:.1e} same_parameters={} param_rel={:.1e} control_rel={:.1e} step_ms={:.2} step_nccl_ms={:.2}",
             c.version.map_or("none (this backend reduces on the host)".into(), |v| v.to_string()),
             c.loss_rel,
             c.grad_rel,
             c.same_parameters,
+            c.param_rel,
+            c.control_rel,
             c.step_s * 1e3,
             c.step_nccl_s * 1e3
         ))
@@ -75,7 +77,7 @@ fn main() -> Result<()> {
         println!("{}", dispatch(&target, NcclCheck(cfg))?);
         // CubeCL's buffers sit behind Burn's fusion layer: its reductions cross the host.
         #[cfg(not(feature = "tch"))]
-        println!("nccl_check version=none loss_rel=- grad_rel=- same_parameters=- step_ms=- step_nccl_ms=-");
+        println!("nccl_check version=none loss_rel=- grad_rel=- same_parameters=- param_rel=- control_rel=- step_ms=- step_nccl_ms=-");
         return Ok(());
     }
     let t0 = std::time::Instant::now();

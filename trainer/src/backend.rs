@@ -290,6 +290,18 @@ mod gpu {
                 if n >= count {
                     bail!("--device cuda:{n}: libtorch sees {count} CUDA device(s) (no NVIDIA driver, or a CPU-only libtorch); use --device cpu");
                 }
+                // burn-tch fixes at build time whether its CUDA devices exist: built against a
+                // libtorch without libtorch_cuda it panics on the first tensor, however many
+                // GPUs the libtorch loaded at run time sees.
+                let hook = std::panic::take_hook();
+                std::panic::set_hook(Box::new(|_| {}));
+                let built = std::panic::catch_unwind(|| {
+                    tch::Device::from(burn::backend::libtorch::LibTorchDevice::Cuda(n))
+                });
+                std::panic::set_hook(hook);
+                if built.is_err() {
+                    bail!("--device cuda:{n}: this binary was built against a libtorch without libtorch_cuda.so, so its tch backend has no CUDA devices; rebuild with LIBTORCH set to a CUDA build of PyTorch 2.11 (or tools/libtorch-gpu-link.sh)");
+                }
                 tch::Device::Cuda(n)
             }
         };

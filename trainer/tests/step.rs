@@ -12,6 +12,7 @@ use mosic_trainer::data::{clip_points, select_points, Aug, Batch, LoaderState};
 use mosic_trainer::model::head::{ProjectionHead, Prototypes};
 use mosic_trainer::model::paths;
 use mosic_trainer::run::dir::StepStats;
+use mosic_trainer::train::bench::parameter_difference;
 use mosic_trainer::train::loss::{gather_points, mosic_loss};
 use mosic_trainer::train::step::{StepInputs, Trainer};
 use mosic_trainer::TrainConfig;
@@ -152,6 +153,25 @@ fn a_resumed_trainer_equals_an_uninterrupted_one() {
     assert_eq!(paths::collect(&straight.student, all), paths::collect(&resumed.student, all));
     assert_eq!(paths::collect(&straight.teacher, all), paths::collect(&resumed.teacher, all));
     assert_eq!(straight.optimizer().state(), resumed.optimizer().state());
+    assert_eq!(parameter_difference(&straight, &resumed), 0.0);
+    // Against fresh weights: the largest change relative to its tensor's largest magnitude,
+    // computed here by hand over the student and the teacher.
+    let fresh = Trainer::<AB>::new(&cfg, &dev).unwrap();
+    let mut by_hand = 0f64;
+    let pairs = [
+        (paths::collect(&straight.student, all), paths::collect(&fresh.student, all)),
+        (paths::collect(&straight.teacher, all), paths::collect(&fresh.teacher, all)),
+    ];
+    for (a, b) in &pairs {
+        for (k, t) in a {
+            let scale = t.data.iter().fold(0f32, |m, v| m.max(v.abs()));
+            for (x, y) in t.data.iter().zip(&b[k].data) {
+                by_hand = by_hand.max(((x - y).abs() / scale) as f64);
+            }
+        }
+    }
+    assert!(by_hand > 0.0);
+    assert_eq!(parameter_difference(&straight, &fresh), by_hand);
     assert_ne!(
         paths::collect(&straight.student, all),
         paths::collect(&Trainer::<AB>::new(&cfg, &dev).unwrap().student, all)

@@ -72,6 +72,8 @@ pub fn set_sink(level: Level, sink: Sink) {
     crate::init();
     *SINK.write().unwrap_or_else(|e| e.into_inner()) = Some((level, sink));
     // SAFETY: plain setters of FFmpeg's global log state; `callback` is a valid C callback.
+    // SAFETY: FFmpeg's logging setters take plain values; `callback` has the signature
+    // av_log_set_callback expects and outlives the program.
     unsafe {
         ffi::av_log_set_level(level.av());
         ffi::av_log_set_callback(Some(callback));
@@ -81,6 +83,7 @@ pub fn set_sink(level: Level, sink: Sink) {
 /// Back to FFmpeg's own stderr output at error level.
 pub fn clear_sink() {
     *SINK.write().unwrap_or_else(|e| e.into_inner()) = None;
+    // SAFETY: FFmpeg's own default callback and level, set through its setters.
     unsafe {
         ffi::av_log_set_callback(Some(ffi::av_log_default_callback));
         ffi::av_log_set_level(ffi::AV_LOG_ERROR);
@@ -133,6 +136,7 @@ unsafe extern "C" fn callback(avcl: *mut c_void, level: c_int, fmt: *const c_cha
     if n < 0 {
         return;
     }
+    // SAFETY: av_log_format_line2 NUL-terminates what it wrote in `buf` (checked n >= 0).
     let piece = unsafe { CStr::from_ptr(buf.as_ptr()) }.to_string_lossy();
     let line = PARTIAL.with(|p| {
         let mut p = p.borrow_mut();

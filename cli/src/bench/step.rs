@@ -99,8 +99,16 @@ fn run_measured(cmd: &mut Command, what: &str) -> Result<(String, f64, f64)> {
     let err = drain(Box::new(child.stderr.take().expect("piped")));
     // wait4 rather than Child::wait: it also reports the child's own peak RSS.
     let mut status = 0;
+    // SAFETY: rusage is plain data; all zeroes is a valid value.
     let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    let r = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
+    let r = loop {
+        // SAFETY: `pid` is our child, not yet reaped; status and usage are valid out-pointers.
+        let r = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
+        // A signal that interrupts the wait leaves the child unreaped: wait again.
+        if r >= 0 || std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted {
+            break r;
+        }
+    };
     let (stdout, stderr) = (out.join().unwrap_or_default(), err.join().unwrap_or_default());
     if r < 0 {
         bail!("{what}: waiting for it failed: {}", std::io::Error::last_os_error());

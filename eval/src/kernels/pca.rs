@@ -172,6 +172,8 @@ impl Pca {
                     r.copy_from_slice(&self.bias);
                 }
                 // o[rows x out] += x[rows x in] * A^T
+                // SAFETY: x is rows x dim_in, the matrix dim_out x dim_in and o rows x dim_out,
+                // all row-major and as long as the strides below say.
                 unsafe {
                     matrixmultiply::sgemm(
                         rows,

@@ -101,9 +101,9 @@ impl TopK {
         let heaps = &mut self.heaps;
         match kernel {
             #[cfg(target_arch = "x86_64")]
-            Kernel::Avx512 => drive(&Avx512, &epi, queries, chunk, dim, heaps),
+            Kernel::Avx512(t) => drive(&t, &epi, queries, chunk, dim, heaps),
             #[cfg(target_arch = "x86_64")]
-            Kernel::Avx2 => drive(&Avx2, &epi, queries, chunk, dim, heaps),
+            Kernel::Avx2(t) => drive(&t, &epi, queries, chunk, dim, heaps),
             Kernel::Portable => drive(&Portable, &epi, queries, chunk, dim, heaps),
         }
     }
@@ -163,9 +163,9 @@ fn nearest_centroids_on(
     let mut best = vec![(f32::INFINITY, 0u32); data.len() / dim];
     match kernel {
         #[cfg(target_arch = "x86_64")]
-        Kernel::Avx512 => drive(&Avx512, &epi, data, centroids, dim, &mut best),
+        Kernel::Avx512(t) => drive(&t, &epi, data, centroids, dim, &mut best),
         #[cfg(target_arch = "x86_64")]
-        Kernel::Avx2 => drive(&Avx2, &epi, data, centroids, dim, &mut best),
+        Kernel::Avx2(t) => drive(&t, &epi, data, centroids, dim, &mut best),
         Kernel::Portable => drive(&Portable, &epi, data, centroids, dim, &mut best),
     }
     data.par_chunks_exact(dim)
@@ -507,13 +507,14 @@ trait Sweep<const MR: usize, const NR: usize>: Sync {
     );
 }
 
-/// The kernels; [`Kernel::detect`] picks the widest this CPU runs.
+/// The kernels; [`Kernel::detect`] picks the widest this CPU runs. A wide kernel carries the
+/// token its detection made: there is no other way to hold one.
 #[derive(Clone, Copy, Debug, PartialEq)]
 enum Kernel {
     #[cfg(target_arch = "x86_64")]
-    Avx512,
+    Avx512(isa::Avx512),
     #[cfg(target_arch = "x86_64")]
-    Avx2,
+    Avx2(isa::Avx2),
     Portable,
 }
 
@@ -528,67 +529,33 @@ impl Kernel {
         let mut all = vec![Kernel::Portable];
         #[cfg(target_arch = "x86_64")]
         {
-            if std::arch::is_x86_feature_detected!("avx2")
-                && std::arch::is_x86_feature_detected!("fma")
-            {
-                all.push(Kernel::Avx2);
-            }
-            if std::arch::is_x86_feature_detected!("avx512f") {
-                all.push(Kernel::Avx512);
-            }
+            all.extend(isa::Avx2::detect().map(Kernel::Avx2));
+            all.extend(isa::Avx512::detect().map(Kernel::Avx512));
         }
         all
     }
 }
 
-/// Used only where [`Kernel::available`] found AVX-512F (which implies FMA).
+/// The wide kernels. Their tokens have a private field, so outside this module the only way
+/// to get one is its `detect`, which checks the CPU: the `unsafe` calls of their sweeps hold
+/// by construction.
 #[cfg(target_arch = "x86_64")]
-struct Avx512;
+mod isa {
+    use super::{sweep, Epilogue, Sweep};
 
-#[cfg(target_arch = "x86_64")]
-impl Sweep<12, 32> for Avx512 {
-    fn sweep<E: Epilogue<12, 32>>(
-        &self,
-        epi: &E,
-        st: &mut [E::State],
-        a: &[f32],
-        b: &[f32],
-        dim: usize,
-        c: usize,
-    ) {
-        #[target_feature(enable = "avx512f")]
-        fn wide<E: Epilogue<12, 32>>(
-            epi: &E,
-            st: &mut [E::State],
-            a: &[f32],
-            b: &[f32],
-            dim: usize,
-            c: usize,
-        ) {
-            sweep(epi, st, a, b, dim, c)
+    /// The CPU has AVX-512F (which implies FMA).
+    #[derive(Clone, Copy, Debug, PartialEq)]
+    pub(super) struct Avx512(());
+
+    impl Avx512 {
+        pub(super) fn detect() -> Option<Self> {
+            std::arch::is_x86_feature_detected!("avx512f").then_some(Self(()))
         }
-        // SAFETY: the CPU has AVX-512F (see above).
-        unsafe { wide(epi, st, a, b, dim, c) }
     }
-}
 
-/// Used only where [`Kernel::available`] found AVX2 and FMA.
-#[cfg(target_arch = "x86_64")]
-struct Avx2;
-
-#[cfg(target_arch = "x86_64")]
-impl Sweep<6, 16> for Avx2 {
-    fn sweep<E: Epilogue<6, 16>>(
-        &self,
-        epi: &E,
-        st: &mut [E::State],
-        a: &[f32],
-        b: &[f32],
-        dim: usize,
-        c: usize,
-    ) {
-        #[target_feature(enable = "avx2,fma")]
-        fn mid<E: Epilogue<6, 16>>(
+    impl Sweep<12, 32> for Avx512 {
+        fn sweep<E: Epilogue<12, 32>>(
+            &self,
             epi: &E,
             st: &mut [E::State],
             a: &[f32],
@@ -596,10 +563,58 @@ impl Sweep<6, 16> for Avx2 {
             dim: usize,
             c: usize,
         ) {
-            sweep(epi, st, a, b, dim, c)
+            #[target_feature(enable = "avx512f")]
+            fn wide<E: Epilogue<12, 32>>(
+                epi: &E,
+                st: &mut [E::State],
+                a: &[f32],
+                b: &[f32],
+                dim: usize,
+                c: usize,
+            ) {
+                sweep(epi, st, a, b, dim, c)
+            }
+            // SAFETY: `self` exists only where `detect` found AVX-512F on this CPU.
+            unsafe { wide(epi, st, a, b, dim, c) }
         }
-        // SAFETY: the CPU has AVX2 and FMA (see above).
-        unsafe { mid(epi, st, a, b, dim, c) }
+    }
+
+    /// The CPU has AVX2 and FMA.
+    #[derive(Clone, Copy, Debug, PartialEq)]
+    pub(super) struct Avx2(());
+
+    impl Avx2 {
+        pub(super) fn detect() -> Option<Self> {
+            (std::arch::is_x86_feature_detected!("avx2")
+                && std::arch::is_x86_feature_detected!("fma"))
+            .then_some(Self(()))
+        }
+    }
+
+    impl Sweep<6, 16> for Avx2 {
+        fn sweep<E: Epilogue<6, 16>>(
+            &self,
+            epi: &E,
+            st: &mut [E::State],
+            a: &[f32],
+            b: &[f32],
+            dim: usize,
+            c: usize,
+        ) {
+            #[target_feature(enable = "avx2,fma")]
+            fn mid<E: Epilogue<6, 16>>(
+                epi: &E,
+                st: &mut [E::State],
+                a: &[f32],
+                b: &[f32],
+                dim: usize,
+                c: usize,
+            ) {
+                sweep(epi, st, a, b, dim, c)
+            }
+            // SAFETY: `self` exists only where `detect` found AVX2 and FMA on this CPU.
+            unsafe { mid(epi, st, a, b, dim, c) }
+        }
     }
 }
 

@@ -525,6 +525,8 @@ pub fn run_leopart(
         .collect::<anyhow::Result<_>>()?;
     let names: Vec<&str> = items.iter().map(|i| i.mask.to_str().unwrap_or("")).collect();
     let classes = resolve_classes(set.classes, &info, &masks.iter().collect::<Vec<_>>(), &names)?;
+    let rows = items.len() as u64 * crate::backbone::patches(bb);
+    let scratch = budget.check("Leopart's features", rows, bb.dim())?;
     let mut store: Option<crate::data::store::MapStore> = None;
     let per_call = crate::backbone::chunk_len(bb);
     for (ci, chunk) in items.chunks(per_call).enumerate() {
@@ -575,6 +577,10 @@ pub fn run_leopart(
     )
     .set("matching", format!("K = classes: Hungarian on IoU; other K: many-to-one by {matching}"))
     .set("upsampling", "cluster ids nearest to the mask size");
+    let mut card = card;
+    for note in scratch {
+        card = card.set("scratch", note);
+    }
     Ok(crate::Evaluation { scores, card })
 }
 

@@ -399,6 +399,11 @@ pub fn run_hummingbird(
     let splits = Splits::open(set)?;
     let cfg = InContextConfig { ignore: splits.ignore, ..cfg.clone() };
     let subsets = subsets(set, &splits.train)?;
+    let per_image = crate::backbone::patches(bb);
+    let largest = subsets.iter().map(|s| s.2.len() as u64).max().unwrap_or(0) * per_image;
+    let bank = cfg.memory_size.map_or(largest, |m| (m as u64).min(largest));
+    let rows = splits.val.len() as u64 * per_image + bank;
+    let scratch = budget.check("the bank and the validation features", rows, bb.dim())?;
     let val_store = embed_val(bb, &splits.val, budget, progress)?;
     let s = set.size;
     let val_masks = |r: std::ops::Range<usize>| -> anyhow::Result<Vec<Mask>> {
@@ -441,7 +446,11 @@ pub fn run_hummingbird(
             per_seed,
         ));
     }
-    Ok(crate::Evaluation { scores, card: hummingbird_card(set, &cfg, &splits, &banks) })
+    let mut card = hummingbird_card(set, &cfg, &splits, &banks);
+    for note in scratch {
+        card = card.set("scratch", note);
+    }
+    Ok(crate::Evaluation { scores, card })
 }
 
 /// The train and validation splits as Hummingbird reads them, with the class count and the

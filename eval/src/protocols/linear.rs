@@ -221,6 +221,8 @@ pub fn run_probe(
             crate::data::num_classes(&masks)
         }
     };
+    let rows = (train.len() + val.len()) as u64 * crate::backbone::patches(bb);
+    let scratch = budget.check("the probe's features", rows, bb.dim())?;
     let probe = LinearProbe::new(bb.dim(), classes, cfg.seed);
     let epochs = cfg.epochs as u64;
     let report = |epoch: usize| progress("probe epochs", epoch as u64, epochs);
@@ -327,6 +329,10 @@ pub fn run_probe(
     );
     let name = format!("linear ({} train, {} val)", train.len(), val.len());
     let scores = vec![crate::backbone::Score::new(name, classes, "supervised", vec![v])];
+    let mut card = card;
+    for note in scratch {
+        card = card.set("scratch", note);
+    }
     Ok(crate::Evaluation { scores, card })
 }
 

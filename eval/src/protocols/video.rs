@@ -355,6 +355,7 @@ pub fn run_timet(
     set: &VideoSet,
     p: &VideoProtocol,
     products: &dyn Products,
+    budget: &crate::data::store::Budget,
     progress: &crate::backbone::Progress,
 ) -> anyhow::Result<crate::Evaluation> {
     use crate::card::{self, ProtocolCard};
@@ -363,6 +364,23 @@ pub fn run_timet(
     let seed0 = p.seeds.first().copied().unwrap_or(1);
     let mut rng = mosic::rng::SplitMix64::new(seed0);
     let videos = crate::data::video_set(&set.data, set.split.as_deref(), set.every)?;
+    // TimeT clusters every clip's frames and the whole set at once: its features stay in
+    // memory, which the budget must hold (checked before any frame is embedded).
+    let frames: u64 = videos
+        .iter()
+        .map(|v| match set.frames_per_clip {
+            0 => v.frames.len(),
+            n => n.min(v.frames.len()),
+        } as u64)
+        .sum();
+    let bytes = frames * crate::backbone::patches(bb) * bb.dim() as u64 * 4;
+    anyhow::ensure!(
+        bytes <= budget.bytes,
+        "the video protocol holds the features of its {frames} frames in memory ({}), more than --memory-gb allows ({}): raise --memory-gb, or draw fewer frames (--frames-per-clip)",
+        crate::data::store::human_bytes(bytes),
+        crate::data::store::human_bytes(budget.bytes)
+    );
+    budget.check("the video features", 0, bb.dim())?;
     let mut clips = Vec::new();
     for (done, v) in videos.iter().enumerate() {
         let idx = draw_frames(&mut rng, v.frames.len(), set.frames_per_clip);

@@ -185,6 +185,9 @@ impl<B: Backend> mosic_eval::Backbone for Extractor<B> {
     fn input_size(&self) -> usize {
         self.vit.config().img_size
     }
+    fn patch_size(&self) -> usize {
+        self.vit.config().patch_size
+    }
     fn batch(&self) -> usize {
         self.batch
     }

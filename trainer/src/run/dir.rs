@@ -122,25 +122,72 @@ pub fn write_checkpoint(
     let dir = run.join("checkpoints");
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let name = format!("step-{step:08}");
-    let tmp = dir.join(format!(".tmp-{name}-{}", std::process::id()));
+    let tmp = dir.join(format!("{TMP_PREFIX}{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&tmp);
-    std::fs::create_dir_all(&tmp)?;
-    for (file, set) in files {
-        let path = tmp.join(format!("{file}.safetensors"));
-        tensors::write_safetensors(
-            &path,
-            set.iter().map(|(k, t)| (k.as_str(), t)),
-            &HashMap::new(),
-        )?;
+    let written = (|| -> Result<PathBuf> {
+        std::fs::create_dir_all(&tmp)?;
+        for (file, set) in files {
+            let path = tmp.join(format!("{file}.safetensors"));
+            tensors::write_safetensors(
+                &path,
+                set.iter().map(|(k, t)| (k.as_str(), t)),
+                &HashMap::new(),
+            )?;
+        }
+        let json = serde_json::to_string_pretty(state)?;
+        mosic::fsutil::write_atomic(&tmp.join("state.json"), json.as_bytes())?;
+        let dst = dir.join(&name);
+        let _ = std::fs::remove_dir_all(&dst);
+        std::fs::rename(&tmp, &dst)
+            .with_context(|| format!("cannot move checkpoint into {}", dst.display()))?;
+        mosic::fsutil::sync_dir(&dst);
+        Ok(dst)
+    })();
+    if written.is_err() {
+        // A half-written checkpoint is no use to anyone; a disk-full run keeps the space.
+        let _ = std::fs::remove_dir_all(&tmp);
     }
-    let json = serde_json::to_string_pretty(state)?;
-    mosic::fsutil::write_atomic(&tmp.join("state.json"), json.as_bytes())?;
-    let dst = dir.join(&name);
-    let _ = std::fs::remove_dir_all(&dst);
-    std::fs::rename(&tmp, &dst)
-        .with_context(|| format!("cannot move checkpoint into {}", dst.display()))?;
-    mosic::fsutil::sync_dir(&dst);
-    Ok(dst)
+    written.with_context(|| format!("writing the checkpoint of step {step} in {}", dir.display()))
+}
+
+/// Checkpoints are written under this prefix, then renamed.
+const TMP_PREFIX: &str = ".tmp-";
+
+/// Removes the temporaries of writers that no longer run (a run killed while it wrote):
+/// checkpoint folders `checkpoints/.tmp-step-XXXXXXXX-PID` and atomic writes `.NAME.tmp-PID`
+/// of the run's files. Returns what was removed.
+pub fn remove_stale_checkpoint_temps(run: &Path) -> Vec<PathBuf> {
+    let mut removed = Vec::new();
+    let entries = std::fs::read_dir(run.join("checkpoints"))
+        .into_iter()
+        .flatten()
+        .chain(std::fs::read_dir(run).into_iter().flatten())
+        .flatten();
+    for e in entries {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let pid = match name.strip_prefix(TMP_PREFIX) {
+            Some(r) => r.rsplit('-').next(),
+            None if name.starts_with('.') => name.rsplit_once(".tmp-").map(|(_, p)| p),
+            None => None,
+        };
+        let Some(pid) = pid else {
+            continue;
+        };
+        let written = e.metadata().and_then(|m| m.modified()).unwrap_or(std::time::UNIX_EPOCH);
+        let alive = pid.parse::<u32>().is_ok_and(|p| mosic::fsutil::writer_alive(p, written));
+        if alive {
+            continue;
+        }
+        let gone = if e.path().is_dir() {
+            std::fs::remove_dir_all(e.path())
+        } else {
+            std::fs::remove_file(e.path())
+        };
+        if gone.is_ok() {
+            removed.push(e.path());
+        }
+    }
+    removed
 }
 
 pub fn read_checkpoint_state<T: DeserializeOwned>(ckpt: &Path) -> Result<T> {
@@ -437,5 +484,31 @@ mod tests {
         std::fs::write(&path, format!("{}\n{{oops\n{}\n", lines[0], lines[1])).unwrap();
         let e = format!("{:#}", read_metrics(run, u64::MAX).unwrap_err());
         assert!(e.contains("metrics.jsonl line 2") && e.contains("history is kept"), "{e}");
+    }
+
+    /// A checkpoint that cannot be written leaves no temporary folder behind, and the
+    /// temporary folder of a writer that was killed is removed when the run is opened again.
+    #[test]
+    fn checkpoint_temporaries_never_stay() {
+        let tmp = tempfile::tempdir().unwrap();
+        let run = tmp.path();
+        // A tensor whose values do not fill its shape: the write fails after the temporary
+        // folder is made.
+        let bad: BTreeMap<String, HostTensor> =
+            [("w".to_string(), HostTensor { shape: vec![4], data: vec![1.0] })].into();
+        let e = write_checkpoint(run, 1, &[("student", &bad)], &serde_json::json!({}));
+        assert!(e.is_err());
+        let left: Vec<_> = std::fs::read_dir(run.join("checkpoints"))
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name())
+            .collect();
+        assert!(left.is_empty(), "{left:?}");
+        let dead = run.join("checkpoints/.tmp-step-00000002-4194305");
+        let mine = run.join(format!("checkpoints/.tmp-step-00000003-{}", std::process::id()));
+        std::fs::create_dir_all(&dead).unwrap();
+        std::fs::create_dir_all(&mine).unwrap();
+        assert_eq!(remove_stale_checkpoint_temps(run), vec![dead.clone()]);
+        assert!(!dead.exists() && mine.exists());
     }
 }

@@ -3,6 +3,7 @@
 
 use crate::config::TrainConfig;
 use crate::data::Batch;
+use crate::model::paths;
 use crate::train::comm::threads::Threads;
 use crate::train::comm::{Comm, Group};
 use crate::train::step::Trainer;
@@ -47,6 +48,14 @@ fn bench_rank<B: AutodiffBackend>(
         let _one_at_a_time = super::worker::INIT.lock().unwrap_or_else(|e| e.into_inner());
         Trainer::<B>::new(cfg, device)?
     };
+    // Progress on stderr: a cold GPU process can spend minutes compiling and autotuning, and a
+    // run cut short by a time limit should show how far it got.
+    let progress = |what: &str| {
+        if rank == 0 {
+            eprintln!("bench: {what} at {:.1} s", t_start.elapsed().as_secs_f64());
+        }
+    };
+    progress("trainer built");
     trainer.total_steps = (warmup + steps + 1) as u64;
     if group.is_some() {
         trainer.group = group;
@@ -57,9 +66,11 @@ fn bench_rank<B: AutodiffBackend>(
     hook()?;
     trainer.step(batch)?;
     let first_step_s = t_start.elapsed().as_secs_f64();
-    for _ in 1..warmup.max(1) {
+    progress("first step done");
+    for i in 1..warmup.max(1) {
         hook()?;
         trainer.step(batch)?;
+        progress(&format!("warm-up step {} done", i + 1));
     }
     let group = trainer.group.clone();
     let spent = || group.as_ref().map_or(0.0, Group::seconds);
@@ -98,6 +109,28 @@ fn bench_rank<B: AutodiffBackend>(
         statistic,
         collective_share: group.as_ref().map(|_| (spent() - before) / timed.max(1e-9)),
     })
+}
+
+/// Largest difference between the parameters of `a` and `b` (student and teacher, same
+/// model), relative to the largest magnitude in each tensor: how far two runs drifted where
+/// [`Trainer::digest`] only says whether they did.
+pub fn parameter_difference<B: AutodiffBackend>(a: &Trainer<B>, b: &Trainer<B>) -> f64 {
+    let all = |t: &Trainer<B>| {
+        let mut m = paths::collect(&t.student, |_| true);
+        let teacher = paths::collect(&t.teacher, |_| true);
+        m.extend(teacher.into_iter().map(|(k, v)| (format!("teacher.{k}"), v)));
+        m
+    };
+    let (a, b) = (all(a), all(b));
+    let mut worst = 0f64;
+    for (k, ta) in &a {
+        let Some(tb) = b.get(k) else { return f64::INFINITY };
+        let scale = ta.data.iter().fold(0f32, |m, v| m.max(v.abs())).max(f32::MIN_POSITIVE);
+        for (x, y) in ta.data.iter().zip(&tb.data) {
+            worst = worst.max(((x - y).abs() / scale) as f64);
+        }
+    }
+    worst
 }
 
 /// What `bench` measured.
@@ -243,6 +276,11 @@ pub struct NcclCheck {
     pub grad_rel: f64,
     /// Whether the parameters after the steps are bit for bit those of the step alone.
     pub same_parameters: bool,
+    /// Largest relative parameter difference from the step alone after the steps.
+    pub param_rel: f64,
+    /// The same for a second run of the step alone: the backend's own run-to-run drift (CUDA's
+    /// atomic adds in the gather's backward pass), against which `param_rel` is read.
+    pub control_rel: f64,
     /// Mean seconds per step without and with the collective.
     pub step_s: f64,
     pub step_nccl_s: f64,
@@ -262,6 +300,7 @@ pub fn nccl_check<B: AutodiffBackend>(
     let batch =
         Batch::random(cfg.data.batch_size, frames, points, cfg.model.img_size, cfg.run.seed);
     let mut plain = Trainer::<B>::new(cfg, device)?;
+    let mut control = Trainer::<B>::new(cfg, device)?;
     let mut through = Trainer::<B>::new(cfg, device)?;
     let comm: Arc<dyn Comm> = Arc::new(Threads::new(1).rank(0));
     let group = super::comm::nccl::attach::<B>(Group::new(comm, 0, cfg.run.limits()), device)?;
@@ -275,6 +314,7 @@ pub fn nccl_check<B: AutodiffBackend>(
         let a = plain.step(&batch)?;
         let t1 = Instant::now();
         let b = through.step(&batch)?;
+        control.step(&batch)?;
         if k > 0 {
             // The first step of each compiles and allocates.
             t_plain += (t1 - t0).as_secs_f64();
@@ -289,6 +329,8 @@ pub fn nccl_check<B: AutodiffBackend>(
         loss_rel,
         grad_rel,
         same_parameters: plain.digest() == through.digest(),
+        param_rel: parameter_difference(&plain, &through),
+        control_rel: parameter_difference(&plain, &control),
         step_s: t_plain / timed,
         step_nccl_s: t_nccl / timed,
     })

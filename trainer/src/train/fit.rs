@@ -369,6 +369,10 @@ fn open<D>(
     // Everything is checked; from here on the run writes (rank 0 alone).
     if ranks.writes() {
         std::fs::create_dir_all(run).with_context(|| format!("cannot create {}", run.display()))?;
+        // Temporaries of a run that was killed while writing are never read; they go.
+        for p in rundir::remove_stale_checkpoint_temps(run) {
+            log(&format!("removed {}, left by an interrupted run", p.display()));
+        }
         mosic::fsutil::write_atomic(&config_path, cfg.to_toml().as_bytes())?;
         if let Some(c) = &resume_from {
             log(&format!("resumed from {} (step {first_step})", c.display()));

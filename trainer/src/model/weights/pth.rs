@@ -65,19 +65,6 @@ pub fn read(path: &Path) -> Result<HashMap<String, HostTensor>> {
         };
         let numel = checked_product(&t.shape)
             .ok_or_else(|| anyhow!("{name}: shape {:?} overflows", t.shape))?;
-        // A view with more elements than its storage repeats values (zero strides): never a
-        // weight, and the way a small file asks for terabytes.
-        if numel > bytes.len() / esize {
-            bail!(
-                "{name}: shape {:?} has {numel} elements, more than its storage's {} (a broadcast view, not a weight)",
-                t.shape,
-                bytes.len() / esize
-            );
-        }
-        out_elems = out_elems.saturating_add(numel);
-        if out_elems > out_budget {
-            bail!("the tensors view their storages more than once over ({out_elems} elements from a {file_bytes}-byte file)");
-        }
         // Elements from the offset to the last one the strides reach.
         let span = if numel == 0 {
             Some(0)
@@ -97,6 +84,19 @@ pub fn read(path: &Path) -> Result<HashMap<String, HostTensor>> {
                 bytes.len()
             );
         };
+        // A view with more elements than its storage repeats values (zero strides): never a
+        // weight, and the way a small file asks for terabytes.
+        if numel > bytes.len() / esize {
+            bail!(
+                "{name}: shape {:?} has {numel} elements, more than its storage's {} (a broadcast view, not a weight)",
+                t.shape,
+                bytes.len() / esize
+            );
+        }
+        out_elems = out_elems.saturating_add(numel);
+        if out_elems > out_budget {
+            bail!("the tensors view their storages more than once over ({out_elems} elements from a {file_bytes}-byte file)");
+        }
         let flat = HostTensor::decode(t.dtype, &bytes[t.offset * esize..end]).expect("sized dtype");
         let contiguous = {
             let mut expect = 1;
