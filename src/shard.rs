@@ -397,10 +397,29 @@ impl Iterator for Clips {
     }
 }
 
+thread_local! {
+    static DECODING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
 /// Runs a step of the Parquet decoder, whose asserts on corrupt input become this file's
 /// error (shards come from other machines; a bad one must not bring down a run).
 fn decoder<T>(path: &Path, f: impl FnOnce() -> T) -> Result<T> {
-    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).map_err(|p| {
+    // The panic hook would print the decoder's assert as a crash above the error that says
+    // what happened: panics inside the decoder are kept quiet, all others reach the hook that
+    // was installed before.
+    static QUIET: std::sync::Once = std::sync::Once::new();
+    QUIET.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if !DECODING.with(|d| d.get()) {
+                previous(info)
+            }
+        }));
+    });
+    DECODING.with(|d| d.set(true));
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+    DECODING.with(|d| d.set(false));
+    r.map_err(|p| {
         let why = p
             .downcast_ref::<&str>()
             .map(|s| s.to_string())

@@ -83,6 +83,34 @@ fn read_whole(path: &std::path::Path) -> std::thread::Result<mosic::Result<usize
     })
 }
 
+/// A shard that trips the Parquet decoder's own asserts is refused with an error naming it, and
+/// the caught assert is not printed as a crash. Run in a child process of this test binary,
+/// where the panic hook writes to the real stderr.
+#[test]
+fn a_decoder_assert_is_an_error_not_a_printed_crash() {
+    let name = "a_decoder_assert_is_an_error_not_a_printed_crash";
+    let input = repo_root().join("tests/fixtures/fuzz/shard/dictionary-page-missing.parquet");
+    if std::env::var_os("MOSIC_DECODER_CHILD").is_some() {
+        let e = read_whole(&input).expect("no panic escapes").unwrap_err().to_string();
+        assert!(
+            e.contains("the Parquet decoder failed") && e.contains("dictionary-page-missing"),
+            "{e}"
+        );
+        // Panics elsewhere still reach the hook.
+        let _ = std::panic::catch_unwind(|| panic!("outside the decoder"));
+        return;
+    }
+    let o = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", name, "--nocapture"])
+        .env("MOSIC_DECODER_CHILD", "1")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(err.contains("outside the decoder"), "{err}");
+    assert_eq!(err.matches("panicked").count(), 1, "{err}");
+}
+
 /// Shards mutated at random (bit flips, overwritten runs, cuts, inserted bytes, in the footer
 /// and the pages), from a fresh shard and from the corpus in `tests/fixtures/fuzz/shard`
 /// (inputs kept because they once failed): every read ends in clips or an error, never a

@@ -812,7 +812,7 @@ mod tests {
         );
     }
 
-    /// B = 8, T = 12, 224 px, 16 x 16 grid: `cargo test --release -p mosic-trainer --lib loader::tests::throughput -- --ignored --nocapture`.
+    /// B = 8, T = 12, 224 px, 16 x 16 grid: `cargo test --release -p mosic-trainer --lib data::tests::throughput -- --ignored --nocapture`.
     #[test]
     #[ignore]
     fn throughput() {
