@@ -70,20 +70,7 @@ fn features_are_written_as_safetensors() {
 
     // Video files: every n-th decoded frame, named FILE#FRAME.
     let vids = tmp.path().join("vids");
-    let o = run(&[
-        "synth",
-        "--out",
-        vids.to_str().unwrap(),
-        "--videos",
-        "1",
-        "--frames",
-        "24",
-        "--width",
-        "160",
-        "--height",
-        "96",
-    ]);
-    assert!(o.status.success(), "{}", text(&o));
+    synth_videos(&vids, 1, 24, (160, 96), &[]);
     let out2 = tmp.path().join("v.safetensors");
     let videos = vids.join("videos");
     let mut a = vec![
@@ -376,21 +363,7 @@ fn image_protocols_run_on_a_plain_layout() {
 fn training_validates_in_the_loop_and_evaluates_its_checkpoint() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("train");
-    let o = run(&[
-        "synth",
-        "--out",
-        data.to_str().unwrap(),
-        "--videos",
-        "2",
-        "--frames",
-        "100",
-        "--width",
-        "160",
-        "--height",
-        "96",
-        "--no-mp4",
-    ]);
-    assert!(o.status.success(), "{}", text(&o));
+    synth_videos(&data, 2, 100, (160, 96), &["--no-mp4"]);
     let val = tmp.path().join("val");
     synth(&val, 100);
     let out = tmp.path().join("run");
@@ -511,33 +484,9 @@ fn scratch_is_checked_private_and_removed_on_interrupt() {
     let scratch = tmp.path().join("scratch");
     std::fs::create_dir_all(&scratch).unwrap();
     let args = |scratch: &Path, gb: &str| -> Vec<String> {
-        [
-            "eval",
-            "incontext",
-            "--data",
-            set.to_str().unwrap(),
-            "--size",
-            "448",
-            "--random",
-            "0",
-            "--preset",
-            "vit_tiny_test",
-            "--fractions",
-            "1",
-            "--seeds",
-            "3",
-            "--train-split",
-            "train",
-            "--memory-size",
-            "0",
-            "--no-augment",
-            "--scratch",
-            scratch.to_str().unwrap(),
-        ]
-        .map(String::from)
-        .into_iter()
-        .chain([format!("--memory-gb={gb}")])
-        .collect()
+        let mut a = incontext_spill_args(&set, scratch);
+        a.push(format!("--memory-gb={gb}"));
+        a
     };
     fn refs(a: &[String]) -> Vec<&str> {
         a.iter().map(String::as_str).collect()

@@ -94,25 +94,14 @@ fn leftovers(dir: &Path) -> Vec<PathBuf> {
 
 fn train_args(shards: &Path, run: &Path, resume: bool) -> Vec<String> {
     let mut a: Vec<String> = ["train", "--out", run.to_str().unwrap()].map(String::from).to_vec();
-    for s in [
-        "model.preset=vit_tiny_test",
-        "model.img_size=56",
-        "model.trainable_blocks=2",
-        "head.hidden=[32]",
-        "head.out_dim=16",
-        "head.prototypes=8",
-        "data.batch_size=4",
-        "data.frames=3",
-        "data.grid_size=3",
-        "data.workers=1",
-        "data.shuffle_buffer=4",
-        "objective.mask_ratio=0.25",
+    let run = [
         "run.steps=240",
         "run.checkpoint_every=20",
         "run.keep_checkpoints=100",
         "run.log_every=10",
-    ] {
-        a.extend(["--set".into(), s.into()]);
+    ];
+    for s in mosic_trainer::testing::TINY_RUN.iter().chain(&run) {
+        a.extend(["--set".into(), s.to_string()]);
     }
     a.extend(["--set".into(), format!("data.shards={}", shards.display())]);
     if resume {
@@ -182,21 +171,7 @@ fn train_survives_random_interruptions() {
 fn tracks_survive_random_interruptions() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
-    let o = run(&[
-        "synth",
-        "--out",
-        data.to_str().unwrap(),
-        "--videos",
-        "6",
-        "--frames",
-        "60",
-        "--width",
-        "160",
-        "--height",
-        "96",
-        "--no-mp4",
-    ]);
-    assert!(o.status.success(), "{}", text(&o));
+    synth_videos(&data, 6, 60, (160, 96), &["--no-mp4"]);
     let args = |out: &Path| -> Vec<String> {
         [
             "tracks",
@@ -243,34 +218,9 @@ fn eval_survives_random_interruptions() {
     let scratch = tmp.path().join("scratch");
     std::fs::create_dir_all(&scratch).unwrap();
     let args = |json: &Path| -> Vec<String> {
-        [
-            "eval",
-            "incontext",
-            "--data",
-            tmp.path().join("set").to_str().unwrap(),
-            "--size",
-            "448",
-            "--random",
-            "0",
-            "--preset",
-            "vit_tiny_test",
-            "--fractions",
-            "1",
-            "--seeds",
-            "3",
-            "--train-split",
-            "train",
-            "--memory-size",
-            "0",
-            "--no-augment",
-            "--memory-gb=0.00002",
-            "--scratch",
-            scratch.to_str().unwrap(),
-            "--json",
-            json.to_str().unwrap(),
-        ]
-        .map(String::from)
-        .to_vec()
+        let mut a = incontext_spill_args(&tmp.path().join("set"), &scratch);
+        a.extend(["--memory-gb=0.00002".into(), "--json".into(), json.display().to_string()]);
+        a
     };
     let (straight, faulted) = (tmp.path().join("straight.json"), tmp.path().join("faulted.json"));
     let t0 = Instant::now();

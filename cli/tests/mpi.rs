@@ -37,24 +37,9 @@ fn output(mut c: Command) -> Output {
 /// A tiny run: 56 px, batch 4 of 3 frames, a checkpoint every step.
 fn args(shards: &Path, out: &Path, steps: u64) -> Vec<String> {
     let mut a: Vec<String> = ["train", "--out", out.to_str().unwrap()].map(String::from).to_vec();
-    for s in [
-        "model.preset=vit_tiny_test",
-        "model.img_size=56",
-        "model.trainable_blocks=2",
-        "head.hidden=[32]",
-        "head.out_dim=16",
-        "head.prototypes=8",
-        "data.batch_size=4",
-        "data.frames=3",
-        "data.grid_size=3",
-        "data.workers=1",
-        "data.shuffle_buffer=4",
-        "objective.mask_ratio=0.25",
-        "run.checkpoint_every=1",
-        "run.keep_checkpoints=100",
-        "run.log_every=1",
-    ] {
-        a.extend(["--set".into(), s.into()]);
+    let run = ["run.checkpoint_every=1", "run.keep_checkpoints=100", "run.log_every=1"];
+    for s in mosic_trainer::testing::TINY_RUN.iter().chain(&run) {
+        a.extend(["--set".into(), s.to_string()]);
     }
     a.extend(["--set".into(), format!("data.shards={}", shards.display())]);
     a.extend(["--set".into(), format!("run.steps={steps}")]);

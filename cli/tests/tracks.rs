@@ -10,23 +10,6 @@ use mosic::Clip;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-fn synth(out: &Path, videos: u32, frames: u32, size: (u32, u32)) {
-    let o = run(&[
-        "synth",
-        "--out",
-        out.to_str().unwrap(),
-        "--videos",
-        &videos.to_string(),
-        "--frames",
-        &frames.to_string(),
-        "--width",
-        &size.0.to_string(),
-        "--height",
-        &size.1.to_string(),
-    ]);
-    assert!(o.status.success(), "{}", text(&o));
-}
-
 /// Short clips so tests stay fast: 4 frames, step 3 at 30 fps.
 const SHORT: [&str; 6] = ["--frames", "4", "--span", "0.4", "--size", "64"];
 
@@ -41,8 +24,8 @@ fn tracks(input: &Path, out: &Path, extra: &[&str]) -> std::process::Output {
 fn synth_layout_is_complete_and_deterministic() {
     let tmp = tempfile::tempdir().unwrap();
     let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
-    synth(&a, 2, 100, (160, 96));
-    synth(&b, 2, 100, (160, 96));
+    synth_videos(&a, 2, 100, (160, 96), &[]);
+    synth_videos(&b, 2, 100, (160, 96), &[]);
     for v in ["synth_0000", "synth_0001"] {
         assert_eq!(std::fs::read_dir(a.join("JPEGImages").join(v)).unwrap().count(), 100);
         assert_eq!(std::fs::read_dir(a.join("Annotations").join(v)).unwrap().count(), 100);
@@ -87,7 +70,7 @@ fn synth_layout_is_complete_and_deterministic() {
 fn native_tracks_beat_zero_motion_on_every_metric() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("synth");
-    synth(&data, 3, 100, (320, 180));
+    synth_videos(&data, 3, 100, (320, 180), &[]);
     let out = tmp.path().join("tracks");
     let o = tracks(&data.join("JPEGImages"), &out, &[]);
     assert!(o.status.success(), "{}", text(&o));
@@ -131,19 +114,7 @@ fn strong_camera_motion_visibility_is_pinned() {
     // Zoom by 10-25% and a turn of 4-10 degrees per clip (mosic synth --camera strong).
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("synth");
-    let o = run(&[
-        "synth",
-        "--out",
-        data.to_str().unwrap(),
-        "--videos",
-        "3",
-        "--frames",
-        "100",
-        "--camera",
-        "strong",
-        "--no-mp4",
-    ]);
-    assert!(o.status.success(), "{}", text(&o));
+    synth_videos(&data, 3, 100, (320, 180), &["--camera", "strong", "--no-mp4"]);
     let out = tmp.path().join("tracks");
     let o = tracks(&data.join("JPEGImages"), &out, &[]);
     assert!(o.status.success(), "{}", text(&o));
@@ -173,7 +144,7 @@ fn strong_camera_motion_visibility_is_pinned() {
 fn video_files_and_frame_folders_give_the_same_clips() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("synth");
-    synth(&data, 2, 40, (160, 96));
+    synth_videos(&data, 2, 40, (160, 96), &[]);
     let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
     let oa = tracks(&data.join("JPEGImages"), &a, &SHORT);
     let ob = tracks(&data.join("videos"), &b, &SHORT);
@@ -191,7 +162,7 @@ fn video_files_and_frame_folders_give_the_same_clips() {
 fn killed_run_resumes_to_the_same_result() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("synth");
-    synth(&data, 6, 40, (160, 96));
+    synth_videos(&data, 6, 40, (160, 96), &[]);
     let input = data.join("JPEGImages");
     let straight = tmp.path().join("straight");
     let mut args: Vec<&str> = SHORT.to_vec();
@@ -237,7 +208,7 @@ fn killed_run_resumes_to_the_same_result() {
 fn workers_partition_and_merge_to_the_single_run() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("synth");
-    synth(&data, 5, 40, (160, 96));
+    synth_videos(&data, 5, 40, (160, 96), &[]);
     let input = data.join("JPEGImages");
     let single = tmp.path().join("single");
     assert!(tracks(&input, &single, &SHORT).status.success());
@@ -345,7 +316,7 @@ fn bad_frame_folders_are_refused_or_skipped_and_odd_formats_are_read() {
 fn bad_video_files_are_skipped_with_keep_going() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("synth");
-    synth(&data, 1, 40, (160, 96));
+    synth_videos(&data, 1, 40, (160, 96), &[]);
     let dir = tmp.path().join("videos");
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::copy(data.join("videos/synth_0000.mp4"), dir.join("good.mp4")).unwrap();
@@ -677,7 +648,7 @@ fn onnx_tracker_follows_the_cotracker_contract() {
     }
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("synth");
-    synth(&data, 1, 40, (160, 96));
+    synth_videos(&data, 1, 40, (160, 96), &[]);
     let model = repo_root().join("tests/fixtures/tiny_tracker.onnx");
     let m_arg = model.to_str().unwrap();
     let step_px = 2.0 * 63.0 / 511.0; // 2 model pixels at 512 wide, in 64-px stored frames
@@ -769,7 +740,7 @@ fn a_gpu_device_without_its_provider_is_a_cpu_fallback_and_refused() {
     }
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("synth");
-    synth(&data, 1, 40, (160, 96));
+    synth_videos(&data, 1, 40, (160, 96), &[]);
     let model = repo_root().join("tests/fixtures/tiny_tracker.onnx");
     let args: Vec<&str> = SHORT
         .iter()

@@ -7,21 +7,7 @@ use common::*;
 use std::path::Path;
 
 fn synth(out: &Path) {
-    let o = run(&[
-        "synth",
-        "--out",
-        out.to_str().unwrap(),
-        "--videos",
-        "2",
-        "--frames",
-        "100",
-        "--width",
-        "160",
-        "--height",
-        "96",
-        "--no-mp4",
-    ]);
-    assert!(o.status.success(), "{}", text(&o));
+    synth_videos(out, 2, 100, (160, 96), &["--no-mp4"]);
 }
 
 /// A tiny, fast configuration: 112 px input (8x8 patches), 2 clips a step.

@@ -20,6 +20,24 @@ use mosic::tensors::HostTensor;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
+/// `--set` values of the tiny run that the multi-worker, MPI and fault tests train: 56 px,
+/// batch 4 of 3 frames, a 3 x 3 grid, every clip masked at 0.25 (shards of
+/// `shards::spec(3, 6, 56)`). Each test adds its `data.shards` and `run.*`.
+pub const TINY_RUN: &[&str] = &[
+    "model.preset=vit_tiny_test",
+    "model.img_size=56",
+    "model.trainable_blocks=2",
+    "head.hidden=[32]",
+    "head.out_dim=16",
+    "head.prototypes=8",
+    "data.batch_size=4",
+    "data.frames=3",
+    "data.grid_size=3",
+    "data.workers=1",
+    "data.shuffle_buffer=4",
+    "objective.mask_ratio=0.25",
+];
+
 pub fn fixtures() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/vit")
 }

@@ -133,28 +133,16 @@ fn shard_run(dir: &Path, steps: u64) -> TrainConfig {
     let shards = dir.join("shards");
     std::fs::create_dir_all(&shards).unwrap();
     write_dir(&shards, &spec(3, 6, 56), &[4, 4], 2);
-    let set: Vec<String> = [
-        "model.preset=vit_tiny_test",
-        "model.img_size=56",
-        "model.trainable_blocks=2",
-        "head.hidden=[32]",
-        "head.out_dim=16",
-        "head.prototypes=8",
-        "data.batch_size=4",
-        "data.frames=3",
-        "data.grid_size=3",
-        "data.workers=1",
-        "data.shuffle_buffer=4",
-        "objective.mask_ratio=0.25",
+    let run = [
         "run.checkpoint_every=1",
         "run.keep_checkpoints=10",
         "run.log_every=1",
         "validation.every=0",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .chain([format!("data.shards={}", shards.display()), format!("run.steps={steps}")])
-    .collect();
+    ];
+    let set: Vec<String> = (mosic_trainer::testing::TINY_RUN.iter().chain(&run))
+        .map(|s| s.to_string())
+        .chain([format!("data.shards={}", shards.display()), format!("run.steps={steps}")])
+        .collect();
     TrainConfig::load(None, &set).unwrap()
 }
 

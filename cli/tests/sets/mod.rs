@@ -6,23 +6,7 @@ use std::path::Path;
 
 /// Two synthetic videos (24 frames of 160 x 96, masks), numbered from `first`.
 pub fn synth(out: &Path, first: u32) {
-    let o = run(&[
-        "synth",
-        "--out",
-        out.to_str().unwrap(),
-        "--videos",
-        "2",
-        "--frames",
-        "24",
-        "--width",
-        "160",
-        "--height",
-        "96",
-        "--no-mp4",
-        "--first-video",
-        &first.to_string(),
-    ]);
-    assert!(o.status.success(), "{}", text(&o));
+    synth_videos(out, 2, 24, (160, 96), &["--no-mp4", "--first-video", &first.to_string()]);
 }
 
 /// An images/ + masks/ set with train/val splits, from synthetic frames and instance masks.
@@ -52,4 +36,27 @@ pub fn image_set(root: &Path) {
     }
     std::fs::write(root.join("set/train.txt"), train).unwrap();
     std::fs::write(root.join("set/val.txt"), val).unwrap();
+}
+
+/// `mosic eval incontext` on `image_set`'s set at 448 px, a random tiny ViT, one seed and no
+/// augmentation, spilling into `scratch` (the caller adds `--memory-gb`).
+pub fn incontext_spill_args(set: &Path, scratch: &Path) -> Vec<String> {
+    let mut a: Vec<String> = ["eval", "incontext", "--data"].map(String::from).to_vec();
+    a.push(set.display().to_string());
+    a.extend(
+        [
+            "--size=448",
+            "--random=0",
+            "--preset=vit_tiny_test",
+            "--fractions=1",
+            "--seeds=3",
+            "--train-split=train",
+            "--memory-size=0",
+            "--no-augment",
+            "--scratch",
+        ]
+        .map(String::from),
+    );
+    a.push(scratch.display().to_string());
+    a
 }

@@ -538,7 +538,9 @@ impl Kernel {
 
 /// The wide kernels. Their tokens have a private field, so outside this module the only way
 /// to get one is its `detect`, which checks the CPU: the `unsafe` calls of their sweeps hold
-/// by construction.
+/// by construction. The two impls differ only in tile and `target_feature`: each needs its own
+/// function carrying the attribute for the compiler to vectorise the one generic `sweep` at
+/// that width.
 #[cfg(target_arch = "x86_64")]
 mod isa {
     use super::{sweep, Epilogue, Sweep};
