@@ -50,6 +50,15 @@ impl ProtocolCard {
         self
     }
 
+    /// `key` set to the notes joined, where there are any.
+    pub fn notes(self, key: &str, notes: Vec<String>) -> Self {
+        if notes.is_empty() {
+            self
+        } else {
+            self.set(key, notes.join("; "))
+        }
+    }
+
     /// Lines for a printed table's header.
     pub fn lines(&self) -> Vec<String> {
         let mut out = vec![
@@ -71,5 +80,18 @@ impl ProtocolCard {
             out.push(format!("{k:<10} {v}"));
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ProtocolCard;
+
+    #[test]
+    fn notes_are_joined_and_none_leaves_the_key_out() {
+        let card = || ProtocolCard::new("p", "r".into(), 224, 224, vec![1]);
+        assert!(!card().notes("scratch", vec![]).settings.contains_key("scratch"));
+        let c = card().notes("scratch", vec!["a in memory".into(), "b".into()]);
+        assert_eq!(c.settings["scratch"], "a in memory; b");
     }
 }

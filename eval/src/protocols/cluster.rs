@@ -577,10 +577,7 @@ pub fn run_leopart(
     )
     .set("matching", format!("K = classes: Hungarian on IoU; other K: many-to-one by {matching}"))
     .set("upsampling", "cluster ids nearest to the mask size");
-    let mut card = card;
-    for note in scratch {
-        card = card.set("scratch", note);
-    }
+    let card = card.notes("scratch", scratch);
     Ok(crate::Evaluation { scores, card })
 }
 

@@ -446,10 +446,7 @@ pub fn run_hummingbird(
             per_seed,
         ));
     }
-    let mut card = hummingbird_card(set, &cfg, &splits, &banks);
-    for note in scratch {
-        card = card.set("scratch", note);
-    }
+    let card = hummingbird_card(set, &cfg, &splits, &banks).notes("scratch", scratch);
     Ok(crate::Evaluation { scores, card })
 }
 

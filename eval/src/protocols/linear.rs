@@ -329,10 +329,7 @@ pub fn run_probe(
     );
     let name = format!("linear ({} train, {} val)", train.len(), val.len());
     let scores = vec![crate::backbone::Score::new(name, classes, "supervised", vec![v])];
-    let mut card = card;
-    for note in scratch {
-        card = card.set("scratch", note);
-    }
+    let card = card.notes("scratch", scratch);
     Ok(crate::Evaluation { scores, card })
 }
 
